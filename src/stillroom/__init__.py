@@ -1,0 +1,38 @@
+"""stillroom: synthetic data and distillation for LLM post-training.
+
+Generate prompts and answers with a teacher model, judge and verify them, curate the result and
+distill it into a smaller student; from a laptop CPU (an embedded small model) to a GPU cluster
+(any OpenAI-compatible server) with the same pipeline file.
+"""
+
+__version__ = "0.1.0"
+
+from stillroom import llm, stages  # noqa: E402,F401  (registers the built-in backends and stages)
+from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult  # noqa: E402
+from stillroom.pipeline.stage import (  # noqa: E402
+    AllRowsStage,
+    Drop,
+    Dropped,
+    FunctionStage,
+    RowFailure,
+    RowStage,
+    Stage,
+    StageContext,
+    register_stage,
+)
+
+__all__ = [
+    "AllRowsStage",
+    "Drop",
+    "Dropped",
+    "FunctionStage",
+    "Pipeline",
+    "RowFailure",
+    "RowStage",
+    "RunOptions",
+    "RunResult",
+    "Stage",
+    "StageContext",
+    "__version__",
+    "register_stage",
+]

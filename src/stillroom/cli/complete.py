@@ -1,0 +1,74 @@
+"""``stillroom complete INPUT -o OUT``: the one-stage shortcut, a completion for every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stillroom.cli.main import (
+    CacheDir, FlushRows, FlushSeconds, Limit, MaxFailureRate, NoCache, NoProgress, OutOption,
+    Overwrite, app, friendly_errors, print_result, run_options,
+)
+
+
+@app.command()
+@friendly_errors
+def complete(
+    input: Annotated[Path, typer.Argument(help="JSONL, Parquet, CSV or a datasets folder with `prompt` or `messages`.")],
+    out: OutOption,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name, .gguf file or folder [default: the embedded SmolLM2-135M-Instruct].")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="openai, anthropic, llamacpp or transformers [default: guessed].")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Requests in flight.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Completions per row (n > 1 writes `completions`).")] = 1,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-t", min=0.0)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Run seed (each sample's request seed derives from it).")] = 0,
+    top_logprobs: Annotated[int | None, typer.Option("--top-logprobs", min=0, max=20, help="Keep each token's top-K logprobs.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    prompt_template: Annotated[str | None, typer.Option("--prompt-template", help="Build the prompt from columns, e.g. '{question}'.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.001, help="Seconds per request attempt.")] = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries", min=0, help="Retries per request.")] = None,
+    overwrite: Overwrite = False,
+    no_cache: NoCache = False,
+    cache_dir: CacheDir = None,
+    max_failure_rate: MaxFailureRate = 0.0,
+    no_progress: NoProgress = False,
+    limit: Limit = None,
+    flush_rows: FlushRows = 1000,
+    flush_seconds: FlushSeconds = 10.0,
+) -> None:
+    """Give every row with `prompt` or `messages` a `completion` (or `completions` when n > 1)."""
+    from stillroom import api
+
+    config = api.backend_config(
+        model,
+        base_url=base_url,
+        kind=backend,
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        api_key_env=api_key_env,
+    )
+    result = api.complete(
+        input,
+        out,
+        backend=config,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        stop=stop,
+        seed=seed,
+        top_logprobs=top_logprobs,
+        system=system,
+        prompt_template=prompt_template,
+        **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
+                      flush_rows, flush_seconds),
+    )
+    print_result(result)

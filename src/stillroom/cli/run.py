@@ -1,0 +1,39 @@
+"""``stillroom run PIPELINE.yaml -o OUT``: run (or resume) a pipeline file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stillroom.cli.main import (
+    CacheDir, FlushRows, FlushSeconds, Limit, MaxFailureRate, NoCache, NoProgress, OutOption,
+    Overwrite, app, friendly_errors, print_result, run_options,
+)
+
+
+@app.command()
+@friendly_errors
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline file (YAML).")],
+    out: OutOption,
+    overwrite: Overwrite = False,
+    no_cache: NoCache = False,
+    cache_dir: CacheDir = None,
+    max_failure_rate: MaxFailureRate = 0.0,
+    no_progress: NoProgress = False,
+    limit: Limit = None,
+    flush_rows: FlushRows = 1000,
+    flush_seconds: FlushSeconds = 10.0,
+) -> None:
+    """Run a pipeline file; rerunning the same command resumes where it stopped."""
+    from stillroom.api import run_pipeline
+
+    result = run_pipeline(
+        pipeline,
+        out,
+        **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
+                      flush_rows, flush_seconds),
+    )
+    print_result(result)

@@ -1,0 +1,79 @@
+"""How results look in a terminal (rich tables), shared by the verbs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _counts_table(counts: dict[str, int], failure_rate: float) -> Table:
+    table = Table(show_header=True, header_style="bold")
+    for name in ("data", "failed", "dropped", "failure rate"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        f"{counts.get('data', 0):,}",
+        f"{counts.get('failed', 0):,}",
+        f"{counts.get('dropped', 0):,}",
+        f"{failure_rate:.2%}",
+    )
+    return table
+
+
+def _reasons_table(title: str, reasons: dict[str, int], limit: int = 10) -> Table | None:
+    if not reasons:
+        return None
+    table = Table(title=title, show_header=True, header_style="bold", title_justify="left")
+    table.add_column("stage: reason")
+    table.add_column("rows", justify="right")
+    for reason, count in list(reasons.items())[:limit]:
+        table.add_row(reason, f"{count:,}")
+    return table
+
+
+def _backends_table(backends: dict[str, dict[str, Any]]) -> Table | None:
+    if not backends:
+        return None
+    table = Table(title="backends", show_header=True, header_style="bold", title_justify="left")
+    for name in ("backend", "model", "requests", "cache hits", "retries", "prompt tok", "completion tok"):
+        table.add_column(name, justify="left" if name in ("backend", "model") else "right")
+    for name, stats in backends.items():
+        table.add_row(
+            name, str(stats.get("model")), f"{stats.get('requests_sent', 0):,}",
+            f"{stats.get('cache_hits', 0):,}", f"{stats.get('retries', 0):,}",
+            f"{stats.get('prompt_tokens', 0):,}", f"{stats.get('completion_tokens', 0):,}",
+        )
+    return table
+
+
+def show_result(console: Console, result: Any) -> None:
+    console.print(f"[bold]{result.out}[/]  ({result.seconds:,.1f} s this session)")
+    console.print(_counts_table(result.counts, result.failure_rate))
+    for table in (
+        _backends_table(result.backends),
+        _reasons_table("failures by reason", result.failures_by_reason),
+        _reasons_table("drops by reason", result.drops_by_reason),
+    ):
+        if table is not None:
+            console.print(table)
+
+
+def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> None:
+    state = "complete" if summary["complete"] else "[yellow]incomplete[/] (rerun its command to resume)"
+    console.print(f"[bold]{folder}[/]: {state}")
+    console.print(_counts_table(summary["counts"], summary["failure_rate"]))
+    for table in (
+        _backends_table(summary["backends"]),
+        _reasons_table("failures by reason", summary["failures_by_reason"]),
+        _reasons_table("drops by reason", summary["drops_by_reason"]),
+    ):
+        if table is not None:
+            console.print(table)
+    for example in summary.get("failure_examples", [])[:3]:
+        console.print(f"[red]failed[/] {json.dumps(example, ensure_ascii=False, default=str)[:400]}", highlight=False)
+    for row in summary["samples"]:
+        text = json.dumps(row, ensure_ascii=False, default=str)
+        console.print(text if len(text) <= 600 else text[:600] + " ...", highlight=False, markup=False)

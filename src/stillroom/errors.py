@@ -1,0 +1,55 @@
+"""Errors a user sees: each names where the problem is (file, line, key) and how to fix it."""
+
+from __future__ import annotations
+
+
+class StillroomError(Exception):
+    """Base class for errors that stop a run with a clear message and a non-zero exit."""
+
+    exit_code = 1
+
+
+class InputError(StillroomError):
+    """A data file cannot be used as input. Raised before any request is sent."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        self.path = path
+        self.line = line
+        self.reason = message
+        where = path or ""
+        if line is not None:
+            where = f"{where}:{line}" if where else f"line {line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(StillroomError):
+    """A pipeline file or option is invalid. Raised before any request is sent."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ):
+        self.path = path
+        self.line = line
+        self.key = key
+        self.reason = message
+        where = path or ""
+        if line is not None:
+            where = f"{where}:{line}" if where else f"line {line}"
+        prefix = f"{where}: " if where else ""
+        keypart = f"{key}: " if key else ""
+        super().__init__(f"{prefix}{keypart}{message}")
+
+
+class OutputFolderError(StillroomError):
+    """The output folder holds a different run, or cannot be written."""
+
+    exit_code = 2

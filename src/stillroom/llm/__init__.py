@@ -1,0 +1,25 @@
+"""LLM backends behind one small protocol, and the client that adds caching, retries and limits."""
+
+from stillroom.llm.backend import Backend, BackendConfig, backends
+from stillroom.llm.cache import RequestCache
+from stillroom.llm.client import LLMClient
+from stillroom.llm.llamacpp import LlamaCppBackend, LlamaCppConfig
+from stillroom.llm.openai_compat import OpenAICompatibleBackend, OpenAIConfig
+from stillroom.llm.types import BackendError, Completion, GenerationParams, Request, RequestFailed
+
+__all__ = [
+    "Backend",
+    "BackendConfig",
+    "BackendError",
+    "Completion",
+    "GenerationParams",
+    "LLMClient",
+    "LlamaCppBackend",
+    "LlamaCppConfig",
+    "OpenAICompatibleBackend",
+    "OpenAIConfig",
+    "Request",
+    "RequestCache",
+    "RequestFailed",
+    "backends",
+]

@@ -1,0 +1,72 @@
+"""The small protocol every LLM backend implements, and the registry that names them.
+
+A backend turns one :class:`Request` into one :class:`Completion` or raises :class:`BackendError`.
+It knows nothing of caching, retries or concurrency limits: :class:`stillroom.llm.client.LLMClient`
+adds those the same way for every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stillroom.llm.types import Completion, Request
+from stillroom.registry import Registry
+
+
+class Backend(ABC):
+    kind: ClassVar[str]
+    supports_logprobs: ClassVar[bool] = False
+    supports_json_schema: ClassVar[bool] = False
+    supports_raw_prompt: ClassVar[bool] = False
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @abstractmethod
+    async def generate(self, request: Request) -> Completion:
+        """Produce one completion, or raise BackendError."""
+
+    async def aclose(self) -> None:
+        """Release connections, threads or model memory."""
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides the request, decides the answer: part of every cache key."""
+        return {"backend": self.kind, "model": self.model}
+
+
+class BackendConfig(BaseModel):
+    """Options common to every backend. Subclasses add their own and implement ``build``.
+
+    The retry and concurrency options change how a run goes, not what it produces, so they are
+    left out of :meth:`identity` (a rerun with another ``concurrency`` still resumes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    model: str | None = None
+    concurrency: int = Field(default=16, ge=1, description="Requests in flight at once.")
+    timeout: float | None = Field(default=300.0, gt=0, description="Seconds per request attempt.")
+    max_retries: int = Field(default=6, ge=0, description="Retries after the first attempt.")
+    retry_base_delay: float = Field(default=1.0, ge=0, description="First backoff, seconds.")
+    retry_max_delay: float = Field(default=60.0, ge=0, description="Longest backoff, seconds.")
+
+    _runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"concurrency", "timeout", "max_retries", "retry_base_delay", "retry_max_delay"}
+    )
+
+    def build(self) -> Backend:
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(exclude=set(self._runtime_fields), exclude_none=True)
+
+    # Capabilities, answered before anything is built so a bad pipeline fails early.
+    def backend_class(self) -> type[Backend]:
+        raise NotImplementedError
+
+
+backends: Registry[type[BackendConfig]] = Registry("backend kind")

@@ -1,0 +1,153 @@
+"""What every backend gets for free: the request cache, retries with backoff, a concurrency limit
+that backs off on overload, a timeout per attempt, structured-output validation and token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from stillroom.llm.backend import Backend
+from stillroom.llm.cache import RequestCache, request_key
+from stillroom.llm.limiter import AdaptiveLimiter
+from stillroom.llm.stats import BackendStats
+from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
+from stillroom.llm.types import BackendError, Completion, Request, RequestFailed
+
+
+class LLMClient:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        cache: RequestCache | None = None,
+        concurrency: int = 16,
+        timeout: float | None = 300.0,
+        max_retries: int = 6,
+        retry_base_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        max_reasks: int = 2,
+    ):
+        self.backend = backend
+        self.cache = cache
+        self.limiter = AdaptiveLimiter(concurrency)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_base_delay = retry_base_delay
+        self.retry_max_delay = retry_max_delay
+        self.max_reasks = max_reasks
+        self.stats = BackendStats(model=backend.model, kind=backend.kind)
+        self._identity = backend.cache_identity()
+        # Backoff jitter only decides *when* a retry goes out, never what is asked, so it need
+        # not be seeded for a run to be reproducible.
+        self._jitter = random.Random()
+
+    async def generate(self, request: Request) -> Completion:
+        """One completion for one request; raises RequestFailed after the retries are spent."""
+        if request.params.json_schema is not None:
+            return await self._generate_structured(request)
+        return await self._generate_cached(request)
+
+    async def _generate_cached(self, request: Request) -> Completion:
+        key = request_key(self._identity, request) if self.cache is not None else None
+        if key is not None:
+            record = self.cache.get(key)  # type: ignore[union-attr]
+            if record is not None:
+                stats = self.stats
+                stats.cache_hits += 1
+                stats.cached_prompt_tokens += record.get("prompt_tokens", 0)
+                stats.cached_completion_tokens += record.get("completion_tokens", 0)
+                return Completion.from_record(record, cached=True)
+        completion = await self._send_with_retries(request)
+        if key is not None:
+            self.cache.put(key, completion.to_record())  # type: ignore[union-attr]
+        return completion
+
+    async def _send_with_retries(self, request: Request) -> Completion:
+        stats = self.stats
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limiter.acquire()
+            ok = False
+            started = time.perf_counter()
+            try:
+                stats.requests_sent += 1
+                if self.timeout is None:
+                    completion = await self.backend.generate(request)
+                else:
+                    async with asyncio.timeout(self.timeout):
+                        completion = await self.backend.generate(request)
+                ok = True
+            except TimeoutError:
+                error = BackendError(
+                    f"no answer within {self.timeout:g} s (--timeout)",
+                    kind="APITimeoutError",
+                    retryable=True,
+                )
+            except BackendError as backend_error:
+                error = backend_error
+            except asyncio.CancelledError:
+                raise
+            except Exception as unexpected:  # a bug in a backend: report it, do not retry it
+                error = BackendError(
+                    f"{type(unexpected).__name__}: {unexpected}", kind="BackendCrash"
+                )
+            finally:
+                self.limiter.release(ok=ok)
+            if ok:
+                stats.responses += 1
+                stats.busy_seconds += time.perf_counter() - started
+                stats.prompt_tokens += completion.prompt_tokens
+                stats.completion_tokens += completion.completion_tokens
+                return completion
+            stats.errors[error.kind] += 1
+            if error.slow_down:
+                self.limiter.slow_down(error.retry_after)
+            if not error.retryable or attempt > self.max_retries:
+                stats.failed_requests += 1
+                raise RequestFailed(error, attempt)
+            stats.retries += 1
+            await asyncio.sleep(self._backoff(attempt, error.retry_after))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter; never sooner than the server asked."""
+        delay = min(self.retry_max_delay, self.retry_base_delay * (2 ** (attempt - 1)))
+        delay *= self._jitter.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after) + self._jitter.uniform(0.0, 0.1 * (retry_after or 1.0))
+        return delay
+
+    async def _generate_structured(self, request: Request) -> Completion:
+        """Ask, validate against the schema, and re-ask with the error when it does not parse."""
+        schema = request.params.json_schema
+        assert schema is not None
+        current = request
+        last_error: StructuredOutputError | None = None
+        for _ in range(self.max_reasks + 1):
+            completion = await self._generate_cached(current)
+            try:
+                completion.parsed = parse_structured(completion.text, schema)
+                return completion
+            except StructuredOutputError as error:
+                last_error = error
+                if current.messages is None:
+                    break  # a raw prompt has no conversation to continue
+                current = Request(
+                    messages=reask_messages(current.messages, completion.text, error),
+                    params=current.params,
+                    sample=current.sample,
+                )
+        assert last_error is not None
+        raise RequestFailed(
+            BackendError(str(last_error), kind="InvalidStructuredOutput"),
+            attempts=self.max_reasks + 1 if request.messages is not None else 1,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.as_dict()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

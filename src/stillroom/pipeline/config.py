@@ -1,0 +1,199 @@
+"""Pipeline files: YAML validated by pydantic, with errors that name the line and the key.
+
+    # stillroom run my_pipeline.yaml -o out/
+    seed: 0
+    input: prompts.jsonl            # relative to this file; or {path: ..., limit: 100}
+    backends:
+      teacher: {kind: openai, model: my-model, base_url: "http://127.0.0.1:8000/v1"}
+    stages:
+      - type: complete
+        backend: teacher
+        n: 2
+
+The accepted stage ``type``s and backend ``kind``s are whatever is registered (built-ins and
+plugins), so the schema is assembled from the registries when a file is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from stillroom.errors import ConfigError
+from stillroom.llm.backend import BackendConfig, backends
+from stillroom.pipeline.stage import Stage, stages
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    limit: int | None = Field(default=None, ge=1, description="Read only the first N rows.")
+
+
+def _union(classes: list[type[BaseModel]], discriminator: str) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator=discriminator)]  # noqa: UP007
+
+
+_model_cache: dict[tuple[int, int], type[BaseModel]] = {}
+
+
+def pipeline_file_model() -> type[BaseModel]:
+    stage_classes = list(stages.items().values())
+    backend_classes = list(backends.items().values())
+    key = (stages.version, backends.version)
+    if key not in _model_cache:
+        _model_cache[key] = create_model(
+            "PipelineFile",
+            __config__=ConfigDict(extra="forbid"),
+            name=(str | None, None),
+            description=(str | None, None),
+            seed=(int, 0),
+            input=(str | InputConfig | None, None),
+            backends=(dict[str, _union(backend_classes, "kind")], {}),  # type: ignore[valid-type]
+            stages=(list[_union(stage_classes, "type")], Field(min_length=1)),  # type: ignore[valid-type]
+        )
+    return _model_cache[key]
+
+
+def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(
+                    f"key {key!r} appears twice (first on line {seen[key]})",
+                    path=path,
+                    line=key_node.start_mark.line + 1,
+                    key=str(key),
+                )
+            seen[key] = key_node.start_mark.line + 1
+            _check_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, path)
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The line of the YAML node at pydantic's error location ``loc`` (or its nearest parent)."""
+    node = root
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                tags = {v.value for k, v in node.value if k.value in ("type", "kind")}
+                if part in tags:
+                    continue  # pydantic puts the union tag in the path; YAML has no node for it
+                break
+            key_node, node = match
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _dotted(loc: tuple[Any, ...], data: Any) -> tuple[str, type[BaseModel] | None]:
+    """``stages[0].temperature`` for ``("stages", 0, "complete", "temperature")``, and the model
+    class at the end of the path when a union tag names it."""
+    text = ""
+    owner: type[BaseModel] | None = None
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+            continue
+        if isinstance(data, dict) and part not in data and part in (data.get("type"), data.get("kind")):
+            registry = stages if data.get("type") == part else backends
+            try:
+                owner = registry.get(part)
+            except ConfigError:
+                owner = None
+            continue
+        text += f".{part}" if text else str(part)
+        data = data.get(part) if isinstance(data, dict) else None
+    return text, owner
+
+
+def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:
+    loc = tuple(error["loc"])
+    key, owner = _dotted(loc, data)
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        name = str(loc[-1])
+        message = f"unknown key {name!r}"
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        elif allowed:
+            message += f"; allowed: {', '.join(allowed)}"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return key, message
+
+
+def parse_pipeline_text(text: str, path: str = "<pipeline>") -> tuple[BaseModel, Any]:
+    """Validate a pipeline file's text; return the validated model and the raw data."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(
+            f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
+        ) from None
+    if root is None:
+        raise ConfigError("the file is empty; a pipeline needs at least `stages:`", path=path)
+    _check_duplicate_keys(root, path)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError("a pipeline file must be a mapping with a `stages:` list", path=path, line=1)
+    try:
+        return pipeline_file_model().model_validate(data), data
+    except ValidationError as validation:
+        problems = []
+        first_line, first_key = None, None
+        for error in validation.errors()[:10]:
+            key, message = _explain(error, data)
+            line = _line_of(root, tuple(error["loc"]))
+            if first_line is None:
+                first_line, first_key = line, key
+            where = f"{path}:{line}: " if line else f"{path}: "
+            problems.append(f"{where}{key}: {message}")
+        if len(problems) == 1:
+            _, message = _explain(validation.errors()[0], data)
+            raise ConfigError(message, path=path, line=first_line, key=first_key) from None
+        raise ConfigError(
+            f"{len(validation.errors())} problems:\n  " + "\n  ".join(problems),
+            path=path,
+            line=first_line,
+            key=first_key,
+        ) from None
+
+
+def load_pipeline_file(path: str | Path) -> tuple[BaseModel, Path]:
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError("no such pipeline file", path=str(file))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the pipeline file is not UTF-8 text", path=str(file)) from None
+    model, _ = parse_pipeline_text(text, str(file))
+    return model, file.resolve().parent
+
+
+__all__ = ["InputConfig", "load_pipeline_file", "parse_pipeline_text", "BackendConfig", "Stage"]

@@ -1,0 +1,399 @@
+"""The local executor: rows stream through the stages on one asyncio loop, without barriers.
+
+How a run goes:
+
+1. The input is read once in full and checked (no request is sent for a bad file), then the
+   output folder is prepared: an earlier session of the same run is resumed, a different run in
+   the folder is refused.
+2. The stages are cut into *segments* at each stage that needs all rows. Within a segment every
+   input row (a *key*) travels through the row-wise stages in its own task; at most a window of
+   rows is in flight, and each backend's limiter bounds its requests, so one slow request holds
+   only its own row. A row that becomes several rows keeps its key; the key is finished when all
+   of its rows reached data, failed or dropped, and only finished keys are committed, all their
+   rows at once. A rerun skips committed keys and finds every answered request in the cache.
+3. An all-rows stage gets its segment's output in input order (so its result does not depend on
+   arrival order), and its output is checkpointed in the same commit as the segment's failures and
+   drops; a rerun restarts from the latest checkpoint.
+4. At the end, shards get one schema, and the dataset card and report are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stillroom.data.output import OutputFolder, RunState
+from stillroom.errors import ConfigError
+from stillroom.llm.cache import RequestCache
+from stillroom.llm.client import LLMClient
+from stillroom.llm.types import RequestFailed
+from stillroom.pipeline.inputs import InputSource
+from stillroom.pipeline.progress import RunProgress
+from stillroom.pipeline.stage import AllRowsStage, Drop, Dropped, RowFailure, RowStage, Stage, StageContext
+
+if TYPE_CHECKING:
+    from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
+
+Row = dict[str, Any]
+Outcome = tuple[str, Row, tuple[int, ...]]  # (kind, row, order within the key)
+
+
+@dataclass
+class StageStats:
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Segment:
+    index: int
+    row_stages: list[tuple[str, RowStage]]
+    all_rows_stage: tuple[str, AllRowsStage] | None
+
+    @property
+    def final(self) -> bool:
+        return self.all_rows_stage is None
+
+
+def split_segments(stages: list[Stage], names: list[str]) -> list[Segment]:
+    segments: list[Segment] = []
+    current: list[tuple[str, RowStage]] = []
+    for stage, name in zip(stages, names, strict=True):
+        if isinstance(stage, AllRowsStage):
+            segments.append(Segment(len(segments), current, (name, stage)))
+            current = []
+        elif isinstance(stage, RowStage):
+            current.append((name, stage))
+        else:
+            raise ConfigError(f"stage {name!r} is neither a RowStage nor an AllRowsStage")
+    segments.append(Segment(len(segments), current, None))
+    return segments
+
+
+def failed_row(row: Row, stage: str, error: BaseException) -> Row:
+    if isinstance(error, RequestFailed):
+        kind, attempts = error.kind, error.attempts
+    elif isinstance(error, RowFailure):
+        kind, attempts = error.kind, error.attempts
+    else:  # a bug in a stage: the row is kept, with the exception as its reason
+        kind, attempts = type(error).__name__, 1
+    out = dict(row)
+    out.update({"error": str(error) or kind, "error_type": kind, "stage": stage, "attempts": attempts})
+    return out
+
+
+def dropped_row(row: Row, stage: str, reason: str) -> Row:
+    out = dict(row)
+    out.update({"drop_reason": reason, "stage": stage})
+    return out
+
+
+class Sink:
+    """Buffers the rows of finished keys and commits them in batches."""
+
+    def __init__(self, executor: Executor, segment: int):
+        self.executor = executor
+        self.segment = segment
+        self.rows: dict[str, list[Row]] = {"data": [], "failed": [], "dropped": []}
+        self.keys: list[str] = []
+        self.buffered = 0
+        self.last_flush = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def add(self, key: str, outcomes: list[Outcome]) -> None:
+        counts = self.executor.session_counts
+        for kind, row, _ in outcomes:
+            self.rows[kind].append(row)
+            counts[kind] += 1
+        self.keys.append(key)
+        self.buffered += len(outcomes) or 1
+        self.executor.keys_done += 1
+
+    def due(self) -> bool:
+        options = self.executor.options
+        return self.buffered >= options.flush_rows or (
+            self.keys and time.monotonic() - self.last_flush >= options.flush_seconds
+        )
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self.keys:
+                return
+            rows, keys = self.rows, self.keys
+            self.rows = {"data": [], "failed": [], "dropped": []}
+            self.keys, self.buffered = [], 0
+            self.last_flush = time.monotonic()
+            executor = self.executor
+            await asyncio.to_thread(
+                executor.folder.commit,
+                executor.state,
+                rows,
+                keys,
+                segment=self.segment,
+                stats=executor.stats_record(),
+            )
+
+
+class Executor:
+    def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
+        self.pipeline = pipeline
+        self.out = out
+        self.options = options
+        self.folder = OutputFolder(out)
+        self.state = RunState()
+        self.clients: dict[str, LLMClient] = {}
+        self.session_id = uuid.uuid4().hex[:12]
+        self.session_counts: Counter[str] = Counter()
+        self.stage_stats: dict[str, StageStats] = {name: StageStats() for name in pipeline.stage_names}
+        self.keys_done = 0
+        self.started = time.time()
+        self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _check_input(self) -> int:
+        first = self.pipeline.stages[0]
+        return self.source.check(first.check_row)
+
+    def _build_clients(self) -> None:
+        cache = None
+        if self.options.use_cache:
+            cache = RequestCache.in_dir(self.options.cache_dir)
+        for name, config in self.pipeline.used_backends().items():
+            self.clients[name] = LLMClient(
+                config.build(),
+                cache=cache,
+                concurrency=config.concurrency,
+                timeout=config.timeout,
+                max_retries=config.max_retries,
+                retry_base_delay=config.retry_base_delay,
+                retry_max_delay=config.retry_max_delay,
+            )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"version": 1, "pipeline": self.pipeline.identity(), "input": self.source.identity()}
+
+    def window(self) -> int:
+        """How many keys may be in flight: enough to keep every backend's limiter full."""
+        total = sum(client.limiter.max_limit for client in self.clients.values())
+        return max(16, 2 * total)
+
+    def stats_record(self) -> dict[str, Any]:
+        return {
+            "session": self.session_id,
+            "backends": {name: client.snapshot() for name, client in self.clients.items()},
+            "stages": {name: stats.as_dict() for name, stats in self.stage_stats.items()},
+        }
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        from stillroom.report.finalize import finalize_run
+
+        total = self._check_input()
+        self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
+        self._build_clients()
+        segments = split_segments(self.pipeline.stages, self.pipeline.stage_names)
+        progress = RunProgress(self, enabled=self.options.progress)
+        status = "failed"
+        try:
+            with progress:
+                await self._run_segments(segments, total, progress)
+            status = "complete"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            raise
+        finally:
+            for client in self.clients.values():
+                try:
+                    await client.aclose()
+                except Exception:  # closing must not hide the run's own outcome
+                    pass
+            self.folder.record_session(
+                {
+                    "session": self.session_id,
+                    "status": status,
+                    "started": self.started,
+                    "ended": time.time(),
+                    "counts": dict(self.session_counts),
+                    **self.stats_record(),
+                }
+            )
+        return finalize_run(self)
+
+    async def _run_segments(self, segments: list[Segment], total: int, progress: RunProgress) -> None:
+        start = 0
+        source: Iterator[tuple[str, Row]]
+        if self.state.checkpoints:
+            last = max(self.state.checkpoints)
+            start = last + 1
+            rows = self.folder.read_checkpoint(self.state.checkpoints[last])
+            source = ((f"{start}:{index}", row) for index, row in enumerate(rows))
+            total = len(rows)
+        else:
+            source = ((str(index), row) for index, (_, row) in enumerate(self.source.rows()))
+        for segment in segments[start:]:
+            progress.start_segment(segment, total, len(self.state.done(segment.index)))
+            if segment.final:
+                await self._run_final_segment(segment, source, progress)
+                return
+            rows = await self._run_gathering_segment(segment, source)
+            source = ((f"{segment.index + 1}:{index}", row) for index, row in enumerate(rows))
+            total = len(rows)
+
+    async def _stream(
+        self, segment: Segment, source: Iterator[tuple[str, Row]], on_done: Any, skip: set[str]
+    ) -> None:
+        """Run every key of ``source`` through the segment's row stages, ``window`` at a time."""
+        window = self.window()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(key: str, order: int, row: Row) -> None:
+            outcomes = await self._process(segment, 0, row, (order,))
+            await on_done(key, outcomes)
+
+        try:
+            for order, (key, row) in enumerate(source):
+                if key in skip:
+                    continue
+                while len(pending) >= window:
+                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        task.result()  # re-raise a crash of the executor itself
+                pending.add(asyncio.create_task(one(key, order, row)))
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_final_segment(
+        self, segment: Segment, source: Iterator[tuple[str, Row]], progress: RunProgress
+    ) -> None:
+        sink = Sink(self, segment.index)
+
+        async def on_done(key: str, outcomes: list[Outcome]) -> None:
+            sink.add(key, outcomes)
+            if sink.due():
+                await sink.flush()
+
+        flusher = asyncio.create_task(self._flush_periodically(sink))
+        try:
+            await self._stream(segment, source, on_done, self.state.done(segment.index))
+        finally:
+            flusher.cancel()
+            # Whatever finished is committed, even when the run is being interrupted.
+            await asyncio.shield(sink.flush())
+
+    async def _flush_periodically(self, sink: Sink) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.options.flush_seconds))
+            if sink.due():
+                await sink.flush()
+
+    async def _run_gathering_segment(
+        self, segment: Segment, source: Iterator[tuple[str, Row]]
+    ) -> list[Row]:
+        kept: list[tuple[tuple[int, ...], Row]] = []
+        side: dict[str, list[Row]] = {"failed": [], "dropped": []}
+
+        async def on_done(key: str, outcomes: list[Outcome]) -> None:
+            for kind, row, order in outcomes:
+                if kind == "data":
+                    kept.append((order, row))
+                else:
+                    side[kind].append(row)
+            self.keys_done += 1
+
+        await self._stream(segment, source, on_done, skip=set())
+        kept.sort(key=lambda item: item[0])
+        assert segment.all_rows_stage is not None
+        name, stage = segment.all_rows_stage
+        stats = self.stage_stats[name]
+        ctx = StageContext(name, self.pipeline.seed, self.clients)
+        inputs = [row for _, row in kept]
+        stats.rows_in += len(inputs)
+        started = time.perf_counter()
+        output: list[Row] = []
+        async for item in stage.run(inputs, ctx):
+            if isinstance(item, Dropped):
+                side["dropped"].append(dropped_row(item.row, name, item.reason))
+                stats.dropped += 1
+            else:
+                output.append(item)
+        stats.rows_out += len(output)
+        stats.seconds += time.perf_counter() - started
+        for kind, rows in side.items():
+            self.session_counts[kind] += len(rows)
+        await asyncio.to_thread(
+            self.folder.commit,
+            self.state,
+            {"failed": side["failed"], "dropped": side["dropped"]},
+            [],
+            segment=segment.index,
+            stats=self.stats_record(),
+            checkpoint=output,
+        )
+        return output
+
+    async def _process(
+        self, segment: Segment, index: int, row: Row, order: tuple[int, ...]
+    ) -> list[Outcome]:
+        """Run ``row`` through the row stages from ``index`` on; every row it becomes, with where
+        it ended."""
+        if index == len(segment.row_stages):
+            return [("data", row, order)]
+        name, stage = segment.row_stages[index]
+        stats = self.stage_stats[name]
+        stats.rows_in += 1
+        ctx = StageContext(name, self.pipeline.seed, self.clients)
+        started = time.perf_counter()
+        try:
+            result = await stage.process(row, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure becomes a row with its reason
+            stats.failed += 1
+            return [("failed", failed_row(row, name, error), order)]
+        finally:
+            stats.seconds += time.perf_counter() - started
+        if isinstance(result, Drop):
+            stats.dropped += 1
+            return [("dropped", dropped_row(row, name, result.reason), order)]
+        if isinstance(result, dict):
+            stats.rows_out += 1
+            return await self._process(segment, index + 1, result, order)
+        if isinstance(result, list):
+            if not result:
+                stats.dropped += 1
+                return [("dropped", dropped_row(row, name, f"{name} produced no rows"), order)]
+            stats.rows_out += len(result)
+            parts = await asyncio.gather(
+                *(
+                    self._process(segment, index + 1, child, (*order, child_index))
+                    for child_index, child in enumerate(result)
+                )
+            )
+            return [outcome for part in parts for outcome in part]
+        stats.failed += 1
+        error = RowFailure(
+            f"stage {name!r} returned {type(result).__name__}; expected a row, a list of rows or Drop",
+            kind="StageContractError",
+        )
+        return [("failed", failed_row(row, name, error), order)]

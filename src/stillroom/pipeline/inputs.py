@@ -1,0 +1,126 @@
+"""A pipeline's input: a file, a folder or rows in memory, checked in full before any request.
+
+The check pass reads every row once: it finds a malformed line, a missing column or a column whose
+type changes from row to row, and names the file and line, before a single request is paid for. It
+also counts the rows (for progress) and fingerprints the input (so a rerun into the same output
+folder resumes only when the input is the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stillroom.data.readers import iter_rows, resolve_input_path
+from stillroom.errors import InputError
+from stillroom.pipeline.config import InputConfig
+
+Row = dict[str, Any]
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _digest_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class InputSource:
+    def __init__(
+        self,
+        spec: str | os.PathLike[str] | InputConfig | list[Row] | None,
+        base_dir: Path,
+        limit: int | None = None,
+    ):
+        self.rows_in_memory: list[Row] | None = None
+        self.path: Path | None = None
+        self.limit = limit
+        if isinstance(spec, InputConfig):
+            self.limit = limit or spec.limit
+            spec = spec.path
+        if isinstance(spec, list):
+            self.rows_in_memory = spec
+            self.description = f"{len(spec)} rows given in Python"
+        elif spec is not None:
+            self.path = resolve_input_path(spec, base_dir)
+            self.description = str(self.path)
+        else:
+            self.rows_in_memory = []
+            self.description = "no input"
+        self.count = 0
+        self.digest = ""
+
+    def rows(self) -> Iterator[tuple[str, Row]]:
+        if self.rows_in_memory is not None:
+            source: Iterator[tuple[str, Row]] = (
+                (f"row {index}", row) for index, row in enumerate(self.rows_in_memory)
+            )
+        else:
+            assert self.path is not None
+            source = iter_rows(self.path)
+        for index, item in enumerate(source):
+            if self.limit is not None and index >= self.limit:
+                return
+            yield item
+
+    def check(self, check_row: Callable[[Row], str | None] | None) -> int:
+        """Read every row; raise InputError at the first bad one. Returns the row count."""
+        kinds: dict[str, tuple[str, str]] = {}  # column -> (kind, where first seen)
+        count = 0
+        for where, row in self.rows():
+            if not isinstance(row, dict):
+                raise InputError(f"a row must be a mapping, got {type(row).__name__}", path=where)
+            for column, value in row.items():
+                kind = _kind(value)
+                if kind is None:
+                    continue
+                seen = kinds.get(column)
+                if seen is None:
+                    kinds[column] = (kind, where)
+                elif seen[0] != kind:
+                    raise InputError(
+                        f"column {column!r} holds {kind} here but {seen[0]} at {seen[1]}; "
+                        "a column must have one type",
+                        path=where,
+                    )
+            if check_row is not None:
+                problem = check_row(row)
+                if problem:
+                    raise InputError(problem, path=where)
+            count += 1
+        self.count = count
+        if self.path is not None:
+            self.digest = _digest_path(self.path)
+        else:
+            self.digest = hashlib.sha256(
+                orjson.dumps(self.rows_in_memory or [], option=orjson.OPT_SORT_KEYS, default=str)
+            ).hexdigest()
+        return count
+
+    def identity(self) -> dict[str, Any]:
+        return {"digest": self.digest, "limit": self.limit}

@@ -1,0 +1,153 @@
+"""What a stage is.
+
+A stage is a pydantic model (its options, validated, ``extra="forbid"``) with behaviour:
+
+* :class:`RowStage` handles one row at a time: ``process(row, ctx)`` returns the row (changed), a
+  list of rows (one row became several), or ``Drop("reason")``; it may raise
+  :class:`RowFailure` (or let an LLM :class:`RequestFailed` through) to send the row to
+  ``failed/``. Rows stream: a row-wise stage never sees the whole dataset.
+* :class:`AllRowsStage` needs every row at once (dedup, bootstrapping from a growing pool) and says
+  so; the executor gathers its input, runs it, and checkpoints its output.
+
+A plain function ``fn(row) -> row | list[row] | Drop`` (sync or async) is a row stage too, from
+Python: wrap it in :class:`FunctionStage` or pass it to ``Pipeline`` directly.
+
+Stages register by ``type`` name with :func:`register_stage`, the built-ins included, so a
+pipeline file can name them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from stillroom.registry import Registry
+
+if TYPE_CHECKING:
+    from stillroom.llm.backend import BackendConfig
+    from stillroom.llm.client import LLMClient
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """A filter's verdict: remove the row, for this reason (it goes to ``dropped/``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A row an :class:`AllRowsStage` removed, with the reason."""
+
+    row: Row
+    reason: str
+
+
+class RowFailure(Exception):
+    """A row this stage could not produce; it goes to ``failed/`` with the reason."""
+
+    def __init__(self, message: str, *, kind: str = "StageError", attempts: int = 1):
+        super().__init__(message)
+        self.kind = kind
+        self.attempts = attempts
+
+
+@dataclass
+class StageContext:
+    """What a stage gets besides its row: LLM clients and reproducible randomness."""
+
+    stage_name: str
+    seed: int
+    clients: dict[str, LLMClient] = field(default_factory=dict)
+
+    def client(self, name: str) -> LLMClient:
+        return self.clients[name]
+
+    def rng(self, *parts: Any) -> random.Random:
+        """A random generator that depends only on the run seed, this stage and ``parts``.
+
+        Seed it with something of the row (its key or id), never with arrival order, so a
+        choice made for a row is the same however the rows interleave.
+        """
+        text = "\x1f".join(str(part) for part in (self.seed, self.stage_name, *parts))
+        return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str | None = None
+
+    needs_all_rows: ClassVar[bool] = False
+
+    def check_row(self, row: Row) -> str | None:
+        """When this stage reads the pipeline's input: what is wrong with ``row``, if anything.
+
+        Called on every input row before any request is sent.
+        """
+        return None
+
+    def backend_names(self) -> set[str]:
+        """Names of the pipeline backends this stage sends requests to."""
+        return set()
+
+    def check_backends(self, configs: dict[str, BackendConfig]) -> None:
+        """Raise ConfigError when a backend cannot do what this stage asks (e.g. logprobs)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this stage's output (for telling one run from another)."""
+        return self.model_dump(mode="json", exclude={"name"})
+
+
+class RowStage(Stage):
+    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row] | Drop:
+        raise NotImplementedError
+
+
+class AllRowsStage(Stage):
+    needs_all_rows: ClassVar[bool] = True
+
+    def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped]:
+        raise NotImplementedError
+
+
+class FunctionStage(RowStage):
+    """A plain Python function as a row stage (for pipelines built in Python)."""
+
+    type: Literal["function"] = "function"
+    function_name: str = ""
+    _function: Callable[..., Any] = PrivateAttr()
+
+    @classmethod
+    def wrap(cls, function: Callable[..., Any], name: str | None = None) -> FunctionStage:
+        qualified = f"{function.__module__}.{getattr(function, '__qualname__', repr(function))}"
+        stage = cls(function_name=qualified, name=name or getattr(function, "__name__", None))
+        stage._function = function
+        return stage
+
+    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row] | Drop:
+        result = self._function(row)
+        if inspect.isawaitable(result):
+            result = await result
+        return result  # type: ignore[no-any-return]
+
+
+stages: Registry[type[Stage]] = Registry("stage type")
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage usable in pipeline files under its ``type`` name."""
+    default = cls.model_fields["type"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{cls.__name__} needs `type: Literal['name'] = 'name'`")
+    return stages.register(default)(cls)
+

@@ -1,0 +1,79 @@
+"""The end of a run: one schema per shard kind, the card, the report, the completion marker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from stillroom.data.output import OutputFolder
+from stillroom.report.card import render_card
+from stillroom.report.html import render_report
+from stillroom.report.summary import failure_examples, summarize
+
+if TYPE_CHECKING:
+    from stillroom.pipeline.executor import Executor
+    from stillroom.pipeline.pipeline import RunResult
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_config(executor: Executor) -> dict[str, Any]:
+    """The pipeline as it ran, for the card and report (no secrets: see BackendConfig)."""
+    pipeline = executor.pipeline
+    return {
+        "name": pipeline.name,
+        "description": pipeline.description,
+        "input": executor.source.description,
+        "rows_read": executor.source.count,
+        "seed": pipeline.seed,
+        "backends": {
+            name: config.model_dump(mode="json", exclude_none=True)
+            for name, config in pipeline.used_backends().items()
+        },
+        "stages": [
+            {"name": name, **stage.model_dump(mode="json", exclude_none=True)}
+            for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
+        ],
+    }
+
+
+def write_card_and_report(folder: OutputFolder, config: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(folder)
+    summary["complete"] = True
+    paths = folder.shard_paths("data")
+    columns = pq.read_schema(paths[0]).names if paths else []
+    _write_text(folder.root / "README.md", render_card(summary, config, columns))
+    samples = folder.read_rows("data", limit=3)
+    _write_text(
+        folder.root / "report.html",
+        render_report(summary, config, samples, failure_examples(folder)),
+    )
+    return summary
+
+
+def finalize_run(executor: Executor) -> RunResult:
+    from stillroom.pipeline.pipeline import RunResult
+
+    folder = executor.folder
+    folder.harmonize_shards()
+    config = run_config(executor)
+    summary = write_card_and_report(folder, config)
+    folder.mark_complete({"finished": time.time(), "counts": summary["counts"]})
+    return RunResult(
+        out=folder.root,
+        counts=summary["counts"],
+        session_counts=dict(executor.session_counts),
+        failures_by_reason=summary["failures_by_reason"],
+        drops_by_reason=summary["drops_by_reason"],
+        backends=summary["backends"],
+        seconds=time.time() - executor.started,
+        max_failure_rate=executor.options.max_failure_rate,
+        summary=summary,
+    )

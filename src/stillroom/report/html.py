@@ -1,0 +1,159 @@
+"""``OUT/report.html``: one self-contained page (no scripts, no network) a person can read.
+
+This first version shows counts, timings, token use, per-stage flow and failures and drops by
+reason, with a few example rows. Every value from the data is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from typing import Any
+
+from stillroom import __version__
+
+_STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
+color:#1d2327;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+.muted{color:#666}.cards{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}
+.card{border:1px solid #ddd;border-radius:8px;padding:.7rem 1rem;min-width:9rem}
+.card b{display:block;font-size:1.5rem}.bad{color:#b3261e}.ok{color:#1e7b34}
+table{border-collapse:collapse;margin:.5rem 0;font-size:14px}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.bar{background:#4a7dbd;height:.8rem;display:inline-block;vertical-align:middle}
+pre{background:#f7f7f7;padding:.6rem;overflow:auto;max-height:16rem;font-size:12.5px;white-space:pre-wrap}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    numeric = numeric or set()
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="n">{_num(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _reason_table(reasons: dict[str, int], total: int) -> str:
+    rows = []
+    for reason, count in reasons.items():
+        width = int(200 * count / total) if total else 0
+        rows.append(
+            f'<tr><td>{_e(reason)}</td><td class="n">{count:,}</td>'
+            f'<td><span class="bar" style="width:{width}px"></span></td></tr>'
+        )
+    if not rows:
+        return '<p class="muted">none</p>'
+    return f"<table><tr><th>stage: reason</th><th>rows</th><th></th></tr>{''.join(rows)}</table>"
+
+
+def render_report(
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    samples: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+) -> str:
+    counts = summary["counts"]
+    total = sum(counts.values())
+    seconds = summary["seconds"]
+    rate = summary["failure_rate"]
+    title = config.get("name") or "stillroom run"
+    cards = [
+        ("rows in data/", f"{counts['data']:,}", ""),
+        ("failed", f"{counts['failed']:,}", "bad" if counts["failed"] else "ok"),
+        ("dropped", f"{counts['dropped']:,}", ""),
+        ("failure rate", f"{rate:.2%}", "bad" if rate else "ok"),
+        ("wall time", f"{seconds:,.1f} s", ""),
+        ("sessions", f"{len(summary['sessions'])}", ""),
+    ]
+    backend_rows = []
+    for name, s in summary["backends"].items():
+        busy = s.get("busy_seconds") or 0.0
+        backend_rows.append(
+            [
+                name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
+                s["failed_requests"], s["prompt_tokens"], s["completion_tokens"],
+                s["completion_tokens"] / seconds if seconds else 0.0,
+                busy / s["responses"] if s["responses"] else 0.0,
+                ", ".join(f"{k}: {v}" for k, v in (s.get("errors") or {}).items()) or "-",
+            ]
+        )
+    stage_rows = [
+        [name, s.get("rows_in", 0), s.get("rows_out", 0), s.get("dropped", 0), s.get("failed", 0),
+         s.get("seconds", 0.0)]
+        for name, s in summary["stages"].items()
+    ]
+    session_rows = []
+    for session in summary["sessions"]:
+        started = session.get("started")
+        ended = session.get("ended")
+        when = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if started else "?"
+        session_rows.append(
+            [session.get("session"), session.get("status"), when,
+             (ended - started) if started and ended else 0.0,
+             ", ".join(f"{k}: {v}" for k, v in (session.get("counts") or {}).items()) or "-"]
+        )
+    sample_html = "".join(
+        f"<pre>{_e(json.dumps(row, ensure_ascii=False, indent=1, default=str)[:3000])}</pre>"
+        for row in samples
+    ) or '<p class="muted">no rows</p>'
+    failure_html = _table(
+        ["stage", "error type", "attempts", "error"],
+        [[f["stage"], f["error_type"], f["attempts"], f["error"]] for f in failures],
+    )
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="muted">stillroom {_e(__version__)} · report written '
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · "
+        f"{'complete' if summary.get('complete', True) else 'incomplete'}</p>",
+        '<div class="cards">'
+        + "".join(f'<div class="card {cls}">{_e(label)}<b>{_e(value)}</b></div>' for label, value, cls in cards)
+        + "</div>",
+        f"<p>{total:,} rows written in all.</p>",
+        "<h2>Backends: requests and tokens</h2>",
+        _table(
+            ["backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
+             "prompt tokens", "completion tokens", "completion tok/s", "mean latency s", "errors by kind"],
+            backend_rows,
+            numeric={3, 4, 5, 6, 7, 8, 9, 10},
+        ),
+        "<h2>Stages</h2>",
+        _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,
+               numeric={1, 2, 3, 4, 5}),
+        "<h2>Failures by reason</h2>",
+        _reason_table(summary["failures_by_reason"], counts["failed"]),
+        failure_html if failures else "",
+        "<h2>Drops by reason</h2>",
+        _reason_table(summary["drops_by_reason"], counts["dropped"]),
+        "<h2>Sessions</h2>",
+        _table(["session", "status", "started (UTC)", "seconds", "rows"], session_rows, numeric={3}),
+        "<h2>Example rows</h2>",
+        sample_html,
+        "<h2>Pipeline</h2>",
+        f"<pre>{_e(json.dumps(config, indent=2, ensure_ascii=False, default=str))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

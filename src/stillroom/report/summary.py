@@ -1,0 +1,79 @@
+"""What a finished output folder holds, in numbers: the source for the card, report and ``inspect``.
+
+Counts and reasons are read from the shards themselves (not from counters kept while running), so
+they are right across any number of interrupted and resumed sessions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from stillroom.data.output import KINDS, OutputFolder
+from stillroom.llm.stats import BackendStats
+
+
+def _reasons(folder: OutputFolder, kind: str, column: str) -> dict[str, int]:
+    stages = folder.read_column(kind, "stage")
+    reasons = folder.read_column(kind, column)
+    counter: Counter[str] = Counter()
+    for stage, reason in zip(stages, reasons, strict=False):
+        counter[f"{stage}: {reason}"] += 1
+    return dict(counter.most_common())
+
+
+def _session_stats(folder: OutputFolder) -> list[dict[str, Any]]:
+    """One stats record per session: its own final record, or, for a session that was killed
+    before it could write one, the stats of its last commit."""
+    by_session: dict[str, dict[str, Any]] = {}
+    for record in folder._read_commit_lines():
+        stats = record.get("stats")
+        if stats and stats.get("session"):
+            by_session[stats["session"]] = {**stats, "status": "killed", "ended": record.get("time")}
+    for session in folder.read_sessions():
+        by_session[session["session"]] = session
+    return list(by_session.values())
+
+
+def summarize(folder: OutputFolder) -> dict[str, Any]:
+    counts = {kind: folder.count(kind) for kind in KINDS}
+    sessions = _session_stats(folder)
+    backends: dict[str, BackendStats] = {}
+    stages: dict[str, Counter[str]] = {}
+    seconds = 0.0
+    for session in sessions:
+        for name, stats in (session.get("backends") or {}).items():
+            backends.setdefault(name, BackendStats()).add(stats)
+        for name, stats in (session.get("stages") or {}).items():
+            stages.setdefault(name, Counter()).update(stats)
+        if session.get("started") and session.get("ended"):
+            seconds += float(session["ended"]) - float(session["started"])
+    finished = counts["data"] + counts["failed"]
+    return {
+        "counts": counts,
+        "failure_rate": counts["failed"] / finished if finished else 0.0,
+        "failures_by_reason": _reasons(folder, "failed", "error_type"),
+        "drops_by_reason": _reasons(folder, "dropped", "drop_reason"),
+        "backends": {name: stats.as_dict() for name, stats in backends.items()},
+        "stages": {name: dict(counter) for name, counter in stages.items()},
+        "sessions": [
+            {
+                "session": s.get("session"),
+                "status": s.get("status"),
+                "started": s.get("started"),
+                "ended": s.get("ended"),
+                "counts": s.get("counts", {}),
+            }
+            for s in sessions
+        ],
+        "seconds": seconds,
+        "complete": folder.is_complete(),
+    }
+
+
+def failure_examples(folder: OutputFolder, limit: int = 5) -> list[dict[str, Any]]:
+    """A few failed rows, reduced to what explains them."""
+    out = []
+    for row in folder.read_rows("failed", limit=limit):
+        out.append({key: row.get(key) for key in ("stage", "error_type", "attempts", "error")})
+    return out

@@ -129,7 +129,9 @@ def _iter_csv(path: Path) -> Iterator[tuple[str, Row]]:
             return
         width = len(reader.fieldnames)
         for row in reader:
-            if None in row or len(row) != width:
+            # DictReader pads a short row with None values and files a long row's extras under
+            # the key None; a real empty field reads as "".
+            if None in row or any(value is None for value in row.values()):
                 raise InputError(
                     f"expected {width} fields as in the header, found a different number",
                     path=str(path),

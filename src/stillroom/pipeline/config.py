@@ -107,24 +107,40 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 def _dotted(loc: tuple[Any, ...], data: Any) -> tuple[str, type[BaseModel] | None]:
     """``stages[0].temperature`` for ``("stages", 0, "complete", "temperature")``, and the model
-    class at the end of the path when a union tag names it."""
+    class that owns the last key (to suggest the key that was meant)."""
     text = ""
-    owner: type[BaseModel] | None = None
+    parent: Any = data
+    section = None
+    depth = 0
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
             data = data[part] if isinstance(data, list) and part < len(data) else None
             continue
         if isinstance(data, dict) and part not in data and part in (data.get("type"), data.get("kind")):
-            registry = stages if data.get("type") == part else backends
-            try:
-                owner = registry.get(part)
-            except ConfigError:
-                owner = None
-            continue
+            continue  # a union tag pydantic put in the path
+        if not text:
+            section = part
+        depth += 1
         text += f".{part}" if text else str(part)
+        parent = data
         data = data.get(part) if isinstance(data, dict) else None
-    return text, owner
+    if depth == 1:
+        return text, pipeline_file_model()
+    return text, _owner(section, parent)
+
+
+def _owner(section: Any, parent: Any) -> type[BaseModel] | None:
+    if not isinstance(parent, dict):
+        return None
+    try:
+        if section == "stages" and isinstance(parent.get("type"), str):
+            return stages.get(parent["type"])
+        if section == "backends" and isinstance(parent.get("kind"), str):
+            return backends.get(parent["kind"])
+    except ConfigError:
+        return None
+    return None
 
 
 def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.servers import echo_command, free_port, katan_command, running
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own request cache: no answer leaks from one test into another."""
+    cache = tmp_path / "request-cache"
+    monkeypatch.setenv("STILLROOM_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
+def katan(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start llm-katan (echo backend) with the given failure flags; returns its base URL."""
+    with ExitStack() as stack:
+
+        def start(*flags: str, providers: str = "openai", env: dict[str, str] | None = None) -> str:
+            port = free_port()
+            log = tmp_path / f"katan-{port}.log"
+            stack.enter_context(
+                running(katan_command(port, tmp_path / f"stats-{port}.json", *flags, providers=providers),
+                        port, log, env=env)
+            )
+            return f"http://127.0.0.1:{port}/v1"
+
+        yield start
+
+
+@pytest.fixture
+def echo_server(tmp_path: Path) -> Iterator[Callable[..., tuple[str, Path]]]:
+    """Start stillroom's echo server; returns (base URL, request log path)."""
+    with ExitStack() as stack:
+
+        def start(latency_ms: float = 0.0) -> tuple[str, Path]:
+            port = free_port()
+            log = tmp_path / f"echo-requests-{port}.jsonl"
+            stack.enter_context(running(echo_command(port, latency_ms, log), port, tmp_path / f"echo-{port}.log"))
+            return f"http://127.0.0.1:{port}/v1", log
+
+        yield start

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from stillroom.llm.types import GenerationParams, Request, error_for_status, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable", "slow_down"),
+    [
+        (400, "BadRequestError", False, False),
+        (401, "AuthenticationError", False, False),
+        (404, "NotFoundError", False, False),
+        (408, "APITimeoutError", True, False),
+        (409, "ConflictError", True, False),
+        (429, "RateLimitError", True, True),
+        (500, "InternalServerError", True, False),
+        (503, "InternalServerError", True, True),
+        (504, "InternalServerError", True, False),
+    ],
+)
+def test_statuses_mean_what_they_mean_in_the_openai_sdk(status: int, kind: str, retryable: bool, slow_down: bool) -> None:
+    error = error_for_status(status, "x", {})
+    assert (error.kind, error.retryable, error.slow_down) == (kind, retryable, slow_down)
+
+
+def test_x_should_retry_overrides_the_status() -> None:
+    assert not error_for_status(500, "x", {"x-should-retry": "false"}).retryable
+    assert error_for_status(400, "x", {"x-should-retry": "true"}).retryable
+
+
+def test_retry_after_in_seconds_milliseconds_and_http_dates() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (parse_retry_after({"retry-after": date}) or 0) <= 31
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_a_request_is_either_chat_or_raw() -> None:
+    with pytest.raises(ValueError):
+        Request()
+    with pytest.raises(ValueError):
+        Request(messages=[], prompt="x")
+    assert Request(prompt="x", params=GenerationParams(seed=5), sample=2).effective_seed() == 7

@@ -39,3 +39,15 @@ async def test_cancelled_waiters_do_not_leak_slots() -> None:
     await asyncio.sleep(0)
     assert limiter.in_flight == 0
     await asyncio.wait_for(limiter.acquire(), 1)
+
+
+async def test_only_rejections_of_requests_sent_after_the_last_decrease_count() -> None:
+    limiter = AdaptiveLimiter(16)
+    before = limiter.now()
+    limiter.slow_down(sent_at=before)  # 16 -> 8
+    for _ in range(5):
+        limiter.slow_down(sent_at=before)  # in flight before the decrease: ignored
+    assert limiter.limit == 8
+    await asyncio.sleep(0.001)
+    limiter.slow_down(sent_at=limiter.now())  # sent under the new limit: 8 -> 4
+    assert limiter.limit == 4

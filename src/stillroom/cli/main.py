@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from stillroom.errors import StillroomError
 
@@ -34,12 +35,15 @@ def friendly_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except StillroomError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            # soft_wrap: a path in the message must not be broken across lines; escape: a key like
+            # `stages[0]` is not rich markup.
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print(
                 "[yellow]interrupted.[/] Finished rows are saved and every answer received is in "
-                "the request cache: run the same command again to resume."
+                "the request cache: run the same command again to resume.",
+                soft_wrap=True,
             )
             raise typer.Exit(130) from None
 
@@ -95,7 +99,8 @@ def print_result(result: Any) -> None:
             f"[bold red]{result.counts['failed']} rows failed ({result.failure_rate:.2%}), more than "
             f"--max-failure-rate {result.max_failure_rate:.2%}.[/] They are in {result.out}/failed/ "
             "with their reasons. Once the cause is fixed, rerun with --overwrite: every answer "
-            "already received comes from the request cache, so only the failed requests are sent."
+            "already received comes from the request cache, so only the failed requests are sent.",
+            soft_wrap=True,
         )
         raise typer.Exit(1)
 

@@ -73,6 +73,7 @@ class LLMClient:
             await self.limiter.acquire()
             ok = False
             started = time.perf_counter()
+            sent_at = self.limiter.now()
             try:
                 stats.requests_sent += 1
                 if self.timeout is None:
@@ -105,7 +106,7 @@ class LLMClient:
                 return completion
             stats.errors[error.kind] += 1
             if error.slow_down:
-                self.limiter.slow_down(error.retry_after)
+                self.limiter.slow_down(error.retry_after, sent_at)
             if not error.retryable or attempt > self.max_retries:
                 stats.failed_requests += 1
                 raise RequestFailed(error, attempt)

@@ -1,8 +1,10 @@
 """Bounds the requests in flight to one backend, and slows the whole backend down on overload.
 
-At most ``limit`` requests are in flight. A 429 or 503 halves the limit (at most once per second,
-so a burst of rejections from requests already in flight does not collapse it to 1) and, when the
-server said how long to wait (Retry-After), pauses every new request to that backend until then.
+At most ``limit`` requests are in flight. A 429 or 503 halves the limit, but only when the
+rejected request was sent after the last decrease: a burst of rejections of requests that were
+already in flight says nothing about the new limit, so it must not collapse the limit to 1 (the
+once-per-window rule of TCP congestion control). When the server said how long to wait
+(Retry-After), every new request to that backend pauses until then.
 Each run of ``limit`` successes raises the limit by one again, up to the configured maximum
 (additive increase, multiplicative decrease, as TCP does).
 
@@ -28,6 +30,10 @@ class AdaptiveLimiter:
         self._wake_handle: asyncio.TimerHandle | None = None
         self._successes = 0
         self._last_decrease = float("-inf")
+
+    def now(self) -> float:
+        """The clock ``slow_down(sent_at=...)`` compares against."""
+        return asyncio.get_running_loop().time()
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -60,10 +66,13 @@ class AdaptiveLimiter:
         if self._waiters:
             self._wake(asyncio.get_running_loop())
 
-    def slow_down(self, retry_after: float | None = None) -> None:
+    def slow_down(self, retry_after: float | None = None, sent_at: float | None = None) -> None:
+        """The backend is overloaded. ``sent_at`` (from :meth:`now`) is when the rejected request
+        went out; without it, decreases are at least a second apart."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now - self._last_decrease >= 1.0:
+        fresh = sent_at > self._last_decrease if sent_at is not None else now - self._last_decrease >= 1.0
+        if fresh:
             self.limit = max(1, self.limit // 2)
             self._successes = 0
             self._last_decrease = now

@@ -30,8 +30,17 @@ def _is_local(url: str) -> bool:
     return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.endswith(".local")
 
 
-def chat_body(model: str, request: Request) -> dict[str, Any]:
-    """The JSON body of a chat or raw completion request, as the openai SDK would send it."""
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+
+
+def chat_body(model: str, request: Request, structured: StructuredMode = "json_schema") -> dict[str, Any]:
+    """The JSON body of a chat or raw completion request, as the openai SDK would send it.
+
+    ``structured`` says how to ask for a JSON-schema answer: OpenAI's ``json_schema`` response
+    format (OpenAI, vLLM, SGLang, llama.cpp's C++ server), the older ``json_object`` with a
+    ``schema`` (llama-cpp-python's server), or ``prompt`` (send nothing; the answer is still
+    validated and re-asked by the client).
+    """
     params = request.params
     body: dict[str, Any] = {"model": model}
     if request.messages is not None:
@@ -55,11 +64,13 @@ def chat_body(model: str, request: Request) -> dict[str, Any]:
             body["top_logprobs"] = params.top_logprobs
         else:
             body["logprobs"] = params.top_logprobs
-    if params.json_schema is not None:
+    if params.json_schema is not None and structured == "json_schema":
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": params.json_schema, "strict": True},
         }
+    elif params.json_schema is not None and structured == "json_object":
+        body["response_format"] = {"type": "json_object", "schema": params.json_schema}
     return body
 
 
@@ -124,6 +135,13 @@ def _parse_logprobs(logprobs: dict[str, Any] | None) -> list[dict[str, Any]] | N
     return out
 
 
+def scrub(text: str, secret: str | None) -> str:
+    """Remove the API key from a server's error text: some servers echo what they were sent."""
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
+
+
 def _error_message(raw: bytes) -> str:
     try:
         data = orjson.loads(raw)
@@ -149,8 +167,10 @@ class OpenAICompatibleBackend(Backend):
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 16,
         extra_body: dict[str, Any] | None = None,
+        structured_output: StructuredMode = "json_schema",
     ):
         super().__init__(model)
+        self.structured_output = structured_output
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.concurrency = concurrency
@@ -185,7 +205,7 @@ class OpenAICompatibleBackend(Backend):
 
         if self._session is None:
             self._session = self._open_session()
-        body = chat_body(self.model, request)
+        body = chat_body(self.model, request, self.structured_output)
         if self.extra_body:
             body.update(self.extra_body)
         url = self._chat_url if request.messages is not None else self._completions_url
@@ -199,7 +219,8 @@ class OpenAICompatibleBackend(Backend):
                 f"{type(error).__name__}: {error}", kind="APIConnectionError", retryable=True
             ) from error
         if status != 200:
-            raise error_for_status(status, _error_message(raw), headers)
+            secret = os.environ.get(self.api_key_env)
+            raise error_for_status(status, scrub(_error_message(raw), secret), headers)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
@@ -229,7 +250,7 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
                 max_retries=0,  # LLMClient retries, the same way for every backend
                 timeout=None,
             )
-        body = chat_body(self.model, request)
+        body = chat_body(self.model, request, self.structured_output)
         body.update(self.extra_body)
         try:
             if request.messages is not None:
@@ -237,7 +258,8 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
             else:
                 response = await self._session.completions.create(**body)
         except openai.APIStatusError as error:
-            raise error_for_status(error.status_code, error.message, error.response.headers) from error
+            message = scrub(error.message, os.environ.get(self.api_key_env))
+            raise error_for_status(error.status_code, message, error.response.headers) from error
         except openai.APITimeoutError as error:
             raise BackendError(str(error), kind="APITimeoutError", retryable=True) from error
         except openai.APIConnectionError as error:
@@ -262,6 +284,10 @@ class OpenAIConfig(BackendConfig):
         description="Environment variable holding the API key; the key itself is never stored.",
     )
     client: Literal["aiohttp", "sdk"] = "aiohttp"
+    structured_output: StructuredMode = Field(
+        default="json_schema",
+        description="How to ask for JSON: json_schema, json_object (llama-cpp-python's server) or prompt.",
+    )
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     _runtime_fields: ClassVar[frozenset[str]] = BackendConfig._runtime_fields | {
@@ -287,4 +313,5 @@ class OpenAIConfig(BackendConfig):
             api_key_env=self.api_key_env,
             concurrency=self.concurrency,
             extra_body=self.extra_body,
+            structured_output=self.structured_output,
         )

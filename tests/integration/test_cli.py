@@ -1,0 +1,102 @@
+"""The CLI as a user runs it: exit codes, error messages naming file and line, the verbs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STILLROOM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_input_fails_before_any_request_naming_file_and_line(
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path
+) -> None:
+    base_url, requests_log = echo_server()
+    source = tmp_path / "prompts.jsonl"
+    source.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": broken}\n')
+    result = cli("complete", str(source), "-o", str(tmp_path / "out"), "--base-url", base_url, "--model", "m")
+    assert result.returncode == 2
+    assert f"{source}:3" in result.stderr and "not valid JSON" in result.stderr
+    assert not requests_log.exists() or requests_log.read_text() == ""
+    assert not (tmp_path / "out").exists()
+
+    source.write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
+    result = cli("complete", str(source), "-o", str(tmp_path / "out"), "--base-url", base_url, "--model", "m")
+    assert result.returncode == 2 and f"{source}:2" in result.stderr and "`prompt` or `messages`" in result.stderr
+
+    result = cli("complete", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_bad_pipeline_file_names_line_and_key(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("input: x.jsonl\nstages:\n  - type: complete\n    n: -1\n")
+    result = cli("run", str(pipeline), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"{pipeline}:4" in result.stderr and "stages[0].n" in result.stderr
+
+
+def test_run_a_pipeline_file_then_inspect(echo_server: Callable[..., tuple[str, Path]], tmp_path: Path) -> None:
+    base_url, _ = echo_server()
+    (tmp_path / "questions.jsonl").write_text(
+        "".join(json.dumps({"id": i, "question": f"q{i}"}) + "\n" for i in range(6)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"""\
+# stillroom run p.yaml -o out
+input: questions.jsonl
+backends:
+  echo: {{kind: openai, model: m, base_url: "{base_url}"}}
+stages:
+  - type: complete
+    backend: echo
+    prompt_template: "Answer: {{question}}"
+""")
+    out = tmp_path / "out"
+    result = cli("run", str(pipeline), "-o", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert sorted(loaded["completion"]) == [f"echo: Answer: q{i}" for i in range(6)]
+    inspected = cli("inspect", str(out))
+    assert inspected.returncode == 0 and "complete" in inspected.stdout and "echo: Answer" in inspected.stdout
+
+
+def test_failure_rate_above_the_limit_exits_1(katan: Callable[..., str], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "any")
+    base_url = katan("--error-rate", "1.0")
+    source = tmp_path / "prompts.jsonl"
+    source.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    result = cli("complete", str(source), "-o", str(tmp_path / "out"), "--base-url", base_url, "--model", "m",
+                 "--max-retries", "0", "--no-progress")
+    assert result.returncode == 1
+    assert "2 rows failed" in result.stderr and "failed/" in result.stderr
+    inspected = cli("inspect", str(tmp_path / "out"))
+    assert "complete: InternalServerError" in inspected.stdout
+
+
+def test_quickstart_on_the_embedded_model(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    result = cli("quickstart", "-o", str(out), "--limit", "3", "--max-tokens", "24", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert loaded.num_rows == 3
+    assert all(text.strip() for text in loaded["completion"])
+    assert set(loaded["id"]) == {"seed_task_0", "seed_task_1", "seed_task_2"}
+    card = (out / "README.md").read_text()
+    assert "SmolLM2-135M-Instruct" in card and "| 3 | 0 | 0 |" in card
+    assert "<html" in (out / "report.html").read_text()

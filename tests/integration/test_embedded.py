@@ -1,0 +1,81 @@
+"""The embedded model, in-process through llama.cpp and behind llama.cpp's OpenAI server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stillroom import api
+from stillroom.data.output import OutputFolder
+from stillroom.llm.llamacpp import embedded_model_path
+from stillroom.llm.openai_compat import OpenAIConfig
+from tests.servers import free_port, running
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [{"id": "a", "prompt": "Name a colour."}, {"id": "b", "prompt": "What is 2 + 2?"}]
+
+
+def test_in_process_with_logprobs_and_samples_is_reproducible(tmp_path: Path) -> None:
+    options = dict(n=2, temperature=0.8, max_tokens=12, top_logprobs=3, seed=11, progress=False)
+    first = api.complete(PROMPTS, tmp_path / "one", **options)
+    second = api.complete(PROMPTS, tmp_path / "two", use_cache=False, **options)
+    assert first.counts["data"] == 2 and second.backends["default"]["cache_hits"] == 0
+    rows_one = {r["id"]: r for r in OutputFolder(tmp_path / "one").read_rows("data")}
+    rows_two = {r["id"]: r for r in OutputFolder(tmp_path / "two").read_rows("data")}
+    for key, row in rows_one.items():
+        assert row["completions"] == rows_two[key]["completions"]  # same seed, no cache: same text
+        assert len(row["completions"]) == 2 and all(text.strip() for text in row["completions"])
+        for logprobs in row["logprobs"]:
+            assert logprobs and all(len(token["top_logprobs"]) == 3 for token in logprobs)
+            assert all(token["logprob"] <= 0 for token in logprobs)
+        assert row["metadata"]["complete"]["model"] == "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true"]
+    with running(command, port, log, timeout=120):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+def test_complete_cli_against_llama_cpp_server_needs_no_key(llama_server: str, tmp_path: Path) -> None:
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in PROMPTS))
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    stillroom = str(Path(sys.executable).with_name("stillroom"))
+    result = subprocess.run(
+        [stillroom, "complete", str(source), "-o", str(tmp_path / "out"), "--base-url", llama_server,
+         "--model", "smollm2", "--max-tokens", "10", "--top-logprobs", "2", "--temperature", "0",
+         "--concurrency", "2", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = OutputFolder(tmp_path / "out").read_rows("data")
+    assert sorted(r["id"] for r in rows) == ["a", "b"]
+    for row in rows:
+        assert row["completion"].strip()
+        assert row["logprobs"] and all(len(t["top_logprobs"]) == 2 for t in row["logprobs"])
+
+
+def test_structured_output_through_llama_cpp_server(llama_server: str, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+    backend = OpenAIConfig(model="smollm2", base_url=llama_server, structured_output="json_object")
+    from stillroom import Pipeline
+    from stillroom.stages import Complete
+
+    Pipeline([Complete(backend="s", json_schema=schema, max_tokens=40, temperature=0.0)],
+             input=[{"prompt": "Name a colour, as JSON."}], backends={"s": backend}).run(
+        tmp_path / "out", progress=False)
+    row = OutputFolder(tmp_path / "out").read_rows("data")[0]
+    assert isinstance(row["completion_json"]["colour"], str)
+    assert json.loads(row["completion"]) == row["completion_json"]

@@ -8,8 +8,19 @@ from typing import Annotated
 import typer
 
 from stillroom.cli.main import (
-    CacheDir, FlushRows, FlushSeconds, Limit, MaxFailureRate, NoCache, NoProgress, OutOption,
-    Overwrite, app, friendly_errors, print_result, run_options,
+    CacheDir,
+    FlushRows,
+    FlushSeconds,
+    Limit,
+    MaxFailureRate,
+    NoCache,
+    NoProgress,
+    OutOption,
+    Overwrite,
+    app,
+    friendly_errors,
+    print_result,
+    run_options,
 )
 
 

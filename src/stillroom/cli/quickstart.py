@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import CacheDir, NoCache, NoProgress, Overwrite, app, friendly_errors, print_result
+from stillroom.cli.main import (
+    CacheDir,
+    NoCache,
+    NoProgress,
+    Overwrite,
+    app,
+    friendly_errors,
+    print_result,
+)
 
 
 @app.command()

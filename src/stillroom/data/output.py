@@ -165,9 +165,7 @@ class OutputFolder:
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
                 relative = path.relative_to(self.root).as_posix()
-                if path.name.endswith(".tmp"):
-                    path.unlink()
-                elif path.suffix == ".parquet" and relative not in committed:
+                if path.name.endswith(".tmp") or path.suffix == ".parquet" and relative not in committed:
                     path.unlink()
 
     # -- writing ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class Backend(ABC):
     async def generate(self, request: Request) -> Completion:
         """Produce one completion, or raise BackendError."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most backends have nothing to free
         """Release connections, threads or model memory."""
 
     def cache_identity(self) -> dict[str, Any]:

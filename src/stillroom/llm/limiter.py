@@ -15,6 +15,7 @@ or pause, and the rate limiters on PyPI limit requests per second, not requests 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 
@@ -50,10 +51,8 @@ class AdaptiveLimiter:
                 # A slot was handed to us just as we were cancelled: give it to the next waiter.
                 self.release(ok=False)
             else:
-                try:
+                with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
             raise
 
     def release(self, *, ok: bool) -> None:

@@ -306,7 +306,9 @@ class OpenAIConfig(BackendConfig):
                 f"{self.api_key_env} (or point base_url at a local server)",
                 key="api_key_env",
             )
-        cls = self.backend_class()
+        cls: type[OpenAICompatibleBackend] = (
+            OpenAISDKBackend if self.client == "sdk" else OpenAICompatibleBackend
+        )
         return cls(
             self.model,
             base_url=self.base_url,

@@ -17,6 +17,8 @@ plugins), so the schema is assembled from the registries when a file is read.
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -35,7 +37,7 @@ class InputConfig(BaseModel):
     limit: int | None = Field(default=None, ge=1, description="Read only the first N rows.")
 
 
-def _union(classes: list[type[BaseModel]], discriminator: str) -> Any:
+def _union(classes: Sequence[type[BaseModel]], discriminator: str) -> Any:
     if len(classes) == 1:
         return classes[0]
     return Annotated[Union[tuple(classes)], Field(discriminator=discriminator)]  # noqa: UP007
@@ -49,15 +51,18 @@ def pipeline_file_model() -> type[BaseModel]:
     backend_classes = list(backends.items().values())
     key = (stages.version, backends.version)
     if key not in _model_cache:
+        backend_type: Any = _union(backend_classes, "kind")
+        stage_type: Any = _union(stage_classes, "type")
+        fields: dict[str, Any] = {
+            "name": (str | None, None),
+            "description": (str | None, None),
+            "seed": (int, 0),
+            "input": (str | InputConfig | None, None),
+            "backends": (dict[str, backend_type], {}),
+            "stages": (list[stage_type], Field(min_length=1)),
+        }
         _model_cache[key] = create_model(
-            "PipelineFile",
-            __config__=ConfigDict(extra="forbid"),
-            name=(str | None, None),
-            description=(str | None, None),
-            seed=(int, 0),
-            input=(str | InputConfig | None, None),
-            backends=(dict[str, _union(backend_classes, "kind")], {}),  # type: ignore[valid-type]
-            stages=(list[_union(stage_classes, "type")], Field(min_length=1)),  # type: ignore[valid-type]
+            "PipelineFile", __config__=ConfigDict(extra="forbid"), **fields
         )
     return _model_cache[key]
 
@@ -182,15 +187,16 @@ def parse_pipeline_text(text: str, path: str = "<pipeline>") -> tuple[BaseModel,
     except ValidationError as validation:
         problems = []
         first_line, first_key = None, None
-        for error in validation.errors()[:10]:
-            key, message = _explain(error, data)
-            line = _line_of(root, tuple(error["loc"]))
+        errors: list[dict[str, Any]] = [dict(e) for e in validation.errors()]
+        for problem in errors[:10]:
+            key, message = _explain(problem, data)
+            line = _line_of(root, tuple(problem["loc"]))
             if first_line is None:
                 first_line, first_key = line, key
             where = f"{path}:{line}: " if line else f"{path}: "
             problems.append(f"{where}{key}: {message}")
         if len(problems) == 1:
-            _, message = _explain(validation.errors()[0], data)
+            _, message = _explain(errors[0], data)
             raise ConfigError(message, path=path, line=first_line, key=first_key) from None
         raise ConfigError(
             f"{len(validation.errors())} problems:\n  " + "\n  ".join(problems),
@@ -200,7 +206,7 @@ def parse_pipeline_text(text: str, path: str = "<pipeline>") -> tuple[BaseModel,
         ) from None
 
 
-def load_pipeline_file(path: str | Path) -> tuple[BaseModel, Path]:
+def load_pipeline_file(path: str | os.PathLike[str]) -> tuple[BaseModel, Path]:
     file = Path(path)
     if not file.exists():
         raise ConfigError("no such pipeline file", path=str(file))

@@ -20,11 +20,12 @@ How a run goes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,15 @@ from stillroom.llm.client import LLMClient
 from stillroom.llm.types import RequestFailed
 from stillroom.pipeline.inputs import InputSource
 from stillroom.pipeline.progress import RunProgress
-from stillroom.pipeline.stage import AllRowsStage, Drop, Dropped, RowFailure, RowStage, Stage, StageContext
+from stillroom.pipeline.stage import (
+    AllRowsStage,
+    Drop,
+    Dropped,
+    RowFailure,
+    RowStage,
+    Stage,
+    StageContext,
+)
 
 if TYPE_CHECKING:
     from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
@@ -83,9 +92,7 @@ def split_segments(stages: list[Stage], names: list[str]) -> list[Segment]:
 
 
 def failed_row(row: Row, stage: str, error: BaseException) -> Row:
-    if isinstance(error, RequestFailed):
-        kind, attempts = error.kind, error.attempts
-    elif isinstance(error, RowFailure):
+    if isinstance(error, (RequestFailed, RowFailure)):
         kind, attempts = error.kind, error.attempts
     else:  # a bug in a stage: the row is kept, with the exception as its reason
         kind, attempts = type(error).__name__, 1
@@ -124,7 +131,7 @@ class Sink:
     def due(self) -> bool:
         options = self.executor.options
         return self.buffered >= options.flush_rows or (
-            self.keys and time.monotonic() - self.last_flush >= options.flush_seconds
+            bool(self.keys) and time.monotonic() - self.last_flush >= options.flush_seconds
         )
 
     async def flush(self) -> None:
@@ -217,10 +224,8 @@ class Executor:
             raise
         finally:
             for client in self.clients.values():
-                try:
+                with contextlib.suppress(Exception):  # closing must not hide the run's outcome
                     await client.aclose()
-                except Exception:  # closing must not hide the run's own outcome
-                    pass
             self.folder.record_session(
                 {
                     "session": self.session_id,

@@ -37,7 +37,7 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
         "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n",
         f"# {name}\n",
         f"Made by stillroom {__version__} on "
-        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.\n",
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.\n",
     ]
     if config.get("description"):
         parts.append(f"{config['description']}\n")

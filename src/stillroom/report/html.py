@@ -108,7 +108,7 @@ def render_report(
     for session in summary["sessions"]:
         started = session.get("started")
         ended = session.get("ended")
-        when = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if started else "?"
+        when = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if started else "?"
         session_rows.append(
             [session.get("session"), session.get("status"), when,
              (ended - started) if started and ended else 0.0,
@@ -127,7 +127,7 @@ def render_report(
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p class="muted">stillroom {_e(__version__)} · report written '
-        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} · "
         f"{'complete' if summary.get('complete', True) else 'incomplete'}</p>",
         '<div class="cards">'
         + "".join(f'<div class="card {cls}">{_e(label)}<b>{_e(value)}</b></div>' for label, value, cls in cards)

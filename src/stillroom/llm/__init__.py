@@ -1,13 +1,17 @@
 """LLM backends behind one small protocol, and the client that adds caching, retries and limits."""
 
+from stillroom.llm.anthropic_backend import AnthropicBackend, AnthropicConfig
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
 from stillroom.llm.llamacpp import LlamaCppBackend, LlamaCppConfig
 from stillroom.llm.openai_compat import OpenAICompatibleBackend, OpenAIConfig
+from stillroom.llm.transformers_backend import TransformersBackend, TransformersConfig
 from stillroom.llm.types import BackendError, Completion, GenerationParams, Request, RequestFailed
 
 __all__ = [
+    "AnthropicBackend",
+    "AnthropicConfig",
     "Backend",
     "BackendConfig",
     "BackendError",
@@ -21,5 +25,7 @@ __all__ = [
     "Request",
     "RequestCache",
     "RequestFailed",
+    "TransformersBackend",
+    "TransformersConfig",
     "backends",
 ]

@@ -1,0 +1,254 @@
+"""Anthropic's Messages API through the official ``anthropic`` SDK.
+
+The SDK is imported on first use, not with this module: it takes about two seconds to import, and
+most runs never talk to Anthropic. Its own retries and timeouts are switched off (``max_retries=0``,
+``timeout=None``) because :class:`stillroom.llm.client.LLMClient` retries and times out every
+backend the same way; errors are mapped to the same :class:`BackendError` kinds as an
+OpenAI-compatible server's (see ``error_for_status``), so failure reasons read alike everywhere.
+
+What the Messages API cannot do, this backend does not pretend to:
+
+* no ``seed``: the API has no such parameter, so a sampled answer does not reproduce;
+* ``temperature`` and ``top_p`` are sent only when a request sets them, and through
+  ``extra_body``: SDK 2.x dropped them from ``messages.create`` because API version 2026-10-21
+  (which it sends) rejects them with a 400. They are still passed on rather than dropped
+  silently, so a server that honours them (an older API version, a compatible proxy) does, and
+  one that does not says so in the row's failure reason instead of sampling differently than
+  asked;
+* no logprobs and no raw prompts (``supports_logprobs`` / ``supports_raw_prompt`` are False);
+* a ``json_schema`` is not sent: the text comes back as it is and ``LLMClient`` validates it and
+  re-asks with the error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from stillroom.errors import ConfigError
+from stillroom.llm.backend import Backend, BackendConfig, backends
+from stillroom.llm.openai_compat import _is_local
+from stillroom.llm.types import BackendError, Completion, Request, error_for_status
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+
+# A local test server only checks that a key header is present; the SDK refuses to send a request
+# without one. Never used for a remote base_url (``build`` demands a real key there).
+_LOCAL_PLACEHOLDER_KEY = "stillroom-local-placeholder"
+
+# Anthropic's stop reasons in the OpenAI vocabulary the rest of stillroom reads.
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "content_filter",
+}
+
+
+def _text_of(content: Any) -> str:
+    """A system message's text: a string, or the text blocks of a content list."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, str):
+            parts.append(block)
+    return "".join(parts)
+
+
+def messages_body(model: str, request: Request, max_tokens_default: int) -> dict[str, Any]:
+    """The keyword arguments of ``messages.create`` for one request."""
+    if request.messages is None:
+        raise BackendError(
+            "the anthropic backend answers chat messages only, not raw prompts; send `messages` "
+            "or use a backend with raw prompt support (openai, llamacpp, transformers)",
+            kind="BadRequestError",
+        )
+    params = request.params
+    if params.top_logprobs is not None:
+        raise BackendError(
+            "the Anthropic API returns no logprobs; remove top_logprobs or use an "
+            "OpenAI-compatible, llama.cpp or transformers backend",
+            kind="BadRequestError",
+        )
+    # The API takes the system prompt as a parameter of its own, not as a message.
+    system = [_text_of(m["content"]) for m in request.messages if m["role"] == "system"]
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": m["role"], "content": m["content"]}
+            for m in request.messages
+            if m["role"] != "system"
+        ],
+        # Required by the API, unlike OpenAI's.
+        "max_tokens": params.max_tokens if params.max_tokens is not None else max_tokens_default,
+    }
+    if system:
+        body["system"] = "\n\n".join(system)
+    # Not keyword arguments of messages.create any more (see the module docstring).
+    sampling = {
+        name: value
+        for name, value in (("temperature", params.temperature), ("top_p", params.top_p))
+        if value is not None
+    }
+    if sampling:
+        body["extra_body"] = sampling
+    if params.stop:
+        body["stop_sequences"] = list(params.stop)
+    # params.seed and request.sample are not sent: the API has no seed. They still go into the
+    # cache key (LLMClient), so sample 3 is never served sample 1's answer.
+    return body
+
+
+def parse_message(message: Any, model: str) -> Completion:
+    """Read the fields we keep from a ``Message`` (an SDK object or its dict form)."""
+    data = message if isinstance(message, dict) else message.model_dump()
+    text = "".join(
+        block.get("text", "") for block in data.get("content") or [] if block.get("type") == "text"
+    )
+    usage = data.get("usage") or {}
+    # Prompt-cache reads and writes are prompt tokens too; the API counts them apart.
+    prompt_tokens = sum(
+        int(usage.get(name) or 0)
+        for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    )
+    stop_reason = data.get("stop_reason")
+    return Completion(
+        text=text,
+        finish_reason=_FINISH_REASONS.get(stop_reason, stop_reason) if stop_reason else None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=int(usage.get("output_tokens") or 0),
+        model=data.get("model") or model,
+    )
+
+
+def map_error(error: Exception) -> BackendError:
+    """An SDK exception as a BackendError with the meaning ``error_for_status`` gives statuses."""
+    import anthropic
+
+    if isinstance(error, anthropic.APIStatusError):
+        message = getattr(error, "api_message", None) or error.message
+        mapped = error_for_status(error.status_code, message, error.response.headers)
+        if error.status_code == 529:
+            # Anthropic's "overloaded": the whole service is busy, like a 503. error_for_status
+            # already retries it (>= 500) unless the server says x-should-retry: false.
+            mapped.kind = "OverloadedError"
+            mapped.slow_down = True
+        return mapped
+    # APITimeoutError subclasses APIConnectionError, so it is tested first.
+    if isinstance(error, anthropic.APITimeoutError):
+        return BackendError(str(error), kind="APITimeoutError", retryable=True)
+    if isinstance(error, anthropic.APIConnectionError):
+        return BackendError(str(error), kind="APIConnectionError", retryable=True)
+    if isinstance(error, anthropic.APIResponseValidationError):
+        return BackendError(str(error), kind="APIResponseValidationError", retryable=True)
+    return BackendError(f"{type(error).__name__}: {error}", kind=type(error).__name__)
+
+
+class AnthropicBackend(Backend):
+    kind = "anthropic"
+    supports_logprobs = False
+    supports_json_schema = False
+    supports_raw_prompt = False
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str = "ANTHROPIC_API_KEY",
+        max_tokens_default: int = 1024,
+    ):
+        super().__init__(model)
+        # Named explicitly even for the default, so ANTHROPIC_BASE_URL in the environment cannot
+        # silently send a run somewhere other than where its config says.
+        self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env
+        self.max_tokens_default = max_tokens_default
+        self._client: Any = None
+
+    def cache_identity(self) -> dict[str, Any]:
+        # The default decides the length of every answer that does not set max_tokens.
+        return {**super().cache_identity(), "max_tokens_default": self.max_tokens_default}
+
+    def _open_client(self) -> Any:
+        import anthropic
+
+        # Read at call time and handed only to the SDK client: never to a row, cache or log.
+        key = os.environ.get(self.api_key_env) or _LOCAL_PLACEHOLDER_KEY
+        options: dict[str, Any] = {}
+        if self.base_url != ANTHROPIC_BASE_URL:
+            # SDK 2.x sends the key as `Authorization: Bearer` only; other servers speaking the
+            # Messages API (proxies, llm-katan) read the x-api-key header older SDKs sent.
+            options["default_headers"] = {"x-api-key": key}
+        return anthropic.AsyncAnthropic(
+            api_key=key,
+            base_url=self.base_url,
+            max_retries=0,  # LLMClient retries, the same way for every backend
+            timeout=None,  # LLMClient applies --timeout per attempt
+            **options,
+        )
+
+    async def generate(self, request: Request) -> Completion:
+        body = messages_body(self.model, request, self.max_tokens_default)
+        import anthropic
+
+        if self._client is None:
+            self._client = self._open_client()
+        try:
+            message = await self._client.messages.create(**body)
+        except anthropic.APIError as error:
+            raise map_error(error) from error
+        return parse_message(message, self.model)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+@backends.register("anthropic")
+class AnthropicConfig(BackendConfig):
+    """Anthropic's Messages API, or a server speaking it at ``base_url``."""
+
+    kind: Literal["anthropic"] = "anthropic"
+    model: str  # type: ignore[assignment]
+    base_url: str | None = Field(
+        default=None,
+        description="Server root (the SDK appends /v1/messages); none = Anthropic's API.",
+    )
+    api_key_env: str = Field(
+        default="ANTHROPIC_API_KEY",
+        description="Environment variable holding the API key; the key itself is never stored.",
+    )
+    max_tokens_default: int = Field(
+        default=1024, ge=1, description="max_tokens when a request sets none (the API needs one)."
+    )
+
+    _runtime_fields: ClassVar[frozenset[str]] = BackendConfig._runtime_fields | {
+        "base_url",
+        "api_key_env",
+    }
+
+    def backend_class(self) -> type[Backend]:
+        return AnthropicBackend
+
+    def build(self) -> Backend:
+        url = self.base_url or ANTHROPIC_BASE_URL
+        if not _is_local(url) and not os.environ.get(self.api_key_env):
+            raise ConfigError(
+                f"{url} needs an API key: set the environment variable {self.api_key_env} "
+                "(or point base_url at a local server)",
+                key="api_key_env",
+            )
+        return AnthropicBackend(
+            self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            max_tokens_default=self.max_tokens_default,
+        )

@@ -7,7 +7,6 @@ point names a module that is imported once, and whose import registers what it d
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from stillroom.errors import ConfigError
@@ -22,6 +21,8 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    from importlib.metadata import entry_points
+
     for entry_point in entry_points(group="stillroom.plugins"):
         entry_point.load()
 

@@ -11,8 +11,6 @@ import json
 import re
 from typing import Any
 
-import jsonschema
-
 from stillroom.llm.types import Message
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
@@ -41,6 +39,8 @@ def _candidates(text: str) -> list[str]:
 
 def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     """Return the JSON value in ``text`` that satisfies ``schema``, or raise StructuredOutputError."""
+    import jsonschema  # on first use: most runs never ask for JSON
+
     validator = jsonschema.Draft202012Validator(schema)
     problem = "no JSON value found"
     for candidate in _candidates(text):

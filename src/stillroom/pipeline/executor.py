@@ -161,6 +161,7 @@ class Executor:
         self.folder = OutputFolder(out)
         self.state = RunState()
         self.clients: dict[str, LLMClient] = {}
+        self.cache: RequestCache | None = None
         self.session_id = uuid.uuid4().hex[:12]
         self.session_counts: Counter[str] = Counter()
         self.stage_stats: dict[str, StageStats] = {name: StageStats() for name in pipeline.stage_names}
@@ -177,7 +178,7 @@ class Executor:
     def _build_clients(self) -> None:
         cache = None
         if self.options.use_cache:
-            cache = RequestCache.in_dir(self.options.cache_dir)
+            cache = self.cache = RequestCache.in_dir(self.options.cache_dir)
         for name, config in self.pipeline.used_backends().items():
             self.clients[name] = LLMClient(
                 config.build(),
@@ -207,8 +208,6 @@ class Executor:
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        from stillroom.report.finalize import finalize_run
-
         total = self._check_input()
         self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
         self._build_clients()
@@ -226,6 +225,8 @@ class Executor:
             for client in self.clients.values():
                 with contextlib.suppress(Exception):  # closing must not hide the run's outcome
                     await client.aclose()
+            if self.cache is not None:
+                await asyncio.to_thread(self.cache.close)
             self.folder.record_session(
                 {
                     "session": self.session_id,
@@ -236,6 +237,8 @@ class Executor:
                     **self.stats_record(),
                 }
             )
+        from stillroom.report.finalize import finalize_run
+
         return finalize_run(self)
 
     async def _run_segments(self, segments: list[Segment], total: int, progress: RunProgress) -> None:
@@ -261,27 +264,40 @@ class Executor:
     async def _stream(
         self, segment: Segment, source: Iterator[tuple[str, Row]], on_done: Any, skip: set[str]
     ) -> None:
-        """Run every key of ``source`` through the segment's row stages, ``window`` at a time."""
-        window = self.window()
+        """Run every key of ``source`` through the segment's row stages, ``window`` at a time.
+
+        A semaphore and a done-callback keep the window: ``asyncio.wait`` over the pending set
+        would walk all of it for every finished row, which at thousands of rows a second is a
+        measurable share of the client's CPU.
+        """
+        window = asyncio.Semaphore(self.window())
         pending: set[asyncio.Task[None]] = set()
+        crashed: list[BaseException] = []
 
         async def one(key: str, order: int, row: Row) -> None:
             outcomes = await self._process(segment, 0, row, (order,))
             await on_done(key, outcomes)
 
+        def finished(task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            window.release()
+            if not task.cancelled() and task.exception() is not None:
+                crashed.append(task.exception())  # type: ignore[arg-type]
+
         try:
             for order, (key, row) in enumerate(source):
                 if key in skip:
                     continue
-                while len(pending) >= window:
-                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in finished:
-                        task.result()  # re-raise a crash of the executor itself
-                pending.add(asyncio.create_task(one(key, order, row)))
-            while pending:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    task.result()
+                await window.acquire()
+                if crashed:
+                    break
+                task = asyncio.create_task(one(key, order, row))
+                pending.add(task)
+                task.add_done_callback(finished)
+            while pending and not crashed:
+                await asyncio.wait(set(pending), return_when=asyncio.FIRST_EXCEPTION)
+            if crashed:
+                raise crashed[0]  # a crash of the executor itself (rows' own failures are rows)
         finally:
             for task in pending:
                 task.cancel()

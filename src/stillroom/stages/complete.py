@@ -127,10 +127,15 @@ class Complete(RowStage):
         client = ctx.client(self.backend)
         messages = self.messages_for(row)
         params = self.params(ctx)
-        results = await asyncio.gather(
-            *(client.generate(Request(messages=messages, params=params, sample=i)) for i in range(self.n)),
-            return_exceptions=True,
-        )
+        requests = [Request(messages=messages, params=params, sample=i) for i in range(self.n)]
+        if self.n == 1:  # the common case, without gather's task and future per row
+            results: list[Completion | BaseException] = []
+            try:
+                results.append(await client.generate(requests[0]))
+            except RequestFailed as failure:
+                results.append(failure)
+        else:
+            results = await asyncio.gather(*map(client.generate, requests), return_exceptions=True)
         completions = _all_answered(results)
         out = dict(row)
         texts = [c.text for c in completions]

@@ -123,7 +123,12 @@ async def test_cached_answers_are_not_asked_again(tmp_path) -> None:  # type: ig
     assert len(backend.calls) == 2
     assert b.cached and not a.cached and a.text == b.text and c.text != a.text
     assert first.stats.cache_hits == 1
-    # A new client (a new process, after a crash) finds the same answers.
+    # A new client (a new process, after a crash) finds the same answers once written, which the
+    # writer thread does within moments of their arrival.
+    for _ in range(200):
+        if len(RequestCache(tmp_path / "c.sqlite")) == 2:
+            break
+        await asyncio.sleep(0.005)
     again = client(ScriptedBackend(), cache=RequestCache(tmp_path / "c.sqlite"))
     assert (await again.generate(ask("x"))).cached
 

@@ -79,3 +79,28 @@ def test_structured_output_through_llama_cpp_server(llama_server: str, tmp_path:
     row = OutputFolder(tmp_path / "out").read_rows("data")[0]
     assert isinstance(row["completion_json"]["colour"], str)
     assert json.loads(row["completion"]) == row["completion_json"]
+
+
+async def test_a_seeded_request_answers_the_same_whatever_ran_before_it() -> None:
+    """Prompt chunks are reused across requests (a shared system prompt is evaluated once), yet
+    the answer to a seeded request does not depend on what the model evaluated before it."""
+    from stillroom.llm.llamacpp import LlamaCppBackend
+    from stillroom.llm.types import GenerationParams, Request
+
+    system = "You answer as a careful, friendly assistant. " * 12
+
+    def ask(question: str, with_system: bool) -> Request:
+        messages = [{"role": "system", "content": system}] if with_system else []
+        messages.append({"role": "user", "content": question})
+        return Request(messages=messages, params=GenerationParams(temperature=0.9, max_tokens=24, seed=5))
+
+    cases = [("Name a fruit.", True), ("Tell me a joke.", True), ("Name a fruit.", False)]
+    fresh = {}
+    for case in cases:
+        backend = LlamaCppBackend()
+        fresh[case] = (await backend.generate(ask(*case))).text
+        await backend.aclose()
+    shared = LlamaCppBackend()
+    for case in [cases[1], cases[0], cases[2], cases[0], cases[1]]:
+        assert (await shared.generate(ask(*case))).text == fresh[case], case
+    await shared.aclose()

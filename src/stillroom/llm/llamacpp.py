@@ -8,8 +8,9 @@ above 1 only queues. Two details differ from calling ``Llama`` directly, both on
 
 * sampling is set to the OpenAI meaning of temperature/top_p: llama-cpp-python otherwise also
   applies top_k=40 and min_p=0.05, which silently narrows every sample;
-* every request evaluates its prompt afresh, so a seeded request gives the same answer whatever
-  ran before it (see ``_generate_sync``);
+* prompts are evaluated in fixed chunks, so a shared prefix (a long system prompt, the ``n``
+  samples of one prompt) is evaluated once and a seeded request still gives the same answer
+  whatever ran before it (see ``_evaluate_prompt``);
 * top-k logprobs are computed here with numpy from the logits llama.cpp keeps. llama-cpp-python's
   own path sorts the whole vocabulary in Python for every generated token (tens of ms per token
   for a 49k vocabulary), which would make asking for logprobs several times slower than
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,8 @@ from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.types import BackendError, Completion, Request
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+# Prompts are evaluated in batches of this many tokens at fixed positions (see _evaluate_prompt).
+_CHUNK = 16
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -104,6 +108,8 @@ class LlamaCppBackend(Backend):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self._models: dict[bool, Any] = {}
+        self._evaluated: dict[bool, list[int]] = {}  # per model: prompt chunks in its KV cache
+        self._chat_formatter: Any = None
         self._lock = threading.Lock()
         # One thread: llama.cpp contexts must not be used from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
@@ -157,34 +163,95 @@ class LlamaCppBackend(Backend):
             kwargs["seed"] = seed
         return kwargs
 
+    def _formatter(self, model: Any) -> Any:
+        """The model's own chat template (from the GGUF), as llama-cpp-python applies it."""
+        if self._chat_formatter is None:
+            template = model.metadata.get("tokenizer.chat_template")
+            if template is None:
+                raise ConfigError(
+                    f"{self.model_path.name} has no chat template; send raw prompts instead",
+                    key="model",
+                )
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            def text_of(token: int) -> str:
+                return str(model._model.token_get_text(token)) if token != -1 else ""
+
+            self._chat_formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=text_of(model.token_eos()),
+                bos_token=text_of(model.token_bos()),
+                stop_token_ids=[model.token_eos()],
+            )
+        return self._chat_formatter
+
+    def _prompt(self, model: Any, request: Request) -> tuple[list[int], list[str]]:
+        """The prompt's token ids and the template's stop strings, exactly as
+        ``create_chat_completion`` / ``create_completion`` would build them."""
+        if request.messages is not None:
+            formatted = self._formatter(model)(messages=request.messages)
+            tokens = model.tokenize(
+                formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
+            )
+            return tokens, list(formatted.stop or [])
+        assert request.prompt is not None
+        tokens = model.tokenize(request.prompt.encode("utf-8"), add_bos=False, special=True)
+        if model._model.add_bos_token() and model.token_bos() != -1:
+            tokens = [model.token_bos(), *tokens]
+        return tokens, []
+
+    def _evaluate_prompt(self, model: Any, with_logits: bool, tokens: list[int]) -> None:
+        """Evaluate the prompt in chunks of _CHUNK tokens at fixed positions, reusing the chunks
+        the previous prompt already evaluated.
+
+        llama.cpp's numbers for a token depend in their last bits on the batch it was evaluated
+        in. llama-cpp-python's own prefix reuse evaluates "whatever is new" as one batch, so the
+        same seeded request samples differently depending on what ran before it. Evaluating every
+        prompt in the same fixed chunks makes the cached chunks exactly what a fresh evaluation
+        would compute, so a shared system prompt is evaluated once and the answer still does
+        not depend on history. Only whole prompt chunks are kept: generated tokens were evaluated
+        one at a time, another batch shape.
+        """
+        previous = self._evaluated.get(with_logits, [])
+        reuse = 0
+        limit = min(len(previous), len(tokens) - 1)  # always evaluate at least the last token
+        while reuse < limit and previous[reuse] == tokens[reuse]:
+            reuse += 1
+        reuse -= reuse % _CHUNK
+        if reuse == 0:
+            model.reset()
+        else:
+            model.n_tokens = reuse  # model.eval() drops the KV cache from here on
+        for start in range(reuse, len(tokens), _CHUNK):
+            model.eval(tokens[start : start + _CHUNK])
+        self._evaluated[with_logits] = tokens[: len(tokens) - len(tokens) % _CHUNK]
+
     def _generate_sync(self, request: Request) -> Completion:
         params = request.params
         want_logprobs = params.top_logprobs is not None
         model = self._model(want_logprobs)
         kwargs = self._sampling(request)
-        # Evaluate the prompt from scratch: llama-cpp-python otherwise reuses a matching prefix
-        # of the previous request, whose logits differ in the last bits (another batch shape),
-        # so the same request with the same seed would sample differently depending on what ran
-        # before it. Prompts are short next to generation, so this costs little.
-        model.reset()
         try:
-            if request.messages is not None:
-                if params.json_schema is not None:
-                    kwargs["response_format"] = {
-                        "type": "json_object",
-                        "schema": params.json_schema,
-                    }
-                response = model.create_chat_completion(messages=request.messages, **kwargs)
-                choice = response["choices"][0]
-                text = choice["message"]["content"] or ""
-            else:
-                response = model.create_completion(prompt=request.prompt, **kwargs)
-                choice = response["choices"][0]
-                text = choice["text"]
+            tokens, template_stops = self._prompt(model, request)
+            if len(tokens) >= self.n_ctx:
+                raise ValueError(f"the prompt has {len(tokens)} tokens; n_ctx is {self.n_ctx}")
+            kwargs["stop"] = kwargs["stop"] + template_stops
+            if params.json_schema is not None:
+                from llama_cpp.llama_grammar import LlamaGrammar
+
+                kwargs["grammar"] = LlamaGrammar.from_json_schema(
+                    json.dumps(params.json_schema), verbose=False
+                )
+            self._evaluate_prompt(model, want_logprobs, tokens)
+            # The whole prompt is in the context now, so create_completion samples at once.
+            response = model.create_completion(prompt=tokens, **kwargs)
         except ValueError as error:  # e.g. the prompt does not fit the context window
+            self._evaluated.pop(want_logprobs, None)
             raise BackendError(str(error), kind="BadRequestError", status=400) from error
+        choice = response["choices"][0]
+        text = choice["text"]
         usage = response.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        prompt_tokens = int(usage.get("prompt_tokens", len(tokens)))
         completion_tokens = int(usage.get("completion_tokens", 0))
         logprobs = None
         if want_logprobs:

@@ -232,3 +232,17 @@ def test_shards_with_different_columns_are_harmonized(tmp_path: Path) -> None:
 
     loaded = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
     assert loaded.num_rows == 10 and "only_late" in loaded.column_names
+
+
+def test_a_missing_api_key_stops_the_run_before_the_output_folder_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stillroom.errors import ConfigError
+    from stillroom.llm.openai_compat import OpenAIConfig
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    remote = OpenAIConfig(model="gpt-x", base_url="https://api.example.com/v1")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        Pipeline([Complete(backend="r")], input=rows(2), backends={"r": remote}).run(
+            tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -208,9 +208,11 @@ class Executor:
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        # Everything that can be wrong with the input or the backends (a bad row, a missing API
+        # key) is found before the output folder is touched or a request is sent.
         total = self._check_input()
-        self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
         self._build_clients()
+        self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
         segments = split_segments(self.pipeline.stages, self.pipeline.stage_names)
         progress = RunProgress(self, enabled=self.options.progress)
         status = "failed"

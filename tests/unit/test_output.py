@@ -46,3 +46,25 @@ def test_overwrite_removes_only_what_stillroom_wrote(tmp_path: Path) -> None:
     state = folder.prepare({"run": 2}, overwrite=True)
     assert state.done(0) == set() and (folder.root / "notes.txt").read_text() == "mine"
     assert folder.count("data") == 0
+
+
+def test_a_record_that_lost_only_its_newline_still_counts_and_the_log_stays_valid(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"data": [{"a": 1}]}, ["0"], segment=0)
+    folder.commit_log.write_bytes(folder.commit_log.read_bytes().rstrip(b"\n"))
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.done(0) == {"0"}
+    folder.commit(state, {"data": [{"a": 2}]}, ["1"], segment=0)
+    assert len(folder.read_commits()) == 2 and folder.count("data") == 2
+
+
+def test_reading_a_live_folder_does_not_touch_its_log(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"data": [{"a": 1}]}, ["0"], segment=0)
+    with open(folder.commit_log, "ab") as handle:
+        handle.write(b'{"seq": 1, "fi')  # another process is appending right now
+    before = folder.commit_log.read_bytes()
+    assert len(folder.read_commits()) == 1
+    assert folder.commit_log.read_bytes() == before

@@ -127,7 +127,9 @@ class OutputFolder:
         for name in ("README.md", "report.html"):
             (self.root / name).unlink(missing_ok=True)
 
-    def _read_commit_lines(self) -> list[dict[str, Any]]:
+    def read_commits(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """The committed records. A torn last line (a crash mid-append) is not a commit; with
+        ``repair`` (only the run that owns the folder does this) it is cut off the log."""
         if not self.commit_log.exists():
             return []
         records = []
@@ -135,21 +137,23 @@ class OutputFolder:
         valid_length = 0
         for line in raw.split(b"\n"):
             if not line:
-                valid_length += 1
                 continue
             try:
                 records.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 break  # a torn write from a crash: everything after it is not committed
             valid_length += len(line) + 1
-        if valid_length < len(raw):
+        if repair and valid_length != len(raw):
             with open(self.commit_log, "r+b") as handle:
                 handle.truncate(min(valid_length, len(raw)))
+                if valid_length > len(raw):  # a whole record that lost only its newline
+                    handle.seek(0, os.SEEK_END)
+                    handle.write(b"\n")
         return records
 
     def _load_commits(self) -> RunState:
         state = RunState()
-        for record in self._read_commit_lines():
+        for record in self.read_commits(repair=True):
             segment = record.get("segment", 0)
             state.done(segment).update(record.get("keys", []))
             if record.get("checkpoint"):
@@ -161,7 +165,7 @@ class OutputFolder:
 
     def committed_files(self) -> set[str]:
         files: set[str] = set()
-        for record in self._read_commit_lines():
+        for record in self.read_commits():
             files.update(record.get("files", {}).values())
             if record.get("checkpoint"):
                 files.add(record["checkpoint"])

@@ -26,7 +26,7 @@ def _session_stats(folder: OutputFolder) -> list[dict[str, Any]]:
     """One stats record per session: its own final record, or, for a session that was killed
     before it could write one, the stats of its last commit."""
     by_session: dict[str, dict[str, Any]] = {}
-    for record in folder._read_commit_lines():
+    for record in folder.read_commits():
         stats = record.get("stats")
         if stats and stats.get("session"):
             by_session[stats["session"]] = {**stats, "status": "killed", "ended": record.get("time")}

@@ -68,8 +68,6 @@ class RunState:
     done_keys: dict[int, set[str]] = field(default_factory=dict)  # segment -> keys
     checkpoints: dict[int, str] = field(default_factory=dict)  # segment -> checkpoint file
     next_seq: int = 0
-    sessions: list[dict[str, Any]] = field(default_factory=list)
-    commit_stats: list[dict[str, Any]] = field(default_factory=list)
 
     def done(self, segment: int) -> set[str]:
         return self.done_keys.setdefault(segment, set())
@@ -111,13 +109,12 @@ class OutputFolder:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.run_file.exists():
             _fsync_write(self.run_file, orjson.dumps({"fingerprint": fingerprint}))
-        state = self._load_commits()
-        self._remove_debris(state)
+        records = self.read_commits(repair=True)
+        self._remove_debris(records)
         # The card, report and completion marker describe a finished run; this one is not (yet).
         for stale in (self.complete_file, self.root / "README.md", self.root / "report.html"):
             stale.unlink(missing_ok=True)
-        state.sessions = self.read_sessions()
-        return state
+        return self._state_of(records)
 
     def clear(self) -> None:
         """Remove what stillroom wrote here (never anything else in the folder)."""
@@ -151,28 +148,24 @@ class OutputFolder:
                     handle.write(b"\n")
         return records
 
-    def _load_commits(self) -> RunState:
+    @staticmethod
+    def _state_of(records: list[dict[str, Any]]) -> RunState:
         state = RunState()
-        for record in self.read_commits(repair=True):
+        for record in records:
             segment = record.get("segment", 0)
             state.done(segment).update(record.get("keys", []))
             if record.get("checkpoint"):
                 state.checkpoints[segment] = record["checkpoint"]
             state.next_seq = max(state.next_seq, record["seq"] + 1)
-            if record.get("stats"):
-                state.commit_stats.append(record["stats"])
         return state
 
-    def committed_files(self) -> set[str]:
-        files: set[str] = set()
-        for record in self.read_commits():
-            files.update(record.get("files", {}).values())
+    def _remove_debris(self, records: list[dict[str, Any]]) -> None:
+        """Delete shards no commit names: files a crash left between writing and committing."""
+        committed: set[str] = set()
+        for record in records:
+            committed.update(record.get("files", {}).values())
             if record.get("checkpoint"):
-                files.add(record["checkpoint"])
-        return files
-
-    def _remove_debris(self, state: RunState) -> None:
-        committed = self.committed_files()
+                committed.add(record["checkpoint"])
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
                 relative = path.relative_to(self.root).as_posix()
@@ -217,7 +210,6 @@ class OutputFolder:
             state.checkpoints[segment] = relative
         if stats:
             record["stats"] = stats
-            state.commit_stats.append(stats)
         line = orjson.dumps(record) + b"\n"
         with open(self.commit_log, "ab") as handle:
             handle.write(line)

@@ -7,12 +7,13 @@ distill it into a smaller student; from a laptop CPU (an embedded small model) t
 
 __version__ = "0.1.0"
 
-from stillroom import llm, stages  # noqa: E402,F401  (registers the built-in backends and stages)
+from stillroom import generate, llm, stages  # noqa: E402,F401  (registers the built-in backends and stages)
 from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult  # noqa: E402
 from stillroom.pipeline.stage import (  # noqa: E402
     AllRowsStage,
     Drop,
     Dropped,
+    Failed,
     FunctionStage,
     RowFailure,
     RowStage,
@@ -25,6 +26,7 @@ __all__ = [
     "AllRowsStage",
     "Drop",
     "Dropped",
+    "Failed",
     "FunctionStage",
     "Pipeline",
     "RowFailure",

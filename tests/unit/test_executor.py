@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 import pytest
 
-from stillroom import AllRowsStage, Drop, Dropped, Pipeline, RowFailure
+from stillroom import AllRowsStage, Drop, Dropped, Failed, Pipeline, RowFailure
 from stillroom.data.output import OutputFolder
 from stillroom.errors import InputError, OutputFolderError
 from stillroom.llm.types import BackendError
@@ -246,3 +246,48 @@ def test_a_missing_api_key_stops_the_run_before_the_output_folder_exists(
         Pipeline([Complete(backend="r")], input=rows(2), backends={"r": remote}).run(
             tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_stage_may_return_kept_rows_beside_discarded_ones(tmp_path: Path) -> None:
+    def try_three(row: Row) -> list[Row | Dropped]:
+        return [{**row, "try": 0}, Dropped({**row, "try": 1}, "no gain"), {**row, "try": 2}]
+
+    result = pipeline([try_three], rows(2)).run(tmp_path / "out", progress=False)
+    assert sorted((r["id"], r["try"]) for r in read(tmp_path / "out")) == [
+        ("r0", 0), ("r0", 2), ("r1", 0), ("r1", 2)
+    ]
+    dropped = read(tmp_path / "out", "dropped")
+    assert sorted((r["id"], r["try"], r["drop_reason"]) for r in dropped) == [
+        ("r0", 1, "no gain"), ("r1", 1, "no gain")
+    ]
+    assert result.counts == {"data": 4, "failed": 0, "dropped": 2}
+
+
+class FailEveryThird(AllRowsStage):
+    type: Literal["fail_every_third"] = "fail_every_third"
+
+    async def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:  # type: ignore[override]
+        for index, row in enumerate(rows):
+            if index % 3 == 0:
+                yield Failed(row, RowFailure("could not", kind="Unparseable", attempts=2))
+            else:
+                yield row
+
+
+def test_an_all_rows_stage_sends_what_it_could_not_make_to_failed(tmp_path: Path) -> None:
+    result = pipeline([FailEveryThird()], rows(6)).run(tmp_path / "out", progress=False)
+    failed = sorted(read(tmp_path / "out", "failed"), key=lambda r: r["id"])
+    assert [(r["id"], r["error_type"], r["attempts"], r["stage"]) for r in failed] == [
+        ("r0", "Unparseable", 2, "fail_every_third"), ("r3", "Unparseable", 2, "fail_every_third")
+    ]
+    assert result.counts["data"] == 4
+
+
+def test_rows_input_makes_empty_rows_with_ids(tmp_path: Path) -> None:
+    from stillroom.pipeline.config import InputConfig
+
+    result = pipeline([lambda row: {**row, "x": 1}], InputConfig(rows=3)).run(tmp_path / "out", progress=False)
+    assert sorted(r["id"] for r in read(tmp_path / "out")) == ["0", "1", "2"]
+    assert result.counts["data"] == 3
+    with pytest.raises(ValueError, match="exactly one"):
+        InputConfig(path="a.jsonl", rows=3)

@@ -21,7 +21,11 @@ from stillroom.errors import InputError
 Row = dict[str, Any]
 
 BUILTIN_PREFIX = "builtin:"
-_BUILTINS = {"self_instruct_seed_tasks": "self_instruct_seed_tasks.jsonl"}
+_BUILTINS = {
+    "self_instruct_seed_tasks": "self_instruct_seed_tasks.jsonl",
+    "personas": "personas.jsonl",
+    "constitution": "constitution.jsonl",
+}
 
 
 def resolve_input_path(path: str | os.PathLike[str], base_dir: Path | None = None) -> Path:

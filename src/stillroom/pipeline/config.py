@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig, backends
@@ -31,10 +31,20 @@ from stillroom.pipeline.stage import Stage, stages
 
 
 class InputConfig(BaseModel):
+    """``{path: FILE, limit: N}``, or ``{rows: N}``: N empty rows (``id`` only), for methods that
+    generate from nothing, such as Magpie."""
+
     model_config = ConfigDict(extra="forbid")
 
-    path: str
+    path: str | None = None
+    rows: int | None = Field(default=None, ge=1, description="N rows holding only an `id`.")
     limit: int | None = Field(default=None, ge=1, description="Read only the first N rows.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputConfig:
+        if (self.path is None) == (self.rows is None):
+            raise ValueError("give exactly one of `path` (a file) or `rows` (a count)")
+        return self
 
 
 def _union(classes: Sequence[type[BaseModel]], discriminator: str) -> Any:

@@ -40,6 +40,7 @@ from stillroom.pipeline.stage import (
     AllRowsStage,
     Drop,
     Dropped,
+    Failed,
     RowFailure,
     RowStage,
     Stage,
@@ -358,6 +359,9 @@ class Executor:
             if isinstance(item, Dropped):
                 side["dropped"].append(dropped_row(item.row, name, item.reason))
                 stats.dropped += 1
+            elif isinstance(item, Failed):
+                side["failed"].append(failed_row(item.row, name, item.error))
+                stats.failed += 1
             else:
                 output.append(item)
         stats.rows_out += len(output)
@@ -406,14 +410,24 @@ class Executor:
             if not result:
                 stats.dropped += 1
                 return [("dropped", dropped_row(row, name, f"{name} produced no rows"), order)]
-            stats.rows_out += len(result)
+            outcomes: list[Outcome] = []
+            children: list[tuple[int, Row]] = []
+            for child_index, child in enumerate(result):
+                if isinstance(child, Dropped):  # something the stage tried and discarded
+                    stats.dropped += 1
+                    outcomes.append(
+                        ("dropped", dropped_row(child.row, name, child.reason), (*order, child_index))
+                    )
+                else:
+                    children.append((child_index, child))
+            stats.rows_out += len(children)
             parts = await asyncio.gather(
                 *(
                     self._process(segment, index + 1, child, (*order, child_index))
-                    for child_index, child in enumerate(result)
+                    for child_index, child in children
                 )
             )
-            return [outcome for part in parts for outcome in part]
+            return outcomes + [outcome for part in parts for outcome in part]
         stats.failed += 1
         error = RowFailure(
             f"stage {name!r} returned {type(result).__name__}; expected a row, a list of rows or Drop",

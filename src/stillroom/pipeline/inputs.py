@@ -60,12 +60,17 @@ class InputSource:
         self.rows_in_memory: list[Row] | None = None
         self.path: Path | None = None
         self.limit = limit
+        description = None
         if isinstance(spec, InputConfig):
             self.limit = limit or spec.limit
-            spec = spec.path
+            if spec.rows is not None:
+                spec = [{"id": str(index)} for index in range(spec.rows)]
+                description = f"{len(spec)} generated rows, `id` only (input: {{rows: N}})"
+            else:
+                spec = spec.path
         if isinstance(spec, list):
             self.rows_in_memory = spec
-            self.description = f"{len(spec)} rows given in Python"
+            self.description = description or f"{len(spec)} rows given in Python"
         elif spec is not None:
             self.path = resolve_input_path(spec, base_dir)
             self.description = str(self.path)

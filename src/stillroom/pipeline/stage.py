@@ -3,11 +3,14 @@
 A stage is a pydantic model (its options, validated, ``extra="forbid"``) with behaviour:
 
 * :class:`RowStage` handles one row at a time: ``process(row, ctx)`` returns the row (changed), a
-  list of rows (one row became several), or ``Drop("reason")``; it may raise
+  list of rows (one row became several; a list may also hold :class:`Dropped` items, for a stage
+  that tried several things and discarded some, such as failed evolutions), or
+  ``Drop("reason")``; it may raise
   :class:`RowFailure` (or let an LLM :class:`RequestFailed` through) to send the row to
   ``failed/``. Rows stream: a row-wise stage never sees the whole dataset.
 * :class:`AllRowsStage` needs every row at once (dedup, bootstrapping from a growing pool) and says
-  so; the executor gathers its input, runs it, and checkpoints its output.
+  so; the executor gathers its input, runs it, and checkpoints its output. It yields rows, and
+  :class:`Dropped` or :class:`Failed` items for what it removed or could not produce.
 
 A plain function ``fn(row) -> row | list[row] | Drop`` (sync or async) is a row stage too, from
 Python: wrap it in :class:`FunctionStage` or pass it to ``Pipeline`` directly.
@@ -49,6 +52,17 @@ class Dropped:
 
     row: Row
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A row an :class:`AllRowsStage` could not produce (it goes to ``failed/``), with the reason.
+
+    ``error`` is a RowFailure or an LLM RequestFailed, so its kind and attempts are kept.
+    """
+
+    row: Row
+    error: BaseException
 
 
 class RowFailure(Exception):
@@ -103,20 +117,27 @@ class Stage(BaseModel):
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
         """Raise ConfigError when a backend cannot do what this stage asks (e.g. logprobs)."""
 
+    def generated_columns(self) -> list[str]:
+        """The text columns this stage writes with a model (its diversity is measured and reported).
+
+        A column may hold text or a list of texts.
+        """
+        return []
+
     def identity(self) -> dict[str, Any]:
         """What decides this stage's output (for telling one run from another)."""
         return self.model_dump(mode="json", exclude={"name"})
 
 
 class RowStage(Stage):
-    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row] | Drop:
+    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped] | Drop:
         raise NotImplementedError
 
 
 class AllRowsStage(Stage):
     needs_all_rows: ClassVar[bool] = True
 
-    def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped]:
+    def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:
         raise NotImplementedError
 
 
@@ -134,7 +155,7 @@ class FunctionStage(RowStage):
         stage._function = function
         return stage
 
-    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row] | Drop:
+    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped] | Drop:
         result = self._function(row)
         if inspect.isawaitable(result):
             result = await result

@@ -73,6 +73,9 @@ class Complete(RowStage):
     def backend_names(self) -> set[str]:
         return {self.backend}
 
+    def generated_columns(self) -> list[str]:
+        return [self.output_column]
+
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
         backend_class = configs[self.backend].backend_class()
         if self.top_logprobs is not None and not backend_class.supports_logprobs:

@@ -104,3 +104,23 @@ async def test_a_seeded_request_answers_the_same_whatever_ran_before_it() -> Non
     for case in [cases[1], cases[0], cases[2], cases[0], cases[1]]:
         assert (await shared.generate(ask(*case))).text == fresh[case], case
     await shared.aclose()
+
+
+async def test_presence_penalty_counts_generated_tokens_only() -> None:
+    from stillroom.llm.llamacpp import LlamaCppConfig
+    from stillroom.llm.types import GenerationParams, Request
+
+    backend = LlamaCppConfig().build()
+    ask = [{"role": "user", "content": "Repeat the word 'cat' twenty times."}]
+    answers = []
+    for penalty in (None, 100.0):
+        params = GenerationParams(temperature=0, max_tokens=30, presence_penalty=penalty, top_logprobs=1)
+        completion = await backend.generate(Request(messages=ask, params=params))
+        answers.append([entry["token"] for entry in completion.logprobs or []])
+    plain, penalized = answers
+    assert len(set(plain)) < len(plain)  # "cat" comes back unpenalized
+    assert penalized and len(set(penalized)) == len(penalized)
+    # "cat" is in the prompt, yet the penalized answer may still say it once: prompt tokens are
+    # not penalized (OpenAI's meaning).
+    assert any("cat" in token for token in penalized)
+    await backend.aclose()

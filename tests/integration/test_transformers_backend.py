@@ -211,3 +211,17 @@ def test_importing_the_backends_does_not_import_torch() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_presence_penalty_keeps_a_generated_token_from_coming_back(
+    backend: TransformersBackend,
+) -> None:
+    prompt = "Repeat the word 'cat' twenty times."
+    plain = await backend.generate(ask(prompt, temperature=0, max_tokens=24, top_logprobs=0))
+    penalized = await backend.generate(
+        ask(prompt, temperature=0, max_tokens=24, top_logprobs=0, presence_penalty=100.0)
+    )
+    plain_ids = [entry["id"] for entry in plain.logprobs or []]
+    ids = [entry["id"] for entry in penalized.logprobs or []]
+    assert len(set(plain_ids)) < len(plain_ids), plain.text  # the unpenalized answer repeats
+    assert len(set(ids)) == len(ids), penalized.text

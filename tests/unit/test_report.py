@@ -27,3 +27,45 @@ def test_card_and_report_count_rows_and_reasons(tmp_path: Path) -> None:
     assert "<script>alert(1)" not in report and "&lt;script&gt;" in report
     assert "judge: Refusal" in report and "teacher refused" in report
     assert "report test" in report
+
+
+def test_card_and_report_have_a_diversity_section(tmp_path: Path) -> None:
+    from stillroom.stages import Complete
+    from tests import fakes
+    from tests.fakes import ScriptedBackend, ScriptedConfig, rows
+
+    fakes.CURRENT.clear()
+    fakes.CURRENT["default"] = ScriptedBackend()
+    out = tmp_path / "out"
+    # Three rows: too few for the embedding model, so none is loaded; the text measures remain.
+    result = Pipeline([Complete()], input=rows(3), backends={"default": ScriptedConfig()}).run(
+        out, progress=False
+    )
+    assert result.summary["diversity"]["complete"]["completion"]["texts"] == 3
+    card = (out / "README.md").read_text()
+    diversity = card[card.index("## Diversity"):card.index("## Columns")]
+    # "answer to pN #0" x3: 12 words, 6 distinct; 9 bigrams, 7 distinct ("answer to" thrice)
+    assert "| complete | completion | 3 | 0.500 | 0.778 | 0.0% | n/a | n/a |" in diversity
+    assert "not computed: fewer than 20 texts" in diversity
+    report = (out / "report.html").read_text()
+    section = report[report.index("<h2>Diversity</h2>"):report.index("<h2>Failures by reason</h2>")]
+    assert "complete" in section and "0.778" in section and "fewer than 20 texts" in section
+
+
+def test_warnings_are_listed_in_card_and_report_escaped() -> None:
+    from stillroom.report.card import render_card
+    from stillroom.report.html import render_report
+
+    summary = {
+        "counts": {"data": 1, "failed": 0, "dropped": 0}, "failure_rate": 0.0,
+        "failures_by_reason": {}, "drops_by_reason": {}, "backends": {}, "stages": {},
+        "sessions": [], "seconds": 0.0, "diversity": {},
+        "warnings": ["stage 'x', column '<script>': distinct-2 0.010 is below 0.2"],
+    }
+    card = render_card(summary, {}, [])
+    assert "## Warnings" in card
+    assert "\n- stage 'x', column '<script>': distinct-2 0.010 is below 0.2\n" in card
+    assert "_No stage of this pipeline writes text with a model._" in card
+    report = render_report(summary, {}, [], [])
+    assert "column &#x27;&lt;script&gt;&#x27;" in report and "<script>" not in report
+    assert "no stage of this pipeline writes text with a model" in report

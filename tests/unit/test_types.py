@@ -47,3 +47,13 @@ def test_a_request_is_either_chat_or_raw() -> None:
     with pytest.raises(ValueError):
         Request(messages=[], prompt="x")
     assert Request(prompt="x", params=GenerationParams(seed=5), sample=2).effective_seed() == 7
+
+
+def test_penalties_reach_the_openai_body_only_when_set() -> None:
+    from stillroom.llm.openai_compat import chat_body
+
+    plain = chat_body("m", Request(messages=[{"role": "user", "content": "hi"}]))
+    assert "presence_penalty" not in plain and "frequency_penalty" not in plain
+    body = chat_body("m", Request(messages=[{"role": "user", "content": "hi"}],
+                                  params=GenerationParams(presence_penalty=2.0, frequency_penalty=1.5)))
+    assert body["presence_penalty"] == 2.0 and body["frequency_penalty"] == 1.5

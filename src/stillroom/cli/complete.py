@@ -53,6 +53,11 @@ def complete(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    no_embeddings: Annotated[
+        bool,
+        typer.Option("--no-embeddings",
+                     help="Skip the embedding diversity measures (no sentence model is loaded)."),
+    ] = False,
 ) -> None:
     """Give every row with `prompt` or `messages` a `completion` (or `completions` when n > 1)."""
     from stillroom import api
@@ -81,5 +86,6 @@ def complete(
         prompt_template=prompt_template,
         **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
+        diversity_embeddings=not no_embeddings,
     )
     print_result(result)

@@ -94,6 +94,8 @@ def print_result(result: Any) -> None:
     from stillroom.cli.show import show_result
 
     show_result(out, result)
+    for warning in (getattr(result, "summary", None) or {}).get("warnings") or []:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if not result.ok:
         err.print(
             f"[bold red]{result.counts['failed']} rows failed ({result.failure_rate:.2%}), more than "

@@ -37,6 +37,11 @@ def run(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    no_embeddings: Annotated[
+        bool,
+        typer.Option("--no-embeddings",
+                     help="Skip the embedding diversity measures (no sentence model is loaded)."),
+    ] = False,
 ) -> None:
     """Run a pipeline file; rerunning the same command resumes where it stopped."""
     from stillroom.api import run_pipeline
@@ -46,5 +51,6 @@ def run(
         out,
         **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
+        diversity_embeddings=not no_embeddings,
     )
     print_result(result)

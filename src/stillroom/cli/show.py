@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -49,6 +50,32 @@ def _backends_table(backends: dict[str, dict[str, Any]]) -> Table | None:
     return table
 
 
+def _print_diversity(console: Console, diversity: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """What each generation stage's text columns measured (see stillroom.generate.diversity)."""
+    if not diversity:
+        return
+    table = Table(title="diversity", show_header=True, header_style="bold", title_justify="left")
+    names = ("stage", "column", "texts", "distinct-2", "exact dup", "mean cos dist", "near dup")
+    for name in names:
+        table.add_column(name, justify="left" if name in ("stage", "column") else "right")
+    notes: set[str] = set()
+    for stage, columns in diversity.items():
+        for column, m in columns.items():
+            distance, near = m.get("mean_cosine_distance"), m.get("near_duplicate_share")
+            table.add_row(
+                stage, column, f"{m['texts']:,}",
+                "n/a" if m.get("distinct_2") is None else f"{m['distinct_2']:.3f}",
+                f"{m['exact_duplicate_share']:.1%}",
+                "n/a" if distance is None else f"{distance:.3f}",
+                "n/a" if near is None else f"{near:.1%}",
+            )
+            if m.get("embedding_note"):
+                notes.add(m["embedding_note"])
+    console.print(table)
+    for note in sorted(notes):
+        console.print(f"embedding measures {note}", highlight=False, markup=False)
+
+
 def show_result(console: Console, result: Any) -> None:
     console.print(f"[bold]{result.out}[/]  ({result.seconds:,.1f} s this session)")
     console.print(_counts_table(result.counts, result.failure_rate))
@@ -59,6 +86,7 @@ def show_result(console: Console, result: Any) -> None:
     ):
         if table is not None:
             console.print(table)
+    _print_diversity(console, (getattr(result, "summary", None) or {}).get("diversity") or {})
 
 
 def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> None:
@@ -72,6 +100,9 @@ def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> 
     ):
         if table is not None:
             console.print(table)
+    _print_diversity(console, summary.get("diversity") or {})
+    for warning in summary.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     for example in summary.get("failure_examples", [])[:3]:
         console.print(f"[red]failed[/] {json.dumps(example, ensure_ascii=False, default=str)[:400]}", highlight=False)
     for row in summary["samples"]:

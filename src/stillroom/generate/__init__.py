@@ -5,14 +5,23 @@ Each method is a library class (usable from Python) and a pipeline stage (``type
 Importing this package registers the stages.
 """
 
-from stillroom.generate import (  # noqa: F401  (importing registers the stages)
-    completions,
-    constitutional,
-    evol_instruct,
-    magpie,
-    personas,
-    self_instruct,
-)
+from stillroom.generate.completions import Completions
+from stillroom.generate.constitutional import Constitutional
+from stillroom.generate.evol_instruct import EvolInstruct
 from stillroom.generate.lineage import PromptTemplate, derived_id, with_lineage
+from stillroom.generate.magpie import Magpie
+from stillroom.generate.personas import PersonaPrompts
+from stillroom.generate.self_instruct import SelfInstruct, SelfInstructInstances
 
-__all__ = ["PromptTemplate", "derived_id", "with_lineage"]
+__all__ = [
+    "Completions",
+    "Constitutional",
+    "EvolInstruct",
+    "Magpie",
+    "PersonaPrompts",
+    "PromptTemplate",
+    "SelfInstruct",
+    "SelfInstructInstances",
+    "derived_id",
+    "with_lineage",
+]

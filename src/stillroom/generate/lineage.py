@@ -70,7 +70,7 @@ def with_lineage(
     step: str,
     parent_id: str | None,
     seed_id: str | None,
-    model: str | None,
+    model: str | list[str] | None,
     template: PromptTemplate | str | None,
     **extra: Any,
 ) -> Row:

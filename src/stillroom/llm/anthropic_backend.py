@@ -98,6 +98,12 @@ def messages_body(model: str, request: Request, max_tokens_default: int) -> dict
     }
     if sampling:
         body["extra_body"] = sampling
+    if params.presence_penalty or params.frequency_penalty:
+        # Sending the request without them would answer a different question than was asked.
+        raise BackendError(
+            "the Anthropic API has no presence_penalty or frequency_penalty; unset them",
+            kind="BadRequestError", status=400, retryable=False,
+        )
     if params.stop:
         body["stop_sequences"] = list(params.stop)
     # params.seed and request.sample are not sent: the API has no seed. They still go into the

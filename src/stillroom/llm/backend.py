@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stillroom.llm.types import Completion, Request
+from stillroom.llm.types import Completion, Message, Request
 from stillroom.registry import Registry
 
 
@@ -21,6 +21,9 @@ class Backend(ABC):
     supports_logprobs: ClassVar[bool] = False
     supports_json_schema: ClassVar[bool] = False
     supports_raw_prompt: ClassVar[bool] = False
+    # Whether render_chat_template works: the model's chat template is known here. A server
+    # (OpenAI-compatible) applies its template out of our sight, so it cannot.
+    renders_chat_template: ClassVar[bool] = False
 
     def __init__(self, model: str):
         self.model = model
@@ -28,6 +31,14 @@ class Backend(ABC):
     @abstractmethod
     async def generate(self, request: Request) -> Completion:
         """Produce one completion, or raise BackendError."""
+
+    async def render_chat_template(
+        self, messages: list[Message], *, add_generation_prompt: bool
+    ) -> str:
+        """The text the model's own chat template makes of ``messages`` (what a chat request
+        sends, for backends that apply the template themselves). Magpie cuts it at the user's
+        text to find the template's pre-query prefix."""
+        raise NotImplementedError(f"the {self.kind} backend cannot render its chat template")
 
     async def aclose(self) -> None:  # noqa: B027 - optional: most backends have nothing to free
         """Release connections, threads or model memory."""

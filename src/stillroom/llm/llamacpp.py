@@ -32,7 +32,7 @@ from pydantic import Field
 
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
-from stillroom.llm.types import BackendError, Completion, Request
+from stillroom.llm.types import BackendError, Completion, Message, Request
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 # Prompts are evaluated in batches of this many tokens at fixed positions (see _evaluate_prompt).
@@ -91,6 +91,7 @@ class LlamaCppBackend(Backend):
     supports_logprobs = True
     supports_json_schema = True
     supports_raw_prompt = True
+    renders_chat_template = True
 
     def __init__(
         self,
@@ -109,7 +110,9 @@ class LlamaCppBackend(Backend):
         self.n_threads = n_threads or os.cpu_count() or 1
         self._models: dict[bool, Any] = {}
         self._evaluated: dict[bool, list[int]] = {}  # per model: prompt chunks in its KV cache
-        self._chat_formatter: Any = None
+        # The chat template as llama-cpp-python applies it, with and without the assistant turn
+        # opened (add_generation_prompt).
+        self._chat_formatters: dict[bool, Any] = {}
         self._lock = threading.Lock()
         # One thread: llama.cpp contexts must not be used from two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
@@ -157,15 +160,19 @@ class LlamaCppBackend(Backend):
             "min_p": 0.0,
             "max_tokens": params.max_tokens,
             "stop": list(params.stop) if params.stop else [],
+            "presence_penalty": params.presence_penalty or 0.0,
+            "frequency_penalty": params.frequency_penalty or 0.0,
+            "repeat_penalty": 1.0,  # llama.cpp's own multiplicative penalty: off, as in OpenAI
         }
         seed = request.effective_seed()
         if seed is not None:
             kwargs["seed"] = seed
         return kwargs
 
-    def _formatter(self, model: Any) -> Any:
+    def _formatter(self, model: Any, add_generation_prompt: bool = True) -> Any:
         """The model's own chat template (from the GGUF), as llama-cpp-python applies it."""
-        if self._chat_formatter is None:
+        formatter = self._chat_formatters.get(add_generation_prompt)
+        if formatter is None:
             template = model.metadata.get("tokenizer.chat_template")
             if template is None:
                 raise ConfigError(
@@ -177,13 +184,23 @@ class LlamaCppBackend(Backend):
             def text_of(token: int) -> str:
                 return str(model._model.token_get_text(token)) if token != -1 else ""
 
-            self._chat_formatter = Jinja2ChatFormatter(
+            formatter = self._chat_formatters[add_generation_prompt] = Jinja2ChatFormatter(
                 template=template,
                 eos_token=text_of(model.token_eos()),
                 bos_token=text_of(model.token_bos()),
+                add_generation_prompt=add_generation_prompt,
                 stop_token_ids=[model.token_eos()],
             )
-        return self._chat_formatter
+        return formatter
+
+    async def render_chat_template(
+        self, messages: list[Message], *, add_generation_prompt: bool
+    ) -> str:
+        def render() -> str:
+            formatter = self._formatter(self._model(False), add_generation_prompt)
+            return str(formatter(messages=messages).prompt)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, render)
 
     def _prompt(self, model: Any, request: Request) -> tuple[list[int], list[str]]:
         """The prompt's token ids and the template's stop strings, exactly as
@@ -196,8 +213,10 @@ class LlamaCppBackend(Backend):
             return tokens, list(formatted.stop or [])
         assert request.prompt is not None
         tokens = model.tokenize(request.prompt.encode("utf-8"), add_bos=False, special=True)
-        if model._model.add_bos_token() and model.token_bos() != -1:
-            tokens = [model.token_bos(), *tokens]
+        bos = model.token_bos()
+        # A prompt cut from a chat template may already start with the BOS text ({{ bos_token }}).
+        if model._model.add_bos_token() and bos != -1 and tokens[:1] != [bos]:
+            tokens = [bos, *tokens]
         return tokens, []
 
     def _evaluate_prompt(self, model: Any, with_logits: bool, tokens: list[int]) -> None:

@@ -53,6 +53,10 @@ def chat_body(model: str, request: Request, structured: StructuredMode = "json_s
         body["top_p"] = params.top_p
     if params.max_tokens is not None:
         body["max_tokens"] = params.max_tokens
+    if params.presence_penalty is not None:
+        body["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty is not None:
+        body["frequency_penalty"] = params.frequency_penalty
     if params.stop:
         body["stop"] = list(params.stop)
     seed = request.effective_seed()

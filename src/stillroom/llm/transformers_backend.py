@@ -73,6 +73,8 @@ class _Row:
     top_logprobs: int | None
     temperature: float  # 0 = greedy
     top_p: float
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     generator: Any = None
     ids: list[int] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -339,6 +341,8 @@ class TransformersBackend(Backend):
             top_logprobs=params.top_logprobs,
             temperature=temperature,
             top_p=1.0 if params.top_p is None else float(params.top_p),
+            presence_penalty=float(params.presence_penalty or 0.0),
+            frequency_penalty=float(params.frequency_penalty or 0.0),
         )
         if temperature != 0:
             row.generator = self._torch.Generator(device=self._device)
@@ -411,6 +415,9 @@ class TransformersBackend(Backend):
             out = self._forward(input_ids, mask, positions, keep=1, past=past, cache=True)
             past = out.past_key_values
             logits = out.logits[:, -1, :].float()
+            for i, row in enumerate(rows):
+                if row.finish is None and row.ids and (row.presence_penalty or row.frequency_penalty):
+                    self._penalize(logits[i], row)
             chosen = logits.argmax(dim=-1).tolist()
             for i, row in enumerate(rows):
                 if row.finish is None and row.temperature != 0:
@@ -458,6 +465,12 @@ class TransformersBackend(Backend):
             input_ids = torch.tensor(next_ids, dtype=torch.long, device=self._device)[:, None]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
             positions = positions[:, -1:] + 1
+
+    def _penalize(self, logits: Any, row: _Row) -> None:
+        """OpenAI's presence and frequency penalties over the tokens generated so far, in place."""
+        torch = self._torch
+        ids, counts = torch.unique(torch.tensor(row.ids, device=logits.device), return_counts=True)
+        logits[ids] -= row.frequency_penalty * counts.float() + row.presence_penalty
 
     def _sample(self, logits: Any, row: _Row) -> int:
         """One token from softmax(logits / T), restricted to the top_p nucleus."""

@@ -22,6 +22,11 @@ class GenerationParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    # OpenAI's meaning: a generated token's logit is lowered by presence_penalty once it has
+    # appeared and by frequency_penalty times its count (Self-Instruct sends 2 and 1.5 to keep a
+    # model from repeating itself).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     # When set, each generated token comes back with this many alternatives and their logprobs.
     top_logprobs: int | None = None
     # JSON schema the answer must satisfy; backends that can constrain decoding do so.

@@ -176,8 +176,14 @@ def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:
     return key, message
 
 
-def parse_pipeline_text(text: str, path: str = "<pipeline>") -> tuple[BaseModel, Any]:
-    """Validate a pipeline file's text; return the validated model and the raw data."""
+def parse_pipeline_text(
+    text: str, path: str = "<pipeline>", base_dir: Path | None = None
+) -> tuple[BaseModel, Any]:
+    """Validate a pipeline file's text; return the validated model and the raw data.
+
+    Stages that read files of their own (a principles file, say) find ``base_dir`` (the pipeline
+    file's folder) in the validation context, so relative paths mean what ``input:`` means.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
@@ -193,7 +199,8 @@ def parse_pipeline_text(text: str, path: str = "<pipeline>") -> tuple[BaseModel,
     if not isinstance(data, dict):
         raise ConfigError("a pipeline file must be a mapping with a `stages:` list", path=path, line=1)
     try:
-        return pipeline_file_model().model_validate(data), data
+        context = {"base_dir": base_dir} if base_dir is not None else None
+        return pipeline_file_model().model_validate(data, context=context), data
     except ValidationError as validation:
         problems = []
         first_line, first_key = None, None
@@ -224,8 +231,9 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> tuple[BaseModel, Path]:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError("the pipeline file is not UTF-8 text", path=str(file)) from None
-    model, _ = parse_pipeline_text(text, str(file))
-    return model, file.resolve().parent
+    base_dir = file.resolve().parent
+    model, _ = parse_pipeline_text(text, str(file), base_dir)
+    return model, base_dir
 
 
 __all__ = ["InputConfig", "load_pipeline_file", "parse_pipeline_text", "BackendConfig", "Stage"]

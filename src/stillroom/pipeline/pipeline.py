@@ -46,6 +46,9 @@ class RunOptions:
     flush_rows: int = 1000
     flush_seconds: float = 10.0
     limit: int | None = None
+    # Measure the embedding diversity of generated columns at the end (loads a small sentence
+    # model, needs the `embed` extra); the text measures are reported either way.
+    diversity_embeddings: bool = True
 
 
 @dataclass

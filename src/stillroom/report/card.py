@@ -24,6 +24,56 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _count(measures: dict[str, Any]) -> str:
+    texts, sampled = measures["texts"], measures["sampled"]
+    return f"{texts:,}" if sampled == texts else f"{texts:,} ({sampled:,} sampled)"
+
+
+def _diversity(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The diversity table, with why a measure is missing and how to read the numbers."""
+    if not diversity:
+        return "_No stage of this pipeline writes text with a model._\n"
+    rows = []
+    notes: dict[str, list[str]] = {}
+    similarity = None
+    for stage, columns in diversity.items():
+        for column, m in columns.items():
+            rows.append(
+                [stage, column, _count(m), _ratio(m["distinct_1"]), _ratio(m["distinct_2"]),
+                 _share(m["exact_duplicate_share"]), _ratio(m["mean_cosine_distance"]),
+                 _share(m["near_duplicate_share"])]
+            )
+            similarity = m.get("near_duplicate_similarity", similarity)
+            if m.get("embedding_note"):
+                notes.setdefault(m["embedding_note"], []).append(f"`{stage}.{column}`")
+    parts = [
+        _table(
+            ["stage", "column", "texts", "distinct-1", "distinct-2", "exact duplicates",
+             "mean cosine distance", "near-duplicates"],
+            rows,
+        )
+    ]
+    for note, where in notes.items():
+        parts.append(f"\nEmbedding measures for {', '.join(where)}: {note}.\n")
+    parts.append(
+        "\nMeasured on the non-blank texts in `data/`; a large set is sampled (with a fixed "
+        "seed) for all but exact duplicates. Distinct-n (Li et al. 2016): unique word n-grams / "
+        "all n-grams, pooled over the set. Exact duplicates: texts whose normalized text occurs "
+        "more than once. Mean cosine distance: over all pairs of all-MiniLM-L6-v2 sentence "
+        "embeddings. Near-duplicates: texts whose nearest other text has cosine similarity >= "
+        f"{similarity}.\n"
+    )
+    return "".join(parts)
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     counts = summary["counts"]
     header = {
@@ -48,6 +98,10 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
             [[counts["data"], counts["failed"], counts["dropped"], f"{summary['failure_rate']:.2%}"]],
         )
     )
+    warnings = summary.get("warnings") or []
+    if warnings:
+        parts.append("\n## Warnings\n")
+        parts.append("".join(f"- {warning}\n" for warning in warnings))
     parts.append("\n## Models and token use\n")
     parts.append(
         _table(
@@ -68,6 +122,8 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append(_table(["stage: error", "rows"], [[k, v] for k, v in summary["failures_by_reason"].items()]))
     parts.append("\n## Drops by reason\n")
     parts.append(_table(["stage: reason", "rows"], [[k, v] for k, v in summary["drops_by_reason"].items()]))
+    parts.append("\n## Diversity\n")
+    parts.append(_diversity(summary.get("diversity") or {}))
     parts.append("\n## Columns\n")
     parts.append(", ".join(f"`{c}`" for c in columns) + "\n" if columns else "_no rows_\n")
     parts.append("\n## Pipeline\n")

@@ -1,4 +1,5 @@
-"""The end of a run: one schema per shard kind, the card, the report, the completion marker."""
+"""The end of a run: one schema per shard kind, the diversity of generated columns, the card, the
+report, the completion marker."""
 
 from __future__ import annotations
 
@@ -44,9 +45,48 @@ def run_config(executor: Executor) -> dict[str, Any]:
     }
 
 
-def write_card_and_report(folder: OutputFolder, config: dict[str, Any]) -> dict[str, Any]:
+def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]]:
+    """Diversity of every column a stage wrote with a model, as it stands in ``data/``.
+
+    Measured once here and kept in the completion marker, so ``inspect`` reads it back instead
+    of loading the embedding model again.
+    """
+    from stillroom.generate.diversity import measure, texts_of
+
+    folder = executor.folder
+    pipeline = executor.pipeline
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    by_column: dict[str, dict[str, Any]] = {}  # two stages writing one column: measure it once
+    for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
+        for column in stage.generated_columns():
+            if column not in by_column:
+                texts = texts_of(folder.read_column("data", column))
+                if executor.options.progress:  # the embedding model can take a while: say so
+                    from rich.console import Console
+
+                    Console(stderr=True).print(
+                        f"measuring diversity of {name}.{column} ({len(texts):,} texts)",
+                        highlight=False,
+                    )
+                by_column[column] = measure(
+                    texts, embeddings=executor.options.diversity_embeddings
+                )
+            results.setdefault(name, {})[column] = by_column[column]
+    return results
+
+
+def write_card_and_report(
+    folder: OutputFolder,
+    config: dict[str, Any],
+    diversity: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     summary = summarize(folder)
     summary["complete"] = True
+    if diversity is not None:
+        from stillroom.generate.diversity import all_warnings
+
+        summary["diversity"] = diversity
+        summary["warnings"] = [*summary.get("warnings", []), *all_warnings(diversity)]
     paths = folder.shard_paths("data")
     columns = pq.read_schema(paths[0]).names if paths else []
     _write_text(folder.root / "README.md", render_card(summary, config, columns))
@@ -64,8 +104,15 @@ def finalize_run(executor: Executor) -> RunResult:
     folder = executor.folder
     folder.harmonize_shards()
     config = run_config(executor)
-    summary = write_card_and_report(folder, config)
-    folder.mark_complete({"finished": time.time(), "counts": summary["counts"]})
+    summary = write_card_and_report(folder, config, measure_diversity(executor))
+    folder.mark_complete(
+        {
+            "finished": time.time(),
+            "counts": summary["counts"],
+            "diversity": summary["diversity"],
+            "warnings": summary["warnings"],
+        }
+    )
     return RunResult(
         out=folder.root,
         counts=summary["counts"],

@@ -1,7 +1,8 @@
 """``OUT/report.html``: one self-contained page (no scripts, no network) a person can read.
 
-This first version shows counts, timings, token use, per-stage flow and failures and drops by
-reason, with a few example rows. Every value from the data is HTML-escaped.
+This first version shows counts, timings, token use, per-stage flow, the diversity of generated
+columns (with collapse warnings) and failures and drops by reason, with a few example rows. Every
+value from the data is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -66,6 +67,51 @@ def _reason_table(reasons: dict[str, int], total: int) -> str:
     if not rows:
         return '<p class="muted">none</p>'
     return f"<table><tr><th>stage: reason</th><th>rows</th><th></th></tr>{''.join(rows)}</table>"
+
+
+def _diversity_section(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The diversity table; a missing measure shows why it is missing."""
+    if not diversity:
+        return '<p class="muted">no stage of this pipeline writes text with a model</p>'
+
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    rows = []
+    notes: dict[str, list[str]] = {}
+    similarity = None
+    for stage, columns in diversity.items():
+        for column, m in columns.items():
+            texts = f"{m['texts']:,}"
+            if m["sampled"] != m["texts"]:
+                texts += f" ({m['sampled']:,} sampled)"
+            rows.append(
+                [stage, column, texts, ratio(m["distinct_1"]), ratio(m["distinct_2"]),
+                 share(m["exact_duplicate_share"]), ratio(m["mean_cosine_distance"]),
+                 share(m["near_duplicate_share"])]
+            )
+            similarity = m.get("near_duplicate_similarity", similarity)
+            if m.get("embedding_note"):
+                notes.setdefault(m["embedding_note"], []).append(f"{stage}.{column}")
+    parts = [
+        _table(["stage", "column", "texts", "distinct-1", "distinct-2", "exact duplicates",
+                "mean cosine distance", "near-duplicates"], rows, numeric={3, 4, 5, 6, 7})
+    ]
+    for note, where in notes.items():
+        parts.append(
+            f'<p class="muted">Embedding measures for {_e(", ".join(where))}: {_e(note)}</p>'
+        )
+    parts.append(
+        '<p class="muted">Measured on the non-blank texts in data/; a large set is sampled '
+        "(fixed seed) for all but exact duplicates. Distinct-n (Li et al. 2016): unique word "
+        "n-grams / all n-grams, pooled over the set. Mean cosine distance: over all pairs of "
+        "all-MiniLM-L6-v2 sentence embeddings. Near-duplicates: texts whose nearest other text "
+        f"has cosine similarity &gt;= {_e(similarity)}.</p>"
+    )
+    return "".join(parts)
 
 
 def render_report(
@@ -133,6 +179,7 @@ def render_report(
         + "".join(f'<div class="card {cls}">{_e(label)}<b>{_e(value)}</b></div>' for label, value, cls in cards)
         + "</div>",
         f"<p>{total:,} rows written in all.</p>",
+        "".join(f'<p class="bad">warning: {_e(w)}</p>' for w in summary.get("warnings") or []),
         "<h2>Backends: requests and tokens</h2>",
         _table(
             ["backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
@@ -143,6 +190,8 @@ def render_report(
         "<h2>Stages</h2>",
         _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,
                numeric={1, 2, 3, 4, 5}),
+        "<h2>Diversity</h2>",
+        _diversity_section(summary.get("diversity") or {}),
         "<h2>Failures by reason</h2>",
         _reason_table(summary["failures_by_reason"], counts["failed"]),
         failure_html if failures else "",

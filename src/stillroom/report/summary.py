@@ -1,13 +1,16 @@
 """What a finished output folder holds, in numbers: the source for the card, report and ``inspect``.
 
 Counts and reasons are read from the shards themselves (not from counters kept while running), so
-they are right across any number of interrupted and resumed sessions.
+they are right across any number of interrupted and resumed sessions. Diversity measures and
+warnings are measured once when a run completes and read back from its completion marker.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+
+import orjson
 
 from stillroom.data.output import KINDS, OutputFolder
 from stillroom.llm.stats import BackendStats
@@ -35,6 +38,15 @@ def _session_stats(folder: OutputFolder) -> list[dict[str, Any]]:
     return list(by_session.values())
 
 
+def _completion_record(folder: OutputFolder) -> dict[str, Any]:
+    """What the run stored when it finished (diversity and warnings are measured only then)."""
+    try:
+        record = orjson.loads(folder.complete_file.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def summarize(folder: OutputFolder) -> dict[str, Any]:
     counts = {kind: folder.count(kind) for kind in KINDS}
     sessions = _session_stats(folder)
@@ -49,6 +61,7 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
         if session.get("started") and session.get("ended"):
             seconds += float(session["ended"]) - float(session["started"])
     finished = counts["data"] + counts["failed"]
+    record = _completion_record(folder)
     return {
         "counts": counts,
         "failure_rate": counts["failed"] / finished if finished else 0.0,
@@ -68,6 +81,9 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
         ],
         "seconds": seconds,
         "complete": folder.is_complete(),
+        # stage -> column -> measures (see stillroom.generate.diversity); empty until complete.
+        "diversity": record.get("diversity") or {},
+        "warnings": record.get("warnings") or [],
     }
 
 

@@ -540,7 +540,10 @@ class SelfInstructInstances(RowStage):
         return {self.backend}
 
     def generated_columns(self) -> list[str]:
-        return ["input", "output"]
+        # The task as a student sees it (instruction + generated input). Not `output`: a
+        # classification task's outputs are its few labels, repeated by design, and would read
+        # as a collapsed set.
+        return ["prompt"]
 
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
         backend_class = configs[self.backend].backend_class()

@@ -52,7 +52,7 @@ from stillroom.generate.principles import (
 )
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
-from stillroom.stages.complete import check_messages
+from stillroom.stages.complete import check_prompt
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
@@ -136,16 +136,7 @@ class Completions(RowStage):
                 )
 
     def check_row(self, row: Row) -> str | None:
-        if row.get("messages") is not None:
-            return check_messages(row["messages"])
-        prompt = row.get("prompt")
-        if prompt is None:
-            return f"the row needs a `prompt` or `messages` column; it has {sorted(row)}"
-        if not isinstance(prompt, str):
-            return f"`prompt` must be text, got {type(prompt).__name__}"
-        if not prompt.strip():
-            return "`prompt` is empty"
-        return None
+        return check_prompt(row)
 
     # -- building requests -----------------------------------------------------------------------
 

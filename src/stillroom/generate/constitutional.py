@@ -62,6 +62,7 @@ from stillroom.pipeline.stage import (
     StageContext,
     register_stage,
 )
+from stillroom.stages.complete import check_prompt
 
 # -- the principles file ---------------------------------------------------------------------------
 
@@ -292,13 +293,9 @@ class Constitutional(RowStage):
         return ["chosen"] if self.output == "preference" else ["completion"]
 
     def check_row(self, row: Row) -> str | None:
-        prompt = row.get("prompt")
-        if prompt is None:
-            return f"the row needs a `prompt` column; it has {sorted(row)}"
-        if not isinstance(prompt, str):
-            return f"`prompt` must be text, got {type(prompt).__name__}"
-        if not prompt.strip():
-            return "`prompt` is empty"
+        problem = check_prompt(row, messages_allowed=False)
+        if problem:
+            return problem
         response = row.get(self.response_column)
         if response is not None and not isinstance(response, str):
             return f"`{self.response_column}` must be text, got {type(response).__name__}"

@@ -96,6 +96,18 @@ _WHITESPACE = re.compile(r"\s+")
 # Instruction generation: prompt, parsing, filters
 
 
+def _check_prompt_format(
+    backend: str, prompt_format: str, configs: dict[str, BackendConfig]
+) -> None:
+    backend_class = configs[backend].backend_class()
+    if prompt_format == "raw" and not backend_class.supports_raw_prompt:
+        raise ConfigError(
+            f"backend {backend!r} ({backend_class.kind}) takes chat messages only; "
+            "set prompt_format: chat",
+            key="prompt_format",
+        )
+
+
 def prompt_line(instruction: str) -> str:
     """An instruction as it is shown in the prompt: one line, no trailing colon."""
     return _WHITESPACE.sub(" ", instruction).strip().rstrip(":")
@@ -218,13 +230,7 @@ class SelfInstruct(AllRowsStage):
         return ["instruction"]
 
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
-        backend_class = configs[self.backend].backend_class()
-        if self.prompt_format == "raw" and not backend_class.supports_raw_prompt:
-            raise ConfigError(
-                f"backend {self.backend!r} ({backend_class.kind}) takes chat messages only; "
-                "set prompt_format: chat",
-                key="prompt_format",
-            )
+        _check_prompt_format(self.backend, self.prompt_format, configs)
 
     def check_row(self, row: Row) -> str | None:
         instruction = row.get("instruction")
@@ -546,13 +552,7 @@ class SelfInstructInstances(RowStage):
         return ["prompt"]
 
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
-        backend_class = configs[self.backend].backend_class()
-        if self.prompt_format == "raw" and not backend_class.supports_raw_prompt:
-            raise ConfigError(
-                f"backend {self.backend!r} ({backend_class.kind}) takes chat messages only; "
-                "set prompt_format: chat",
-                key="prompt_format",
-            )
+        _check_prompt_format(self.backend, self.prompt_format, configs)
         self.templates()  # a missing or unusable seed_tasks file fails before any request
 
     def check_row(self, row: Row) -> str | None:

@@ -45,6 +45,21 @@ def check_messages(messages: Any) -> str | None:
     return None
 
 
+def check_prompt(row: Row, *, messages_allowed: bool = True) -> str | None:
+    """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage)."""
+    if messages_allowed and row.get("messages") is not None:
+        return check_messages(row["messages"])
+    prompt = row.get("prompt")
+    if prompt is None:
+        columns = "a `prompt` or `messages` column" if messages_allowed else "a `prompt` column"
+        return f"the row needs {columns}; it has {sorted(row)}"
+    if not isinstance(prompt, str):
+        return f"`prompt` must be text, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "`prompt` is empty"
+    return None
+
+
 @register_stage
 class Complete(RowStage):
     type: Literal["complete"] = "complete"
@@ -91,15 +106,7 @@ class Complete(RowStage):
             if missing:
                 return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
             return None
-        if "messages" in row and row["messages"] is not None:
-            return check_messages(row["messages"])
-        if "prompt" in row and row["prompt"] is not None:
-            if not isinstance(row["prompt"], str):
-                return f"`prompt` must be text, got {type(row['prompt']).__name__}"
-            if not row["prompt"].strip():
-                return "`prompt` is empty"
-            return None
-        return f"the row needs a `prompt` or `messages` column; it has {sorted(row)}"
+        return check_prompt(row)
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
         if self.prompt_template is not None:

@@ -12,6 +12,7 @@ from stillroom.llm.backend import BackendConfig, backends
 from stillroom.pipeline.pipeline import Pipeline, RunResult
 from stillroom.report.summary import failure_examples, summarize
 from stillroom.stages.complete import Complete
+from stillroom.verify.stage import verify  # noqa: F401  (the library function behind `stillroom verify`)
 
 
 def backend_config(

@@ -1,0 +1,92 @@
+"""``stillroom verify INPUT -o OUT --kind math``: a verifier's verdict on every row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stillroom.cli.main import (
+    FlushRows,
+    FlushSeconds,
+    Limit,
+    MaxFailureRate,
+    NoProgress,
+    OutOption,
+    Overwrite,
+    app,
+    friendly_errors,
+    print_result,
+    run_options,
+)
+from stillroom.cli.main import out as console
+from stillroom.errors import ConfigError
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"--options must be a JSON object: {error}", key="--options") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--options must be a JSON object, e.g. '{\"pattern\": \"yes|no\"}'",
+                          key="--options")
+    return value
+
+
+@app.command()
+@friendly_errors
+def verify(
+    input: Annotated[
+        Path,
+        typer.Argument(help="JSONL, Parquet, CSV or a datasets folder with `completion` and "
+                            "what the verifier needs (`answer`, `tests`)."),
+    ],
+    out_dir: OutOption,
+    kind: Annotated[
+        str, typer.Option("--kind", "-k", help="Verifier: math, code, json_schema, regex, length.")
+    ],
+    answer_column: Annotated[
+        str, typer.Option("--answer-column", help="The column that is checked.")
+    ] = "completion",
+    options: Annotated[
+        str | None,
+        typer.Option("--options",
+                     help="The verifier's options as JSON, e.g. '{\"pattern\": \"yes|no\"}'."),
+    ] = None,
+    drop_failed: Annotated[
+        bool,
+        typer.Option("--drop-failed", help="Send rows that fail to dropped/ instead of data/."),
+    ] = False,
+    overwrite: Overwrite = False,
+    max_failure_rate: MaxFailureRate = 0.0,
+    no_progress: NoProgress = False,
+    limit: Limit = None,
+    flush_rows: FlushRows = 1000,
+    flush_seconds: FlushSeconds = 10.0,
+) -> None:
+    """Give every row `passed` and `reason` from a verifier (no model is called)."""
+    from stillroom.verify.stage import verify as verify_rows
+
+    result = verify_rows(
+        input,
+        out_dir,
+        kind=kind,
+        answer_column=answer_column,
+        options=_options(options),
+        drop_failed=drop_failed,
+        # No model is called: no request cache.
+        **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
+                      flush_rows, flush_seconds),
+    )
+    stats = result.summary["verify"]
+    rate = "n/a" if stats["pass_rate"] is None else f"{stats['pass_rate']:.2%}"
+    line = f"{stats['kind']}: {stats['passed']:,} of {stats['checked']:,} rows passed ({rate})"
+    try:
+        print_result(result)  # raises Exit(1) when too many rows failed
+    finally:
+        console.print(line, highlight=False, markup=False)

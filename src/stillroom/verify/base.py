@@ -1,0 +1,63 @@
+"""The verifier protocol: a check of one row's answer that needs no model.
+
+A verifier looks at a row (its ``completion`` and whatever the check needs: a reference
+``answer``, ``tests``, a schema) and returns a :class:`Verdict`: passed or not, and why. The
+``reward`` is the same judgement as a number, for rejection sampling and RL-style use.
+
+A verifier never raises for a bad answer (a wrong, unparseable or hostile answer is a failed
+verdict with its reason); it raises :class:`VerifierInputError` only when the row itself cannot be
+checked (no reference answer, malformed tests), which the caller reports before any work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from stillroom.registry import Registry
+
+Row = dict[str, Any]
+
+
+class VerifierInputError(ValueError):
+    """The row cannot be checked by this verifier (a missing or malformed column)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reward(self) -> float:
+        return 1.0 if self.passed else 0.0
+
+
+class Verifier(ABC):
+    """One kind of check. Subclasses register under a name with :data:`verifiers`."""
+
+    name: str = ""
+    # Columns the row must have, besides the answer column (checked before any work).
+    required_columns: tuple[str, ...] = ()
+
+    def __init__(self, answer_column: str = "completion"):
+        self.answer_column = answer_column
+
+    def check_row(self, row: Row) -> str | None:
+        """What makes ``row`` uncheckable, if anything (named column and reason)."""
+        for column in (self.answer_column, *self.required_columns):
+            if row.get(column) is None:
+                return f"the row needs a `{column}` column for the {self.name} verifier"
+        return None
+
+    @abstractmethod
+    def verify(self, row: Row) -> Verdict:
+        """The verdict on ``row[self.answer_column]``."""
+
+    def reward(self, row: Row) -> float:
+        return self.verify(row).reward
+
+
+verifiers: Registry[type[Verifier]] = Registry("verifier")

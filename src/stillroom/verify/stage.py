@@ -1,0 +1,160 @@
+"""``verify``: a verifier's verdict on every row, in ``passed`` and ``reason``.
+
+    - type: verify
+      kind: math               # a registered verifier: math, code, json_schema, regex, length
+      answer_column: completion
+      options: {timeout_seconds: 5}
+      drop_failed: false       # true: rows that fail go to dropped/ with their reason
+
+Each row gets ``passed`` (bool), ``reason`` (text), ``verify_details`` (what the verifier
+extracted or measured, when it says) and ``metadata[<stage name>] = {kind, passed, reason}``.
+A verdict is not a generation, so no lineage is added and no row id changes. A row the verifier
+cannot check (no reference answer, malformed tests) is named, with its file and line, before
+anything runs when this is the first stage, and goes to ``failed/`` when it comes from an earlier
+stage.
+
+Verifiers are synchronous and may be CPU-heavy (sympy, a sandboxed process), so each runs in a
+worker thread: the event loop keeps serving the other rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError
+
+from stillroom.data.output import OutputFolder
+from stillroom.errors import ConfigError
+from stillroom.pipeline.pipeline import Pipeline, RunResult
+from stillroom.pipeline.stage import (
+    Dropped,
+    Row,
+    RowFailure,
+    RowStage,
+    StageContext,
+    register_stage,
+)
+from stillroom.verify.base import Verifier, VerifierInputError, verifiers
+
+
+def build_verifier(kind: str, answer_column: str, options: dict[str, Any]) -> Verifier:
+    """The verifier ``kind`` with ``options``; ConfigError names an unknown kind or option."""
+    verifier_class = verifiers.get(kind)
+    parameters = inspect.signature(verifier_class.__init__).parameters
+    accepted = [name for name in parameters if name not in ("self", "answer_column")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"verifier {kind!r} has no option(s) {unknown}; its options: "
+            f"{', '.join(accepted) or 'none'}",
+            key="options",
+        )
+    missing = [
+        name for name in accepted
+        if parameters[name].default is inspect.Parameter.empty
+        and parameters[name].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                          inspect.Parameter.VAR_POSITIONAL)
+        and name not in options
+    ]
+    if missing:
+        raise ConfigError(f"verifier {kind!r} needs option(s) {missing}", key="options")
+    try:
+        return verifier_class(answer_column=answer_column, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"verifier {kind!r}: {error}", key="options") from None
+
+
+@register_stage
+class Verify(RowStage):
+    type: Literal["verify"] = "verify"
+    kind: str = Field(description="A registered verifier: math, code, json_schema, regex, length.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The verifier's own options (e.g. a regex `pattern`)."
+    )
+    answer_column: str = Field(default="completion", description="The column that is checked.")
+    drop_failed: bool = Field(
+        default=False, description="Send rows that fail to dropped/ (default: keep every row)."
+    )
+    _verifier: Verifier = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _build(self) -> Verify:
+        try:
+            self._verifier = build_verifier(self.kind, self.answer_column, self.options)
+        except ConfigError as error:
+            # A validation error: a pipeline file names the stage's line and key.
+            raise PydanticCustomError("verifier", "{reason}", {"reason": error.reason}) from None
+        return self
+
+    @property
+    def verifier(self) -> Verifier:
+        return self._verifier
+
+    def check_row(self, row: Row) -> str | None:
+        return self._verifier.check_row(row)
+
+    async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
+        problem = self._verifier.check_row(row)
+        if problem:
+            raise RowFailure(problem, kind="VerifierInputError")
+        try:
+            verdict = await asyncio.to_thread(self._verifier.verify, row)
+        except VerifierInputError as error:
+            raise RowFailure(str(error), kind="VerifierInputError") from None
+        except Exception as error:  # the verifier broke (e.g. its worker process died): failed/
+            raise RowFailure(f"{type(error).__name__}: {error}", kind="VerifierError") from error
+        out = dict(row)
+        out["passed"] = verdict.passed
+        out["reason"] = verdict.reason
+        if verdict.details:
+            out["verify_details"] = dict(verdict.details)
+        metadata = dict(out.get("metadata") or {})
+        metadata[ctx.stage_name] = {
+            "kind": self.kind,
+            "passed": verdict.passed,
+            "reason": verdict.reason,
+        }
+        out["metadata"] = metadata
+        if self.drop_failed and not verdict.passed:
+            # Dropped, not Drop: the row in dropped/ keeps its verdict columns.
+            return [Dropped(out, f"{self.kind}: {verdict.reason}")]
+        return out
+
+
+def verify(
+    input: str | os.PathLike[str] | list[Row],
+    out: str | os.PathLike[str],
+    *,
+    kind: str,
+    answer_column: str = "completion",
+    options: dict[str, Any] | None = None,
+    drop_failed: bool = False,
+    **run_options: Any,
+) -> RunResult:
+    """Check every row with the verifier ``kind``: a pipeline of one ``verify`` stage.
+
+    The result's ``summary["verify"]`` holds ``checked``, ``passed`` and ``pass_rate``.
+    """
+    options = dict(options or {})
+    build_verifier(kind, answer_column, options)  # a bad kind or option: ConfigError, exit 2
+    stage = Verify(kind=kind, answer_column=answer_column, options=options,
+                   drop_failed=drop_failed)
+    pipeline = Pipeline([stage], input=input, name=f"stillroom verify --kind {kind}")
+    result = pipeline.run(out, **run_options)
+    folder = OutputFolder(result.out)
+    verdicts = [v for part in ("data", "dropped") for v in folder.read_column(part, "passed")]
+    checked = sum(1 for v in verdicts if v is not None)
+    passed = sum(1 for v in verdicts if v is True)
+    summary = dict(getattr(result, "summary", None) or {})
+    summary["verify"] = {
+        "kind": kind,
+        "checked": checked,
+        "passed": passed,
+        "pass_rate": passed / checked if checked else None,
+    }
+    result.summary = summary
+    return result

@@ -518,6 +518,9 @@ def _reap(uid: int) -> NoReturn:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    # kill(-1) as root would signal every process on the machine: only ever as the run's uid.
+    if uid == 0 or os.getresuid() != (uid, uid, uid):
+        os._exit(1)
     with contextlib.suppress(ProcessLookupError):  # none left
         os.kill(-1, signal.SIGKILL)
     os._exit(0)

@@ -45,6 +45,25 @@ def check_messages(messages: Any) -> str | None:
     return None
 
 
+def build_messages(
+    row: Row, prompt_template: str | None = None, system: str | None = None
+) -> list[dict[str, Any]]:
+    """The chat request for a row: its template filled in, its ``messages`` or its ``prompt``,
+    with ``system`` put first unless the conversation has its own."""
+    if prompt_template is not None:
+        messages = [{"role": "user", "content": prompt_template.format(**row)}]
+    elif row.get("messages") is not None:
+        messages = list(row["messages"])
+        # A conversation that already ends in an answer gets that answer regenerated.
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+    else:
+        messages = [{"role": "user", "content": row["prompt"]}]
+    if system is not None and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
 def check_prompt(row: Row, *, messages_allowed: bool = True) -> str | None:
     """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage)."""
     if messages_allowed and row.get("messages") is not None:
@@ -109,18 +128,7 @@ class Complete(RowStage):
         return check_prompt(row)
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
-        if self.prompt_template is not None:
-            messages = [{"role": "user", "content": self.prompt_template.format(**row)}]
-        elif row.get("messages") is not None:
-            messages = list(row["messages"])
-            # A conversation that already ends in an answer gets that answer regenerated.
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-        else:
-            messages = [{"role": "user", "content": row["prompt"]}]
-        if self.system is not None and not (messages and messages[0]["role"] == "system"):
-            messages.insert(0, {"role": "system", "content": self.system})
-        return messages
+        return build_messages(row, self.prompt_template, self.system)
 
     def params(self, ctx: StageContext) -> GenerationParams:
         return GenerationParams(

@@ -64,7 +64,7 @@ from stillroom.pipeline.stage import (
     StageContext,
     register_stage,
 )
-from stillroom.stages.complete import _template_columns, check_prompt
+from stillroom.stages.complete import _template_columns, build_messages, check_prompt
 from stillroom.verify import math as math_verifier
 from stillroom.verify.base import Verdict, Verifier, VerifierInputError
 from stillroom.verify.stage import build_verifier
@@ -148,17 +148,7 @@ class _Sampler(RowStage):
         return check_prompt(row)
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
-        if self.prompt_template is not None:
-            messages = [{"role": "user", "content": self.prompt_template.format(**row)}]
-        elif row.get("messages") is not None:
-            messages = [dict(m) for m in row["messages"]]
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-        else:
-            messages = [{"role": "user", "content": row["prompt"]}]
-        if self.system is not None and not (messages and messages[0]["role"] == "system"):
-            messages.insert(0, {"role": "system", "content": self.system})
-        return messages
+        return build_messages(row, self.prompt_template, self.system)
 
     def params(self, ctx: StageContext) -> GenerationParams:
         return GenerationParams(

@@ -64,8 +64,16 @@ def build_messages(
     return messages
 
 
-def check_prompt(row: Row, *, messages_allowed: bool = True) -> str | None:
-    """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage)."""
+def check_prompt(
+    row: Row, *, messages_allowed: bool = True, prompt_template: str | None = None
+) -> str | None:
+    """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage),
+    or, with a ``prompt_template``, which of the columns it needs the row lacks."""
+    if prompt_template is not None:
+        missing = [c for c in _template_columns(prompt_template) if c not in row]
+        if missing:
+            return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
+        return None
     if messages_allowed and row.get("messages") is not None:
         return check_messages(row["messages"])
     prompt = row.get("prompt")
@@ -120,12 +128,7 @@ class Complete(RowStage):
             )
 
     def check_row(self, row: Row) -> str | None:
-        if self.prompt_template is not None:
-            missing = [c for c in _template_columns(self.prompt_template) if c not in row]
-            if missing:
-                return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
-            return None
-        return check_prompt(row)
+        return check_prompt(row, prompt_template=self.prompt_template)
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
         return build_messages(row, self.prompt_template, self.system)

@@ -64,7 +64,7 @@ from stillroom.pipeline.stage import (
     StageContext,
     register_stage,
 )
-from stillroom.stages.complete import _template_columns, build_messages, check_prompt
+from stillroom.stages.complete import build_messages, check_prompt
 from stillroom.verify import math as math_verifier
 from stillroom.verify.base import Verdict, Verifier, VerifierInputError
 from stillroom.verify.stage import build_verifier
@@ -140,12 +140,7 @@ class _Sampler(RowStage):
         return {self.backend}
 
     def check_prompt_row(self, row: Row) -> str | None:
-        if self.prompt_template is not None:
-            missing = [c for c in _template_columns(self.prompt_template) if c not in row]
-            if missing:
-                return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
-            return None
-        return check_prompt(row)
+        return check_prompt(row, prompt_template=self.prompt_template)
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
         return build_messages(row, self.prompt_template, self.system)

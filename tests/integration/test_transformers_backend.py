@@ -213,6 +213,17 @@ def test_importing_the_backends_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_importing_the_package_leaves_the_heavy_method_libraries_for_later() -> None:
+    # Every command imports stillroom: rouge-score (nltk, scipy), math-verify (sympy) and the
+    # embedding model load only where a stage uses them.
+    code = (
+        "import sys, stillroom\n"
+        "heavy = {'torch', 'nltk', 'scipy', 'sympy', 'sentence_transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 async def test_presence_penalty_keeps_a_generated_token_from_coming_back(
     backend: TransformersBackend,
 ) -> None:

@@ -57,7 +57,6 @@ from pydantic import Field, PrivateAttr
 
 from stillroom.errors import ConfigError, InputError
 from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, with_lineage
-from stillroom.generate.rouge_pool import RougePool
 from stillroom.llm.types import Completion, GenerationParams, Request
 from stillroom.pipeline.stage import (
     AllRowsStage,
@@ -71,6 +70,7 @@ from stillroom.pipeline.stage import (
 )
 
 if TYPE_CHECKING:
+    from stillroom.generate.rouge_pool import RougePool
     from stillroom.llm.backend import BackendConfig
 
 METHOD = "self_instruct"
@@ -341,6 +341,10 @@ class SelfInstruct(AllRowsStage):
             (row_id(row) or derived_id("seed", row["instruction"]), row["instruction"])
             for row in rows
         ]
+        # Imported here: rouge-score pulls in nltk and scipy (about a second), which every other
+        # command would pay at start-up.
+        from stillroom.generate.rouge_pool import RougePool
+
         pool = RougePool(self.rouge_threshold)
         for key, text in seeds:
             pool.add(text, key)

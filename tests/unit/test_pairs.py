@@ -40,6 +40,9 @@ def test_score_of_numbers_dicts_and_na() -> None:
     assert score_of({"a": 4, "b": 5}) == (4.5, None)
     assert score_of({"a": 4, "b": "N/A"}) == (4.0, None)  # N/A left out of the mean
     assert score_of({"a": 4, "b": 2}, ["a"]) == (4.0, None)
+    # UltraFeedback's text ratings ("4", " 5 ", "N/A") inside aspect dicts read as numbers.
+    assert score_of({"a": "4", "b": " 5 ", "c": "N/A"}) == (4.5, None)
+    assert score_of({"a": "nan"})[0] is None and score_of({"a": "four"})[0] is None
     for bad in (None, True, "4", float("nan"), {"a": "N/A"}, {"a": None}, {"a": "x"}):
         score, reason = score_of(bad)
         assert score is None and reason

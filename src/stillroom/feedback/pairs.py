@@ -6,8 +6,9 @@
       aspects: [helpfulness, honesty, instruction_following, truthfulness]   # default: all present
 
 Input: a row with ``completions`` (texts) and ``ratings`` aligned with them, each rating a number
-or an aspect -> number dict (UltraFeedback rates four aspects, 1-5). A completion's *score* is
-its number, or the mean of its aspects. Output per pair, in the format TRL's ``DPOTrainer`` reads:
+or an aspect -> rating dict (UltraFeedback rates four aspects, 1-5; ``ultrafeedback_judge`` and
+the released UltraFeedback data write them as text, "4" or "N/A"). A completion's *score* is its
+number, or the mean of its aspects. Output per pair, in the format TRL's ``DPOTrainer`` reads:
 ``prompt``, ``chosen``, ``rejected``, ``score_chosen``, ``score_rejected``, plus
 ``chosen_index``/``rejected_index`` (positions in ``completions``). With ``prompt_column:
 messages`` (or ``auto`` on a row that has ``messages``) the output is TRL's conversational
@@ -108,11 +109,25 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _number_or_numeric_text(value: Any) -> float | None:
+    """An aspect rating: a number, or a number written as text ("4"), as the released
+    UltraFeedback data and our ``ultrafeedback_judge`` store them (a column holding "N/A" beside
+    numbers must be text)."""
+    if isinstance(value, str):
+        try:
+            return _number(float(value.strip()))
+        except ValueError:
+            return None
+    return _number(value)
+
+
 def score_of(rating: Any, aspects: list[str] | None = None) -> tuple[float | None, str | None]:
     """One completion's score and, when it has none, why.
 
     A number is its own score. A dict is averaged over ``aspects`` (default: its own keys),
-    leaving out aspects valued "N/A"; a missing, null or non-numeric aspect gives no score.
+    leaving out aspects valued "N/A"; an aspect may be a number or numeric text ("4"); a missing,
+    null or non-numeric aspect gives no score. A bare rating must be a number: text there is more
+    likely an unparsed judge answer than a rating.
     """
     if rating is None:
         return None, "rating is missing"
@@ -129,7 +144,7 @@ def score_of(rating: Any, aspects: list[str] | None = None) -> tuple[float | Non
                 return None, f"aspect {name!r} is null"
             if isinstance(value, str) and value.strip().lower() == NOT_APPLICABLE:
                 continue
-            number = _number(value)
+            number = _number_or_numeric_text(value)
             if number is None:
                 return None, f"aspect {name!r} is not a number: {value!r}"
             values.append(number)

@@ -1,8 +1,22 @@
 """Built-in stages. Importing this module registers them under their ``type`` names."""
 
 from stillroom.feedback.pairs import PreferencePairs
+from stillroom.feedback.pairwise import PairwiseJudge
+from stillroom.feedback.reward_model import RewardModel
+from stillroom.feedback.rubric import RubricJudge
+from stillroom.feedback.ultrafeedback import UltraFeedbackJudge
 from stillroom.stages.complete import Complete
 from stillroom.verify.rejection import MajorityVote, RejectionSample
 from stillroom.verify.stage import Verify
 
-__all__ = ["Complete", "MajorityVote", "PreferencePairs", "RejectionSample", "Verify"]
+__all__ = [
+    "Complete",
+    "MajorityVote",
+    "PairwiseJudge",
+    "PreferencePairs",
+    "RejectionSample",
+    "RewardModel",
+    "RubricJudge",
+    "UltraFeedbackJudge",
+    "Verify",
+]

@@ -1,0 +1,159 @@
+"""What every LLM judge shares: asking for a structured verdict and getting a usable one or a reason.
+
+A judge answers with JSON that matches a schema. Where the backend can constrain decoding to a
+schema (llama.cpp's grammar, an OpenAI-compatible server's ``response_format``), it is asked to;
+the :class:`~stillroom.llm.client.LLMClient` then validates the answer and re-asks with the error
+when it does not parse, and a judgment that never parses fails the request with the raw text.
+
+Other backends (transformers, Anthropic, a server told ``structured_output: prompt``) get the
+same schema described in the prompt and their answer is read leniently: JSON anywhere in the text
+(fenced or bare), and failing that the judge's own plain-text reader (``Rating: 4``, ``[[A]]``),
+whose result must still satisfy the schema. An answer neither reading accepts is re-asked with
+what was wrong, up to ``max_reasks`` times; then the row fails with the last raw answer in its
+reason. No path leaves a judgment empty or ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from stillroom.llm.client import LLMClient
+from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
+from stillroom.llm.types import Completion, GenerationParams, Message, Request
+from stillroom.pipeline.stage import Row, RowFailure
+
+StructuredMode = Literal["auto", "schema", "prompt"]
+TextReader = Callable[[str], Any]
+
+_RAW_LIMIT = 1500
+
+
+@dataclass(slots=True)
+class Judgment:
+    """An accepted verdict: the parsed value and what it took to get it."""
+
+    value: Any
+    completion: Completion
+    answers: int  # how many answers were read (1 + re-asks)
+
+
+def uses_schema(client: LLMClient, mode: StructuredMode) -> bool:
+    """Whether to send the schema to the backend (constrained decoding) or only in the prompt."""
+    if mode == "prompt":
+        return False
+    return client.backend.supports_json_schema
+
+
+async def ask_judge(
+    client: LLMClient,
+    messages: list[Message],
+    *,
+    schema: dict[str, Any],
+    params: GenerationParams,
+    sample: int = 0,
+    read_text: TextReader | None = None,
+    structured: StructuredMode = "auto",
+    max_reasks: int = 2,
+    what: str = "judgment",
+) -> Judgment:
+    """One judgment that satisfies ``schema``; raises RequestFailed or RowFailure otherwise."""
+    if uses_schema(client, structured):
+        request = Request(
+            messages=messages, params=replace(params, json_schema=schema), sample=sample
+        )
+        # The client validates against the schema and re-asks; after that it raises
+        # RequestFailed(kind InvalidStructuredOutput) carrying the raw answer.
+        completion = await client.generate(request)
+        return Judgment(completion.parsed, completion, answers=1)
+
+    current = messages
+    last_text = ""
+    problem = ""
+    for answer in range(1, max_reasks + 2):
+        completion = await client.generate(Request(messages=current, params=params, sample=sample))
+        last_text = completion.text
+        try:
+            return Judgment(read_leniently(last_text, schema, read_text), completion, answer)
+        except StructuredOutputError as error:
+            problem = error.problem
+            current = reask_messages(current, last_text, error)
+    shown = last_text if len(last_text) <= _RAW_LIMIT else last_text[:_RAW_LIMIT] + "..."
+    raise RowFailure(
+        f"{what}: no usable answer after {max_reasks + 1} tries ({problem}); "
+        f"last raw answer: {shown!r}",
+        kind="UnparseableJudgment",
+        attempts=max_reasks + 1,
+    )
+
+
+def read_leniently(text: str, schema: dict[str, Any], read_text: TextReader | None) -> Any:
+    """The JSON value in ``text`` matching ``schema``; else what ``read_text`` finds, if valid."""
+    try:
+        return parse_structured(text, schema)
+    except StructuredOutputError as json_error:
+        if read_text is None:
+            raise
+        value = read_text(text)
+        if value is None:
+            raise
+        try:
+            # Validate the plain-text reading against the same schema, so both paths agree on
+            # what a usable judgment is.
+            import json
+
+            return parse_structured(json.dumps(value), schema)
+        except StructuredOutputError as text_error:
+            raise StructuredOutputError(
+                f"{json_error.problem}; read as plain text: {text_error.problem}", text
+            ) from None
+
+
+def schema_prompt(schema_hint: str) -> str:
+    """The closing instruction of every judge prompt: reply with JSON only."""
+    return f"Reply with only a JSON object of this form, and nothing before or after it:\n{schema_hint}"
+
+
+def transcript(row: Row) -> str:
+    """The instruction a judge sees: the prompt text, or the conversation before the answer."""
+    messages = row.get("messages")
+    if messages is None:
+        return str(row["prompt"])
+    turns = [dict(m) for m in messages]
+    while turns and turns[-1]["role"] == "assistant":
+        turns.pop()
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return str(turns[0]["content"])
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)
+
+
+def check_instruction(row: Row) -> str | None:
+    """What is wrong with a row's prompt or messages for a judge, if anything."""
+    if row.get("messages") is not None:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
+            return "`messages` must be a list of {role, content} objects"
+        if not any(m["role"] != "assistant" for m in messages):
+            return "`messages` holds no turn before the answers"
+        return None
+    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        return f"the row needs a `prompt` (text) or `messages`; it has {sorted(row)}"
+    return None
+
+
+def first_number_after(label: str, text: str) -> float | None:
+    """The number after ``label`` (case-insensitive), e.g. ``Rating: 4`` or ``Rating: [[4]]``."""
+    match = re.search(rf"{label}\s*[:=]?\s*\[*\s*(-?\d+(?:\.\d+)?)", text, re.IGNORECASE)
+    return float(match.group(1)) if match else None
+
+
+def as_int(value: float | None) -> int | float | None:
+    """An integral float as int (JSON ratings are integers), anything else unchanged."""
+    if value is not None and float(value).is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,366 @@
+"""``rubric_judge``: grade each answer on its own against a rubric (MT-Bench single grading by
+default, or a rubric file of your own).
+
+    - type: rubric_judge
+      backend: judge
+      rubric: null                   # default: 1-10 single-answer grading, MT-Bench style
+      # rubric: rubrics/concise.yaml # or your own (below); relative to the pipeline file
+      reference_column: reference    # optional: a reference answer shown to the judge
+      column: auto                   # auto: `completions` (a list) when present, else `completion`
+
+Single-answer grading (Zheng et al. 2023) asks the judge for a score on a fixed scale, one answer
+at a time, after a short explanation; for questions with a right answer (math, reasoning) it shows
+a reference answer and asks the judge to check against it. The default rubric does that on 1-10 in
+our words. A rubric file (YAML or JSON) sets its own::
+
+    name: concise
+    instructions: |
+      Rate how directly the answer gives the user what they asked for, without padding.
+    scale: {min: 1, max: 5}
+    levels:                      # optional: what some scores mean
+      1: Mostly filler; the answer is hard to find.
+      5: Every sentence is needed.
+    reference_instructions: |    # optional: used when a reference answer is shown
+      The reference answer shows what a complete answer contains.
+
+A bad rubric file fails the pipeline before any request, naming the file, line and key.
+
+Output: for a ``completion`` column, ``score`` (an integer on the scale) and ``rationale``; for a
+``completions`` list, ``ratings`` (one integer per completion, aligned, so ``preference_pairs``
+binarizes them) and ``rationales``. Every completion is graded in its own request. An answer that
+does not parse is re-asked, then the row fails with the raw answer in its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from stillroom.data.readers import resolve_input_path
+from stillroom.errors import ConfigError, InputError
+from stillroom.feedback.judging import (
+    Judgment,
+    StructuredMode,
+    as_int,
+    ask_judge,
+    check_instruction,
+    first_number_after,
+    schema_prompt,
+    transcript,
+)
+from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
+from stillroom.llm.types import GenerationParams, Message, RequestFailed
+from stillroom.pipeline.config import _line_of
+from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(ge=0)
+    max: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if not self.min < self.max <= self.min + 100:
+            raise ValueError(f"max must be above min and at most min + 100, got {self.min}..{self.max}")
+        return self
+
+
+class Rubric(BaseModel):
+    """What a judge is told to grade, on what scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    instructions: str = Field(min_length=1)
+    scale: Scale
+    levels: dict[int, str] = Field(default_factory=dict)
+    reference_instructions: str | None = None
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_on_scale(cls, levels: dict[int, str], info: ValidationInfo) -> dict[int, str]:
+        scale = info.data.get("scale")
+        if scale is not None:
+            outside = [level for level in levels if not scale.min <= level <= scale.max]
+            if outside:
+                raise ValueError(f"levels {outside} are outside the scale {scale.min}..{scale.max}")
+        return levels
+
+    @property
+    def version(self) -> str:
+        text = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return f"rubric.{self.name}@{hashlib.sha256(text).hexdigest()[:8]}"
+
+    def values(self) -> list[int]:
+        return list(range(self.scale.min, self.scale.max + 1))
+
+
+MT_BENCH_STYLE = Rubric(
+    name="single_answer",
+    instructions=(
+        "Grade the quality of the assistant's answer to the user's request. Weigh how helpful, "
+        "relevant, accurate, deep and detailed it is, and whether it shows good judgment or "
+        "creativity where the request calls for them. Explain your grade briefly and objectively "
+        "before giving it; length alone is not quality."
+    ),
+    scale=Scale(min=1, max=10),
+    levels={
+        1: "Useless or harmful: wrong, off-topic or empty of content.",
+        4: "Partly useful, with real errors or large gaps.",
+        7: "Good: correct and useful, with minor gaps.",
+        10: "Excellent: correct, complete, clear; hard to improve.",
+    },
+    reference_instructions=(
+        "A reference answer is given. Treat it as correct: compare the assistant's answer with "
+        "it, find any mistake, and grade correctness above everything else."
+    ),
+)
+
+
+def load_rubric(spec: str, base_dir: Path | None = None) -> Rubric:
+    """Read and check a rubric file (YAML or JSON); errors name the file, line and key."""
+    try:
+        path = resolve_input_path(spec, base_dir)
+    except InputError as error:
+        raise ConfigError(error.reason, path=spec, key="rubric") from None
+    if not path.is_file():
+        raise ConfigError(
+            f"no such rubric file (a relative path is read from the pipeline file's folder: "
+            f"{path.resolve()})",
+            path=str(path),
+            key="rubric",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError("the rubric file is not UTF-8 text", path=str(path), key="rubric") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(
+            f"not valid YAML or JSON: {getattr(error, 'problem', error)}",
+            path=str(path),
+            line=mark.line + 1 if mark else None,
+            key="rubric",
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "a rubric file must be a mapping with name, instructions and scale",
+            path=str(path), line=1, key="rubric",
+        )
+    try:
+        return Rubric.model_validate(data)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        loc = tuple(problem["loc"])
+        where = ".".join(str(part) for part in loc) or "(top)"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        raise ConfigError(
+            message,
+            path=str(path),
+            line=_line_of(root, loc),
+            key=f"rubric.{where}",
+        ) from None
+
+
+def grade_schema(rubric: Rubric, rationale_chars: int) -> dict[str, Any]:
+    values: list[Any] = rubric.values()
+    return {
+        "type": "object",
+        "properties": {
+            "rationale": {"type": "string", "minLength": 1, "maxLength": rationale_chars},
+            # Numbers or their text: both are common without constrained decoding.
+            "rating": {"enum": values + [str(v) for v in values]},
+        },
+        "required": ["rationale", "rating"],
+        "additionalProperties": False,
+    }
+
+
+_DOUBLE_BRACKETS = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
+
+
+def read_plain_grade(text: str) -> Any:
+    """MT-Bench's ``[[7]]`` (the last one), else ``Rating: 7`` / ``Score: 7``."""
+    found = _DOUBLE_BRACKETS.findall(text)
+    value = float(found[-1]) if found else first_number_after("rating", text)
+    if value is None:
+        value = first_number_after("score", text)
+    if value is None:
+        return None
+    rationale = _DOUBLE_BRACKETS.sub("", text).strip() or "(none given)"
+    return {"rationale": rationale[:4000], "rating": as_int(value)}
+
+
+def grade_prompt(rubric: Rubric, instruction: str, answer: str, reference: str | None) -> str:
+    parts = [rubric.instructions.strip()]
+    scale = f"Grade on a scale from {rubric.scale.min} to {rubric.scale.max}."
+    if rubric.levels:
+        scale += "\n" + "\n".join(f"{k}: {v}" for k, v in sorted(rubric.levels.items()))
+    parts.append(scale)
+    if reference is not None and rubric.reference_instructions:
+        parts.append(rubric.reference_instructions.strip())
+    parts.append(f"## Request\n{instruction}")
+    if reference is not None:
+        parts.append(f"## Reference answer\n{reference}")
+    parts.append(f"## Assistant's answer\n{answer}")
+    parts.append(
+        "## Grade\n"
+        + schema_prompt(
+            f'{{"rationale": "<a short explanation>", "rating": <{rubric.scale.min}-'
+            f'{rubric.scale.max}>}}'
+        )
+    )
+    return "\n\n".join(parts)
+
+
+SYSTEM_PROMPT = "You are an impartial judge who grades AI assistants' answers against a rubric."
+
+
+@register_stage
+class RubricJudge(RowStage):
+    type: Literal["rubric_judge"] = "rubric_judge"
+    backend: str = Field(default="default", description="Backend name of the judge model.")
+    rubric: str | None = Field(default=None, description="A rubric file; default: 1-10 grading.")
+    reference_column: str | None = Field(default=None, description="A reference answer column.")
+    column: Literal["auto", "completion", "completions"] = "auto"
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=16)
+    rationale_chars: int = Field(default=600, ge=20, le=4000)
+    seed: int | None = None
+    structured: StructuredMode = "auto"
+    max_reasks: int = Field(default=2, ge=0, le=10)
+
+    _rubric: Rubric = PrivateAttr(default=MT_BENCH_STYLE)
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo) -> RubricJudge:
+        if self.rubric is not None:
+            base_dir = None
+            if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
+                base_dir = Path(info.context["base_dir"])
+            self._rubric = load_rubric(self.rubric, base_dir)
+        return self
+
+    @property
+    def loaded_rubric(self) -> Rubric:
+        return self._rubric
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        out["rubric_version"] = self._rubric.version  # an edited rubric is another run
+        return out
+
+    def backend_names(self) -> set[str]:
+        return {self.backend}
+
+    def _column(self, row: Row) -> str:
+        if self.column != "auto":
+            return self.column
+        return "completions" if isinstance(row.get("completions"), list) else "completion"
+
+    def check_row(self, row: Row) -> str | None:
+        problem = check_instruction(row)
+        if problem:
+            return problem
+        column = self._column(row)
+        value = row.get(column)
+        texts: list[Any] = value if isinstance(value, list) else [value]
+        if column == "completions" and (not isinstance(value, list) or not value):
+            return "`completions` must be a non-empty list of texts"
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                where = f"completions[{index}]" if column == "completions" else "completion"
+                return f"`{where}` is missing, empty or not text"
+        if self.reference_column is not None:
+            reference = row.get(self.reference_column)
+            if not isinstance(reference, str) or not reference.strip():
+                return f"`{self.reference_column}` (reference_column) is missing or empty"
+        return None
+
+    async def _grade(self, row: Row, answer: str, sample: int, ctx: StageContext) -> Judgment:
+        reference = row[self.reference_column] if self.reference_column is not None else None
+        messages: list[Message] = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": grade_prompt(self._rubric, transcript(row), answer, reference),
+            },
+        ]
+        return await ask_judge(
+            ctx.client(self.backend),
+            messages,
+            schema=grade_schema(self._rubric, self.rationale_chars),
+            params=GenerationParams(
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                seed=self.seed if self.seed is not None else ctx.seed,
+            ),
+            sample=sample,
+            read_text=read_plain_grade,
+            structured=self.structured,
+            max_reasks=self.max_reasks,
+            what=f"grade of answer {sample}",
+        )
+
+    async def process(self, row: Row, ctx: StageContext) -> Row:
+        problem = self.check_row(row)
+        if problem:
+            raise RowFailure(problem, kind="BadInput")
+        column = self._column(row)
+        answers = row[column] if column == "completions" else [row[column]]
+        results = await asyncio.gather(
+            *(self._grade(row, answer, index, ctx) for index, answer in enumerate(answers)),
+            return_exceptions=True,
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, (RequestFailed, RowFailure)):
+                if column == "completions":
+                    result.args = (f"completions[{index}]: {result.args[0]}",)
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        judged: list[Judgment] = list(results)  # type: ignore[arg-type]
+        grades = [int(j.value["rating"]) for j in judged]
+        rationales = [j.value["rationale"] for j in judged]
+        key = row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
+        out = dict(row)
+        out["id"] = key
+        if column == "completions":
+            out["ratings"], out["rationales"] = grades, rationales
+        else:
+            out["score"], out["rationale"] = grades[0], rationales[0]
+        return with_lineage(
+            out,
+            ctx.stage_name,
+            method="rubric_judge",
+            step=self._rubric.name,
+            parent_id=row_id(row),
+            seed_id=seed_id_of(row) or key,
+            model=ctx.client(self.backend).backend.model,
+            template=self._rubric.version,
+            scale=[self._rubric.scale.min, self._rubric.scale.max],
+            with_reference=self.reference_column is not None,
+            answers=[j.answers for j in judged],
+            prompt_tokens=sum(j.completion.prompt_tokens for j in judged),
+            completion_tokens=sum(j.completion.completion_tokens for j in judged),
+        )

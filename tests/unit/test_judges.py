@@ -434,3 +434,35 @@ def test_missing_rubric_file_fails_at_config_time(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such rubric file"):
         parse_pipeline_text("stages:\n  - type: rubric_judge\n    rubric: nope.yaml\n", "p.yaml",
                             base_dir=tmp_path)
+
+
+# -- what the judges report at the end of a run ----------------------------------------------------
+
+
+def test_judges_report_their_figures_in_the_card_report_and_inspect(tmp_path: Path) -> None:
+    from stillroom.report.summary import summarize
+
+    use(fair_uf_judge)
+    result = run([UltraFeedbackJudge()], [UF_ROW], tmp_path / "uf")
+    figures = result.summary["stage_results"]["ultrafeedback_judge"]
+    assert figures["completions rated"] == 3
+    assert figures["mean helpfulness"] == pytest.approx((2 + 5 + 4) / 3)
+    assert figures["honesty N/A share"] == 1.0 and "mean honesty" not in figures
+    card = (tmp_path / "uf" / "README.md").read_text()
+    assert "## Stage results" in card and "| ultrafeedback_judge | mean helpfulness | 3.667 |" in card
+    assert "mean helpfulness" in (tmp_path / "uf" / "report.html").read_text()
+    assert summarize(OutputFolder(tmp_path / "uf"))["stage_results"] == result.summary["stage_results"]
+
+    use(first_position_lover)
+    rows = [{**PAIR_ROW, "id": f"p{i}"} for i in range(3)]
+    result = run([PairwiseJudge(candidates=["completion", "baseline"], as_pair=True)], rows,
+                 tmp_path / "pw")
+    figures = result.summary["stage_results"]["pairwise_judge"]
+    # Every pair was dropped as a tie, and dropped rows still count.
+    assert figures["pairs judged"] == 3 and figures["ties"] == 3
+    assert figures["win rate of a (ties half)"] == 0.5 and figures["position consistency"] == 0.0
+
+    use(grade_by_quality)
+    result = run([RubricJudge()], [UF_ROW], tmp_path / "rb")
+    figures = result.summary["stage_results"]["rubric_judge"]
+    assert figures == {"answers graded": 3, "mean grade (1-10)": pytest.approx((4 + 10 + 8) / 3)}

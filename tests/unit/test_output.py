@@ -68,3 +68,23 @@ def test_reading_a_live_folder_does_not_touch_its_log(tmp_path: Path) -> None:
     before = folder.commit_log.read_bytes()
     assert len(folder.read_commits()) == 1
     assert folder.commit_log.read_bytes() == before
+
+
+def test_shards_whose_column_types_conflict_are_harmonized_as_json_text(tmp_path: Path) -> None:
+    import json
+
+    import datasets
+
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    # Rows that mix `prompt` text and a conversation, landing in different shards.
+    folder.commit(state, {"data": [{"id": "a", "prompt": "hi", "n": 1}]}, ["0"], segment=0)
+    conversation = [{"role": "user", "content": "hello"}]
+    folder.commit(state, {"data": [{"id": "b", "prompt": conversation, "n": 2.5}]}, ["1"], segment=0)
+    folder.harmonize_shards()
+    rows = {row["id"]: row for row in folder.read_rows("data")}
+    assert json.loads(rows["a"]["prompt"]) == "hi"
+    assert json.loads(rows["b"]["prompt"]) == conversation
+    assert rows["a"]["n"] == 1.0 and rows["b"]["n"] == 2.5  # compatible types still unify
+    loaded = datasets.load_dataset("parquet", data_dir=str(folder.root / "data"), split="train")
+    assert sorted(loaded["id"]) == ["a", "b"]

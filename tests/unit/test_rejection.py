@@ -159,6 +159,27 @@ def test_pass_at_k_draws_every_sample_and_reports_the_estimate(tmp_path: Path) -
     )
 
 
+def test_pass_at_k_over_the_run_goes_into_the_card_and_counts_dropped_prompts(tmp_path: Path) -> None:
+    def script(request: Request, attempt: int) -> str:
+        messages = request.messages or []
+        if "what is 1 + 7" in str(messages[-1]["content"]):
+            return "no idea"  # prompt q1 never passes: dropped, pass@k 0
+        return "\\boxed{5}" if request.sample == 0 else "3 + 4 gives \\boxed{7}"
+
+    use(script)
+    stage = RejectionSample(k=1, max_samples=2, batch=2, pass_at_k=[1, 2])
+    rows = [{"id": "q0", "prompt": "what is 0 + 7?", "answer": "7"},
+            {"id": "q1", "prompt": "what is 1 + 7?", "answer": "8"}]
+    result = run(stage, rows, tmp_path / "out")
+    assert result.counts == {"data": 1, "failed": 0, "dropped": 1}
+    figures = result.summary["stage_results"]["rejection_sample"]
+    assert figures == pytest.approx(
+        {"prompts": 2, "samples_spent": 4, "pass@1": (0.5 + 0) / 2, "pass@2": (1 + 0) / 2}
+    )
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| rejection_sample | pass@2 | 0.500 |" in card
+
+
 def test_an_empty_sample_is_a_sample_that_did_not_pass(tmp_path: Path) -> None:
     use(lambda request, attempt: "" if request.sample == 0 else "\\boxed{7}")
     run(RejectionSample(k=1, max_samples=3, batch=1), math_rows(), tmp_path / "out")

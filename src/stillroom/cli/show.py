@@ -86,7 +86,23 @@ def show_result(console: Console, result: Any) -> None:
     ):
         if table is not None:
             console.print(table)
-    _print_diversity(console, (getattr(result, "summary", None) or {}).get("diversity") or {})
+    summary = getattr(result, "summary", None) or {}
+    _print_stage_results(console, summary.get("stage_results") or {})
+    _print_diversity(console, summary.get("diversity") or {})
+
+
+def _print_stage_results(console: Console, results: dict[str, dict[str, Any]]) -> None:
+    """Each stage's own figures (pass@k, mean ratings, win rates)."""
+    if not results:
+        return
+    from stillroom.report.card import stage_result_rows
+
+    table = Table(title="stage results", show_header=True, header_style="bold", title_justify="left")
+    for name in ("stage", "figure", "value"):
+        table.add_column(name, justify="right" if name == "value" else "left")
+    for row in stage_result_rows(results):
+        table.add_row(*row)
+    console.print(table)
 
 
 def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> None:
@@ -100,6 +116,7 @@ def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> 
     ):
         if table is not None:
             console.print(table)
+    _print_stage_results(console, summary.get("stage_results") or {})
     _print_diversity(console, summary.get("diversity") or {})
     for warning in summary.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -18,6 +18,7 @@ committed: each input row is written once.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 Row = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 # pyarrow is imported when the first shard is written (on a worker thread, while requests are in
 # flight), not with this module: every run starts ~0.1 s sooner, and `--help` does not pay for it.
@@ -269,6 +272,19 @@ class OutputFolder:
                 values.extend(parquet.read(columns=[column]).column(column).to_pylist())
         return values
 
+    def read_columns(self, kind: str, columns: list[str]) -> list[Row]:
+        """Every row of ``kind`` with only ``columns`` (null where a shard lacks one)."""
+        import pyarrow.parquet as pq
+
+        rows: list[Row] = []
+        for path in self.shard_paths(kind):
+            parquet = pq.ParquetFile(path)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+            for row in table.to_pylist() if present else [{}] * parquet.metadata.num_rows:
+                rows.append({column: row.get(column) for column in columns})
+        return rows
+
     def read_rows(self, kind: str, limit: int | None = None) -> list[Row]:
         import pyarrow.parquet as pq
 
@@ -286,18 +302,41 @@ class OutputFolder:
         null in one shard, a metadata field present in another); rewriting the odd ones at the end
         is cheap next to the requests that produced them.
         """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from stillroom.data.tables import rows_to_table, unify
+        from stillroom.data.tables import as_json_text, conflicting_fields, rows_to_table, unify
 
         for kind in KINDS:
             paths = self.shard_paths(kind)
             if len(paths) < 2:
                 continue
-            schemas = [pq.read_schema(path) for path in paths]
-            target = unify([schema.remove_metadata() for schema in schemas])
+            schemas = [pq.read_schema(path).remove_metadata() for path in paths]
+            # A column whose shards disagree on its type (text in some, a list of messages in
+            # others, as when input rows mix `prompt` and `messages`) is stored as JSON text in
+            # every shard, the way one shard stores a column that mixes types: no row is lost.
+            as_text = conflicting_fields(schemas)
+            if as_text:
+                log.warning(
+                    "%s/: column(s) %s hold different types in different shards; they are "
+                    "stored as JSON text", kind, sorted(as_text),
+                )
+            target = unify([_without(schema, as_text) for schema in schemas])
+            for name in as_text:
+                target = target.append(pa.field(name, pa.string()))
             for path, schema in zip(paths, schemas, strict=True):
-                if schema.remove_metadata().equals(target):
+                if schema.equals(target):
                     continue
                 rows = pq.read_table(path).to_pylist()
+                for row in rows:
+                    for name in as_text:
+                        row[name] = as_json_text(row.get(name))
                 write_table_atomically(rows_to_table(rows, schema=target), path)
+
+
+def _without(schema: pa.Schema, names: set[str]) -> pa.Schema:
+    for name in names:
+        index = schema.get_field_index(name)
+        if index >= 0:
+            schema = schema.remove(index)
+    return schema

@@ -25,6 +25,7 @@ _BUILTINS = {
     "self_instruct_seed_tasks": "self_instruct_seed_tasks.jsonl",
     "personas": "personas.jsonl",
     "constitution": "constitution.jsonl",
+    "preference_principles": "preference_principles.jsonl",
 }
 
 

@@ -34,10 +34,25 @@ def _column(name: str, values: list[Any]) -> pa.Array:
             return array
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         log.warning("column %r mixes types; it is stored as JSON text", name)
-    return pa.array(
-        [None if value is None else orjson.dumps(value, default=str).decode() for value in values],
-        type=pa.string(),
-    )
+    return pa.array([as_json_text(value) for value in values], type=pa.string())
+
+
+def as_json_text(value: Any) -> str | None:
+    """A value of a column stored as JSON text (null stays null)."""
+    return None if value is None else orjson.dumps(value, default=str).decode()
+
+
+def conflicting_fields(schemas: list[pa.Schema]) -> set[str]:
+    """Columns whose types cannot be unified across ``schemas``."""
+    names = {name for schema in schemas for name in schema.names}
+    bad = set()
+    for name in names:
+        fields = [pa.schema([schema.field(name)]) for schema in schemas if name in schema.names]
+        try:
+            unify(fields)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            bad.add(name)
+    return bad
 
 
 def rows_to_table(rows: list[Row], schema: pa.Schema | None = None) -> pa.Table:

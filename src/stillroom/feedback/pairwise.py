@@ -134,6 +134,32 @@ class PairwiseJudge(RowStage):
     def backend_names(self) -> set[str]:
         return {self.backend}
 
+    def summary_columns(self) -> list[str]:
+        return ["pairwise"]
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """Win rate of the first candidate (a tie counts half), and how often the two orders
+        agreed: a judge that rarely agrees with itself is mostly reading positions."""
+        judged = [row["pairwise"] for row in rows if isinstance(row.get("pairwise"), dict)]
+        if not judged:
+            return {}
+        winners = []
+        for record in judged:
+            prefers = [order["prefers"] for order in record["orders"]]
+            winners.append(prefers[0] if prefers[0] == prefers[1] else "tie")
+        a, b = winners.count("a"), winners.count("b")
+        ties = len(winners) - a - b
+        names = judged[0].get("candidates") or ["a", "b"]
+        return {
+            "pairs judged": len(judged),
+            f"wins {names[0]} (a)": a,
+            f"wins {names[1]} (b)": b,
+            "ties": ties,
+            "win rate of a (ties half)": (a + ties / 2) / len(judged),
+            "position consistency": sum(bool(r["position_consistent"]) for r in judged)
+            / len(judged),
+        }
+
     def candidate_texts(self, row: Row) -> tuple[Any, Any]:
         if self.candidates is None:
             completions = row.get("completions")

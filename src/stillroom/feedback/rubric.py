@@ -273,6 +273,25 @@ class RubricJudge(RowStage):
     def backend_names(self) -> set[str]:
         return {self.backend}
 
+    def summary_columns(self) -> list[str]:
+        return ["score", "ratings"]
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """How many answers were graded and their mean grade on the rubric's scale."""
+        grades: list[int] = []
+        for row in rows:
+            if isinstance(row.get("score"), int):
+                grades.append(row["score"])
+            elif isinstance(row.get("ratings"), list):
+                grades.extend(g for g in row["ratings"] if isinstance(g, int))
+        if not grades:
+            return {}
+        scale = self._rubric.scale
+        return {
+            "answers graded": len(grades),
+            f"mean grade ({scale.min}-{scale.max})": sum(grades) / len(grades),
+        }
+
     def _column(self, row: Row) -> str:
         if self.column != "auto":
             return self.column

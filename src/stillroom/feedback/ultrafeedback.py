@@ -225,6 +225,24 @@ class UltraFeedbackJudge(RowStage):
                 return f"`{self.completions_column}[{index}]` is empty or not text"
         return None
 
+    def summary_columns(self) -> list[str]:
+        return ["ratings"]
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """Completions rated, the mean rating of each aspect, and how often honesty was N/A."""
+        rated = [r for row in rows for r in row.get("ratings") or [] if isinstance(r, dict)]
+        if not rated:
+            return {}
+        out: dict[str, Any] = {"completions rated": len(rated)}
+        for name in self.aspects:
+            values = [r.get(name) for r in rated]
+            numbers = [int(v) for v in values if isinstance(v, str) and v.isdigit()]
+            if numbers:
+                out[f"mean {name}"] = sum(numbers) / len(numbers)
+            if ASPECTS[name].allows_not_applicable:
+                out[f"{name} N/A share"] = sum(v == NOT_APPLICABLE for v in values) / len(values)
+        return out
+
     def row_key(self, row: Row) -> str:
         return row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
 

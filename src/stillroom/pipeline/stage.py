@@ -124,6 +124,20 @@ class Stage(BaseModel):
         """
         return []
 
+    def summary_columns(self) -> list[str]:
+        """Columns :meth:`summarize` reads at the end of a run (none: this stage reports nothing)."""
+        return []
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """What this stage measured over the finished run: pass@k, mean ratings, win rates.
+
+        ``rows`` hold only :meth:`summary_columns` (null where a row lacks one), from ``data/``
+        and ``dropped/`` both, since a dropped row (no sample passed, a tie) is part of the
+        result. The figures go into the card, ``report.html`` and ``stillroom inspect``; keep
+        the values numbers or short text.
+        """
+        return {}
+
     def identity(self) -> dict[str, Any]:
         """What decides this stage's output (for telling one run from another)."""
         return self.model_dump(mode="json", exclude={"name"})

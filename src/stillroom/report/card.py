@@ -74,6 +74,26 @@ def _diversity(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "".join(parts)
 
 
+def format_figure(value: Any) -> str:
+    """A stage figure for a table: ratios to 3 places, counts with separators."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    return str(value)
+
+
+def stage_result_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One (stage, figure, value) row per figure a stage reported."""
+    return [
+        [stage, figure, format_figure(value)]
+        for stage, figures in results.items()
+        for figure, value in figures.items()
+    ]
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     counts = summary["counts"]
     header = {
@@ -122,6 +142,10 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append(_table(["stage: error", "rows"], [[k, v] for k, v in summary["failures_by_reason"].items()]))
     parts.append("\n## Drops by reason\n")
     parts.append(_table(["stage: reason", "rows"], [[k, v] for k, v in summary["drops_by_reason"].items()]))
+    results = summary.get("stage_results") or {}
+    if results:
+        parts.append("\n## Stage results\n")
+        parts.append(_table(["stage", "figure", "value"], stage_result_rows(results)))
     parts.append("\n## Diversity\n")
     parts.append(_diversity(summary.get("diversity") or {}))
     parts.append("\n## Columns\n")

@@ -75,13 +75,32 @@ def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]
     return results
 
 
+def stage_results(executor: Executor) -> dict[str, dict[str, Any]]:
+    """Each stage's own figures over the finished run (see Stage.summarize)."""
+    folder = executor.folder
+    pipeline = executor.pipeline
+    results: dict[str, dict[str, Any]] = {}
+    for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
+        columns = stage.summary_columns()
+        if not columns:
+            continue
+        rows = folder.read_columns("data", columns) + folder.read_columns("dropped", columns)
+        figures = stage.summarize(rows)
+        if figures:
+            results[name] = figures
+    return results
+
+
 def write_card_and_report(
     folder: OutputFolder,
     config: dict[str, Any],
     diversity: dict[str, dict[str, dict[str, Any]]] | None = None,
+    results: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     summary = summarize(folder)
     summary["complete"] = True
+    if results is not None:
+        summary["stage_results"] = results
     if diversity is not None:
         from stillroom.generate.diversity import all_warnings
 
@@ -104,12 +123,15 @@ def finalize_run(executor: Executor) -> RunResult:
     folder = executor.folder
     folder.harmonize_shards()
     config = run_config(executor)
-    summary = write_card_and_report(folder, config, measure_diversity(executor))
+    summary = write_card_and_report(
+        folder, config, measure_diversity(executor), stage_results(executor)
+    )
     folder.mark_complete(
         {
             "finished": time.time(),
             "counts": summary["counts"],
             "diversity": summary["diversity"],
+            "stage_results": summary["stage_results"],
             "warnings": summary["warnings"],
         }
     )

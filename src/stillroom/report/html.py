@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from stillroom import __version__
+from stillroom.report.card import stage_result_rows
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -190,6 +191,12 @@ def render_report(
         "<h2>Stages</h2>",
         _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,
                numeric={1, 2, 3, 4, 5}),
+        *(
+            ["<h2>Stage results</h2>",
+             _table(["stage", "figure", "value"],
+                    stage_result_rows(summary.get("stage_results") or {}))]
+            if summary.get("stage_results") else []
+        ),
         "<h2>Diversity</h2>",
         _diversity_section(summary.get("diversity") or {}),
         "<h2>Failures by reason</h2>",

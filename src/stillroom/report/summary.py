@@ -84,6 +84,8 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
         # stage -> column -> measures (see stillroom.generate.diversity); empty until complete.
         "diversity": record.get("diversity") or {},
         "warnings": record.get("warnings") or [],
+        # stage -> figure -> value (pass@k, mean ratings, win rates); empty until complete.
+        "stage_results": record.get("stage_results") or {},
     }
 
 

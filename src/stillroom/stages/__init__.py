@@ -2,6 +2,7 @@
 
 from stillroom.feedback.pairs import PreferencePairs
 from stillroom.feedback.pairwise import PairwiseJudge
+from stillroom.feedback.principle_preference import PrinciplePreference
 from stillroom.feedback.reward_model import RewardModel
 from stillroom.feedback.rubric import RubricJudge
 from stillroom.feedback.ultrafeedback import UltraFeedbackJudge
@@ -14,6 +15,7 @@ __all__ = [
     "MajorityVote",
     "PairwiseJudge",
     "PreferencePairs",
+    "PrinciplePreference",
     "RejectionSample",
     "RewardModel",
     "RubricJudge",

@@ -222,6 +222,14 @@ class RejectionSample(_Sampler):
     def batch_size(self) -> int:
         return self.batch if self.batch is not None else min(self.k, 8)
 
+    def summary_columns(self) -> list[str]:
+        return ["samples_spent", "pass_at_k"]
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """pass@k over every prompt this stage saw (a dropped prompt counts as 0) and the
+        samples it spent."""
+        return pass_at_k_summary(rows)
+
     def generated_columns(self) -> list[str]:
         return ["completions"]
 

@@ -132,3 +132,8 @@ def test_the_library_function_reports_the_pass_rate(tmp_path: Path) -> None:
     }
     dropped = verify(MATH_ROWS, tmp_path / "out2", kind="math", drop_failed=True, progress=False)
     assert dropped.summary["verify"]["checked"] == 3 and dropped.summary["verify"]["passed"] == 1
+    # The same figures are the stage's results in the card (dropped rows count as checked).
+    assert dropped.summary["stage_results"]["verify"] == {
+        "checked": 3, "passed": 1, "pass rate": pytest.approx(1 / 3)
+    }
+    assert "| verify | pass rate | 0.333 |" in (tmp_path / "out2" / "README.md").read_text()

@@ -79,6 +79,8 @@ async def ask_judge(
             return Judgment(read_leniently(last_text, schema, read_text), completion, answer)
         except StructuredOutputError as error:
             problem = error.problem
+            if completion.finish_reason == "length":
+                problem += f" (the answer was cut off at max_tokens {params.max_tokens})"
             current = reask_messages(current, last_text, error)
     shown = last_text if len(last_text) <= _RAW_LIMIT else last_text[:_RAW_LIMIT] + "..."
     raise RowFailure(

@@ -5,8 +5,8 @@
       aspects: [instruction_following, honesty, truthfulness, helpfulness]   # the default
       shuffle: true            # show the completions in a random order (mapped back)
       temperature: 0
-      max_tokens: 1024
       rationale_chars: 400     # the longest rationale the judge may write per text
+      max_tokens: null         # default: room for every text's rationale
       structured: auto         # auto | schema | prompt (see stillroom.feedback.judging)
 
 As in UltraFeedback (Cui et al. 2023), each aspect is its own request, and the judge sees all of a
@@ -188,7 +188,11 @@ class UltraFeedbackJudge(RowStage):
     )
     shuffle: bool = Field(default=True, description="Show completions in a per-row random order.")
     temperature: float = Field(default=0.0, ge=0, le=2)
-    max_tokens: int = Field(default=1024, ge=16)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Tokens per aspect answer; default: enough for every text's rationale.",
+    )
     rationale_chars: int = Field(default=400, ge=20, le=4000)
     seed: int | None = Field(default=None, description="Request seed; default: the pipeline seed.")
     structured: StructuredMode = "auto"
@@ -253,10 +257,18 @@ class UltraFeedbackJudge(RowStage):
             ctx.rng(key, aspect).shuffle(order)
         return order
 
-    def params(self, ctx: StageContext) -> GenerationParams:
+    def answer_tokens(self, n_texts: int) -> int:
+        """``max_tokens``, or by default room for ``n_texts`` full rationales: a rationale of
+        ``rationale_chars`` characters is at most about half as many tokens (degenerate text such
+        as "1.1.1." runs near 2 characters a token), plus the JSON around it."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return min(8192, 128 + n_texts * (self.rationale_chars // 2 + 32))
+
+    def params(self, ctx: StageContext, n_texts: int) -> GenerationParams:
         return GenerationParams(
             temperature=self.temperature,
-            max_tokens=self.max_tokens,
+            max_tokens=self.answer_tokens(n_texts),
             seed=self.seed if self.seed is not None else ctx.seed,
         )
 
@@ -273,7 +285,7 @@ class UltraFeedbackJudge(RowStage):
             ctx.client(self.backend),
             messages,
             schema=aspect_schema(aspect, len(shown), self.rationale_chars),
-            params=self.params(ctx),
+            params=self.params(ctx, len(shown)),
             read_text=read_plain_text(aspect, len(shown)),
             structured=self.structured,
             max_reasks=self.max_reasks,

@@ -133,6 +133,14 @@ class LLMClient:
                 completion.parsed = parse_structured(completion.text, schema)
                 return completion
             except StructuredOutputError as error:
+                if completion.finish_reason == "length":
+                    # A cut-off answer is rarely valid JSON; say so, or the cause looks like a
+                    # model that cannot follow a schema.
+                    error = StructuredOutputError(
+                        f"{error.problem} (the answer was cut off at max_tokens "
+                        f"{current.params.max_tokens})",
+                        error.raw_text,
+                    )
                 last_error = error
                 if current.messages is None:
                     break  # a raw prompt has no conversation to continue

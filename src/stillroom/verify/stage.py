@@ -97,6 +97,17 @@ class Verify(RowStage):
     def check_row(self, row: Row) -> str | None:
         return self._verifier.check_row(row)
 
+    def summary_columns(self) -> list[str]:
+        return ["passed"]
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """Rows checked and the share that passed (rows dropped for failing count as checked)."""
+        verdicts = [row["passed"] for row in rows if row.get("passed") is not None]
+        if not verdicts:
+            return {}
+        passed = sum(1 for verdict in verdicts if verdict is True)
+        return {"checked": len(verdicts), "passed": passed, "pass rate": passed / len(verdicts)}
+
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
         problem = self._verifier.check_row(row)
         if problem:

@@ -69,3 +69,52 @@ def test_warnings_are_listed_in_card_and_report_escaped() -> None:
     report = render_report(summary, {}, [], [])
     assert "column &#x27;&lt;script&gt;&#x27;" in report and "<script>" not in report
     assert "no stage of this pipeline writes text with a model" in report
+
+
+def test_card_has_cost_funnel_lengths_scores_and_lineage(tmp_path: Path) -> None:
+    from stillroom.generate.lineage import with_lineage
+    from stillroom.stages import Complete
+    from tests import fakes
+    from tests.fakes import ScriptedBackend, ScriptedConfig, rows
+
+    def label(row: Row) -> Row | Drop:
+        if row["id"] == "r0":
+            return Drop("first one")
+        out = {**row, "score": len(row["completion"])}
+        return with_lineage(out, "label", method="labelling", step="s", parent_id=None,
+                            seed_id=None, model="m1", template="t@1")
+
+    fakes.CURRENT.clear()
+    fakes.CURRENT["default"] = ScriptedBackend()
+    out = tmp_path / "out"
+    config = ScriptedConfig(input_price=2.0, output_price=10.0)
+    result = Pipeline([Complete(), label], input=rows(4), backends={"default": config}).run(
+        out, progress=False
+    )
+    stats = result.summary["backends"]["default"]
+    expected = (stats["prompt_tokens"] * 2.0 + stats["completion_tokens"] * 10.0) / 1e6
+    card = (out / "README.md").read_text()
+    assert f"| {expected:,.4f} |" in card
+    funnel = card[card.index("## Funnel"):card.index("## Lengths and scores")]
+    assert "| input | 4 |" in funnel and "| label | 4 | 3 | 1 | 0 |" in funnel
+    distributions = result.summary["distributions"]
+    # "answer to pN #0": 4 words each, for the 3 rows kept.
+    assert distributions["lengths"]["completion"]["n"] == 3
+    assert distributions["lengths"]["completion"]["median"] == 4.0
+    assert distributions["scores"]["score"]["mean"] == len("answer to p1 #0")
+    assert "| completion (words) | 3 | 4.00 |" in card
+    lineage = card[card.index("## Lineage"):]
+    assert "| label | 3 | labelling (3) | m1 (3) | t@1 (3) |" in lineage
+    report = (out / "report.html").read_text()
+    assert "<h2>Lengths</h2>" in report and "completion (words)" in report
+    assert report.count("<svg") >= 3  # funnel, lengths, scores
+
+
+def test_histogram_bins_hold_every_value() -> None:
+    from stillroom.report.plots import describe
+
+    small = describe([1, 2, 2, 3, 5])
+    assert small["counts"] == [1, 2, 1, 0, 1] and small["median"] == 2
+    spread = describe([float(v) for v in range(1000)])
+    assert sum(spread["counts"]) == 1000 and len(spread["counts"]) == 20
+    assert spread["min"] == 0 and spread["max"] == 999 and spread["mean"] == 499.5

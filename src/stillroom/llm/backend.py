@@ -64,9 +64,17 @@ class BackendConfig(BaseModel):
     max_retries: int = Field(default=6, ge=0, description="Retries after the first attempt.")
     retry_base_delay: float = Field(default=1.0, ge=0, description="First backoff, seconds.")
     retry_max_delay: float = Field(default=60.0, ge=0, description="Longest backoff, seconds.")
+    # Prices only feed the cost estimate in the card and report.
+    input_price: float | None = Field(
+        default=None, ge=0, description="Price per million prompt tokens (for the cost estimate)."
+    )
+    output_price: float | None = Field(
+        default=None, ge=0, description="Price per million completion tokens."
+    )
 
     _runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"concurrency", "timeout", "max_retries", "retry_base_delay", "retry_max_delay"}
+        {"concurrency", "timeout", "max_retries", "retry_base_delay", "retry_max_delay",
+         "input_price", "output_price"}
     )
 
     def build(self) -> Backend:

@@ -94,6 +94,55 @@ def stage_result_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+def cost_of(stats: dict[str, Any], backend_config: dict[str, Any] | None) -> float | None:
+    """What the tokens sent cost, from the backend's ``input_price``/``output_price`` (per million
+    tokens); None when no price is set. Answers from the request cache cost nothing."""
+    config = backend_config or {}
+    if config.get("input_price") is None and config.get("output_price") is None:
+        return None
+    return (
+        stats.get("prompt_tokens", 0) * (config.get("input_price") or 0.0)
+        + stats.get("completion_tokens", 0) * (config.get("output_price") or 0.0)
+    ) / 1e6
+
+
+def _funnel(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    rows = [["input", config.get("rows_read", "-"), "", "", ""]]
+    for name, s in summary.get("stages", {}).items():
+        rows.append([name, s.get("rows_in", 0), s.get("rows_out", 0), s.get("dropped", 0),
+                     s.get("failed", 0)])
+    return _table(["stage", "rows in", "rows out", "dropped", "failed"], rows)
+
+
+def _distributions(distributions: dict[str, Any]) -> str:
+    rows = []
+    for kind, unit in (("lengths", "words"), ("scores", "")):
+        for column, d in (distributions.get(kind) or {}).items():
+            rows.append([f"{column}" + (f" ({unit})" if unit else ""), f"{d['n']:,}",
+                         f"{d['mean']:,.2f}", f"{d['p10']:,.2f}", f"{d['median']:,.2f}",
+                         f"{d['p90']:,.2f}"])
+    if not rows:
+        return "_No text or score columns in `data/`._\n"
+    note = ""
+    if distributions.get("rows_read", 0) >= 100_000:
+        note = "\nMeasured on the first 100,000 rows.\n"
+    return _table(["column", "values", "mean", "p10", "median", "p90"], rows) + note
+
+
+def _lineage(lineage: list[dict[str, Any]]) -> str:
+    if not lineage:
+        return "_No stage recorded lineage._\n"
+
+    def listing(counts: dict[str, int]) -> str:
+        return "; ".join(f"{name} ({count:,})" for name, count in counts.items()) or "-"
+
+    return _table(
+        ["stage", "rows", "method", "models", "prompt templates"],
+        [[e["stage"], f"{e['rows']:,}", listing(e["methods"]), listing(e["models"]),
+          listing(e["templates"])] for e in lineage],
+    )
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     counts = summary["counts"]
     header = {
@@ -122,22 +171,34 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     if warnings:
         parts.append("\n## Warnings\n")
         parts.append("".join(f"- {warning}\n" for warning in warnings))
-    parts.append("\n## Models and token use\n")
+    parts.append("\n## Models, token use and cost\n")
+    backend_configs = config.get("backends") or {}
+    costs = {name: cost_of(s, backend_configs.get(name)) for name, s in summary["backends"].items()}
     parts.append(
         _table(
             ["backend", "kind", "model", "requests", "cache hits", "retries", "prompt tokens",
-             "completion tokens", "failed requests"],
+             "completion tokens", "failed requests", "cost"],
             [
                 [name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
-                 s["prompt_tokens"], s["completion_tokens"], s["failed_requests"]]
+                 s["prompt_tokens"], s["completion_tokens"], s["failed_requests"],
+                 "-" if costs[name] is None else f"{costs[name]:,.4f}"]
                 for name, s in summary["backends"].items()
             ],
         )
     )
     parts.append(
         "\nTokens count what the backends reported for requests sent in these sessions; answers "
-        "served from the request cache are counted under cache hits.\n"
+        "served from the request cache are counted under cache hits and cost nothing. Cost uses "
+        "each backend's `input_price` and `output_price` (per million tokens) when set.\n"
     )
+    parts.append("\n## Funnel\n")
+    parts.append(_funnel(summary, config))
+    distributions = summary.get("distributions")
+    if distributions is not None:
+        parts.append("\n## Lengths and scores\n")
+        parts.append(_distributions(distributions))
+        parts.append("\n## Lineage\n")
+        parts.append(_lineage(distributions.get("lineage") or []))
     parts.append("\n## Failures by reason\n")
     parts.append(_table(["stage: error", "rows"], [[k, v] for k, v in summary["failures_by_reason"].items()]))
     parts.append("\n## Drops by reason\n")

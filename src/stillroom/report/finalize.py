@@ -97,8 +97,11 @@ def write_card_and_report(
     diversity: dict[str, dict[str, dict[str, Any]]] | None = None,
     results: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    from stillroom.report.plots import gather
+
     summary = summarize(folder)
     summary["complete"] = True
+    summary["distributions"] = gather(folder)
     if results is not None:
         summary["stage_results"] = results
     if diversity is not None:

@@ -1,8 +1,9 @@
 """``OUT/report.html``: one self-contained page (no scripts, no network) a person can read.
 
-This first version shows counts, timings, token use, per-stage flow, the diversity of generated
-columns (with collapse warnings) and failures and drops by reason, with a few example rows. Every
-value from the data is HTML-escaped.
+It shows counts, timings, token use and cost, the funnel of rows through the stages, histograms
+of text lengths and scores, each stage's results (pass@k, ratings, win rates), the lineage, the
+diversity of generated columns (with collapse warnings), and failures and drops by reason, with a
+few example rows. Every value from the data is HTML-escaped; plots are inline SVG.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 from typing import Any
 
 from stillroom import __version__
-from stillroom.report.card import stage_result_rows
+from stillroom.report.card import cost_of, stage_result_rows
+from stillroom.report.plots import funnel_svg, histogram_svg
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -26,6 +28,7 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:14px}
 th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar{background:#4a7dbd;height:.8rem;display:inline-block;vertical-align:middle}
+figure.plot{display:inline-block;margin:.3rem 1rem .3rem 0}svg text{fill:#1d2327}
 pre{background:#f7f7f7;padding:.6rem;overflow:auto;max-height:16rem;font-size:12.5px;white-space:pre-wrap}
 """
 
@@ -68,6 +71,43 @@ def _reason_table(reasons: dict[str, int], total: int) -> str:
     if not rows:
         return '<p class="muted">none</p>'
     return f"<table><tr><th>stage: reason</th><th>rows</th><th></th></tr>{''.join(rows)}</table>"
+
+
+def _cost_text(cost: float | None) -> str:
+    return "-" if cost is None else f"{cost:,.4f}"
+
+
+def _distribution_sections(distributions: dict[str, Any] | None) -> list[str]:
+    """Histograms of text lengths and scores, and the lineage table."""
+    if distributions is None:
+        return []
+    out = ["<h2>Lengths</h2>"]
+    lengths = distributions.get("lengths") or {}
+    out.append(
+        "".join(histogram_svg(f"{column} (words)", d, "words") for column, d in lengths.items())
+        or '<p class="muted">no text columns</p>'
+    )
+    scores = distributions.get("scores") or {}
+    if scores:
+        out.append("<h2>Scores</h2>")
+        out.append("".join(histogram_svg(column, d) for column, d in scores.items()))
+    if distributions.get("rows_read", 0) >= 100_000:
+        out.append('<p class="muted">Measured on the first 100,000 rows of data/.</p>')
+    lineage = distributions.get("lineage") or []
+    out.append("<h2>Lineage</h2>")
+
+    def listing(counts: dict[str, int]) -> str:
+        return "; ".join(f"{name} ({count:,})" for name, count in counts.items()) or "-"
+
+    out.append(
+        _table(
+            ["stage", "rows", "method", "models", "prompt templates"],
+            [[e["stage"], e["rows"], listing(e["methods"]), listing(e["models"]),
+              listing(e["templates"])] for e in lineage],
+            numeric={1},
+        )
+    )
+    return out
 
 
 def _diversity_section(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -144,6 +184,7 @@ def render_report(
                 s["completion_tokens"] / seconds if seconds else 0.0,
                 busy / s["responses"] if s["responses"] else 0.0,
                 ", ".join(f"{k}: {v}" for k, v in (s.get("errors") or {}).items()) or "-",
+                _cost_text(cost_of(s, (config.get("backends") or {}).get(name))),
             ]
         )
     stage_rows = [
@@ -184,13 +225,16 @@ def render_report(
         "<h2>Backends: requests and tokens</h2>",
         _table(
             ["backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
-             "prompt tokens", "completion tokens", "completion tok/s", "mean latency s", "errors by kind"],
+             "prompt tokens", "completion tokens", "completion tok/s", "mean latency s", "errors by kind",
+             "cost"],
             backend_rows,
             numeric={3, 4, 5, 6, 7, 8, 9, 10},
         ),
         "<h2>Stages</h2>",
+        funnel_svg(int(config.get("rows_read") or 0), list(summary["stages"].items())),
         _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,
                numeric={1, 2, 3, 4, 5}),
+        *_distribution_sections(summary.get("distributions")),
         *(
             ["<h2>Stage results</h2>",
              _table(["stage", "figure", "value"],

@@ -108,7 +108,7 @@ def print_result(result: Any) -> None:
 
 
 # Each verb lives in its own file and registers itself on `app`.
-from stillroom.cli import complete, inspect, quickstart, run, verify  # noqa: E402,F401
+from stillroom.cli import complete, inspect, mix, quickstart, run, verify  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app` directly

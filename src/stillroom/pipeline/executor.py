@@ -168,7 +168,7 @@ class Executor:
         self.stage_stats: dict[str, StageStats] = {name: StageStats() for name in pipeline.stage_names}
         self.keys_done = 0
         self.started = time.time()
-        self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit)
+        self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit, pipeline.seed)
 
     # -- set-up ------------------------------------------------------------------------------
 

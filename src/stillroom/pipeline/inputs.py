@@ -56,11 +56,26 @@ class InputSource:
         spec: str | os.PathLike[str] | InputConfig | list[Row] | None,
         base_dir: Path,
         limit: int | None = None,
+        seed: int = 0,
     ):
         self.rows_in_memory: list[Row] | None = None
         self.path: Path | None = None
         self.limit = limit
+        self.mix: InputConfig | None = None
+        self.mix_report: list[dict[str, Any]] | None = None
+        self._mixed: list[tuple[str, Row]] | None = None
+        self._base_dir = base_dir
+        self._seed = seed
         description = None
+        if isinstance(spec, InputConfig) and spec.mix is not None:
+            self.limit = limit or spec.limit
+            self.mix = spec
+            self.description = "a mix of " + ", ".join(
+                f"{source.label()} ({source.kind})" for source in spec.mix
+            )
+            self.count = 0
+            self.digest = ""
+            return
         if isinstance(spec, InputConfig):
             self.limit = limit or spec.limit
             if spec.rows is not None:
@@ -80,11 +95,21 @@ class InputSource:
         self.count = 0
         self.digest = ""
 
-    def rows(self) -> Iterator[tuple[str, Row]]:
-        if self.rows_in_memory is not None:
-            source: Iterator[tuple[str, Row]] = (
-                (f"row {index}", row) for index, row in enumerate(self.rows_in_memory)
+    def _mixed_rows(self) -> list[tuple[str, Row]]:
+        if self._mixed is None:
+            from stillroom.curate.mix import mix_rows
+
+            assert self.mix is not None and self.mix.mix is not None
+            self._mixed, self.mix_report = mix_rows(
+                self.mix.mix, self._base_dir, self._seed, self.mix.size
             )
+        return self._mixed
+
+    def rows(self) -> Iterator[tuple[str, Row]]:
+        if self.mix is not None:
+            source: Iterator[tuple[str, Row]] = iter(self._mixed_rows())
+        elif self.rows_in_memory is not None:
+            source = ((f"row {index}", row) for index, row in enumerate(self.rows_in_memory))
         else:
             assert self.path is not None
             source = iter_rows(self.path)
@@ -119,7 +144,13 @@ class InputSource:
                     raise InputError(problem, path=where)
             count += 1
         self.count = count
-        if self.path is not None:
+        if self.mix is not None:
+            # The mixed rows themselves: the sources' contents, the shares and the seed.
+            self.digest = hashlib.sha256(
+                orjson.dumps([row for _, row in self._mixed_rows()], option=orjson.OPT_SORT_KEYS,
+                             default=str)
+            ).hexdigest()
+        elif self.path is not None:
             self.digest = _digest_path(self.path)
         else:
             self.digest = hashlib.sha256(

@@ -143,6 +143,18 @@ def _lineage(lineage: list[dict[str, Any]]) -> str:
     )
 
 
+def mix_rows(mix: list[dict[str, Any]]) -> list[list[str]]:
+    """The data mix table: per source, its kind, rows available and taken, target and reached share."""
+    return [
+        [m["source"], m["kind"], f"{m['available']:,}", f"{m['taken']:,}",
+         "all rows" if m["target share"] is None else f"{m['target share']:.1%}", f"{m['share']:.1%}"]
+        for m in mix
+    ]
+
+
+MIX_HEADER = ["source", "kind", "available", "taken", "target share", "share"]
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     counts = summary["counts"]
     header = {
@@ -191,6 +203,13 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
         "served from the request cache are counted under cache hits and cost nothing. Cost uses "
         "each backend's `input_price` and `output_price` (per million tokens) when set.\n"
     )
+    if config.get("mix"):
+        parts.append("\n## Data mix\n")
+        parts.append(_table(MIX_HEADER, mix_rows(config["mix"])))
+        parts.append(
+            "\nReal rows are kept whole unless `size` asked for fewer; synthetic rows are added "
+            "to them, not put in their place (the model-collapse guard).\n"
+        )
     parts.append("\n## Funnel\n")
     parts.append(_funnel(summary, config))
     distributions = summary.get("distributions")

@@ -33,6 +33,7 @@ def run_config(executor: Executor) -> dict[str, Any]:
         "description": pipeline.description,
         "input": executor.source.description,
         "rows_read": executor.source.count,
+        **({"mix": executor.source.mix_report} if executor.source.mix_report else {}),
         "seed": pipeline.seed,
         "backends": {
             name: config.model_dump(mode="json", exclude_none=True)

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from stillroom import __version__
-from stillroom.report.card import cost_of, stage_result_rows
+from stillroom.report.card import MIX_HEADER, cost_of, mix_rows, stage_result_rows
 from stillroom.report.plots import funnel_svg, histogram_svg
 
 _STYLE = """
@@ -230,6 +230,8 @@ def render_report(
             backend_rows,
             numeric={3, 4, 5, 6, 7, 8, 9, 10},
         ),
+        *(["<h2>Data mix</h2>", _table(MIX_HEADER, mix_rows(config["mix"]))]
+          if config.get("mix") else []),
         "<h2>Stages</h2>",
         funnel_svg(int(config.get("rows_read") or 0), list(summary["stages"].items())),
         _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,

@@ -108,7 +108,15 @@ def print_result(result: Any) -> None:
 
 
 # Each verb lives in its own file and registers itself on `app`.
-from stillroom.cli import complete, inspect, mix, quickstart, run, verify  # noqa: E402,F401
+from stillroom.cli import (  # noqa: E402,F401
+    complete,
+    decontaminate,
+    inspect,
+    mix,
+    quickstart,
+    run,
+    verify,
+)
 
 
 def main() -> None:  # pragma: no cover - the console script calls `app` directly

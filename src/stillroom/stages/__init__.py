@@ -1,5 +1,7 @@
 """Built-in stages. Importing this module registers them under their ``type`` names."""
 
+from stillroom.curate.decontaminate import Decontaminate
+from stillroom.curate.heuristics import HeuristicFilter
 from stillroom.feedback.pairs import PreferencePairs
 from stillroom.feedback.pairwise import PairwiseJudge
 from stillroom.feedback.principle_preference import PrinciplePreference
@@ -12,6 +14,8 @@ from stillroom.verify.stage import Verify
 
 __all__ = [
     "Complete",
+    "Decontaminate",
+    "HeuristicFilter",
     "MajorityVote",
     "PairwiseJudge",
     "PreferencePairs",

@@ -115,6 +115,7 @@ from stillroom.cli import (  # noqa: E402,F401
     mix,
     quickstart,
     run,
+    select,
     verify,
 )
 

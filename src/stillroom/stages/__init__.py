@@ -2,6 +2,7 @@
 
 from stillroom.curate.decontaminate import Decontaminate
 from stillroom.curate.heuristics import HeuristicFilter
+from stillroom.curate.select import Select
 from stillroom.feedback.pairs import PreferencePairs
 from stillroom.feedback.pairwise import PairwiseJudge
 from stillroom.feedback.principle_preference import PrinciplePreference
@@ -23,6 +24,7 @@ __all__ = [
     "RejectionSample",
     "RewardModel",
     "RubricJudge",
+    "Select",
     "UltraFeedbackJudge",
     "Verify",
 ]

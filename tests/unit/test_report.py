@@ -118,3 +118,21 @@ def test_histogram_bins_hold_every_value() -> None:
     spread = describe([float(v) for v in range(1000)])
     assert sum(spread["counts"]) == 1000 and len(spread["counts"]) == 20
     assert spread["min"] == 0 and spread["max"] == 999 and spread["mean"] == 499.5
+
+
+def test_many_distinct_reasons_are_grouped_in_the_card_but_kept_whole_in_dropped(tmp_path: Path) -> None:
+    from stillroom.data.output import OutputFolder
+
+    def dedup_like(row: Row) -> Row | Drop:
+        if row["id"] % 2:
+            return Drop(f"near-duplicate of r{row['id'] - 1} (jaccard 0.{80 + row['id'] % 19})")
+        return row
+
+    rows = [{"id": i, "prompt": f"p{i}"} for i in range(100)]
+    out = tmp_path / "out"
+    Pipeline([dedup_like], input=rows).run(out, progress=False)
+    card = (out / "README.md").read_text()
+    assert "| dedup_like: near-duplicate of ... | 50 |" in card
+    assert "r17" not in card.split("## Drops by reason")[1].split("##")[0]
+    reasons = {row["drop_reason"] for row in OutputFolder(out).read_rows("dropped")}
+    assert "near-duplicate of r16 (jaccard 0.97)" in reasons and len(reasons) == 50

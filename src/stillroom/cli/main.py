@@ -111,6 +111,7 @@ def print_result(result: Any) -> None:
 from stillroom.cli import (  # noqa: E402,F401
     complete,
     decontaminate,
+    dedup,
     inspect,
     mix,
     quickstart,

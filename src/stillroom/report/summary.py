@@ -7,6 +7,7 @@ warnings are measured once when a run completes and read back from its completio
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -16,12 +17,32 @@ from stillroom.data.output import KINDS, OutputFolder
 from stillroom.llm.stats import BackendStats
 
 
+# Past this many distinct reasons, the card and report group them (dropped/ keeps each in full).
+MAX_DISTINCT_REASONS = 25
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its particulars: what follows " of " (the row or item it names) and the
+    numbers in it. "near-duplicate of r17 (jaccard 0.86)" -> "near-duplicate of ..."."""
+    head, sep, _ = reason.partition(" of ")
+    return _NUMBER.sub("#", head) + (" of ..." if sep else "")
+
+
 def _reasons(folder: OutputFolder, kind: str, column: str) -> dict[str, int]:
+    """Rows per "stage: reason"; when reasons name rows or scores (a dedup drops one row "as a
+    duplicate of" each of thousands of others), grouped by :func:`reason_kind` so the table stays
+    one line per kind of reason."""
     stages = folder.read_column(kind, "stage")
     reasons = folder.read_column(kind, column)
     counter: Counter[str] = Counter()
     for stage, reason in zip(stages, reasons, strict=False):
         counter[f"{stage}: {reason}"] += 1
+    if len(counter) > MAX_DISTINCT_REASONS:
+        grouped: Counter[str] = Counter()
+        for stage, reason in zip(stages, reasons, strict=False):
+            grouped[f"{stage}: {reason_kind(str(reason))}"] += 1
+        counter = grouped
     return dict(counter.most_common())
 
 

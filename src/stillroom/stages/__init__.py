@@ -1,6 +1,7 @@
 """Built-in stages. Importing this module registers them under their ``type`` names."""
 
 from stillroom.curate.decontaminate import Decontaminate
+from stillroom.curate.dedup import Dedup
 from stillroom.curate.heuristics import HeuristicFilter
 from stillroom.curate.select import Select
 from stillroom.feedback.pairs import PreferencePairs
@@ -16,6 +17,7 @@ from stillroom.verify.stage import Verify
 __all__ = [
     "Complete",
     "Decontaminate",
+    "Dedup",
     "HeuristicFilter",
     "MajorityVote",
     "PairwiseJudge",

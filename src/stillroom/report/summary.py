@@ -16,7 +16,6 @@ import orjson
 from stillroom.data.output import KINDS, OutputFolder
 from stillroom.llm.stats import BackendStats
 
-
 # Past this many distinct reasons, the card and report group them (dropped/ keeps each in full).
 MAX_DISTINCT_REASONS = 25
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

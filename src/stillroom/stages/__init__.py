@@ -3,6 +3,7 @@
 from stillroom.curate.decontaminate import Decontaminate
 from stillroom.curate.dedup import Dedup
 from stillroom.curate.heuristics import HeuristicFilter
+from stillroom.curate.ifd import IFDFilter
 from stillroom.curate.select import Select
 from stillroom.feedback.pairs import PreferencePairs
 from stillroom.feedback.pairwise import PairwiseJudge
@@ -19,6 +20,7 @@ __all__ = [
     "Decontaminate",
     "Dedup",
     "HeuristicFilter",
+    "IFDFilter",
     "MajorityVote",
     "PairwiseJudge",
     "PreferencePairs",

@@ -1,0 +1,418 @@
+"""IFD (Superfiltering): the scorer on a tiny random Llama, selection, the stage and its inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stillroom import Pipeline
+from stillroom.curate.ifd import (
+    REASON_EMPTY,
+    REASON_NOT_HELPFUL,
+    REASON_ONE_TOKEN,
+    REASON_PROMPT_TOO_LONG,
+    IFDFilter,
+    IFDScore,
+    IFDScorer,
+    example_of,
+    ifd_filter,
+    ifd_outcome,
+    ifd_stage,
+    outcome_line,
+    select_top,
+)
+from stillroom.data.output import OutputFolder
+from stillroom.errors import ConfigError, InputError
+from stillroom.pipeline.config import parse_pipeline_text
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+PAIRS = [
+    ("Say hello to the user\n", "Hello there, nice to meet you!"),
+    ("Add the numbers\n2 and 3\n", "The sum is 5."),
+    ("Write a long story about a cat\n", "Once upon a time a cat lived in a quiet house. " * 3),
+    ("Name a color\n", "Blue, like the sky."),
+    ("x\n", "ok"),
+    ("Summarize the text\nCats sleep a lot. Dogs bark.\n", "Cats sleep; dogs bark."),
+]
+
+
+# -- a tiny causal LM and byte-level tokenizers (no download) ---------------------------------------
+
+
+def _tokenizer(bos: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    inner = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    if bos:  # a Llama-style tokenizer: BOS before plain text
+        inner.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", 1)]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="<pad>", bos_token="<bos>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return _tokenizer(bos=False)
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer() -> Any:
+    return _tokenizer(bos=True)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt2(tokenizer: Any) -> Any:
+    """Absolute position embeddings: wrong position ids under left padding would show."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=512)
+    return GPT2LMHeadModel(config).eval()
+
+
+def by_hand(model: Any, context: list[int], answer: list[int]) -> float:
+    """Mean loss of ``answer`` after ``context`` from one unbatched forward pass's logits."""
+    ids = context + answer
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+    positions = [p for p in range(len(context), len(ids)) if p > 0]  # nothing predicts token 0
+    return -sum(float(logprobs[p - 1, ids[p]]) for p in positions) / len(positions)
+
+
+def ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# -- the score -------------------------------------------------------------------------------------
+
+
+def test_ifd_equals_a_computation_by_hand(model: Any, tokenizer: Any) -> None:
+    scores = IFDScorer.from_model(model, tokenizer, batch_size=4).score(PAIRS)
+    for (prompt, answer), score in zip(PAIRS, scores, strict=True):
+        conditioned = by_hand(model, ids(tokenizer, prompt), ids(tokenizer, answer))
+        # No BOS: the answer alone has no token before its first, which is not scored.
+        direct = by_hand(model, [], ids(tokenizer, answer))
+        assert score.unscored is None
+        assert score.loss_conditioned == pytest.approx(conditioned, rel=1e-5)
+        assert score.loss_direct == pytest.approx(direct, rel=1e-5)
+        assert score.ppl_conditioned == pytest.approx(math.exp(conditioned), rel=1e-5)
+        assert score.ppl_direct == pytest.approx(math.exp(direct), rel=1e-5)
+        assert score.ifd == pytest.approx(math.exp(conditioned) / math.exp(direct), rel=1e-5)
+        assert score.answer_tokens == len(ids(tokenizer, answer)) and not score.truncated
+
+
+def test_a_tokenizer_with_bos_scores_every_answer_token_alone(
+    model: Any, bos_tokenizer: Any
+) -> None:
+    pairs = [*PAIRS[:2], ("Answer yes or no\n", "y")]  # one token: scoreable after a BOS
+    scores = IFDScorer.from_model(model, bos_tokenizer).score(pairs)
+    for (prompt, answer), score in zip(pairs, scores, strict=True):
+        answer_ids = ids(bos_tokenizer, answer)
+        conditioned = by_hand(model, [1, *ids(bos_tokenizer, prompt)], answer_ids)
+        direct = by_hand(model, [1], answer_ids)
+        assert score.ifd == pytest.approx(math.exp(conditioned - direct), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_batched_scores_equal_one_at_a_time(
+    kind: str, request: pytest.FixtureRequest, tokenizer: Any
+) -> None:
+    model = request.getfixturevalue("model" if kind == "llama" else "gpt2")
+    many = PAIRS + [(f"Repeat {i}\n", "word " * (i * 3 + 2)) for i in range(8)]
+    batched = IFDScorer.from_model(model, tokenizer, batch_size=8)
+    alone = IFDScorer.from_model(model, tokenizer, batch_size=1)
+    together, single = batched.score(many), alone.score(many)
+    assert alone.forward_calls == 2 * len(many)
+    assert batched.forward_calls <= math.ceil(2 * len(many) / 8) + 1  # padded batches were used
+    for a, b in zip(together, single, strict=True):
+        assert a.ifd == pytest.approx(b.ifd, rel=1e-4)
+        assert a.ppl_conditioned == pytest.approx(b.ppl_conditioned, rel=1e-4)
+    if kind == "gpt2":  # and both equal the plain computation
+        prompt, answer = many[2]
+        expected = (by_hand(model, ids(tokenizer, prompt), ids(tokenizer, answer))
+                    - by_hand(model, [], ids(tokenizer, answer)))
+        assert together[2].ifd == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+def test_batches_hold_similar_lengths_within_batch_tokens(model: Any, tokenizer: Any) -> None:
+    scorer = IFDScorer.from_model(model, tokenizer, batch_size=4, batch_tokens=150)
+    shapes: list[list[int]] = []
+    run_batch = scorer._batch_losses
+
+    def recording(batch: list[tuple[list[int], int]]) -> list[float]:
+        shapes.append([len(sequence) for sequence, _ in batch])
+        return run_batch(batch)
+
+    scorer._batch_losses = recording  # type: ignore[method-assign]
+    scorer.score(PAIRS)
+    assert sum(len(lengths) for lengths in shapes) == 2 * len(PAIRS)
+    for lengths in shapes:
+        assert len(lengths) <= 4
+        assert len(lengths) == 1 or len(lengths) * max(lengths) <= 150
+    # Longest first: a batch never holds a sequence longer than one in an earlier batch.
+    flat = [length for lengths in shapes for length in lengths]
+    assert flat == sorted(flat, reverse=True)
+
+
+def test_unscoreable_pairs_and_truncation(model: Any, tokenizer: Any) -> None:
+    scorer = IFDScorer.from_model(model, tokenizer, max_length=40)
+    long_answer = "abcdefghij" * 6  # 60 byte tokens
+    empty, one, too_long_prompt, cut = scorer.score(
+        [("Say it\n", "  "), ("Say a letter\n", "a"), ("p" * 45 + "\n", "fine"), ("Go\n", long_answer)]
+    )
+    assert empty.unscored == REASON_EMPTY and empty.ifd is None
+    assert one.unscored == REASON_ONE_TOKEN
+    assert too_long_prompt.unscored == REASON_PROMPT_TOO_LONG
+    # The reference cuts prompt + answer at max_length: the answer keeps its first tokens, and
+    # the answer alone is scored on those same tokens.
+    prompt_ids = ids(tokenizer, "Go\n")
+    kept = ids(tokenizer, long_answer)[: 40 - len(prompt_ids)]
+    assert cut.truncated and cut.answer_tokens == len(kept)
+    expected = by_hand(model, prompt_ids, kept) - by_hand(model, [], kept)
+    assert cut.ifd == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+def test_max_length_is_capped_by_the_models_positions(model: Any, tokenizer: Any) -> None:
+    assert IFDScorer.from_model(model, tokenizer, max_length=100_000).max_length == 512
+
+
+# -- selection -------------------------------------------------------------------------------------
+
+
+def test_top_fraction_counts_every_row_and_rounds_up() -> None:
+    scores = [0.5, 0.9, None, 1.2, 0.7, 1.0, 0.3, 0.8, 0.6, 0.2]
+    chosen = select_top(scores, len(scores), top_fraction=0.25, top_k=None)
+    # ceil(0.25 * 10) = 3 of the rows with IFD < 1, highest first; 1.0 and 1.2 are never kept.
+    assert chosen.kept == {1, 7, 4} and chosen.cutoff == 0.7 and chosen.count == 3
+    assert chosen.ranks[1] == 1 and chosen.ranks[9] == 7 and 3 not in chosen.ranks
+    assert select_top([0.5] * 30, 30, top_fraction=0.1, top_k=None).count == 3  # not 4
+
+
+def test_top_k_ties_and_too_few_eligible() -> None:
+    chosen = select_top([0.4, 0.6, 0.6, 0.1], 4, top_fraction=None, top_k=2)
+    assert chosen.kept == {1, 2} and chosen.cutoff == 0.6
+    tie = select_top([0.6, 0.4, 0.6], 3, top_fraction=None, top_k=1)
+    assert tie.kept == {0}  # a tie at the cut goes to the earlier row
+    few = select_top([1.5, 0.3, None], 3, top_fraction=None, top_k=5)
+    assert few.kept == {1} and few.cutoff == 0.3
+    nothing = select_top([1.5, 2.0], 2, top_fraction=0.5, top_k=None)
+    assert nothing.kept == frozenset() and nothing.cutoff is None
+    assert select_top([0.5, 0.95], 2, top_fraction=1.0, top_k=None, max_ifd=0.9).kept == {0}
+
+
+# -- input columns ---------------------------------------------------------------------------------
+
+
+def test_alpaca_rows_use_the_reference_template() -> None:
+    with_input = example_of({"instruction": "Translate.", "input": "Hi", "output": "Salut"})
+    assert with_input.prompt == "Translate.\nHi\n" and with_input.answer == "Salut"
+    for row in ({"instruction": "Name a fruit.", "output": "Apple"},
+                {"instruction": "Name a fruit.", "input": None, "output": "Apple"},
+                {"instruction": "Name a fruit.", "input": "", "output": "Apple"}):
+        example = example_of(row)
+        assert example.prompt == "Name a fruit.\n" and example.format == "alpaca"
+
+
+def test_prompt_completion_and_messages_rows() -> None:
+    plain = example_of({"prompt": "What is 2+2?", "completion": "4"})
+    assert (plain.prompt, plain.answer, plain.format) == ("What is 2+2?\n", "4", "prompt_completion")
+    chat = example_of({
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+        "completion": [{"role": "assistant", "content": "Hello."}],
+    })
+    assert (chat.prompt, chat.answer) == ("Hi?\n", "Hello.")
+    messages = example_of({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second "}, {"type": "text", "text": "question"}]},
+        {"role": "assistant", "content": "second answer"},
+        {"role": "user", "content": "a question never answered"},
+    ]})
+    assert (messages.prompt, messages.answer) == ("second question\n", "second answer")
+    # auto: Alpaca columns win over the others when a row has several sets.
+    both = {"instruction": "I", "output": "O", "prompt": "P", "completion": "C"}
+    assert example_of(both).answer == "O" and example_of(both, "prompt_completion").answer == "C"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"question": "q", "answer": "a"}, "IFD needs `instruction` and `output`"),
+        ({"instruction": "q", "output": 3}, "`output` must be text, got int"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "`messages` has no assistant turn"),
+        ({"messages": [{"role": "assistant", "content": "a"}]}, "no user turn before"),
+        ({"messages": "hello"}, "`messages` must be a list of messages"),
+    ],
+)
+def test_rows_that_cannot_be_read(row: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        example_of(row)
+
+
+# -- the stage -------------------------------------------------------------------------------------
+
+
+class FixedScorer:
+    """Stands in for the model: each answer's text gives its IFD (``"0.42"``), or a reason."""
+
+    name = "fixed"
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[IFDScore]:
+        self.calls.append(pairs)
+        out = []
+        for _, answer in pairs:
+            if not answer.strip():
+                out.append(IFDScore(None, None, None, None, None, 0, False, unscored=REASON_EMPTY))
+            else:
+                value = float(answer)
+                out.append(IFDScore(value, value * 2, 2.0, math.log(value * 2), math.log(2.0), 3,
+                                    truncated=answer == "0.55"))
+        return out
+
+
+@pytest.fixture
+def fixed(monkeypatch: pytest.MonkeyPatch) -> FixedScorer:
+    scorer = FixedScorer()
+    monkeypatch.setattr(IFDFilter, "scorer", lambda self: scorer)
+    return scorer
+
+
+def rows_with(*answers: str) -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "instruction": f"task {i}", "output": a} for i, a in enumerate(answers)]
+
+
+def run(stage: Any, rows: list[dict[str, Any]], out: Path) -> Any:
+    return Pipeline([stage], input=rows).run(out, progress=False, max_failure_rate=1.0)
+
+
+def test_stage_keeps_the_top_fraction_and_says_why_it_drops(
+    fixed: FixedScorer, tmp_path: Path
+) -> None:
+    rows = rows_with("0.3", "1.4", "0.9", "0.55", "", "1.0", "0.7", "0.2")
+    result = run(IFDFilter(top_fraction=0.25), rows, tmp_path / "out")
+    folder = OutputFolder(tmp_path / "out")
+    kept = folder.read_rows("data")
+    assert [row["id"] for row in kept] == ["r2", "r6"]  # ceil(0.25 * 8) = 2, in input order
+    assert kept[0]["ifd"] == 0.9 and kept[0]["ifd_ppl_conditioned"] == 1.8
+    assert kept[0]["ifd_ppl_direct"] == 2.0 and kept[0]["ifd_answer_tokens"] == 3
+    lineage = kept[0]["metadata"]["ifd_filter"]
+    assert lineage["method"] == "ifd" and lineage["model"] == "fixed" and lineage["rank"] == 1
+    assert lineage["kept"] is True and lineage["cutoff"] == 0.7 and lineage["seed_id"] == "r2"
+    assert lineage["template"].startswith("ifd.prompt_no_input@")
+    reasons = {row["id"]: row["drop_reason"] for row in folder.read_rows("dropped")}
+    assert reasons == {
+        "r1": REASON_NOT_HELPFUL,
+        "r5": REASON_NOT_HELPFUL,  # exactly 1 is not below 1
+        "r0": "ifd below the top 25% cutoff (0.7)",
+        "r3": "ifd below the top 25% cutoff (0.7)",
+        "r7": "ifd below the top 25% cutoff (0.7)",
+        "r4": REASON_EMPTY,
+    }
+    dropped = {row["id"]: row for row in folder.read_rows("dropped")}
+    assert dropped["r3"]["ifd"] == 0.55 and dropped["r3"]["ifd_truncated"] is True
+    assert dropped["r3"]["metadata"]["ifd_filter"]["kept"] is False
+    assert dropped["r4"]["ifd"] is None
+    assert len(fixed.calls) == 1 and fixed.calls[0][0] == ("task 0\n", "0.3")
+    figures = result.summary["stage_results"]["ifd_filter"]
+    assert figures == {"rows scored": 7, "median ifd": 0.7, "ifd >= 1": 2, "answers truncated": 1}
+    outcome = ifd_outcome(tmp_path / "out", IFDFilter(top_fraction=0.25))
+    assert outcome == {"selection": "top 25%", "rows": 8, "kept": 2, "not_helpful": 2,
+                       "below_cutoff": 3, "unscored": 1, "cutoff": 0.7}
+    assert outcome_line(outcome) == (
+        "ifd: kept 2 of 8 rows (top 25%, cutoff 0.7); 2 had ifd >= 1, 1 could not be scored"
+    )
+
+
+def test_stage_top_k_a_bad_row_from_an_earlier_stage_and_a_nan_loss(
+    fixed: FixedScorer, tmp_path: Path
+) -> None:
+    def lose_output(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if not (row["id"] == "r1" and k == "output")}
+
+    rows = rows_with("0.3", "0.8", "0.6", "0.5", "nan")
+    run_stage = IFDFilter(top_k=2)
+    Pipeline([lose_output, run_stage], input=rows).run(tmp_path / "out", progress=False,
+                                                       max_failure_rate=1.0)
+    folder = OutputFolder(tmp_path / "out")
+    assert [row["id"] for row in folder.read_rows("data")] == ["r2", "r3"]
+    failed = {row["id"]: row for row in folder.read_rows("failed")}
+    assert set(failed) == {"r1", "r4"} and "IFD needs" in failed["r1"]["error"]
+    assert failed["r4"]["error_type"] == "NonFiniteScore"  # never ranked, never kept
+    reasons = [row["drop_reason"] for row in folder.read_rows("dropped")]
+    assert reasons == ["ifd below the top 2 cutoff (0.5)"]
+
+
+def test_a_row_without_the_columns_stops_the_run_before_the_model_loads(
+    fixed: FixedScorer, tmp_path: Path
+) -> None:
+    source = tmp_path / "pairs.jsonl"
+    source.write_text('{"instruction": "a", "output": "0.5"}\n{"question": "b", "answer": "c"}\n')
+    with pytest.raises(InputError) as raised:
+        ifd_filter(source, tmp_path / "out", progress=False)
+    assert f"{source}:2" in str(raised.value) and "IFD needs `instruction`" in str(raised.value)
+    assert not fixed.calls and not (tmp_path / "out" / "data").exists()
+
+
+def test_library_function_reports_the_outcome(fixed: FixedScorer, tmp_path: Path) -> None:
+    result = ifd_filter(rows_with("0.2", "0.4", "0.6", "1.3"), tmp_path / "out", top_k=1,
+                        progress=False)
+    assert result.summary["ifd"]["kept"] == 1 and result.summary["ifd"]["cutoff"] == 0.6
+    assert result.summary["ifd"]["not_helpful"] == 1
+
+
+# -- options ---------------------------------------------------------------------------------------
+
+
+def test_bad_options_fail_at_config_time(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        ifd_stage(top_fraction=0.2, top_k=3)
+    with pytest.raises(ConfigError) as raised:
+        ifd_stage(top_fraction=0)
+    assert raised.value.key == "top_fraction"
+    with pytest.raises(ConfigError) as raised:
+        ifd_stage(model=str(tmp_path / "nope.gguf"))
+    assert raised.value.key == "model" and "nope.gguf" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        ifd_stage(device="gpu")
+    assert raised.value.key == "device"
+    assert IFDFilter().top_fraction == 0.1 and IFDFilter(top_k=5).top_fraction is None
+
+
+def test_pipeline_file_names_the_line_of_a_missing_model(tmp_path: Path) -> None:
+    text = "stages:\n  - type: ifd_filter\n    model: models/missing.gguf\n    top_k: 5\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_pipeline_text(text, "ifd.yaml", base_dir=tmp_path)
+    assert raised.value.line == 3 and str(tmp_path / "models" / "missing.gguf") in str(raised.value)
+
+
+def test_identity_ignores_how_scores_are_batched() -> None:
+    assert IFDFilter(batch_size=4, device="cpu").identity() == IFDFilter(batch_size=64).identity()
+    assert IFDFilter(max_length=512).identity() != IFDFilter().identity()

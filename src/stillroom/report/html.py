@@ -15,7 +15,7 @@ from typing import Any
 
 from stillroom import __version__
 from stillroom.report.card import MIX_HEADER, cost_of, mix_rows, stage_result_rows
-from stillroom.report.plots import funnel_svg, histogram_svg
+from stillroom.report.plots import funnel_svg, histogram_svg, measure_bars_svg
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -137,7 +137,19 @@ def _diversity_section(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
             similarity = m.get("near_duplicate_similarity", similarity)
             if m.get("embedding_note"):
                 notes.setdefault(m["embedding_note"], []).append(f"{stage}.{column}")
+    from stillroom.generate.diversity import DISTINCT_2_MIN, MEAN_COSINE_DISTANCE_MIN
+
+    labels = [(f"{stage}.{column}", m) for stage, columns in diversity.items()
+              for column, m in columns.items()]
+    plots = measure_bars_svg(
+        "distinct-2", [(label, m["distinct_2"]) for label, m in labels], DISTINCT_2_MIN
+    ) + measure_bars_svg(
+        "mean cosine distance",
+        [(label, m["mean_cosine_distance"]) for label, m in labels],
+        MEAN_COSINE_DISTANCE_MIN,
+    )
     parts = [
+        plots,
         _table(["stage", "column", "texts", "distinct-1", "distinct-2", "exact duplicates",
                 "mean cosine distance", "near-duplicates"], rows, numeric={3, 4, 5, 6, 7})
     ]

@@ -253,3 +253,37 @@ def funnel_svg(read: int, stages: list[tuple[str, dict[str, Any]]]) -> str:
         f'viewBox="0 0 {total_w} {height}" width="{total_w}" height="{height}">'
         + "".join(parts) + legend + "</svg></figure>"
     )
+
+
+def measure_bars_svg(title: str, bars: list[tuple[str, float | None]], low_mark: float) -> str:
+    """Horizontal bars on a 0..1 scale, one per column, with a dashed line at ``low_mark`` (the
+    collapse threshold): a bar left of the line is a warning. A missing value shows "n/a"."""
+    label_w, bar_w, row_h = 220, 300, 22
+    height = row_h * len(bars) + 34
+    mark_x = label_w + bar_w * low_mark
+    parts = [f'<text x="0" y="14" font-size="13" font-weight="600">{html.escape(title)}</text>']
+    for index, (label, value) in enumerate(bars):
+        y = 24 + index * row_h
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 13}" font-size="12" text-anchor="end">'
+            f"{html.escape(label[:34])}</text>"
+        )
+        if value is None:
+            parts.append(f'<text x="{label_w}" y="{y + 13}" font-size="11" fill="#777">n/a</text>')
+            continue
+        colour = "#b3261e" if value < low_mark else "#4a7dbd"
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{bar_w * max(0.0, min(1.0, value)):.1f}" '
+            f'height="{row_h - 8}" fill="{colour}"/>'
+            f'<text x="{label_w + bar_w + 6}" y="{y + 13}" font-size="11">{value:.3f}</text>'
+        )
+    parts.append(
+        f'<line x1="{mark_x:.1f}" y1="20" x2="{mark_x:.1f}" y2="{height - 6}" stroke="#b3261e" '
+        f'stroke-dasharray="4 3"><title>warning below {low_mark:g}</title></line>'
+    )
+    total_w = label_w + bar_w + 60
+    return (
+        f'<figure class="plot"><svg role="img" aria-label="{html.escape(title)}" '
+        f'viewBox="0 0 {total_w} {height}" width="{total_w}" height="{height}">'
+        + "".join(parts) + "</svg></figure>"
+    )

@@ -88,7 +88,7 @@ def test_ifd_options_without_ifd_and_no_filter_exit_2(tmp_path: Path) -> None:
     result = cli("filter", str(source), "-o", str(tmp_path / "out"), "--ifd-top-k", "3")
     assert result.returncode == 2 and "--ifd-top-k set but --ifd is not" in result.stderr
     result = cli("filter", str(source), "-o", str(tmp_path / "out"))
-    assert result.returncode == 2 and "choose at least one filter: --ifd" in result.stderr
+    assert result.returncode == 2 and "choose at least one filter: --heuristics or --ifd" in result.stderr
     result = cli("filter", str(source), "-o", str(tmp_path / "out"), "--ifd",
                  "--ifd-top-k", "3", "--ifd-top-fraction", "0.5")
     assert result.returncode == 2 and "not both" in result.stderr

@@ -115,6 +115,7 @@ from stillroom.pipeline.stage import (
     RowFailure,
     RowStage,
     StageContext,
+    pipeline_dir,
     register_stage,
 )
 
@@ -566,9 +567,7 @@ class Decontaminate(RowStage):
 
     @model_validator(mode="after")
     def _build_index(self, info: ValidationInfo) -> Decontaminate:
-        base_dir = None
-        if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-            base_dir = Path(info.context["base_dir"])
+        base_dir = pipeline_dir(info)
         # Read now: a missing or malformed benchmark stops the run before any row is read.
         self._index = BenchmarkIndex.from_files(
             self.against,

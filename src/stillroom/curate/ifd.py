@@ -135,6 +135,7 @@ from stillroom.pipeline.stage import (
     Row,
     RowFailure,
     StageContext,
+    pipeline_dir,
     register_stage,
 )
 
@@ -848,9 +849,7 @@ class IFDFilter(AllRowsStage):
 
 def _base_dir_of(info: ValidationInfo) -> Path | None:
     """The pipeline file's folder, when the stage comes from a file (relative model paths)."""
-    if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-        return Path(info.context["base_dir"])
-    return None
+    return pipeline_dir(info)
 
 
 def _model_identity(model: str | None, base_dir: Path | None) -> dict[str, Any]:

@@ -88,6 +88,7 @@ from stillroom.pipeline.stage import (
     RowFailure,
     RowStage,
     StageContext,
+    pipeline_dir,
     register_stage,
 )
 from stillroom.stages.complete import check_messages
@@ -429,8 +430,7 @@ class PrinciplePreference(RowStage):
 
     @model_validator(mode="after")
     def _load_principles(self, info: ValidationInfo) -> PrinciplePreference:
-        if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-            self._base_dir = Path(info.context["base_dir"])
+        self._base_dir = pipeline_dir(info) or self._base_dir
         self.principle_set()  # a bad file is reported now, before any row is read
         return self
 

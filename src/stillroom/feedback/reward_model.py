@@ -74,7 +74,14 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from stillroom.data.readers import resolve_input_path
 from stillroom.errors import ConfigError, InputError
 from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
-from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import (
+    Row,
+    RowFailure,
+    RowStage,
+    StageContext,
+    pipeline_dir,
+    register_stage,
+)
 from stillroom.stages.complete import check_prompt
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -577,8 +584,7 @@ class RewardModel(RowStage):
 
     @model_validator(mode="after")
     def _check_model(self, info: ValidationInfo) -> RewardModel:
-        if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-            self._base_dir = Path(info.context["base_dir"])
+        self._base_dir = pipeline_dir(info) or self._base_dir
         self.folder()  # a wrong folder is reported now, before any row is read
         check_installed()
         return self

@@ -67,7 +67,14 @@ from stillroom.feedback.judging import (
 from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
 from stillroom.pipeline.config import _line_of
-from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import (
+    Row,
+    RowFailure,
+    RowStage,
+    StageContext,
+    pipeline_dir,
+    register_stage,
+)
 
 
 class Scale(BaseModel):
@@ -255,10 +262,7 @@ class RubricJudge(RowStage):
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> RubricJudge:
         if self.rubric is not None:
-            base_dir = None
-            if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-                base_dir = Path(info.context["base_dir"])
-            self._rubric = load_rubric(self.rubric, base_dir)
+            self._rubric = load_rubric(self.rubric, pipeline_dir(info))
         return self
 
     @property

@@ -60,6 +60,7 @@ from stillroom.pipeline.stage import (
     RowFailure,
     RowStage,
     StageContext,
+    pipeline_dir,
     register_stage,
 )
 from stillroom.stages.complete import check_prompt
@@ -270,8 +271,7 @@ class Constitutional(RowStage):
 
     @model_validator(mode="after")
     def _load_principles(self, info: ValidationInfo) -> Constitutional:
-        if isinstance(info.context, dict) and info.context.get("base_dir") is not None:
-            self._base_dir = Path(info.context["base_dir"])
+        self._base_dir = pipeline_dir(info) or self._base_dir
         self.constitution()  # a bad file is reported now, before any row is read
         return self
 

@@ -26,6 +26,7 @@ import inspect
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -174,6 +175,16 @@ class FunctionStage(RowStage):
         if inspect.isawaitable(result):
             result = await result
         return result  # type: ignore[no-any-return]
+
+
+def pipeline_dir(info: Any) -> Path | None:
+    """The pipeline file's folder, from pydantic's validation context, when the stage was read
+    from a file: a relative path in a stage's options (a principles file, a model, a benchmark)
+    is read from there. ``info`` is the validator's ValidationInfo."""
+    context = getattr(info, "context", None)
+    if isinstance(context, dict) and context.get("base_dir") is not None:
+        return Path(context["base_dir"])
+    return None
 
 
 stages: Registry[type[Stage]] = Registry("stage type")

@@ -1,14 +1,23 @@
-"""Training side of distillation: loss functions for students taught by a teacher's distribution.
+"""Training side of distillation: loss functions, and students made from a teacher.
 
-Needs the ``train`` extra (torch). Importing this package does not import torch; the names below
-load :mod:`stillroom.train.losses` (and torch) on first use, so ``import stillroom`` and the
+Needs the ``train`` extra (torch, transformers). Importing this package does not import torch;
+the names below load their module (and torch) on first use, so ``import stillroom`` and the
 pipeline stages stay light.
+
+Losses (:mod:`stillroom.train.losses`):
 
 * ``kd_loss``: GKD's generalized JSD (beta = 0 forward KL, 1 reverse KL) on full logits.
 * ``topk_kd_loss``: forward KL from a teacher's stored top-k log-probs plus a tail bucket.
 * ``skew_kl_loss``: DistiLLM's skew KL and skew reverse KL.
 * ``hinton_loss``: Hinton's mix of hard-label CE and T^2-scaled soft-target KL.
 * ``shift_for_next_token``: align a causal LM's logits with the tokens they predict.
+
+Students (:mod:`stillroom.train.student`):
+
+* ``load_model``: a local model folder or GGUF (the embedded model by default), float32.
+* ``prune_layers`` / ``kept_layers``: a smaller copy keeping every k-th layer (first and last
+  kept), layer indices renumbered so the KV cache works.
+* ``init_student``: load, prune, save, with ``stillroom_student.json`` saying what was kept.
 """
 
 from __future__ import annotations
@@ -25,21 +34,40 @@ if TYPE_CHECKING:
         skew_kl_loss,
         topk_kd_loss,
     )
+    from stillroom.train.student import (
+        STUDENT_FILE,
+        init_student,
+        kept_layers,
+        load_model,
+        parameter_count,
+        prune_layers,
+    )
 
 __all__ = [
     "IGNORE_INDEX",
+    "STUDENT_FILE",
     "hinton_loss",
+    "init_student",
     "kd_loss",
+    "kept_layers",
+    "load_model",
+    "parameter_count",
+    "prune_layers",
     "shift_for_next_token",
     "skew_kl_loss",
     "topk_kd_loss",
 ]
 
-_LOSS_NAMES = frozenset(__all__)
+_STUDENT_NAMES = {"STUDENT_FILE", "init_student", "kept_layers", "load_model", "parameter_count",
+                  "prune_layers"}
+_MODULE_OF = {
+    name: "stillroom.train.student" if name in _STUDENT_NAMES else "stillroom.train.losses"
+    for name in __all__
+}
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562 lazy export: torch is imported only when a loss is first looked up.
-    if name in _LOSS_NAMES:
-        return getattr(importlib.import_module("stillroom.train.losses"), name)
+    # PEP 562 lazy export: torch is imported only when a name is first looked up.
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

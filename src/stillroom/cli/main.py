@@ -118,6 +118,7 @@ from stillroom.cli import (  # noqa: E402,F401
     quickstart,
     run,
     select,
+    train,
     verify,
 )
 

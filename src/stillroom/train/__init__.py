@@ -18,6 +18,9 @@ Students (:mod:`stillroom.train.student`):
 * ``prune_layers`` / ``kept_layers``: a smaller copy keeping every k-th layer (first and last
   kept), layer indices renumbered so the KV cache works.
 * ``init_student``: load, prune, save, with ``stillroom_student.json`` saying what was kept.
+
+Recipes (:mod:`stillroom.train.sft`): ``train_sft`` / ``stillroom train sft CONFIG.yaml``,
+supervised fine-tuning on teacher outputs with the loss on the completion only (TRL's SFTTrainer).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
         skew_kl_loss,
         topk_kd_loss,
     )
+    from stillroom.train.sft import TRAIN_FILE, SFTRunConfig, load_sft_config, train_sft
     from stillroom.train.student import (
         STUDENT_FILE,
         init_student,
@@ -46,22 +50,29 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_INDEX",
     "STUDENT_FILE",
+    "TRAIN_FILE",
+    "SFTRunConfig",
     "hinton_loss",
     "init_student",
     "kd_loss",
     "kept_layers",
     "load_model",
+    "load_sft_config",
     "parameter_count",
     "prune_layers",
     "shift_for_next_token",
     "skew_kl_loss",
     "topk_kd_loss",
+    "train_sft",
 ]
 
 _STUDENT_NAMES = {"STUDENT_FILE", "init_student", "kept_layers", "load_model", "parameter_count",
                   "prune_layers"}
+_SFT_NAMES = {"SFTRunConfig", "TRAIN_FILE", "load_sft_config", "train_sft"}
 _MODULE_OF = {
-    name: "stillroom.train.student" if name in _STUDENT_NAMES else "stillroom.train.losses"
+    name: "stillroom.train.student" if name in _STUDENT_NAMES
+    else "stillroom.train.sft" if name in _SFT_NAMES
+    else "stillroom.train.losses"
     for name in __all__
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from stillroom.errors import InputError
+from stillroom.errors import ConfigError, InputError
 
 Row = dict[str, Any]
 
@@ -45,6 +45,22 @@ def resolve_input_path(path: str | os.PathLike[str], base_dir: Path | None = Non
     if not resolved.is_absolute() and base_dir is not None:
         resolved = base_dir / resolved
     return resolved
+
+
+def option_file(spec: str, base_dir: Path | None, *, key: str, what: str) -> Path:
+    """The file a stage option names (a principles file, a rubric), resolved like ``input:``;
+    a ConfigError naming ``key`` when it does not exist."""
+    try:
+        path = resolve_input_path(spec, base_dir)
+    except InputError as error:
+        raise ConfigError(error.reason, path=spec, key=key) from None
+    if not path.is_file():
+        where = "" if path.is_absolute() or spec.startswith(BUILTIN_PREFIX) else (
+            f" (a relative path is read from the pipeline file's folder, or the current folder "
+            f"for a stage built in Python: {path.resolve()})"
+        )
+        raise ConfigError(f"no such {what} file{where}", path=str(path), key=key)
+    return path
 
 
 def detect_format(path: Path) -> str:

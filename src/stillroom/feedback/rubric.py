@@ -52,8 +52,8 @@ from pydantic import (
     model_validator,
 )
 
-from stillroom.data.readers import resolve_input_path
-from stillroom.errors import ConfigError, InputError
+from stillroom.data.readers import option_file
+from stillroom.errors import ConfigError
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
@@ -144,17 +144,7 @@ MT_BENCH_STYLE = Rubric(
 
 def load_rubric(spec: str, base_dir: Path | None = None) -> Rubric:
     """Read and check a rubric file (YAML or JSON); errors name the file, line and key."""
-    try:
-        path = resolve_input_path(spec, base_dir)
-    except InputError as error:
-        raise ConfigError(error.reason, path=spec, key="rubric") from None
-    if not path.is_file():
-        raise ConfigError(
-            f"no such rubric file (a relative path is read from the pipeline file's folder: "
-            f"{path.resolve()})",
-            path=str(path),
-            key="rubric",
-        )
+    path = option_file(spec, base_dir, key="rubric", what="rubric")
     try:
         text = path.read_text(encoding="utf-8")
         root = yaml.compose(text)

@@ -50,8 +50,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
-from stillroom.data.readers import resolve_input_path
-from stillroom.errors import ConfigError, InputError
+from stillroom.data.readers import option_file
+from stillroom.errors import ConfigError
 from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import (
@@ -90,16 +90,7 @@ def load_constitution(spec: str, base_dir: Path | None = None) -> Constitution:
 
     Raises ConfigError naming the file and line of the first problem.
     """
-    try:
-        path = resolve_input_path(spec, base_dir)
-    except InputError as error:
-        raise ConfigError(error.reason, path=spec, key="principles") from None
-    if not path.is_file():
-        where = "" if path.is_absolute() or spec.startswith("builtin:") else (
-            f" (a relative path is read from the pipeline file's folder, or the current folder "
-            f"for a stage built in Python: {path.resolve()})"
-        )
-        raise ConfigError(f"no such principles file{where}", path=str(path), key="principles")
+    path = option_file(spec, base_dir, key="principles", what="principles")
     data = path.read_bytes()
     principles: list[Principle] = []
     seen: dict[str, int] = {}

@@ -299,3 +299,32 @@ def test_majority_vote_request_failure_fails_the_row(tmp_path: Path) -> None:
     result = run(MajorityVote(n=3), [{"id": "a", "prompt": "?"}], tmp_path / "out",
                  max_retries=0)
     assert result.counts == {"data": 0, "failed": 1, "dropped": 0}
+
+
+def test_top_logprobs_keeps_the_kept_samples_tokens(tmp_path: Path) -> None:
+    backend = use(right_from(1))
+    stage = RejectionSample(k=2, max_samples=4, batch=1, top_logprobs=3)
+    run(stage, math_rows(), tmp_path / "out")
+    assert all(call.params.top_logprobs == 3 for call in backend.calls)
+    [row] = read(tmp_path / "out")
+    # The logprobs are those of the kept (passing) samples, not of the failed first one.
+    assert [entry["token"] for entry in row["logprobs"]] == row["completion"].split()
+    assert len(row["completions_logprobs"]) == len(row["completions"]) == 2
+    assert row["completions_logprobs"][0] == row["logprobs"]
+
+
+def test_top_logprobs_needs_a_backend_that_returns_them(tmp_path: Path) -> None:
+    from stillroom.errors import ConfigError
+
+    class TextOnlyBackend(ScriptedBackend):
+        supports_logprobs = False
+
+    class TextOnlyConfig(ScriptedConfig):
+        def backend_class(self) -> Any:
+            return TextOnlyBackend
+
+    backend = use(right_from(0))
+    with pytest.raises(ConfigError, match="does not return logprobs") as error:
+        Pipeline([RejectionSample(top_logprobs=3)], input=math_rows(),
+                 backends={"default": TextOnlyConfig()})
+    assert error.value.key == "top_logprobs" and backend.calls == []

@@ -150,3 +150,23 @@ def test_a_missing_or_non_text_completion_is_a_row_problem(verifier: Any) -> Non
     assert "must be text" in (verifier.check_row(row(5)) or "")
     with pytest.raises(VerifierInputError):
         verifier.verify({"answer": "x"})
+
+
+# -- exact ---------------------------------------------------------------------------------------
+
+
+def test_exact_passes_only_the_whole_reference() -> None:
+    from stillroom.verify.formats import ExactVerifier
+
+    check = ExactVerifier()
+    row = {"answer": "40 + 85 = 125"}
+    assert check.verify({**row, "completion": " 40 + 85 = 125.\n"}).passed
+    for wrong in ("40 + 85 = 124", "The answer is 40 + 85 = 125", "40 + 85 = 125, which is",
+                  "125", "40+85=125"):
+        verdict = check.verify({**row, "completion": wrong})
+        assert not verdict.passed and "not exactly '40 + 85 = 125'" in verdict.reason
+    assert not ExactVerifier(strip_period=False).verify({**row, "completion": "40 + 85 = 125."}).passed
+    assert ExactVerifier(ignore_case=True).verify({"answer": "Paris", "completion": "paris"}).passed
+    assert ExactVerifier().check_row({"completion": "x"}) == \
+        "the row needs a `answer` column for the exact verifier"
+    assert verifiers.get("exact") is ExactVerifier

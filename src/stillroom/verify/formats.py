@@ -1,4 +1,4 @@
-"""Format checks: ``json_schema``, ``regex`` and ``length``. Cheap and exact; no model.
+"""Format checks: ``json_schema``, ``regex``, ``length`` and ``exact``. Cheap and exact; no model.
 
     - type: verify
       kind: json_schema
@@ -9,6 +9,9 @@
     - type: verify
       kind: length
       options: {min: 20, max: 200, unit: words}
+    - type: verify
+      kind: exact
+      options: {answer_column: answer, strip_period: true}
 """
 
 from __future__ import annotations
@@ -216,3 +219,49 @@ class LengthVerifier(_TextVerifier):
         low = self.min if self.min is not None else 0
         high = self.max if self.max is not None else ""
         return Verdict(True, f"{measured}, within {low}..{high}", details)
+
+
+@verifiers.register("exact")
+class ExactVerifier(_TextVerifier):
+    """The whole completion is the row's reference answer, character for character: the
+    strictest checker, for tasks whose answer has one right form (``12 + 30 = 42``).
+
+    Surrounding whitespace is ignored, and with ``strip_period`` (default true) one final ``.``
+    on either side; ``ignore_case`` (default false) compares without case. Anything else (a word
+    before the answer, a second sentence, another spelling of the number) fails, with the
+    expected text in the reason. Unlike ``math``, which reads the last number of a free-form
+    answer, this also checks the form, so a model trained on data that passed it must learn
+    that form.
+    """
+
+    name = "exact"
+
+    def __init__(
+        self,
+        answer_column: str = "completion",
+        *,
+        reference_column: str = "answer",
+        strip_period: bool = True,
+        ignore_case: bool = False,
+    ):
+        super().__init__(answer_column)
+        if not reference_column:
+            raise ConfigError("reference_column is empty", key="reference_column")
+        self.required_columns = (reference_column,)
+        self.reference_column = reference_column
+        self.strip_period = strip_period
+        self.ignore_case = ignore_case
+
+    def _normal(self, text: str) -> str:
+        text = text.strip()
+        if self.strip_period and text.endswith("."):
+            text = text[:-1].rstrip()
+        return text.casefold() if self.ignore_case else text
+
+    def verify(self, row: Row) -> Verdict:
+        text = self._text(row)
+        expected = str(row[self.reference_column])
+        if self._normal(text) == self._normal(expected):
+            return Verdict(True, f"equals {_quote(expected)}", {"expected": expected})
+        return Verdict(False, f"{_quote(text.strip())} is not exactly {_quote(expected)}",
+                       {"expected": expected})

@@ -8,11 +8,15 @@
       max_samples: 8           # samples spent at most per prompt
       batch: 2                 # samples requested at once per step
       pass_at_k: [1, 4]        # optional: draw all max_samples and report pass@1, pass@4
+      top_logprobs: 5          # optional: keep the kept samples' token logprobs (for KD)
 
 ``rejection_sample`` asks for samples in batches (sample indexes 0, 1, ... so a rerun is served
 from the request cache) and verifies each, until ``k`` have passed or ``max_samples`` are spent.
 A kept row gets ``completions`` (the passing samples, at most ``k``, in sample order),
-``completion`` (the first of them), ``samples_spent`` and ``passed_count``. A row none of whose
+``completion`` (the first of them), ``samples_spent`` and ``passed_count``; with
+``top_logprobs`` also ``logprobs`` (each token of ``completion`` with its top alternatives, the
+layout the ``complete`` stage writes, for offline top-k distillation) and
+``completions_logprobs`` (the same for each kept sample). A row none of whose
 samples passes goes to ``dropped/`` with every sample's verdict in its metadata. An empty sample
 is a sample that did not pass; a request that failed after its retries fails the row.
 
@@ -39,6 +43,7 @@ place, no answer in any sample, or a share under ``min_share`` drops the row wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math as pymath
 import threading
 from collections.abc import Iterable
@@ -55,6 +60,7 @@ from stillroom.generate.lineage import (
     seed_id_of,
     with_lineage,
 )
+from stillroom.llm.backend import BackendConfig
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import (
     Dropped,
@@ -204,6 +210,10 @@ class RejectionSample(_Sampler):
         default=None,
         description="Report pass@k for these k per row; draws all max_samples (no early stop).",
     )
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20,
+        description="Keep each kept sample's tokens with their top-N logprobs (for KD).",
+    )
     _verifier: Verifier = PrivateAttr()
 
     @model_validator(mode="after")
@@ -221,6 +231,21 @@ class RejectionSample(_Sampler):
 
     def batch_size(self) -> int:
         return self.batch if self.batch is not None else min(self.k, 8)
+
+    def params(self, ctx: StageContext) -> GenerationParams:
+        params = super().params(ctx)
+        if self.top_logprobs is None:
+            return params
+        return dataclasses.replace(params, top_logprobs=self.top_logprobs)
+
+    def check_backends(self, configs: dict[str, BackendConfig]) -> None:
+        backend_class = configs[self.backend].backend_class()
+        if self.top_logprobs is not None and not backend_class.supports_logprobs:
+            raise ConfigError(
+                f"backend {self.backend!r} ({backend_class.kind}) does not return logprobs; "
+                "remove top_logprobs or use an OpenAI-compatible, llama.cpp or transformers backend",
+                key="top_logprobs",
+            )
 
     def summary_columns(self) -> list[str]:
         return ["samples_spent", "pass_at_k"]
@@ -261,7 +286,7 @@ class RejectionSample(_Sampler):
         spent = 0
         completions: list[Completion] = []
         verdicts: list[Verdict] = []
-        passing: list[str] = []
+        passing: list[Completion] = []
         while spent < self.max_samples and (draw_all or len(passing) < self.k):
             size = min(self.batch_size(), self.max_samples - spent)
             batch = await self.sample(ctx, messages, spent, size)
@@ -271,9 +296,9 @@ class RejectionSample(_Sampler):
                 completions.append(completion)
                 verdicts.append(verdict)
                 if verdict.passed:
-                    passing.append(completion.text)
+                    passing.append(completion)
         passed_count = len(passing)
-        kept = passing[: self.k]
+        kept = [completion.text for completion in passing[: self.k]]
 
         out = dict(row)
         out["id"] = self.row_key(row)
@@ -281,6 +306,10 @@ class RejectionSample(_Sampler):
         out["completion"] = kept[0] if kept else None
         out["samples_spent"] = spent
         out["passed_count"] = passed_count
+        if self.top_logprobs is not None:
+            kept_logprobs = [completion.logprobs or [] for completion in passing[: self.k]]
+            out["completions_logprobs"] = kept_logprobs
+            out["logprobs"] = kept_logprobs[0] if kept_logprobs else None
         if self.pass_at_k is not None:
             out["pass_at_k"] = {
                 f"pass@{value}": pass_at_k(spent, passed_count, value)

@@ -119,6 +119,7 @@ from stillroom.cli import (  # noqa: E402,F401
     run,
     select,
     train,
+    train_dpo,
     verify,
 )
 

@@ -1,0 +1,81 @@
+"""preference_pairs output folder -> stillroom train dpo -> a model transformers loads.
+
+The pairs come from the real stage run as a pipeline on fixed rated rows (conversational, with
+UltraFeedback-style aspect ratings), so the trainer reads exactly what the stage writes: a
+Parquet ``data/`` folder with lineage and the other columns beside prompt/chosen/rejected. The
+student is a tiny random Llama with the embedded SmolLM2 tokenizer, so training takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("trl")
+
+from stillroom import Pipeline  # noqa: E402
+from stillroom.data.output import OutputFolder  # noqa: E402
+from stillroom.feedback.pairs import PreferencePairs  # noqa: E402
+from stillroom.train.dpo import TRAIN_FILE, load_dpo_config, train_dpo  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def rated_rows() -> list[dict]:
+    rows = []
+    for i in range(6):
+        rows.append({
+            "id": f"q{i}",
+            "messages": [{"role": "system", "content": "Answer with a number."},
+                         {"role": "user", "content": f"What is {i} + {i}?"}],
+            "completions": [f"{2 * i}", f"{2 * i + 1}", "I am not sure."],
+            "ratings": [{"helpfulness": 5, "honesty": 5}, {"helpfulness": 2, "honesty": "N/A"},
+                        {"helpfulness": 1, "honesty": 3}],
+        })
+    rows.append({**rows[0], "id": "tie", "ratings": [4, 4, 4]})  # dropped: nothing to prefer
+    return rows
+
+
+def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
+    from stillroom.llm.transformers_backend import locate
+
+    result = Pipeline([PreferencePairs(strategy="best_worst")], input=rated_rows()).run(
+        tmp_path / "pairs", progress=False)
+    assert result.counts == {"data": 6, "dropped": 1, "failed": 0}
+    written = OutputFolder(tmp_path / "pairs").read_rows("data")
+    assert written[0]["chosen"][0]["role"] == "assistant"  # TRL's conversational format
+
+    folder, gguf = locate(None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+
+    (tmp_path / "dpo.yaml").write_text(
+        "student: student\ndata: pairs\noutput_dir: run\nmax_steps: 2\nbatch_size: 3\n"
+        "learning_rate: 0.001\nmax_length: 128\n", encoding="utf-8")
+    final = train_dpo(load_dpo_config(tmp_path / "dpo.yaml"))
+
+    record = json.loads((final / TRAIN_FILE).read_text(encoding="utf-8"))
+    assert record["format"] == "conversational"
+    assert record["rows"] == record["pairs_trained"] == 6 and record["steps"] == 2
+    assert [step for step, _ in record["margins"]] == [1, 2]
+    assert record["margins"][1][1] > 0  # one DPO step already favours the chosen answers
+    model = transformers.AutoModelForCausalLM.from_pretrained(final)
+    loaded = transformers.AutoTokenizer.from_pretrained(final)
+    prompt = loaded.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]  # a working causal LM, not just weights

@@ -112,6 +112,7 @@ from stillroom.cli import (  # noqa: E402,F401
     complete,
     decontaminate,
     dedup,
+    evaluate,
     filter,
     inspect,
     mix,

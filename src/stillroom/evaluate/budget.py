@@ -1,0 +1,124 @@
+"""Budget forcing (s1: Muennighoff et al. 2025, "s1: Simple test-time scaling"): control how long a
+reasoning model thinks, at inference, with no training.
+
+    budget_forcing:
+      think_start: "<think>"        # appended after the rendered prompt ("" if the template opens it)
+      think_end: "</think>"         # the end-of-thinking delimiter
+      answer_prefix: "Final Answer:"
+      max_thinking_tokens: 512      # cap: stop thinking here and make the model answer
+      min_thinking_tokens: 128      # floor: if it stops earlier, append `wait` and go on
+      wait: "Wait"
+      max_waits: 2                  # extend at most this many times
+      max_answer_tokens: null       # default: generation.max_new_tokens
+
+The method, per prompt (all prompts of a round are decoded as one batch):
+
+1. The model continues ``prompt + think_start`` with ``think_end`` as a stop string, for at most
+   the tokens left of ``max_thinking_tokens`` (``generation.max_new_tokens`` when no cap is set).
+2. It stops by itself (it wrote ``think_end``, which is cut off, or its EOS): when fewer than
+   ``min_thinking_tokens`` were spent and ``max_waits`` is not used up, the delimiter is
+   suppressed (never written into the text) and ``wait`` is appended (after a newline unless the
+   thinking already ends in white space); the model continues from there (step 1 again).
+   Otherwise thinking ends.
+3. The budget runs out: thinking is cut there (s1's "forcefully end the thinking process").
+4. Answer: ``think_end``, a newline and ``answer_prefix`` are appended, and the model writes the
+   answer (up to ``max_answer_tokens``, until EOS).
+
+The answer, ``answer_prefix`` included, is what a verifier checks; the thinking is kept
+beside it. Token counts are the generator's (tokens generated, so a re-tokenized continuation
+may differ by a token or two at each seam). s1 suppresses the end-of-thinking token inside the
+sampler; stopping at the delimiter and continuing the text is the same thing for a model that
+takes raw text, and works with any backend that accepts raw prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stillroom.evaluate.config import BudgetForcing
+from stillroom.evaluate.generation import Generator
+
+
+@dataclass(slots=True)
+class Forced:
+    """One budget-forced answer."""
+
+    prompt: str
+    answer: str = ""  # answer_prefix + the model's answer: what is verified
+    thinking: str = ""
+    thinking_tokens: int = 0
+    answer_tokens: int = 0
+    waits: int = 0
+    capped: bool = False  # thinking was cut at max_thinking_tokens
+    finish_reason: str = "stop"
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.thinking_tokens + self.answer_tokens
+
+    def record(self) -> dict[str, Any]:
+        return {"thinking": self.thinking, "thinking_tokens": self.thinking_tokens,
+                "answer_tokens": self.answer_tokens, "waits": self.waits, "capped": self.capped}
+
+
+def _append_wait(thinking: str, wait: str) -> str:
+    if not thinking or thinking[-1].isspace() or wait[:1].isspace():
+        return thinking + wait
+    return thinking + "\n" + wait
+
+
+def budget_force(
+    generator: Generator,
+    prompts: Sequence[str],
+    options: BudgetForcing,
+    *,
+    max_new_tokens: int,
+) -> list[Forced]:
+    """Budget-forced answers to raw ``prompts`` (already rendered, assistant turn open).
+
+    ``max_new_tokens`` bounds thinking when no ``max_thinking_tokens`` is set, and the answer
+    when no ``max_answer_tokens`` is.
+    """
+    cap = options.max_thinking_tokens or max_new_tokens
+    states = [Forced(prompt=prompt + options.think_start) for prompt in prompts]
+    active = list(range(len(states)))
+    while active:
+        left = [cap - states[i].thinking_tokens for i in active]
+        outs = generator.generate([states[i].prompt + states[i].thinking for i in active], left,
+                                  stop=(options.think_end,))
+        still = []
+        for i, out in zip(active, outs, strict=True):
+            state = states[i]
+            state.thinking += out.text
+            state.thinking_tokens += out.tokens
+            if out.finish_reason == "error":
+                state.errors.append(out.error or "request failed")
+            elif out.finish_reason == "length" or state.thinking_tokens >= cap:
+                state.capped = True
+            elif state.thinking_tokens < options.min_thinking_tokens and state.waits < options.max_waits:
+                state.thinking = _append_wait(state.thinking, options.wait)
+                state.waits += 1
+                still.append(i)
+        active = still
+    answer_budget = options.max_answer_tokens or max_new_tokens
+    tail = f"{options.think_end}\n{options.answer_prefix}"
+    ready = [i for i, state in enumerate(states) if not state.errors]
+    outs = generator.generate([states[i].prompt + states[i].thinking + tail for i in ready],
+                              answer_budget)
+    for i, out in zip(ready, outs, strict=True):
+        state = states[i]
+        state.answer = options.answer_prefix + out.text
+        state.answer_tokens = out.tokens
+        state.finish_reason = out.finish_reason
+        if out.finish_reason == "error":
+            state.errors.append(out.error or "request failed")
+    for state in states:
+        if state.errors:
+            state.finish_reason = "error"
+    return states
+
+
+__all__ = ["Forced", "budget_force"]

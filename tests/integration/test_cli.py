@@ -87,16 +87,33 @@ def test_failure_rate_above_the_limit_exits_1(katan: Callable[..., str], tmp_pat
     assert "complete: InternalServerError" in inspected.stdout
 
 
-def test_quickstart_on_the_embedded_model(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)
+def test_quickstart_runs_the_whole_loop_on_the_embedded_model(tmp_path: Path) -> None:
+    """Seeds -> verified teacher answers -> curation -> a trained student -> eval.json, small."""
+    pytest.importorskip("trl")
     out = tmp_path / "qs"
-    result = cli("quickstart", "-o", str(out), "--limit", "3", "--max-tokens", "24", "--no-progress")
+    result = cli("quickstart", "-o", str(out), "--train-prompts", "6", "--heldout", "6",
+                 "--epochs", "1", "--no-progress", timeout=900)
     assert result.returncode == 0, result.stderr
     import datasets
 
     loaded = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
-    assert loaded.num_rows == 3
-    assert all(text.strip() for text in loaded["completion"])
-    assert set(loaded["id"]) == {"seed_task_0", "seed_task_1", "seed_task_2"}
+    assert loaded.num_rows >= 1
+    # Every kept answer passed the exact checker, and carries the teacher's token logprobs.
+    assert all(row["completion"].strip().rstrip(".") == row["answer"] for row in loaded)
+    assert all(row["logprobs"] and row["logprobs"][0]["top_logprobs"] for row in loaded)
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["n"] == 6 and evaluation["metric"] == "accuracy (exact verifier)"
+    for role in ("baseline", "student", "teacher"):
+        assert 0.0 <= evaluation[role] <= 1.0
+    assert 0.0 <= evaluation["paired_test"]["p_value"] <= 1.0
+    # Held-out prompts never enter training.
+    assert len(evaluation["heldout_prompts"]) == 6
+    assert not set(evaluation["heldout_prompts"]) & set(loaded["prompt"])
+    record = json.loads((out / "student" / "final" / "stillroom_train.json").read_text())
+    assert record["rows"] == loaded.num_rows and record["losses"]
     card = (out / "README.md").read_text()
-    assert "SmolLM2-135M-Instruct" in card and "| 3 | 0 | 0 |" in card
-    assert "<html" in (out / "report.html").read_text()
+    assert "## Distillation" in card and "held-out prompts: baseline" in card
+    report = (out / "report.html").read_text()
+    assert "<h2>Distillation</h2>" in report and "<polyline" in report
+    assert "held-out prompts: baseline" in result.stdout

@@ -155,6 +155,24 @@ def mix_rows(mix: list[dict[str, Any]]) -> list[list[str]]:
 MIX_HEADER = ["source", "kind", "available", "taken", "target share", "share"]
 
 
+def _distillation(distillation: dict[str, Any] | None) -> list[str]:
+    """The students trained on this data and how they did on held-out prompts."""
+    if not distillation:
+        return []
+    from stillroom.report import distillation as dist
+
+    parts = ["\n## Distillation\n"]
+    evaluation = distillation.get("eval")
+    if evaluation:
+        parts.append(dist.headline(evaluation) + "\n")
+        parts.append(_table(dist.EVAL_HEADER, dist.eval_rows(evaluation)))
+        parts.append("\nPer-item outputs and verdicts are in `eval.json`.\n")
+    if distillation.get("training"):
+        parts.append("\nTraining (the loss curves are in `report.html`):\n")
+        parts.append(_table(dist.TRAINING_HEADER, dist.training_rows(distillation["training"])))
+    return parts
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     counts = summary["counts"]
     header = {
@@ -210,6 +228,7 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
             "\nReal rows are kept whole unless `size` asked for fewer; synthetic rows are added "
             "to them, not put in their place (the model-collapse guard).\n"
         )
+    parts.extend(_distillation(summary.get("distillation")))
     parts.append("\n## Funnel\n")
     parts.append(_funnel(summary, config))
     distributions = summary.get("distributions")

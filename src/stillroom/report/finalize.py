@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from stillroom.data.output import OutputFolder
+from stillroom.errors import OutputFolderError
 from stillroom.report.card import render_card
 from stillroom.report.html import render_report
 from stillroom.report.summary import failure_examples, summarize
@@ -121,6 +122,18 @@ def write_card_and_report(
     return summary
 
 
+def refresh_card_and_report(folder: OutputFolder) -> dict[str, Any]:
+    """Write a finished run's card and report again, e.g. after a student was trained and
+    evaluated on its data (see report.distillation); the figures measured at the end of the run
+    come from its completion record."""
+    from stillroom.report.summary import _completion_record
+
+    record = _completion_record(folder)
+    if not record:
+        raise OutputFolderError(f"{folder.root} holds no finished run to report on")
+    return write_card_and_report(folder, record.get("config") or {})
+
+
 def finalize_run(executor: Executor) -> RunResult:
     from stillroom.pipeline.pipeline import RunResult
 
@@ -137,6 +150,7 @@ def finalize_run(executor: Executor) -> RunResult:
             "diversity": summary["diversity"],
             "stage_results": summary["stage_results"],
             "warnings": summary["warnings"],
+            "config": config,
         }
     )
     return RunResult(

@@ -167,6 +167,24 @@ def _diversity_section(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "".join(parts)
 
 
+def _distillation_section(distillation: dict[str, Any] | None) -> list[str]:
+    """Held-out results of the students trained on this data, and their loss curves."""
+    if not distillation:
+        return []
+    from stillroom.report import distillation as dist
+
+    parts = ["<h2>Distillation</h2>"]
+    evaluation = distillation.get("eval")
+    if evaluation:
+        parts.append(f"<p>{_e(dist.headline(evaluation))}</p>")
+        parts.append(_table(dist.EVAL_HEADER, dist.eval_rows(evaluation)))
+    for record in distillation.get("training") or []:
+        parts.append(_table(dist.TRAINING_HEADER, dist.training_rows([record])))
+        parts.append(dist.line_svg(f"training loss: {record.get('folder', '')}",
+                                   dist.loss_series(record)))
+    return parts
+
+
 def render_report(
     summary: dict[str, Any],
     config: dict[str, Any],
@@ -244,6 +262,7 @@ def render_report(
         ),
         *(["<h2>Data mix</h2>", _table(MIX_HEADER, mix_rows(config["mix"]))]
           if config.get("mix") else []),
+        *_distillation_section(summary.get("distillation")),
         "<h2>Stages</h2>",
         funnel_svg(int(config.get("rows_read") or 0), list(summary["stages"].items())),
         _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,

@@ -15,6 +15,7 @@ import orjson
 
 from stillroom.data.output import KINDS, OutputFolder
 from stillroom.llm.stats import BackendStats
+from stillroom.report.distillation import read_distillation
 
 # Past this many distinct reasons, the card and report group them (dropped/ keeps each in full).
 MAX_DISTINCT_REASONS = 25
@@ -106,6 +107,8 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
         "warnings": record.get("warnings") or [],
         # stage -> figure -> value (pass@k, mean ratings, win rates); empty until complete.
         "stage_results": record.get("stage_results") or {},
+        # Students trained from this data and their evaluation, when the folder holds them.
+        "distillation": read_distillation(folder.root),
     }
 
 

@@ -22,6 +22,7 @@ from stillroom.cli.main import (
     print_result,
     run_options,
 )
+from stillroom.cli.main import out as console
 
 
 @app.command()
@@ -43,14 +44,18 @@ def run(
                      help="Skip the embedding diversity measures (no sentence model is loaded)."),
     ] = False,
 ) -> None:
-    """Run a pipeline file; rerunning the same command resumes where it stopped."""
+    """Run a pipeline file, or a workflow file (``steps:`` of pipelines, training and evaluation,
+    see stillroom.workflow); rerunning the same command resumes where it stopped."""
     from stillroom.api import run_pipeline
+    from stillroom.workflow import Workflow, is_workflow_text
 
-    result = run_pipeline(
-        pipeline,
-        out,
-        **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
-                      flush_rows, flush_seconds),
-        diversity_embeddings=not no_embeddings,
-    )
+    options = run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
+                          flush_rows, flush_seconds)
+    if pipeline.exists() and is_workflow_text(pipeline.read_text(encoding="utf-8")):
+        Workflow.from_file(pipeline).run(
+            out, log=lambda line: console.print(line, highlight=False, markup=False),
+            **options, diversity_embeddings=not no_embeddings,
+        )
+        return
+    result = run_pipeline(pipeline, out, **options, diversity_embeddings=not no_embeddings)
     print_result(result)

@@ -38,6 +38,22 @@ def test_in_process_with_logprobs_and_samples_is_reproducible(tmp_path: Path) ->
         assert row["metadata"]["complete"]["model"] == "SmolLM2-135M-Instruct"
 
 
+def test_logprob_tokens_spell_the_completion_even_when_cut_at_max_tokens(tmp_path: Path) -> None:
+    # The last sampled token never enters llama.cpp's context; its id is recovered from the text
+    # after the known tokens (tokenizing the whole text again merged "\n" + "\n" into "\n\n").
+    prompts = [{"id": "poem", "prompt": "Write a four-line poem about rain, one line each."},
+               {"id": "list", "prompt": "List three fruits, one per line."}]
+    api.complete(prompts, tmp_path / "out", n=4, temperature=0.9, max_tokens=9, top_logprobs=2,
+                 seed=3, progress=False)
+    checked = 0
+    for row in OutputFolder(tmp_path / "out").read_rows("data"):
+        for text, logprobs in zip(row["completions"], row["logprobs"], strict=True):
+            if text.isascii():
+                assert "".join(entry["token"] for entry in logprobs) == text
+                checked += 1
+    assert checked >= 4
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()

@@ -121,6 +121,7 @@ from stillroom.cli import (  # noqa: E402,F401
     select,
     train,
     train_dpo,
+    train_kd,
     verify,
 )
 

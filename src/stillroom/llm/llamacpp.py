@@ -57,6 +57,19 @@ def embedded_model_path() -> Path:
     return path
 
 
+def _missing_tail(model: Any, generated: list[int], text: str, count: int) -> list[int]:
+    """The ids of the last ``count`` generated tokens, which llama.cpp sampled but never put in
+    its context. Only the text after the known tokens is tokenized: tokenizing the whole text
+    again could merge across the boundary ("\n" + "\n" read back as "\n\n") and shift ids."""
+    known = model.detokenize(generated) if generated else b""
+    whole = text.encode()
+    tail = whole[len(known):] if whole.startswith(known) else whole
+    ids = [int(t) for t in model.tokenize(tail, add_bos=False, special=True)]
+    if not whole.startswith(known):  # should not happen; fall back to the old alignment
+        return ids[len(generated) : len(generated) + count]
+    return ids[:count]
+
+
 def _top_logprobs(
     scores: Any, tokens: list[int], first_row: int, k: int, piece: Any
 ) -> list[dict[str, Any]]:
@@ -280,9 +293,7 @@ class LlamaCppBackend(Backend):
             # The last token is sampled but never evaluated, so it is not in input_ids yet.
             generated = generated[:completion_tokens]
             if len(generated) < completion_tokens:
-                generated += [int(t) for t in model.tokenize(text.encode(), add_bos=False, special=True)][
-                    len(generated) : completion_tokens
-                ]
+                generated += _missing_tail(model, generated, text, completion_tokens - len(generated))
             logprobs = _top_logprobs(
                 model.scores,
                 generated,

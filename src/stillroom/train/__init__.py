@@ -19,8 +19,13 @@ Students (:mod:`stillroom.train.student`):
   kept), layer indices renumbered so the KV cache works.
 * ``init_student``: load, prune, save, with ``stillroom_student.json`` saying what was kept.
 
-Recipes (:mod:`stillroom.train.sft`): ``train_sft`` / ``stillroom train sft CONFIG.yaml``,
-supervised fine-tuning on teacher outputs with the loss on the completion only (TRL's SFTTrainer).
+Recipes, each ``stillroom train <recipe> CONFIG.yaml`` (shared keys in :mod:`.common`):
+
+* ``train_sft`` (:mod:`.sft`): supervised fine-tuning on teacher outputs, loss on the completion
+  only (TRL's SFTTrainer).
+* ``train_kd`` (:mod:`.kd`): logit distillation, online (teacher in the loop, GKD's JSD and
+  on-policy fraction) or offline from stored top-k logprobs; ``(1 - alpha) * CE + alpha * KD``.
+* ``train_dpo`` (:mod:`.dpo`): DPO on preference pairs (TRL's DPOTrainer, beta 0.1).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from stillroom.train.dpo import DPORunConfig, load_dpo_config, train_dpo
+    from stillroom.train.kd import KDRunConfig, load_kd_config, train_kd
     from stillroom.train.losses import (
         IGNORE_INDEX,
         hinton_loss,
@@ -48,7 +55,9 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DPORunConfig",
     "IGNORE_INDEX",
+    "KDRunConfig",
     "STUDENT_FILE",
     "TRAIN_FILE",
     "SFTRunConfig",
@@ -56,6 +65,8 @@ __all__ = [
     "init_student",
     "kd_loss",
     "kept_layers",
+    "load_dpo_config",
+    "load_kd_config",
     "load_model",
     "load_sft_config",
     "parameter_count",
@@ -63,15 +74,21 @@ __all__ = [
     "shift_for_next_token",
     "skew_kl_loss",
     "topk_kd_loss",
+    "train_dpo",
+    "train_kd",
     "train_sft",
 ]
 
 _STUDENT_NAMES = {"STUDENT_FILE", "init_student", "kept_layers", "load_model", "parameter_count",
                   "prune_layers"}
-_SFT_NAMES = {"SFTRunConfig", "TRAIN_FILE", "load_sft_config", "train_sft"}
+_RECIPE_NAMES = {
+    "SFTRunConfig": "sft", "TRAIN_FILE": "sft", "load_sft_config": "sft", "train_sft": "sft",
+    "KDRunConfig": "kd", "load_kd_config": "kd", "train_kd": "kd",
+    "DPORunConfig": "dpo", "load_dpo_config": "dpo", "train_dpo": "dpo",
+}
 _MODULE_OF = {
     name: "stillroom.train.student" if name in _STUDENT_NAMES
-    else "stillroom.train.sft" if name in _SFT_NAMES
+    else f"stillroom.train.{_RECIPE_NAMES[name]}" if name in _RECIPE_NAMES
     else "stillroom.train.losses"
     for name in __all__
 }

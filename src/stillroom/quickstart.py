@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from stillroom.errors import ConfigError
 from stillroom.generate.lineage import with_lineage
 from stillroom.pipeline.pipeline import Pipeline, RunResult
 from stillroom.pipeline.stage import FunctionStage, Row
@@ -210,6 +211,18 @@ def evaluate_student(out: Path, settings: QuickstartSettings, teacher_folder: Pa
     return evaluate(config, rows=rows, out=out / EVAL_FILE)
 
 
+def _check_training_installed() -> None:
+    """Steps 4-5 need the ``train`` extra: say so before the first request, not after."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers", "trl")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the quickstart trains a student and needs {', '.join(missing)}: "
+            "pip install -e '.[train]' (or pip install 'stillroom[train]')", key="train extra")
+
+
 def _remove_later_steps(root: Path) -> None:
     """What steps 4-5 wrote, for a run started over (the pipelines clear their own folders)."""
     import shutil
@@ -231,6 +244,7 @@ def quickstart(
     from stillroom.report.finalize import refresh_card_and_report
 
     settings = settings or QuickstartSettings()
+    _check_training_installed()
     root = Path(out)
     if run_options.get("overwrite"):
         _remove_later_steps(root)

@@ -89,8 +89,10 @@ def synthesize(train_rows: list[Row]) -> Any:
 
 def to_training_row(row: Row) -> Row:
     """The student's view of a verified answer: the bare prompt (no worked examples) and the
-    teacher's answer with its token logprobs."""
-    keep = ("id", "seed_id", "question", "prompt", "answer", "completion", "logprobs", "metadata")
+    teacher's answer with its token logprobs (and what the answer cost, which the card's
+    pass@k summary reads)."""
+    keep = ("id", "seed_id", "question", "prompt", "answer", "completion", "logprobs",
+            "samples_spent", "passed_count", "metadata")
     return {key: row[key] for key in keep if key in row}
 
 

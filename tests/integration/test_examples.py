@@ -8,6 +8,7 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.workflow import Workflow, is_workflow_text
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
@@ -16,7 +17,10 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 def test_example_parses_and_says_how_to_run_it(path: Path) -> None:
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith(f"# stillroom run examples/{path.name} -o ")
-    Pipeline.from_file(path)
+    if is_workflow_text(path.read_text()):
+        Workflow.from_file(path)  # every step's config checked
+    else:
+        Pipeline.from_file(path)
 
 
 @pytest.mark.integration

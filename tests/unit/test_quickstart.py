@@ -49,7 +49,8 @@ def test_the_student_sees_the_bare_prompt_not_the_examples() -> None:
     row = {**instance(SEED_TASK, 11, 22), "completion": "11 + 22 = 33", "logprobs": [],
            "messages": [{"role": "user", "content": "x"}], "samples_spent": 2}
     kept = to_training_row(row)
-    assert set(kept) == {"id", "seed_id", "question", "prompt", "answer", "completion", "logprobs"}
+    assert set(kept) == {"id", "seed_id", "question", "prompt", "answer", "completion", "logprobs",
+                         "samples_spent"}
 
 
 def test_without_the_train_extra_it_stops_before_any_request(

@@ -122,6 +122,7 @@ from stillroom.train.common import (
     parse_run_config,
     peft_config,
     read_rows,
+    run_training,
     save_final,
     trainer_arguments,
 )
@@ -700,7 +701,7 @@ def train_kd(config: KDRunConfig) -> Path:
     trainer, facts = build_trainer(config)
     checkpoint = latest_checkpoint(output_dir) if config.resume else None
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    run_training(trainer, checkpoint)
     seconds = time.perf_counter() - started
     losses = loss_curve(trainer)
     on_policy = loss_curve(trainer, "on_policy")

@@ -78,6 +78,7 @@ from stillroom.train.common import (
     peft_config,
     read_rows,
     render_prompt,
+    run_training,
     save_final,
     trainer_arguments,
 )
@@ -173,7 +174,7 @@ def train_sft(config: SFTRunConfig) -> Path:
     trainer, facts = build_trainer(config)
     checkpoint = latest_checkpoint(output_dir) if config.resume else None
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    run_training(trainer, checkpoint)
     seconds = time.perf_counter() - started
     losses = loss_curve(trainer)
     record = {

@@ -85,9 +85,11 @@ def headline(evaluation: dict[str, Any]) -> str:
         f"{_maybe(evaluation.get('student'))} (teacher {_maybe(evaluation.get('teacher'))})."
     ]
     if test.get("p_value") is not None:
+        # b counts the items only the first of the two models got right, c the second's.
+        first, second = (test.get("models") or ["the first model", "the second"])[:2]
         parts.append(
             f" Paired test ({test.get('method', 'McNemar exact')}): p = {test['p_value']:.3g}"
-            + (f", {test['b']} items only the baseline got right, {test['c']} only the student"
+            + (f", {test['b']} items only {first} got right, {test['c']} only {second}"
                if "b" in test and "c" in test else "") + "."
         )
     return "".join(parts)

@@ -13,7 +13,10 @@
    questions;
 4. **training**: the student (the same model in float32 through transformers, before any
    training: the baseline) is fine-tuned on the verified answers to the bare questions, with
-   no examples in its context (``OUT/student/``);
+   no examples in its context (``OUT/student/``): ``0.5 * CE + 0.5 * top-k KD`` from the
+   teacher's stored logprobs (``kd_alpha``; 0 is plain SFT). Measured once on the default run:
+   the same strict accuracy as SFT alone within noise (0.75 vs 0.72, McNemar p = 0.63) and a
+   lower perplexity of the teacher's held-out answers (1.18 vs 1.36), so the KD term stays;
 5. **evaluation** on the held-out prompts: the student before and after training and the
    teacher, strict accuracy, a paired test, perplexity of the teacher's held-out answers
    (``OUT/eval.json``); the card and report then show those numbers and the loss curve.
@@ -54,7 +57,7 @@ class QuickstartSettings:
         epochs: float = 2,
         batch_size: int = 8,
         learning_rate: float = 5e-5,
-        kd_alpha: float = 0.0,
+        kd_alpha: float = 0.5,
         seed: int = 0,
     ):
         self.train_prompts = train_prompts

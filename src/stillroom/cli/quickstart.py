@@ -29,7 +29,7 @@ def quickstart(
     heldout: Annotated[int, typer.Option(min=1, help="Held-out prompts for the evaluation.")] = 100,
     max_samples: Annotated[int, typer.Option(min=1, help="Teacher samples spent at most per prompt.")] = 8,
     epochs: Annotated[float, typer.Option(min=0.01, help="Training epochs over the verified rows.")] = 2,
-    kd_alpha: Annotated[float, typer.Option(min=0, max=1, help="Weight of the top-k KD term (0: SFT only).")] = 0.0,
+    kd_alpha: Annotated[float, typer.Option(min=0, max=1, help="Weight of the top-k KD term from the stored teacher logprobs (0: SFT only).")] = 0.5,
     overwrite: Overwrite = False,
     no_cache: NoCache = False,
     cache_dir: CacheDir = None,

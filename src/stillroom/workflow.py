@@ -32,6 +32,7 @@ last checkpoint, and an evaluation is redone only when its ``eval.json`` is miss
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,12 +222,15 @@ def _run_pipeline(workflow: Workflow, step: Step, model: Any, root: Path,
     from stillroom.pipeline.pipeline import Pipeline
 
     folder = root / step.name
-    if OutputFolder(folder).is_complete() and not run_options.get("overwrite"):
-        log(f"  {folder} is complete; skipped")
-        return folder
     pipeline = Pipeline(list(model.stages), input=model.input, backends=dict(model.backends),
                         seed=model.seed, name=model.name or step.name,
                         description=model.description, base_dir=workflow.base_dir)
+    output = OutputFolder(folder)
+    if output.is_complete() and not run_options.get("overwrite") \
+            and _stored_fingerprint(output).get("pipeline") == _jsonable(pipeline.identity()):
+        log(f"  {folder} is complete; skipped")
+        return folder
+    # Otherwise run: an unfinished folder resumes, one made by a different pipeline is refused.
     result = pipeline.run(folder, **run_options)
     log(f"  {result.counts}")
     if not result.ok:
@@ -241,6 +245,11 @@ def _run_train(workflow: Workflow, step: Step, config: Any, root: Path,
 
     final = config.path(config.output_dir) / "final"
     if (final / TRAIN_FILE).exists() and not run_options.get("overwrite"):
+        trained_with = json.loads((final / TRAIN_FILE).read_text(encoding="utf-8")).get("config")
+        if trained_with != _jsonable(config.model_dump(mode="json")):
+            raise ConfigError(
+                f"step {step.name!r}: {final} was trained with a different config; remove it or "
+                "pass --overwrite to train again", path=workflow.path)
         log(f"  {final} is trained; skipped")
         return final
     import importlib
@@ -251,17 +260,31 @@ def _run_train(workflow: Workflow, step: Step, config: Any, root: Path,
     return final
 
 
+def _stored_fingerprint(output: Any) -> dict[str, Any]:
+    try:
+        stored = json.loads(output.run_file.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _run_eval(workflow: Workflow, step: Step, config: Any, root: Path,
               log: Callable[[str], None], run_options: dict[str, Any]) -> Any:
-    import json
-
     from stillroom.evaluate import evaluate
     from stillroom.report.distillation import headline
 
     target = root / step.name / "eval.json"
     if target.exists() and not run_options.get("overwrite"):
-        log(f"  {target} exists; skipped")
-        return json.loads(target.read_text(encoding="utf-8"))
+        previous = json.loads(target.read_text(encoding="utf-8"))
+        if previous.get("config") == _jsonable(config.model_dump(mode="json")):
+            log(f"  {target} exists; skipped")
+            return previous
+        log(f"  {target} was made with a different config; evaluating again")
     target.parent.mkdir(parents=True, exist_ok=True)
     result = evaluate(config, out=target, log=lambda line: log(f"  {line}"))
     log(f"  {headline(result)}")

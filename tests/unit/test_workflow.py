@@ -109,3 +109,7 @@ steps:
     again: list[str] = []
     Workflow.from_file(flow).run(tmp_path / "out", log=again.append, progress=False)
     assert sum("skipped" in line for line in again) == 3, again
+    # A finished step whose config changed is not silently skipped.
+    flow.write_text(flow.read_text().replace("max_steps: 2", "max_steps: 3"))
+    with pytest.raises(ConfigError, match="trained with a different config"):
+        Workflow.from_file(flow).run(tmp_path / "out", log=again.append, progress=False)

@@ -87,21 +87,14 @@ class Workflow:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Workflow:
-        from stillroom.pipeline.config import _check_duplicate_keys, _line_of
+        from stillroom.pipeline.config import _line_of, read_yaml_mapping
 
         file = Path(path)
         if not file.exists():
             raise ConfigError("no such workflow file", path=str(file))
-        text = file.read_text(encoding="utf-8")
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            raise ConfigError(f"not valid YAML: {getattr(error, 'problem', None) or error}",
-                              path=str(file), line=mark.line + 1 if mark else None) from None
-        _check_duplicate_keys(root, str(file))
-        data = yaml.safe_load(text)
-        steps_data = data.get("steps") if isinstance(data, dict) else None
+        root, data = read_yaml_mapping(file.read_text(encoding="utf-8"), str(file),
+                                       "a workflow needs a non-empty `steps:` list")
+        steps_data = data.get("steps")
         if not isinstance(steps_data, list) or not steps_data:
             raise ConfigError("a workflow needs a non-empty `steps:` list", path=str(file),
                               line=_line_of(root, ("steps",)) or 1, key="steps")

@@ -325,19 +325,9 @@ def _is_tag(part: Any) -> bool:
 
 def parse_eval_config(text: str, path: str = "<eval config>", base_dir: Path | None = None) -> EvalConfig:
     """Validate an eval config's YAML text; errors are ConfigError naming file:line and key."""
-    from stillroom.pipeline.config import _check_duplicate_keys
+    from stillroom.pipeline.config import read_yaml_mapping
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(error, 'problem', None) or error}",
-                          path=path, line=mark.line + 1 if mark else None) from None
-    if root is None or not isinstance(root, yaml.MappingNode):
-        raise ConfigError("an eval config must be a mapping with `data:` and `models:`",
-                          path=path, line=1)
-    _check_duplicate_keys(root, path)
-    data = yaml.safe_load(text)
+    root, data = read_yaml_mapping(text, path, "an eval config must be a mapping with `data:` and `models:`")
     if "base_dir" in data:
         raise ConfigError("unknown key 'base_dir'", path=path, key="base_dir", line=1)
     try:

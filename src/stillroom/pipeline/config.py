@@ -194,6 +194,23 @@ def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:
     return key, message
 
 
+def read_yaml_mapping(text: str, path: str, needs: str) -> tuple[yaml.MappingNode, dict[str, Any]]:
+    """A config file's YAML as its node tree (for line numbers) and its data, for the config
+    files that are one mapping (training recipes, evaluations, workflows). Syntax errors, a file
+    that is not a mapping (``needs`` says what it should hold) and duplicate keys are
+    ConfigErrors naming the file and line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {getattr(error, 'problem', None) or error}",
+                          path=path, line=mark.line + 1 if mark else None) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ConfigError(needs, path=path, line=1)
+    _check_duplicate_keys(root, path)
+    return root, yaml.safe_load(text)
+
+
 def parse_pipeline_text(
     text: str, path: str = "<pipeline>", base_dir: Path | None = None
 ) -> tuple[BaseModel, Any]:

@@ -89,19 +89,9 @@ def parse_run_config(
     text: str, cls: type[C], path: str = "<config>", base_dir: Path | None = None
 ) -> C:
     """Validate a config's YAML text as ``cls``; errors are ConfigError naming file:line and key."""
-    from stillroom.pipeline.config import _check_duplicate_keys, _line_of
+    from stillroom.pipeline.config import _line_of, read_yaml_mapping
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(error, 'problem', None) or error}",
-                          path=path, line=mark.line + 1 if mark else None) from None
-    if root is None or not isinstance(root, yaml.MappingNode):
-        raise ConfigError("a training config must be a mapping with at least `data:`",
-                          path=path, line=1)
-    _check_duplicate_keys(root, path)
-    data = yaml.safe_load(text)
+    root, data = read_yaml_mapping(text, path, "a training config must be a mapping with at least `data:`")
     if "base_dir" in data:
         raise ConfigError("unknown key 'base_dir'", path=path, key="base_dir",
                           line=_line_of(root, ("base_dir",)))

@@ -8,16 +8,21 @@ from typing import Annotated
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
     CacheDir,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoCache,
     NoProgress,
     OutOption,
     Overwrite,
+    WorkersOption,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -58,6 +63,10 @@ def complete(
         typer.Option("--no-embeddings",
                      help="Skip the embedding diversity measures (no sentence model is loaded)."),
     ] = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Give every row with `prompt` or `messages` a `completion` (or `completions` when n > 1)."""
     from stillroom import api
@@ -84,6 +93,7 @@ def complete(
         top_logprobs=top_logprobs,
         system=system,
         prompt_template=prompt_template,
+        **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
         diversity_embeddings=not no_embeddings,

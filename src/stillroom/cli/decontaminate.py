@@ -11,14 +11,19 @@ from typing import Annotated
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoProgress,
     OutOption,
     Overwrite,
+    WorkersOption,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -81,6 +86,10 @@ def decontaminate(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Drop training rows that copy benchmark items (n-gram overlap, Tulu 3 style); no model is
     called."""
@@ -98,6 +107,7 @@ def decontaminate(
         threshold=threshold,
         short_items=short_items,  # type: ignore[arg-type]  # checked by the stage
         # No model is called: no request cache.
+        **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
     )

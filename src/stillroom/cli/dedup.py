@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
+    ExecutorOption,
     Limit,
     NoProgress,
     OutOption,
@@ -86,6 +88,13 @@ def dedup(
     overwrite: Overwrite = False,
     no_progress: NoProgress = False,
     limit: Limit = None,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Ray: hashing tasks at once [default: the "
+                                              "cluster's CPUs]."),
+    ] = None,
 ) -> None:
     """Drop duplicate rows (to dropped/, with the kept row's id), keeping one row per cluster."""
     from stillroom.curate.dedup import dedup as dedup_rows
@@ -108,6 +117,9 @@ def dedup(
         overwrite=overwrite,
         progress=not no_progress,
         limit=limit,
+        executor=executor,  # type: ignore[arg-type]  # checked by dedup()
+        ray_address=address,
+        workers=workers,
     )
     figures = result.summary["stage_results"]["dedup"]
     line = (

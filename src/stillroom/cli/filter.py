@@ -17,14 +17,19 @@ from typing import Annotated, Any
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoProgress,
     OutOption,
     Overwrite,
+    WorkersOption,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -178,6 +183,10 @@ def filter_command(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Keep the rows that pass the chosen filters; the others go to dropped/ with the reason."""
     from stillroom.pipeline.pipeline import Pipeline
@@ -202,6 +211,7 @@ def filter_command(
     result = pipeline.run(
         out_dir,
         # No request is sent: no request cache.
+        **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
     )

@@ -67,6 +67,36 @@ Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the 
 FlushRows = Annotated[int, typer.Option("--flush-rows", min=1, help="Commit after this many finished rows.")]
 FlushSeconds = Annotated[float, typer.Option("--flush-seconds", min=0.0, help="...or after this many seconds.")]
 
+# Where rows are processed (see docs/scaling.md).
+ExecutorOption = Annotated[
+    str,
+    typer.Option("--executor", help="local (this process) or ray (a pool of Ray workers: a local "
+                 "Ray, or the cluster at --address)."),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster to join (auto, or ray://HOST:10001) "
+                 "[default: start a local Ray for this run]."),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Ray workers (actors), each with its own backends "
+                 "[default: one per CPU of the cluster, or per GPU set a local engine needs]."),
+]
+GpusPerWorker = Annotated[
+    float | None,
+    typer.Option("--gpus-per-worker", min=0.0, help="GPUs given to each Ray worker "
+                 "[default: what the pipeline's local engine needs, e.g. vLLM's tensor_parallel_size]."),
+]
+
+
+def executor_options(
+    executor: str, address: str | None, workers: int | None, gpus_per_worker: float | None
+) -> dict[str, Any]:
+    """The Ray options as RunOptions takes them; a bad combination is refused there, by key."""
+    return {"executor": executor, "ray_address": address, "workers": workers,
+            "gpus_per_worker": gpus_per_worker}
+
 
 def run_options(
     overwrite: bool,

@@ -8,9 +8,12 @@ from typing import Annotated
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
     CacheDir,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoCache,
@@ -18,6 +21,7 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -43,6 +47,15 @@ def run(
         typer.Option("--no-embeddings",
                      help="Skip the embedding diversity measures (no sentence model is loaded)."),
     ] = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "--concurrency", min=1,
+                     help="Ray workers (actors), each with its own backends [default: one per "
+                          "CPU of the cluster, or per GPU set a local engine needs]."),
+    ] = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Run a pipeline file, or a workflow file (``steps:`` of pipelines, training and evaluation,
     see stillroom.workflow); rerunning the same command resumes where it stopped."""
@@ -51,6 +64,7 @@ def run(
 
     options = run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                           flush_rows, flush_seconds)
+    options |= executor_options(executor, address, workers, gpus_per_worker)
     if pipeline.exists() and is_workflow_text(pipeline.read_text(encoding="utf-8")):
         Workflow.from_file(pipeline).run(
             out, log=lambda line: console.print(line, highlight=False, markup=False),

@@ -14,14 +14,19 @@ from typing import Annotated, Any
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoProgress,
     OutOption,
     Overwrite,
+    WorkersOption,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -203,6 +208,10 @@ def select_command(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Keep --size rows: quality, then difficulty, then diversity (s1); the rest go to dropped/."""
     from stillroom.curate.select import outcome_line, select
@@ -222,7 +231,8 @@ def select_command(
             }),
             seed=seed,
             # No request is sent: no request cache.
-            **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
+            **executor_options(executor, address, workers, gpus_per_worker),
+        **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                           flush_rows, flush_seconds),
         )
     except ConfigError as error:

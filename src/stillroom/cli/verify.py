@@ -9,14 +9,19 @@ from typing import Annotated, Any
 import typer
 
 from stillroom.cli.main import (
+    AddressOption,
+    ExecutorOption,
     FlushRows,
     FlushSeconds,
+    GpusPerWorker,
     Limit,
     MaxFailureRate,
     NoProgress,
     OutOption,
     Overwrite,
+    WorkersOption,
     app,
+    executor_options,
     friendly_errors,
     print_result,
     run_options,
@@ -68,6 +73,10 @@ def verify(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Give every row `passed` and `reason` from a verifier (no model is called)."""
     from stillroom.verify.stage import verify as verify_rows
@@ -80,6 +89,7 @@ def verify(
         options=_options(options),
         drop_failed=drop_failed,
         # No model is called: no request cache.
+        **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
     )

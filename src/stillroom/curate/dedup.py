@@ -98,6 +98,7 @@ from stillroom.pipeline.stage import (
     AllRowsStage,
     Dropped,
     Failed,
+    ParallelMap,
     Row,
     RowFailure,
     StageContext,
@@ -193,6 +194,11 @@ def choose_keepers(labels: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
 
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(minhash.normalize_text(text).encode("utf-8"), digest_size=16).digest()
+
+
+def _digests(texts: Sequence[str]) -> bytes:
+    """The 16-byte digests of a batch of texts, one after another."""
+    return b"".join(_digest(text) for text in texts)
 
 
 @register_stage
@@ -340,14 +346,20 @@ class Dedup(AllRowsStage):
     # -- the decision, shared by the stage and `stillroom dedup` ----------------------------
 
     def find_clusters(
-        self, batches: Iterable[Sequence[str]], scores: Callable[[], np.ndarray | None]
+        self, batches: Iterable[Sequence[str]], scores: Callable[[], np.ndarray | None],
+        parallel_map: ParallelMap = map,
     ) -> Clusters:
         """Cluster the texts (given in batches, in row order) and pick each cluster's keeper.
 
         ``scores`` is called after the last batch was read (the ``keep_by`` values, or None).
+        ``parallel_map`` hashes the batches (the Ray executor's spreads them over the cluster);
+        the clusters are found over all texts at once either way, so the result is the same.
         """
-        finder = {"exact": self._exact, "minhash": self._minhash, "semantic": self._semantic}
-        count, pairs, similarity_of, figures = finder[self.method](batches)
+        if self.method == "semantic":  # one embedding model, here: its batches are not spread
+            count, pairs, similarity_of, figures = self._semantic(batches)
+        else:
+            finder = {"exact": self._exact, "minhash": self._minhash}[self.method]
+            count, pairs, similarity_of, figures = finder(batches, parallel_map)
         labels = minhash.connected_components(count, pairs)
         keeper = choose_keepers(labels, scores())
         size = np.bincount(labels, minlength=count)[labels]
@@ -357,10 +369,10 @@ class Dedup(AllRowsStage):
             similarity[dropped] = similarity_of(np.stack([dropped, keeper[dropped]], axis=1))
         return Clusters(keeper, size, similarity, figures)
 
-    def _exact(self, batches: Iterable[Sequence[str]]) -> _Found:
+    def _exact(self, batches: Iterable[Sequence[str]], parallel_map: ParallelMap) -> _Found:
         digests = bytearray()
-        for batch in batches:
-            digests += b"".join(_digest(text) for text in batch)
+        for batch_digests in parallel_map(_digests, batches):
+            digests += batch_digests
         words = np.frombuffer(bytes(digests), dtype=np.uint64).reshape(-1, 2)
         order = np.lexsort((words[:, 1], words[:, 0]))
         same = np.all(words[order[1:]] == words[order[:-1]], axis=1)
@@ -368,7 +380,7 @@ class Dedup(AllRowsStage):
         pairs = np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
         return len(words), pairs, lambda pairs: np.ones(len(pairs)), {}
 
-    def _minhash(self, batches: Iterable[Sequence[str]]) -> _Found:
+    def _minhash(self, batches: Iterable[Sequence[str]], parallel_map: ParallelMap) -> _Found:
         threshold = self.effective_threshold
         assert threshold is not None
         bands, rows = self.lsh
@@ -376,8 +388,8 @@ class Dedup(AllRowsStage):
             threshold=threshold, num_perm=self.num_perm, ngram=self.ngram, bands=bands,
             rows=rows, verify=self.verify_jaccard, seed=self.seed,
         )
-        for batch in batches:
-            index.add(batch)
+        for sketches in parallel_map(index.sketcher, batches):
+            index.add_sketches(sketches)
         pairs, _ = index.pairs()
         figures = {"bands": bands, "rows_per_band": rows, "candidate_pairs": index.candidates,
                    "similar_pairs": len(pairs)}
@@ -447,7 +459,7 @@ class Dedup(AllRowsStage):
             return np.array([self.score_of(rows[index]) for index in usable], dtype=np.float64)
 
         batches = [texts[start : start + BATCH_ROWS] for start in range(0, len(texts), BATCH_ROWS)]
-        clusters = await asyncio.to_thread(self.find_clusters, batches, scores)
+        clusters = await asyncio.to_thread(self.find_clusters, batches, scores, ctx.parallel_map)
         self._figures = {k: v for k, v in clusters.summary().items() if k not in _COUNTED}
 
         def label_of(position: int) -> str:
@@ -517,7 +529,8 @@ class _StreamedRun:
     """``stillroom dedup``: check every row, hash the texts, then write each row; see
     :func:`dedup`."""
 
-    def __init__(self, stage: Dedup, source: Any, out: Path, progress: bool):
+    def __init__(self, stage: Dedup, source: Any, out: Path, progress: bool,
+                 parallel_map: ParallelMap = map):
         from stillroom.data.output import OutputFolder
 
         self.stage = stage
@@ -525,6 +538,7 @@ class _StreamedRun:
         self.source = source
         self.folder = OutputFolder(out)
         self.progress = progress
+        self.parallel_map = parallel_map
         self.session = uuid.uuid4().hex[:12]
         self.started = time.time()
 
@@ -548,6 +562,7 @@ class _StreamedRun:
         clusters = self.stage.find_clusters(
             _batched(texts(), BATCH_ROWS),
             lambda: np.array(scores, dtype=np.float64) if self.stage.keep_by else None,
+            self.parallel_map,
         )
         return clusters, ids
 
@@ -653,6 +668,9 @@ def dedup(
     overwrite: bool = False,
     progress: bool = True,
     limit: int | None = None,
+    executor: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
 ) -> RunResult:
     """Deduplicate ``input`` into the output folder ``out`` (data/, dropped/, card, report).
 
@@ -660,6 +678,11 @@ def dedup(
     that one stage gives on the same rows, but the rows are streamed: only the numbers dedup
     needs stay in memory between the passes (see the module docstring). The result's
     ``summary["stage_results"]["dedup"]`` holds rows, kept, duplicates dropped, clusters.
+
+    With ``executor="ray"`` the hashing (exact digests, MinHash signatures) runs as Ray tasks,
+    ``workers`` at a time (default: the cluster's CPUs), on the Ray at ``ray_address`` or a local
+    one; the buckets and clusters are still found over all rows at once, so the output is the
+    local one.
     """
     from stillroom.pipeline.inputs import InputSource
 
@@ -671,4 +694,15 @@ def dedup(
     source = InputSource(input, Path.cwd(), limit)
     if source.path is not None and not source.path.exists():
         raise InputError("no such file or folder", path=str(source.path))
-    return _StreamedRun(stage, source, Path(out), progress).run(overwrite)
+    if executor == "local":
+        if ray_address is not None or workers is not None:
+            raise ConfigError("--address and --workers need --executor ray", key="executor")
+        return _StreamedRun(stage, source, Path(out), progress).run(overwrite)
+    if executor != "ray":
+        raise ConfigError(f"unknown executor {executor!r}: use local or ray", key="executor")
+    from stillroom.pipeline.ray_executor import RayParallelMap, ray_session
+
+    with ray_session(ray_address) as ray:
+        slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        streamed = _StreamedRun(stage, source, Path(out), progress, RayParallelMap(slots, cpus=1))
+        return streamed.run(overwrite)

@@ -530,12 +530,61 @@ def connected_components(count: int, pairs: np.ndarray) -> np.ndarray:
 # -- an index over a stream of texts -----------------------------------------------------------
 
 
+@dataclass
+class Sketch:
+    """What a batch of texts leaves in the index: its band hashes, and its sorted shingle hashes
+    (to verify pairs) or its signatures (to estimate their similarity)."""
+
+    bands: np.ndarray  # (bands, texts) uint64
+    count: int
+    hashes: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    signatures: np.ndarray | None = None  # (texts, num_perm)
+
+
+class Sketcher:
+    """Raw texts to :class:`Sketch` es: the costly part of MinHash, and the part that needs no
+    other text. A small object (the hash functions' parameters), so it pickles cheaply and the
+    batches of one corpus can be sketched in parallel, anywhere (the Ray executor's workers), and
+    added to one index in order: the result is the same as sketching them here."""
+
+    def __init__(self, *, num_perm: int, ngram: int, bands: int, rows: int, verify: bool, seed: int):
+        self.hasher = MinHasher(num_perm, seed)
+        self.ngram = ngram
+        self.bands = bands
+        self.rows = rows
+        self.verify = verify
+
+    def __call__(self, texts: Iterable[str]) -> list[Sketch]:
+        normalized = [normalize_text(text) for text in texts]
+        # Hashing holds ~50 bytes per byte of text at once: a megabyte of text at a time.
+        lengths = np.cumsum([len(text) + 1 for text in normalized])
+        sketches = []
+        start = 0
+        while start < len(normalized):
+            before = lengths[start - 1] if start else 0
+            stop = max(int(np.searchsorted(lengths, before + _HASH_BYTES, "right")), start + 1)
+            sketches.append(self._sketch(normalized[start:stop]))
+            start = stop
+        return sketches
+
+    def _sketch(self, normalized: list[str]) -> Sketch:
+        shingles = shingle_texts(normalized, self.ngram)
+        signatures = self.hasher.signatures(shingles)
+        bands = band_hashes(signatures, self.bands, self.rows)
+        if self.verify:
+            return Sketch(bands, len(shingles), hashes=shingles.hashes, sizes=shingles.sizes())
+        return Sketch(bands, len(shingles), signatures=signatures.T.copy())
+
+
 class MinHashIndex:
     """Texts added batch by batch; near-duplicate pairs of all of them at the end.
 
     Keeps per text its band hashes and either its sorted shingle hashes (``verify=True``, for
     exact Jaccard) or its signature (``verify=False``, for the estimated Jaccard of the pairs
-    LSH finds).
+    LSH finds). Texts go in with :meth:`add`, or already sketched (elsewhere, in parallel, by
+    :attr:`sketcher`) with :meth:`add_sketches`; the buckets and pairs are always found over all
+    texts at once, so a pair is found whichever batches its two texts came in.
     """
 
     def __init__(
@@ -564,7 +613,8 @@ class MinHashIndex:
         self.bands = bands
         self.rows = rows
         self.verify = verify
-        self.hasher = MinHasher(num_perm, seed)
+        self.sketcher = Sketcher(num_perm=num_perm, ngram=ngram, bands=bands, rows=rows,
+                                 verify=verify, seed=seed)
         self._bands: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
         self._sizes: list[np.ndarray] = []
@@ -575,28 +625,22 @@ class MinHashIndex:
 
     def add(self, texts: Iterable[str]) -> None:
         """Add raw texts (they are normalized here); all of them before asking for pairs."""
+        self.add_sketches(self.sketcher(texts))
+
+    def add_sketches(self, sketches: Iterable[Sketch]) -> None:
+        """Add texts sketched by :attr:`sketcher` (or a copy of it), in their order."""
         if self._gathered is not None:
             raise RuntimeError("texts were added after their pairs were asked for")
-        normalized = [normalize_text(text) for text in texts]
-        # Hashing holds ~50 bytes per byte of text at once: a megabyte of text at a time.
-        lengths = np.cumsum([len(text) + 1 for text in normalized])
-        start = 0
-        while start < len(normalized):
-            before = lengths[start - 1] if start else 0
-            stop = max(int(np.searchsorted(lengths, before + _HASH_BYTES, "right")), start + 1)
-            self._add_normalized(normalized[start:stop])
-            start = stop
-
-    def _add_normalized(self, normalized: list[str]) -> None:
-        shingles = shingle_texts(normalized, self.ngram)
-        signatures = self.hasher.signatures(shingles)
-        self._bands.append(band_hashes(signatures, self.bands, self.rows))
-        if self.verify:
-            self._hashes.append(shingles.hashes)
-            self._sizes.append(shingles.sizes())
-        else:
-            self._signatures.append(signatures.T.copy())
-        self.count += len(shingles)
+        for sketch in sketches:
+            self._bands.append(sketch.bands)
+            if self.verify:
+                assert sketch.hashes is not None and sketch.sizes is not None
+                self._hashes.append(sketch.hashes)
+                self._sizes.append(sketch.sizes)
+            else:
+                assert sketch.signatures is not None
+                self._signatures.append(sketch.signatures)
+            self.count += sketch.count
 
     def shingles(self) -> Shingles:
         """Every text's shingle hashes (only with ``verify``), gathered into one array once."""

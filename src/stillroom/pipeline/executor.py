@@ -33,6 +33,7 @@ from stillroom.data.output import OutputFolder, RunState
 from stillroom.errors import ConfigError
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
+from stillroom.llm.stats import BackendStats
 from stillroom.llm.types import RequestFailed
 from stillroom.pipeline.inputs import InputSource
 from stillroom.pipeline.progress import RunProgress
@@ -41,6 +42,7 @@ from stillroom.pipeline.stage import (
     Drop,
     Dropped,
     Failed,
+    ParallelMap,
     RowFailure,
     RowStage,
     Stage,
@@ -154,6 +156,75 @@ class Sink:
             )
 
 
+class RowProcessor:
+    """Runs a row through a segment's row stages, counting what each stage did.
+
+    The local executor holds one; each Ray worker holds its own (see ``ray_executor``), so a row
+    goes through the same code wherever it runs.
+    """
+
+    def __init__(self, seed: int, clients: dict[str, LLMClient], stage_stats: dict[str, StageStats]):
+        self.seed = seed
+        self.clients = clients
+        self.stage_stats = stage_stats
+
+    async def process(
+        self, segment: Segment, index: int, row: Row, order: tuple[int, ...]
+    ) -> list[Outcome]:
+        """Run ``row`` through the row stages from ``index`` on; every row it becomes, with where
+        it ended."""
+        if index == len(segment.row_stages):
+            return [("data", row, order)]
+        name, stage = segment.row_stages[index]
+        stats = self.stage_stats[name]
+        stats.rows_in += 1
+        ctx = StageContext(name, self.seed, self.clients)
+        started = time.perf_counter()
+        try:
+            result = await stage.process(row, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure becomes a row with its reason
+            stats.failed += 1
+            return [("failed", failed_row(row, name, error), order)]
+        finally:
+            stats.seconds += time.perf_counter() - started
+        if isinstance(result, Drop):
+            stats.dropped += 1
+            return [("dropped", dropped_row(row, name, result.reason), order)]
+        if isinstance(result, dict):
+            stats.rows_out += 1
+            return await self.process(segment, index + 1, result, order)
+        if isinstance(result, list):
+            if not result:
+                stats.dropped += 1
+                return [("dropped", dropped_row(row, name, f"{name} produced no rows"), order)]
+            outcomes: list[Outcome] = []
+            children: list[tuple[int, Row]] = []
+            for child_index, child in enumerate(result):
+                if isinstance(child, Dropped):  # something the stage tried and discarded
+                    stats.dropped += 1
+                    outcomes.append(
+                        ("dropped", dropped_row(child.row, name, child.reason), (*order, child_index))
+                    )
+                else:
+                    children.append((child_index, child))
+            stats.rows_out += len(children)
+            parts = await asyncio.gather(
+                *(
+                    self.process(segment, index + 1, child, (*order, child_index))
+                    for child_index, child in children
+                )
+            )
+            return outcomes + [outcome for part in parts for outcome in part]
+        stats.failed += 1
+        error = RowFailure(
+            f"stage {name!r} returned {type(result).__name__}; expected a row, a list of rows or Drop",
+            kind="StageContractError",
+        )
+        return [("failed", failed_row(row, name, error), order)]
+
+
 class Executor:
     def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
         self.pipeline = pipeline
@@ -169,6 +240,7 @@ class Executor:
         self.keys_done = 0
         self.started = time.time()
         self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit, pipeline.seed)
+        self.rows = RowProcessor(pipeline.seed, self.clients, self.stage_stats)
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -198,6 +270,14 @@ class Executor:
         """How many keys may be in flight: enough to keep every backend's limiter full."""
         total = sum(client.limiter.max_limit for client in self.clients.values())
         return max(16, 2 * total)
+
+    def parallel_map(self) -> ParallelMap:
+        """How all-rows stages spread batch work (see StageContext): here, in this process."""
+        return map
+
+    def live_backend_stats(self) -> list[BackendStats]:
+        """This session's counters of every backend, for the progress line."""
+        return [client.stats for client in self.clients.values()]
 
     def stats_record(self) -> dict[str, Any]:
         return {
@@ -278,7 +358,7 @@ class Executor:
         crashed: list[BaseException] = []
 
         async def one(key: str, order: int, row: Row) -> None:
-            outcomes = await self._process(segment, 0, row, (order,))
+            outcomes = await self.rows.process(segment, 0, row, (order,))
             await on_done(key, outcomes)
 
         def finished(task: asyncio.Task[None]) -> None:
@@ -350,7 +430,7 @@ class Executor:
         assert segment.all_rows_stage is not None
         name, stage = segment.all_rows_stage
         stats = self.stage_stats[name]
-        ctx = StageContext(name, self.pipeline.seed, self.clients)
+        ctx = StageContext(name, self.pipeline.seed, self.clients, self.parallel_map())
         inputs = [row for _, row in kept]
         stats.rows_in += len(inputs)
         started = time.perf_counter()
@@ -378,59 +458,3 @@ class Executor:
             checkpoint=output,
         )
         return output
-
-    async def _process(
-        self, segment: Segment, index: int, row: Row, order: tuple[int, ...]
-    ) -> list[Outcome]:
-        """Run ``row`` through the row stages from ``index`` on; every row it becomes, with where
-        it ended."""
-        if index == len(segment.row_stages):
-            return [("data", row, order)]
-        name, stage = segment.row_stages[index]
-        stats = self.stage_stats[name]
-        stats.rows_in += 1
-        ctx = StageContext(name, self.pipeline.seed, self.clients)
-        started = time.perf_counter()
-        try:
-            result = await stage.process(row, ctx)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001 - every failure becomes a row with its reason
-            stats.failed += 1
-            return [("failed", failed_row(row, name, error), order)]
-        finally:
-            stats.seconds += time.perf_counter() - started
-        if isinstance(result, Drop):
-            stats.dropped += 1
-            return [("dropped", dropped_row(row, name, result.reason), order)]
-        if isinstance(result, dict):
-            stats.rows_out += 1
-            return await self._process(segment, index + 1, result, order)
-        if isinstance(result, list):
-            if not result:
-                stats.dropped += 1
-                return [("dropped", dropped_row(row, name, f"{name} produced no rows"), order)]
-            outcomes: list[Outcome] = []
-            children: list[tuple[int, Row]] = []
-            for child_index, child in enumerate(result):
-                if isinstance(child, Dropped):  # something the stage tried and discarded
-                    stats.dropped += 1
-                    outcomes.append(
-                        ("dropped", dropped_row(child.row, name, child.reason), (*order, child_index))
-                    )
-                else:
-                    children.append((child_index, child))
-            stats.rows_out += len(children)
-            parts = await asyncio.gather(
-                *(
-                    self._process(segment, index + 1, child, (*order, child_index))
-                    for child_index, child in children
-                )
-            )
-            return outcomes + [outcome for part in parts for outcome in part]
-        stats.failed += 1
-        error = RowFailure(
-            f"stage {name!r} returned {type(result).__name__}; expected a row, a list of rows or Drop",
-            kind="StageContractError",
-        )
-        return [("failed", failed_row(row, name, error), order)]

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig
@@ -49,6 +49,25 @@ class RunOptions:
     # Measure the embedding diversity of generated columns at the end (loads a small sentence
     # model, needs the `embed` extra); the text measures are reported either way.
     diversity_embeddings: bool = True
+    # Where rows are processed: "local" (this process, one asyncio loop) or "ray" (a pool of Ray
+    # actors; see stillroom.pipeline.ray_executor). Neither is part of the run's identity: a run
+    # started on one resumes on the other into the same output folder.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: start a local Ray for this run and stop it after
+    workers: int | None = None  # Ray actors (None: as many as the cluster's CPUs or GPUs allow)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: what the pipeline's local engines need
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"unknown executor {self.executor!r}: use local or ray", key="executor")
+        ray_only = {"ray_address": self.ray_address, "workers": self.workers,
+                    "gpus_per_worker": self.gpus_per_worker}
+        given = [name for name, value in ray_only.items() if value is not None]
+        if self.executor == "local" and given:
+            raise ConfigError(f"{', '.join(given)} only apply with executor='ray'", key=given[0])
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("workers must be at least 1", key="workers")
 
 
 @dataclass
@@ -156,7 +175,12 @@ class Pipeline:
     async def arun(self, out: str | os.PathLike[str], **options: Any) -> RunResult:
         from stillroom.pipeline.executor import Executor
 
-        return await Executor(self, Path(out), RunOptions(**options)).run()
+        run_options = RunOptions(**options)
+        if run_options.executor == "ray":
+            from stillroom.pipeline.ray_executor import RayExecutor
+
+            return await RayExecutor(self, Path(out), run_options).run()
+        return await Executor(self, Path(out), run_options).run()
 
 
 def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -89,9 +89,9 @@ class RunProgress:
         executor = self.executor
         elapsed = max(1e-9, time.monotonic() - self._started)
         requests = tokens = 0
-        for client in executor.clients.values():
-            requests += client.stats.responses
-            tokens += client.stats.completion_tokens
+        for stats in executor.live_backend_stats():
+            requests += stats.responses
+            tokens += stats.completion_tokens
         failed = executor.session_counts.get("failed", 0)
         self._progress.update(
             self._task,

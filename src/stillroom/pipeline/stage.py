@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -75,13 +75,25 @@ class RowFailure(Exception):
         self.attempts = attempts
 
 
+ParallelMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+"""``parallel_map(fn, items)``: ``fn`` applied to every item, results in the items' order."""
+
+
 @dataclass
 class StageContext:
-    """What a stage gets besides its row: LLM clients and reproducible randomness."""
+    """What a stage gets besides its row: LLM clients, reproducible randomness, and a way to
+    spread CPU-heavy work.
+
+    ``parallel_map`` is for an all-rows stage with work that splits into independent batches
+    (MinHash signatures of a million texts): the local executor runs it in this process (the
+    builtin ``map``), the Ray executor as Ray tasks across the cluster. ``fn`` and the items must
+    pickle (a module-level function or a small object; not a lambda over a big array).
+    """
 
     stage_name: str
     seed: int
     clients: dict[str, LLMClient] = field(default_factory=dict)
+    parallel_map: ParallelMap = map
 
     def client(self, name: str) -> LLMClient:
         return self.clients[name]

@@ -1,0 +1,379 @@
+"""The Ray executor: the same pipeline, the same output folder, rows processed by a pool of Ray actors.
+
+    stillroom run pipeline.yaml -o out/ --executor ray                 # a local Ray, started and stopped
+    stillroom run pipeline.yaml -o out/ --executor ray --address auto  # the cluster this node is in
+    pipeline.run("out/", executor="ray", workers=8)                    # the same from Python
+
+We do not schedule anything ourselves: Ray Data does. What this module adds is the mapping of a
+pipeline onto it, keeping every guarantee of the local executor:
+
+* **Row stages** of a segment (the stages between two all-rows stages) run in ``map_batches``
+  over an actor pool of ``workers`` actors. Each actor builds the pipeline's backends once (so a
+  local engine, llama.cpp, transformers or vLLM, is loaded once per actor: N actors are N
+  data-parallel replicas, each given ``gpus_per_worker`` GPUs) and runs a batch of keys through
+  the very code the local executor uses (:class:`~stillroom.pipeline.executor.RowProcessor`),
+  concurrently on its own event loop, within each backend's request limit.
+* **Commits stay on the driver.** Each finished batch comes back to the driver, which commits its
+  keys exactly as the local executor does (all the rows a key became, at once, in the output
+  folder's commit log), every ``flush_rows`` rows or ``flush_seconds``. So progress is durable as
+  batches finish, a rerun skips committed keys (with either executor: the executor is not part of
+  the run's identity), and the folder is the local executor's folder.
+* **Requests** go through each actor's request cache, the same SQLite file for all actors of a
+  machine (WAL, one writer at a time): an answer any actor received is not asked again by a rerun.
+  On a multi-node cluster give ``--cache-dir`` a shared filesystem path to share it across nodes.
+* **A worker that dies** (killed, out of memory, its node lost) is restarted by Ray and its
+  unfinished batch is run again; the driver keeps each key's first result only, so no row is lost
+  or written twice, and the cache makes the rerun cheap.
+* **All-rows stages** (dedup, bootstrapping pools) run on the driver, over every row, as locally;
+  their batch work goes out as Ray tasks through ``StageContext.parallel_map`` (MinHash signatures
+  are computed across the cluster, while the LSH buckets and the clusters are found over all rows
+  at once, so duplicates in different workers' batches are found).
+
+Rows travel pickled, so any value a row can hold locally it can hold here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stillroom.errors import ConfigError
+from stillroom.llm.cache import default_cache_dir
+from stillroom.llm.stats import BackendStats
+from stillroom.pipeline.executor import (
+    Executor,
+    Outcome,
+    RowProcessor,
+    Segment,
+    StageStats,
+    split_segments,
+)
+from stillroom.pipeline.stage import ParallelMap
+
+if TYPE_CHECKING:
+    from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
+
+Row = dict[str, Any]
+
+# Keys handed to one actor call. Large enough that an actor's backends stay busy (each row of a
+# batch runs concurrently within the backends' limits), small enough that a batch redone after a
+# worker died costs little.
+MIN_BATCH_KEYS = 64
+# Batches of an all-rows stage's parallel_map in flight per worker CPU.
+MAP_TASKS_PER_CPU = 2
+
+
+def ray_module() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is a separate part of the install
+    except ImportError:
+        raise ConfigError(
+            "the Ray executor needs Ray: install it with `pip install 'stillroom[ray]'`",
+            key="executor",
+        ) from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray for one run: connect to ``address``, or start a local Ray with its own temp dir (so
+    parallel runs and tests do not share one) and stop it after. A session already open in this
+    process (a notebook, a test) is used as it is and left open."""
+    ray = ray_module()
+    if ray.is_initialized():
+        yield ray
+        return
+    # Ray Data's progress bars and logs would interleave with our progress line.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    temp_dir = None
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        # A short path: Ray puts unix sockets under it, and those have a ~100-byte limit.
+        temp_dir = tempfile.mkdtemp(prefix="stillroom-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# -- the worker: one Ray actor --------------------------------------------------------------------
+
+
+@dataclass
+class WorkerSpec:
+    """What every actor gets: the pipeline and which segment it runs."""
+
+    pipeline: Pipeline
+    segment: int
+    use_cache: bool
+    cache_dir: str | None
+    window: int
+
+
+class SegmentWorker:
+    """A Ray Data actor: runs batches of keys through one segment's row stages.
+
+    Its event loop runs on a thread of its own for the actor's whole life, so the backends'
+    connections, limiters and loaded models are made once and shared by every batch; calls from
+    Ray (several at once: ``max_concurrency``) hand their batch to that loop and wait.
+    """
+
+    def __init__(self, spec: bytes):
+        import cloudpickle
+
+        self.spec: WorkerSpec = cloudpickle.loads(spec)
+        pipeline = self.spec.pipeline
+        self.segment = split_segments(pipeline.stages, pipeline.stage_names)[self.spec.segment]
+        self.stage_stats = {name: StageStats() for name, _ in self.segment.row_stages}
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="stillroom-worker", daemon=True).start()
+        self.rows = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result()
+        self.window = asyncio.run_coroutine_threadsafe(self._semaphore(), self.loop).result()
+        self._lock = threading.Lock()
+        self._reported: dict[str, Any] = self._totals()
+
+    async def _build(self) -> RowProcessor:
+        from stillroom.llm.cache import RequestCache
+        from stillroom.llm.client import LLMClient
+
+        cache = RequestCache.in_dir(self.spec.cache_dir) if self.spec.use_cache else None
+        clients = {}
+        for name, config in self.spec.pipeline.used_backends().items():
+            clients[name] = LLMClient(
+                config.build(), cache=cache, concurrency=config.concurrency,
+                timeout=config.timeout, max_retries=config.max_retries,
+                retry_base_delay=config.retry_base_delay, retry_max_delay=config.retry_max_delay,
+            )
+        return RowProcessor(self.spec.pipeline.seed, clients, self.stage_stats)
+
+    async def _semaphore(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.spec.window)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        keys = [str(key) for key in batch["key"]]
+        orders = [int(order) for order in batch["order"]]
+        rows = [pickle.loads(blob) for blob in batch["row"]]
+        results = asyncio.run_coroutine_threadsafe(self._run(orders, rows), self.loop).result()
+        with self._lock:  # the counters since the last report go back with this batch
+            totals = self._totals()
+            delta = _subtract(totals, self._reported)
+            self._reported = totals
+        stats = [pickle.dumps(delta)] + [b""] * (len(keys) - 1)
+        return {"key": keys, "outcomes": [pickle.dumps(result) for result in results], "stats": stats}
+
+    async def _run(self, orders: list[int], rows: list[Row]) -> list[list[Outcome]]:
+        async def one(order: int, row: Row) -> list[Outcome]:
+            async with self.window:
+                return await self.rows.process(self.segment, 0, row, (order,))
+
+        return await asyncio.gather(*(one(order, row) for order, row in zip(orders, rows, strict=True)))
+
+    def _totals(self) -> dict[str, Any]:
+        return {
+            "stages": {name: stats.as_dict() for name, stats in self.stage_stats.items()},
+            "backends": {name: client.snapshot() for name, client in self.rows.clients.items()},
+        }
+
+
+def _subtract(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """``now - before`` for nested dicts of counters (strings, such as a model name, kept)."""
+    out: dict[str, Any] = {}
+    for name, value in now.items():
+        old = before.get(name)
+        if isinstance(value, dict):
+            out[name] = _subtract(value, old if isinstance(old, dict) else {})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value - (old or 0)
+        else:
+            out[name] = value
+    return out
+
+
+# -- parallel_map on Ray tasks ------------------------------------------------------------------------
+
+
+def _apply(function: Callable[[Any], Any], item: Any) -> Any:
+    return function(item)
+
+
+class RayParallelMap:
+    """``parallel_map`` for all-rows stages: each item a Ray task, results in order, a bounded
+    number in flight (so a million texts are not all in the object store at once)."""
+
+    def __init__(self, in_flight: int, cpus: float):
+        ray = ray_module()
+        self.ray = ray
+        self.in_flight = max(1, in_flight)
+        self.task = ray.remote(num_cpus=cpus, max_retries=3)(_apply)
+
+    def __call__(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        ray = self.ray
+        function_ref = ray.put(function)
+        pending: list[Any] = []
+        for item in items:
+            pending.append(self.task.remote(function_ref, item))
+            if len(pending) >= self.in_flight:
+                yield ray.get(pending.pop(0))
+        while pending:
+            yield ray.get(pending.pop(0))
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+
+class RayExecutor(Executor):
+    """The local executor's run, with each segment's row stages sent to a Ray actor pool."""
+
+    def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
+        super().__init__(pipeline, out, options)
+        self.remote_backends: dict[str, BackendStats] = {}
+        self.worker_errors: list[str] = []
+
+    async def run(self) -> RunResult:
+        ray_module()  # a missing install is a clear error before anything starts
+        with ray_session(self.options.ray_address):
+            self._plan_workers()
+            return await super().run()
+
+    # -- sizing ----------------------------------------------------------------------------------
+
+    def _plan_workers(self) -> None:
+        import ray
+
+        resources = ray.cluster_resources()
+        cpus = float(resources.get("CPU", 1))
+        gpus = float(resources.get("GPU", 0))
+        needed = self.options.gpus_per_worker
+        if needed is None:
+            needed = float(max((getattr(config, 'gpus_per_replica', lambda: 0)() for config in
+                                self.pipeline.used_backends().values()), default=0))
+        if needed and gpus < needed:
+            raise ConfigError(
+                f"each worker needs {needed:g} GPU(s) for the pipeline's local engine and the Ray "
+                f"cluster has {gpus:g}", key="gpus_per_worker",
+            )
+        self.gpus_per_worker = needed
+        cpus_per_worker = self.options.cpus_per_worker
+        if cpus_per_worker > cpus:
+            raise ConfigError(f"cpus_per_worker is {cpus_per_worker:g} and the Ray cluster has "
+                              f"{cpus:g} CPUs", key="cpus_per_worker")
+        fit = int(cpus // cpus_per_worker) if cpus_per_worker else int(cpus)
+        if needed:
+            fit = min(fit, int(gpus // needed))
+        self.workers = self.options.workers or max(1, fit)
+        self.cluster_cpus = cpus
+
+    def parallel_map(self) -> ParallelMap:
+        return RayParallelMap(int(self.cluster_cpus * MAP_TASKS_PER_CPU), cpus=1)
+
+    # -- statistics from the workers -----------------------------------------------------------
+
+    def live_backend_stats(self) -> list[BackendStats]:
+        return super().live_backend_stats() + list(self.remote_backends.values())
+
+    def stats_record(self) -> dict[str, Any]:
+        record = super().stats_record()
+        for name, remote in self.remote_backends.items():
+            merged = BackendStats()
+            merged.add(record["backends"].get(name, {}))
+            merged.add(remote.as_dict())
+            record["backends"][name] = merged.as_dict()
+        return record
+
+    def _absorb(self, delta: dict[str, Any]) -> None:
+        for name, figures in delta.get("stages", {}).items():
+            stats = self.stage_stats[name]
+            for field_name, value in figures.items():
+                setattr(stats, field_name, getattr(stats, field_name) + value)
+        for name, figures in delta.get("backends", {}).items():
+            self.remote_backends.setdefault(name, BackendStats()).add(figures)
+
+    # -- a segment's row stages on the actor pool -------------------------------------------------
+
+    async def _stream(
+        self, segment: Segment, source: Iterator[tuple[str, Row]], on_done: Any, skip: set[str]
+    ) -> None:
+        if not segment.row_stages:  # nothing to spread: rows go straight to the all-rows stage
+            await super()._stream(segment, source, on_done, skip)
+            return
+        items = [
+            {"key": key, "order": order, "row": pickle.dumps(row)}
+            for order, (key, row) in enumerate(source)
+            if key not in skip
+        ]
+        if not items:
+            return
+        loop = asyncio.get_running_loop()
+        seen: set[str] = set()
+
+        async def deliver(batch: dict[str, Any]) -> None:
+            stats = batch["stats"]
+            for blob in stats:
+                if blob:
+                    self._absorb(pickle.loads(blob))
+            for key, blob in zip(batch["key"], batch["outcomes"], strict=True):
+                key = str(key)
+                if key in seen:  # a batch redone after its worker died: the first result stands
+                    continue
+                seen.add(key)
+                await on_done(key, pickle.loads(blob))
+
+        def drive() -> None:
+            for batch in self._dataset(segment, items).iter_batches(batch_size=None,
+                                                                      batch_format="numpy"):
+                asyncio.run_coroutine_threadsafe(deliver(batch), loop).result()
+
+        await asyncio.to_thread(drive)
+
+    def _dataset(self, segment: Segment, items: list[dict[str, Any]]) -> Any:
+        import cloudpickle
+        import ray.data
+
+        window = self.window()
+        spec = WorkerSpec(
+            pipeline=self.pipeline,
+            segment=segment.index,
+            use_cache=self.options.use_cache,
+            # Resolved here: a worker's environment and folder need not be the driver's.
+            cache_dir=str(Path(self.options.cache_dir or default_cache_dir()).resolve()),
+            window=window,
+        )
+        batch_keys = max(MIN_BATCH_KEYS, window)
+        # Enough blocks that every worker gets work from the start.
+        blocks = max(1, min(len(items), self.workers * 4, -(-len(items) // batch_keys)))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
+        # Ray Data restarts a dead actor and reruns its batches by default (max_restarts and
+        # max_task_retries -1), which is what "a dead worker's batch is redone" rests on.
+        return dataset.map_batches(
+            SegmentWorker,
+            fn_constructor_kwargs={"spec": cloudpickle.dumps(spec)},
+            batch_size=batch_keys,
+            batch_format="numpy",
+            # Two batches per actor at once: one finishing its slowest rows while the next fills
+            # the backends' request slots (the batches share the actor's event loop).
+            compute=ray.data.ActorPoolStrategy(
+                size=self.workers, max_tasks_in_flight_per_actor=2,
+                max_concurrent_calls_per_actor=2, enable_true_multi_threading=True,
+            ),
+            num_cpus=self.options.cpus_per_worker,
+            num_gpus=self.gpus_per_worker or None,
+        )
+

@@ -99,6 +99,18 @@ def _top_logprobs(
     return out
 
 
+def default_threads() -> int:
+    """CPU threads for llama.cpp: ``OMP_NUM_THREADS`` where it is set, else every core.
+
+    A Ray worker gets ``OMP_NUM_THREADS`` set to the CPUs it was given, so N workers on one
+    machine (N model replicas) share its cores instead of each taking all of them.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return os.cpu_count() or 1
+
+
 class LlamaCppBackend(Backend):
     kind = "llamacpp"
     supports_logprobs = True
@@ -120,7 +132,7 @@ class LlamaCppBackend(Backend):
         super().__init__(name)
         self.model_path = path
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or default_threads()
         self._models: dict[bool, Any] = {}
         self._evaluated: dict[bool, list[int]] = {}  # per model: prompt chunks in its KV cache
         # The chat template as llama-cpp-python applies it, with and without the assistant turn

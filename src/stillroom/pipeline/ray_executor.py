@@ -69,6 +69,9 @@ Row = dict[str, Any]
 # batch runs concurrently within the backends' limits), small enough that a batch redone after a
 # worker died costs little.
 MIN_BATCH_KEYS = 64
+# Blocks the pending rows are cut into at most (Ray Data's scheduling cost grows with them; a
+# block larger than a batch is handed to the actor a batch at a time anyway).
+MAX_BLOCKS = 2000
 # Batches of an all-rows stage's parallel_map in flight per worker CPU.
 MAP_TASKS_PER_CPU = 2
 
@@ -354,9 +357,10 @@ class RayExecutor(Executor):
             cache_dir=str(Path(self.options.cache_dir or default_cache_dir()).resolve()),
             window=window,
         )
-        batch_keys = max(MIN_BATCH_KEYS, window)
-        # Enough blocks that every worker gets work from the start.
-        blocks = max(1, min(len(items), self.workers * 4, -(-len(items) // batch_keys)))
+        # A batch fills an actor's request slots (``window`` keys), but a small input is still
+        # cut so that every worker gets some of it.
+        batch_keys = max(1, min(max(MIN_BATCH_KEYS, window), -(-len(items) // (2 * self.workers))))
+        blocks = min(MAX_BLOCKS, -(-len(items) // batch_keys))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         dataset = ray.data.from_items(items, override_num_blocks=blocks)

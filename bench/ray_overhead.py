@@ -8,9 +8,9 @@ How to run (from the repository root, with the repo's .venv; Ray is in the dev e
 
 The baseline is the local executor, measured in the same run on the same input. Two workloads:
 
-* **server**: ``--rows`` prompts, one ``complete`` stage, against stillroom's echo server
-  (``--latency-ms`` per answer, ``--concurrency`` requests in flight per executor process), no
-  request cache. The work is waiting, so what shows is the executor's own cost: Ray's start,
+* **server**: ``--rows`` prompts (and ``--small-rows``, to tell Ray's fixed cost from its cost
+  per row), one ``complete`` stage, against stillroom's echo server (``--latency-ms`` per answer,
+  ``--concurrency`` requests in flight in all, split between the Ray workers), no request cache. The work is waiting, so what shows is the executor's own cost: Ray's start,
   moving rows to workers and back, the actors' start. ``ray (cold)`` is what a user sees:
   ``executor="ray"`` starts a local Ray and stops it. ``ray (warm)`` runs in a Ray already up (a
   cluster), which leaves the per-row cost.

@@ -8,6 +8,7 @@ from stillroom.llm.llamacpp import LlamaCppBackend, LlamaCppConfig
 from stillroom.llm.openai_compat import OpenAICompatibleBackend, OpenAIConfig
 from stillroom.llm.transformers_backend import TransformersBackend, TransformersConfig
 from stillroom.llm.types import BackendError, Completion, GenerationParams, Request, RequestFailed
+from stillroom.llm.vllm_backend import VLLMBackend, VLLMConfig  # noqa: F401 - registers kind: vllm
 
 __all__ = [
     "AnthropicBackend",

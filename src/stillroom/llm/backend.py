@@ -87,5 +87,9 @@ class BackendConfig(BaseModel):
     def backend_class(self) -> type[Backend]:
         raise NotImplementedError
 
+    def gpus_per_replica(self) -> float:
+        """GPUs one built backend occupies (the Ray executor reserves them per worker)."""
+        return 0
+
 
 backends: Registry[type[BackendConfig]] = Registry("backend kind")

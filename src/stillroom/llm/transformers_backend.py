@@ -636,6 +636,10 @@ class TransformersConfig(BackendConfig):
     def backend_class(self) -> type[Backend]:
         return TransformersBackend
 
+    def gpus_per_replica(self) -> float:
+        # "auto" reserves none: a Ray worker without a GPU sees none, and the model runs on CPU.
+        return 1 if self.device.startswith("cuda") else 0
+
     def identity(self) -> dict[str, Any]:
         out = super().identity()
         out["model"] = Path(self.model).name if self.model else EMBEDDED_MODEL_NAME

@@ -68,6 +68,9 @@ class RunOptions:
             raise ConfigError(f"{', '.join(given)} only apply with executor='ray'", key=given[0])
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers must be at least 1", key="workers")
+        if self.cpus_per_worker < 0 or (self.gpus_per_worker or 0) < 0:
+            raise ConfigError("cpus_per_worker and gpus_per_worker cannot be negative",
+                              key="cpus_per_worker")
 
 
 @dataclass

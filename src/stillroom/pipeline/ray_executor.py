@@ -18,9 +18,11 @@ pipeline onto it, keeping every guarantee of the local executor:
   folder's commit log), every ``flush_rows`` rows or ``flush_seconds``. So progress is durable as
   batches finish, a rerun skips committed keys (with either executor: the executor is not part of
   the run's identity), and the folder is the local executor's folder.
-* **Requests** go through each actor's request cache, the same SQLite file for all actors of a
-  machine (WAL, one writer at a time): an answer any actor received is not asked again by a rerun.
-  On a multi-node cluster give ``--cache-dir`` a shared filesystem path to share it across nodes.
+* **Requests** go through each actor's request cache: the same SQLite file for all actors of a
+  machine (WAL, one writer at a time), at the driver's cache path, so an answer any actor of that
+  machine received is not asked again by a rerun. On a multi-node cluster each node keeps its own
+  file at that path (SQLite's WAL needs one host: never point it at a network filesystem); a batch
+  redone on another node asks its requests again.
 * **A worker that dies** (killed, out of memory, its node lost) is restarted by Ray and its
   unfinished batch is run again; the driver keeps each key's first result only, so no row is lost
   or written twice, and the cache makes the rerun cheap.
@@ -61,6 +63,7 @@ from stillroom.pipeline.executor import (
 from stillroom.pipeline.stage import ParallelMap
 
 if TYPE_CHECKING:
+    from stillroom.llm.backend import BackendConfig
     from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
 
 Row = dict[str, Any]
@@ -98,7 +101,7 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[An
         yield ray
         return
     # Ray Data's progress bars and logs would interleave with our progress line.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     temp_dir = None
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -237,6 +240,41 @@ class RayParallelMap:
             yield ray.get(pending.pop(0))
 
 
+# -- sizing ----------------------------------------------------------------------------------------
+
+
+def plan_workers(
+    resources: dict[str, float], backends: list[BackendConfig], options: RunOptions
+) -> tuple[int, float]:
+    """How many workers, and GPUs for each, on a cluster with ``resources``.
+
+    Each worker builds every backend the pipeline uses, so a local engine needing GPUs (vLLM's
+    ``tensor_parallel_size``, transformers on ``cuda``) gets that many per worker: N workers are
+    N data-parallel replicas. Asking for more than the cluster holds is refused here, since Ray
+    would otherwise wait for resources that never come.
+    """
+    cpus = float(resources.get("CPU", 0))
+    gpus = float(resources.get("GPU", 0))
+    per_gpu = options.gpus_per_worker
+    if per_gpu is None:
+        per_gpu = float(max((config.gpus_per_replica() for config in backends), default=0))
+    per_cpu = options.cpus_per_worker
+    fits = [int(cpus // per_cpu) if per_cpu else None, int(gpus // per_gpu) if per_gpu else None]
+    fit = min((count for count in fits if count is not None), default=options.workers or 1)
+    if fit < 1:
+        raise ConfigError(
+            f"one worker needs {per_cpu:g} CPU and {per_gpu:g} GPU and the Ray cluster has "
+            f"{cpus:g} CPU and {gpus:g} GPU", key="gpus_per_worker" if per_gpu else "cpus_per_worker",
+        )
+    workers = options.workers or fit
+    if workers > fit:
+        raise ConfigError(
+            f"{workers} workers need {workers * per_cpu:g} CPU and {workers * per_gpu:g} GPU and the "
+            f"Ray cluster has {cpus:g} CPU and {gpus:g} GPU: at most {fit} fit", key="workers",
+        )
+    return workers, per_gpu
+
+
 # -- the driver -----------------------------------------------------------------------------------
 
 
@@ -260,27 +298,10 @@ class RayExecutor(Executor):
         import ray
 
         resources = ray.cluster_resources()
-        cpus = float(resources.get("CPU", 1))
-        gpus = float(resources.get("GPU", 0))
-        needed = self.options.gpus_per_worker
-        if needed is None:
-            needed = float(max((getattr(config, 'gpus_per_replica', lambda: 0)() for config in
-                                self.pipeline.used_backends().values()), default=0))
-        if needed and gpus < needed:
-            raise ConfigError(
-                f"each worker needs {needed:g} GPU(s) for the pipeline's local engine and the Ray "
-                f"cluster has {gpus:g}", key="gpus_per_worker",
-            )
-        self.gpus_per_worker = needed
-        cpus_per_worker = self.options.cpus_per_worker
-        if cpus_per_worker > cpus:
-            raise ConfigError(f"cpus_per_worker is {cpus_per_worker:g} and the Ray cluster has "
-                              f"{cpus:g} CPUs", key="cpus_per_worker")
-        fit = int(cpus // cpus_per_worker) if cpus_per_worker else int(cpus)
-        if needed:
-            fit = min(fit, int(gpus // needed))
-        self.workers = self.options.workers or max(1, fit)
-        self.cluster_cpus = cpus
+        self.workers, self.gpus_per_worker = plan_workers(
+            resources, list(self.pipeline.used_backends().values()), self.options
+        )
+        self.cluster_cpus = float(resources.get("CPU", 1))
 
     def parallel_map(self) -> ParallelMap:
         return RayParallelMap(int(self.cluster_cpus * MAP_TASKS_PER_CPU), cpus=1)
@@ -337,12 +358,19 @@ class RayExecutor(Executor):
                 seen.add(key)
                 await on_done(key, pickle.loads(blob))
 
+        stop = threading.Event()
+
         def drive() -> None:
             for batch in self._dataset(segment, items).iter_batches(batch_size=None,
                                                                       batch_format="numpy"):
+                if stop.is_set():  # the run was interrupted: what arrives now is not committed
+                    return
                 asyncio.run_coroutine_threadsafe(deliver(batch), loop).result()
 
-        await asyncio.to_thread(drive)
+        try:
+            await asyncio.to_thread(drive)
+        finally:
+            stop.set()
 
     def _dataset(self, segment: Segment, items: list[dict[str, Any]]) -> Any:
         import cloudpickle

@@ -129,6 +129,24 @@ def test_ray_output_equals_local(local_ray: Any, echo_server: Any, tmp_path: Pat
     assert on_ray.backends["echo"]["responses"] == 0
 
 
+def test_embedded_model_replicas_on_ray(local_ray: Any, tmp_path: Path) -> None:
+    """A local engine under Ray: each worker loads its own llama.cpp model (one replica each)."""
+    from stillroom.llm import LlamaCppConfig
+
+    rows = [{"id": f"q{i}", "prompt": f"Name a {thing}."}
+            for i, thing in enumerate(["fruit", "colour", "river", "planet", "tree", "bird"])]
+
+    def pipeline() -> Pipeline:
+        return Pipeline([Complete(backend="tiny", max_tokens=8, temperature=0.0)], input=rows,
+                        backends={"tiny": LlamaCppConfig()})
+
+    local = pipeline().run(tmp_path / "local", use_cache=False, **QUIET)
+    on_ray = pipeline().run(tmp_path / "ray", use_cache=False, executor="ray", workers=2, **QUIET)
+    assert on_ray.counts == local.counts == {"data": 6, "failed": 0, "dropped": 0}
+    assert on_ray.backends["tiny"]["responses"] == 6  # answered by the workers' models
+    assert read_rows(tmp_path / "ray") == read_rows(tmp_path / "local")
+
+
 def test_killed_worker_loses_and_duplicates_nothing(local_ray: Any, tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
 

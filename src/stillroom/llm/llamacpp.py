@@ -162,6 +162,10 @@ class LlamaCppBackend(Backend):
                     model_path=str(self.model_path),
                     n_ctx=self.n_ctx,
                     n_threads=self.n_threads,
+                    # Prompt processing too: llama-cpp-python's default is every core, which
+                    # with several replicas on one machine (Ray workers) oversubscribes the cores
+                    # and its spinning threads slowed each run down ~20x here.
+                    n_threads_batch=self.n_threads,
                     logits_all=with_logits,
                     verbose=False,
                 )

@@ -53,3 +53,10 @@ class OutputFolderError(StillroomError):
     """The output folder holds a different run, or cannot be written."""
 
     exit_code = 2
+
+
+class WorkerError(StillroomError):
+    """A worker of a distributed run (Ray) could not start or run; the message names the cause.
+
+    Rows finished before it are committed: fix the cause and rerun the same command to resume.
+    """

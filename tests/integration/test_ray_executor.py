@@ -73,6 +73,26 @@ def count_and_kill(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "double": row["i"] * 2}
 
 
+class OnlyInThisProcess:
+    """Unpickles only in the process that made it: a stand-in for a module or model file that a
+    node lacks."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["pid"] != os.getpid():
+            raise RuntimeError("the model file is not on this node")
+        self.__dict__.update(state)
+
+
+def stage_needing(guard: OnlyInThisProcess) -> Any:
+    def needs_guard(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "pid": guard.pid}
+
+    return needs_guard
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
@@ -193,6 +213,16 @@ def test_rerun_skips_committed_keys_across_executors(
     # Only the keys the first commit did not hold were asked again (no cache: every one is sent).
     sent_again = len(requests_log.read_text().splitlines()) - sent_before
     assert sent_again == 90 - len(committed)
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(local_ray: Any, tmp_path: Path) -> None:
+    from stillroom.errors import WorkerError
+
+    pipeline = Pipeline([stage_needing(OnlyInThisProcess())],
+                        input=[{"id": f"r{i}"} for i in range(10)])
+    with pytest.raises(WorkerError, match="RuntimeError: the model file is not on this node"):
+        pipeline.run(tmp_path / "out", executor="ray", workers=1, **QUIET)
+    assert not (tmp_path / "out" / ".stillroom" / "complete.json").exists()
 
 
 def test_minhash_dedup_clusters_span_workers(local_ray: Any) -> None:

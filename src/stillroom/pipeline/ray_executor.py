@@ -42,6 +42,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillroom.errors import ConfigError
+from stillroom.errors import ConfigError, WorkerError
 from stillroom.llm.cache import default_cache_dir
 from stillroom.llm.stats import BackendStats
 from stillroom.pipeline.executor import (
@@ -60,7 +61,7 @@ from stillroom.pipeline.executor import (
     StageStats,
     split_segments,
 )
-from stillroom.pipeline.stage import ParallelMap
+from stillroom.pipeline.stage import FunctionStage, ParallelMap
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
@@ -137,7 +138,7 @@ class SegmentWorker:
 
     Its event loop runs on a thread of its own for the actor's whole life, so the backends'
     connections, limiters and loaded models are made once and shared by every batch; calls from
-    Ray (several at once: ``max_concurrency``) hand their batch to that loop and wait.
+    Ray (two at once, see ``_dataset``) hand their batch to that loop and wait.
     """
 
     def __init__(self, spec: bytes):
@@ -158,6 +159,8 @@ class SegmentWorker:
         from stillroom.llm.cache import RequestCache
         from stillroom.llm.client import LLMClient
 
+        # Answers are written by the cache's own thread within about a millisecond of arrival;
+        # an actor killed at the end of the run can lose only those last ones.
         cache = RequestCache.in_dir(self.spec.cache_dir) if self.spec.use_cache else None
         clients = {}
         for name, config in self.spec.pipeline.used_backends().items():
@@ -209,6 +212,46 @@ def _subtract(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def pickle_spec(spec: WorkerSpec) -> bytes:
+    """The spec as the workers get it. The functions of function stages are pickled by value
+    (their code travels with them), so a function from a script or a module of your own runs on
+    nodes where that module is not installed."""
+    import cloudpickle
+
+    modules = {
+        stage._function.__module__
+        for stage in spec.pipeline.stages
+        if isinstance(stage, FunctionStage) and hasattr(stage, "_function")
+    }
+    by_value = [sys.modules[name] for name in modules
+                if name in sys.modules and name != "__main__" and not name.startswith("stillroom.")]
+    for module in by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return bytes(cloudpickle.dumps(spec))
+    finally:
+        for module in by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def worker_failure(error: BaseException) -> str | None:
+    """A clear message for a worker that could not start (an import or a model file missing on
+    a node); None for anything else."""
+    try:
+        from ray.exceptions import ActorDiedError, RayTaskError
+    except ImportError:
+        return None
+    if not isinstance(error, (ActorDiedError, RayTaskError)):
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines)
+                  if ": " in line and line.split(":", 1)[0].endswith(("Error", "Exception"))),
+                 lines[-1] if lines else type(error).__name__)
+    return (f"a Ray worker failed to start or run: {cause}. Every node needs the same stillroom "
+            "install, the model files the pipeline names and the environment variables its "
+            "backends read")
 
 
 # -- parallel_map on Ray tasks ------------------------------------------------------------------------
@@ -369,11 +412,15 @@ class RayExecutor(Executor):
 
         try:
             await asyncio.to_thread(drive)
+        except Exception as error:
+            failure = worker_failure(error)
+            if failure is None:
+                raise
+            raise WorkerError(failure) from error
         finally:
             stop.set()
 
     def _dataset(self, segment: Segment, items: list[dict[str, Any]]) -> Any:
-        import cloudpickle
         import ray.data
 
         window = self.window()
@@ -396,7 +443,7 @@ class RayExecutor(Executor):
         # max_task_retries -1), which is what "a dead worker's batch is redone" rests on.
         return dataset.map_batches(
             SegmentWorker,
-            fn_constructor_kwargs={"spec": cloudpickle.dumps(spec)},
+            fn_constructor_kwargs={"spec": pickle_spec(spec)},
             batch_size=batch_keys,
             batch_format="numpy",
             # Two batches per actor at once: one finishing its slowest rows while the next fills

@@ -34,9 +34,9 @@ from stillroom.cli.main import (
 def complete(
     input: Annotated[Path, typer.Argument(help="JSONL, Parquet, CSV or a datasets folder with `prompt` or `messages`.")],
     out: OutOption,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name, .gguf file or folder [default: the embedded SmolLM2-135M-Instruct].")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name, .gguf file or folder (default: the embedded SmolLM2-135M-Instruct).")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="openai, anthropic, llamacpp or transformers [default: guessed].")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="openai, anthropic, llamacpp, transformers or vllm (default: guessed).")] = None,
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Requests in flight.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Completions per row (n > 1 writes `completions`).")] = 1,

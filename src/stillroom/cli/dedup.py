@@ -92,8 +92,8 @@ def dedup(
     address: AddressOption = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=1, help="Ray: hashing tasks at once [default: the "
-                                              "cluster's CPUs]."),
+        typer.Option("--workers", min=1, help="Ray: hashing tasks at once (default: the "
+                                              "cluster's CPUs)."),
     ] = None,
 ) -> None:
     """Drop duplicate rows (to dropped/, with the kept row's id), keeping one row per cluster."""

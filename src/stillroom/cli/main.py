@@ -56,7 +56,7 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the request cache.")]
 CacheDir = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Request cache folder [default: $STILLROOM_CACHE_DIR or ~/.cache/stillroom]."),
+    typer.Option("--cache-dir", help="Request cache folder (default: $STILLROOM_CACHE_DIR or ~/.cache/stillroom)."),
 ]
 MaxFailureRate = Annotated[
     float,
@@ -76,17 +76,17 @@ ExecutorOption = Annotated[
 AddressOption = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster to join (auto, or ray://HOST:10001) "
-                 "[default: start a local Ray for this run]."),
+                 "(default: start a local Ray for this run)."),
 ]
 WorkersOption = Annotated[
     int | None,
     typer.Option("--workers", min=1, help="Ray workers (actors), each with its own backends "
-                 "[default: one per CPU of the cluster, or per GPU set a local engine needs]."),
+                 "(default: one per CPU of the cluster, or per GPU set a local engine needs)."),
 ]
 GpusPerWorker = Annotated[
     float | None,
     typer.Option("--gpus-per-worker", min=0.0, help="GPUs given to each Ray worker "
-                 "[default: what the pipeline's local engine needs, e.g. vLLM's tensor_parallel_size]."),
+                 "(default: what the pipeline's local engine needs, e.g. vLLM's tensor_parallel_size)."),
 ]
 
 

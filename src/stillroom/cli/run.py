@@ -52,8 +52,8 @@ def run(
     workers: Annotated[
         int | None,
         typer.Option("--workers", "--concurrency", min=1,
-                     help="Ray workers (actors), each with its own backends [default: one per "
-                          "CPU of the cluster, or per GPU set a local engine needs]."),
+                     help="Ray workers (actors), each with its own backends (default: one per "
+                          "CPU of the cluster, or per GPU set a local engine needs)."),
     ] = None,
     gpus_per_worker: GpusPerWorker = None,
 ) -> None:

@@ -24,6 +24,9 @@ class Backend(ABC):
     # Whether render_chat_template works: the model's chat template is known here. A server
     # (OpenAI-compatible) applies its template out of our sight, so it cannot.
     renders_chat_template: ClassVar[bool] = False
+    # Whether score() works: teacher-forced log-probs of a given completion (vllm and
+    # transformers; the teacher_logprobs stage checks it before any request).
+    supports_scoring: ClassVar[bool] = False
 
     def __init__(self, model: str):
         self.model = model
@@ -39,6 +42,18 @@ class Backend(ABC):
         sends, for backends that apply the template themselves). Magpie cuts it at the user's
         text to find the template's pre-query prefix."""
         raise NotImplementedError(f"the {self.kind} backend cannot render its chat template")
+
+    async def score(
+        self,
+        prompt: list[Message] | str | None,
+        completion: str,
+        top_logprobs: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``completion``'s tokens after ``prompt`` (chat messages,
+        raw text, or None): one ``{"token", "id", "logprob"}`` entry per completion token, with
+        ``top_logprobs`` also ``"top_logprobs": [{"token", "id", "logprob"}]``, best first.
+        Only backends with ``supports_scoring`` implement it."""
+        raise NotImplementedError(f"the {self.kind} backend cannot score a given completion")
 
     async def aclose(self) -> None:  # noqa: B027 - optional: most backends have nothing to free
         """Release connections, threads or model memory."""

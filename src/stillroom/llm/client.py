@@ -5,16 +5,37 @@ that backs off on overload, a timeout per attempt, structured-output validation 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
 
 from stillroom.llm.backend import Backend
 from stillroom.llm.cache import RequestCache, request_key
 from stillroom.llm.limiter import AdaptiveLimiter
 from stillroom.llm.stats import BackendStats
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
-from stillroom.llm.types import BackendError, Completion, Request, RequestFailed
+from stillroom.llm.types import BackendError, Completion, Message, Request, RequestFailed
+
+T = TypeVar("T")
+
+
+def score_key(
+    identity: dict[str, Any],
+    prompt: list[Message] | str | None,
+    completion: str,
+    top_logprobs: int | None,
+) -> str:
+    """The cache key of a scoring call. The ``score`` field keeps it apart from every generate
+    request's key (:func:`stillroom.llm.cache.request_key`), whatever the texts."""
+    payload = {
+        "id": identity,
+        "score": {"prompt": prompt, "completion": completion, "top_logprobs": top_logprobs},
+    }
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class LLMClient:
@@ -65,7 +86,43 @@ class LLMClient:
             self.cache.put(key, completion.to_record())  # type: ignore[union-attr]
         return completion
 
+    async def score(
+        self,
+        prompt: list[Message] | str | None,
+        completion: str,
+        top_logprobs: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``completion`` after ``prompt`` (see ``Backend.score``),
+        with the same cache, concurrency limit, timeout and retries as ``generate``; raises
+        RequestFailed after the retries are spent. The cache key is marked as a score, so it never
+        meets a generate request's. The scored tokens count as prompt tokens in the stats (the
+        model reads them, it writes nothing)."""
+        key = None
+        if self.cache is not None:
+            key = score_key(self._identity, prompt, completion, top_logprobs)
+            record = self.cache.get(key)
+            if record is not None:
+                self.stats.cache_hits += 1
+                self.stats.cached_prompt_tokens += len(record["entries"])
+                cached: list[dict[str, Any]] = record["entries"]
+                return cached
+        entries = await self._send_with_retries_of(
+            lambda: self.backend.score(prompt, completion, top_logprobs)
+        )
+        self.stats.prompt_tokens += len(entries)
+        if key is not None:
+            self.cache.put(key, {"entries": entries})  # type: ignore[union-attr]
+        return entries
+
     async def _send_with_retries(self, request: Request) -> Completion:
+        completion = await self._send_with_retries_of(lambda: self.backend.generate(request))
+        self.stats.prompt_tokens += completion.prompt_tokens
+        self.stats.completion_tokens += completion.completion_tokens
+        return completion
+
+    async def _send_with_retries_of(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` under the concurrency limit and timeout, retried with backoff while its
+        BackendError is retryable; RequestFailed when the retries are spent."""
         stats = self.stats
         attempt = 0
         while True:
@@ -77,10 +134,10 @@ class LLMClient:
             try:
                 stats.requests_sent += 1
                 if self.timeout is None:
-                    completion = await self.backend.generate(request)
+                    result = await call()
                 else:
                     async with asyncio.timeout(self.timeout):
-                        completion = await self.backend.generate(request)
+                        result = await call()
                 ok = True
             except TimeoutError:
                 error = BackendError(
@@ -101,9 +158,7 @@ class LLMClient:
             if ok:
                 stats.responses += 1
                 stats.busy_seconds += time.perf_counter() - started
-                stats.prompt_tokens += completion.prompt_tokens
-                stats.completion_tokens += completion.completion_tokens
-                return completion
+                return result
             stats.errors[error.kind] += 1
             if error.slow_down:
                 self.limiter.slow_down(error.retry_after, sent_at)

@@ -126,6 +126,7 @@ class TransformersBackend(Backend):
     # Decoding is not constrained: LLMClient validates the text against the schema and re-asks.
     supports_json_schema = False
     supports_raw_prompt = True
+    supports_scoring = True
 
     def __init__(
         self,
@@ -522,26 +523,33 @@ class TransformersBackend(Backend):
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    async def score(self, prompt: Prompt, completion: str) -> list[dict[str, Any]]:
+    async def score(
+        self, prompt: Prompt, completion: str, top_logprobs: int | None = None
+    ) -> list[dict[str, Any]]:
         """Teacher-forced log-probs of ``completion``'s tokens following ``prompt``.
 
         ``prompt`` is chat messages (the chat template with the assistant turn opened is put
         first), raw text, or None/"" for the completion on its own. One entry per completion
-        token: ``{"token", "id", "logprob"}``. With no prompt, the first token is scored after
-        the BOS token, or left out when the model has none (nothing predicts it). Concurrent
-        calls are batched, as requests are.
+        token: ``{"token", "id", "logprob"}``; with ``top_logprobs`` K, also ``"top_logprobs"``:
+        the K most likely tokens at that position, ``[{"token", "id", "logprob"}]`` best first,
+        from the same raw (temperature 1) distribution -- the shape a ``complete`` stage stores,
+        so offline KD data can come from any text. With no prompt, the first token is scored
+        after the BOS token, or left out when the model has none (nothing predicts it).
+        Concurrent calls are batched, as requests are.
         """
-        result: list[dict[str, Any]] = await self._submit("score", (prompt, completion))
+        result: list[dict[str, Any]] = await self._submit(
+            "score", (prompt, completion, top_logprobs)
+        )
         return result
 
     def _score_sync(
-        self, pairs: list[tuple[Prompt, str]]
+        self, pairs: list[tuple[Prompt, str, int | None]]
     ) -> list[list[dict[str, Any]] | BackendError]:
         self._load_sync()
         tokenizer = self._tokenizer
         results: list[list[dict[str, Any]] | BackendError] = [[] for _ in pairs]
-        rows: list[tuple[int, list[int], list[int]]] = []
-        for index, (prompt, completion) in enumerate(pairs):
+        rows: list[tuple[int, list[int], list[int], int | None]] = []
+        for index, (prompt, completion, top_logprobs) in enumerate(pairs):
             try:
                 context = self._prompt_ids(prompt or None)
             except BackendError as error:
@@ -559,7 +567,7 @@ class TransformersBackend(Backend):
                     status=400,
                 )
             elif target:
-                rows.append((index, context, target))
+                rows.append((index, context, target, top_logprobs))
         if rows:
             with self._torch.inference_mode():
                 self._score_rows(rows, results)
@@ -567,16 +575,21 @@ class TransformersBackend(Backend):
 
     def _score_rows(
         self,
-        rows: list[tuple[int, list[int], list[int]]],
+        rows: list[tuple[int, list[int], list[int], int | None]],
         results: list[list[dict[str, Any]] | BackendError],
     ) -> None:
         torch = self._torch
-        input_ids, mask, positions = self._padded([context + target for _, context, target in rows])
+        input_ids, mask, positions = self._padded(
+            [context + target for _, context, target, _ in rows]
+        )
         width = input_ids.shape[1]
-        keep = min(width, max(len(target) for _, _, target in rows) + 1)
+        keep = min(width, max(len(target) for _, _, target, _ in rows) + 1)
         logits = self._forward(input_ids, mask, positions, keep=keep, cache=False).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for i, (index, context, target) in enumerate(rows):
+        top_k = max((k or 0 for *_, k in rows), default=0)
+        # One topk over the batch's kept window (as _decode does per step), cut per row to its K.
+        top = logprobs.topk(top_k, dim=-1) if top_k else None
+        for i, (index, context, target, k) in enumerate(rows):
             scored = []
             for j, token in enumerate(target):
                 if j == 0 and not context:
@@ -584,14 +597,26 @@ class TransformersBackend(Backend):
                 # Token j sits at column width - len(target) + j and is predicted by the column
                 # before it; the kept window starts at column width - keep.
                 column = width - len(target) + j - 1 - (width - keep)
-                scored.append(
-                    {
-                        "token": self._piece(token),
-                        "id": token,
-                        "logprob": float(logprobs[i, column, token]),
-                    }
-                )
+                entry: dict[str, Any] = {
+                    "token": self._piece(token),
+                    "id": token,
+                    "logprob": float(logprobs[i, column, token]),
+                }
+                if k is not None:
+                    entry["top_logprobs"] = self._alternatives(top, i, column, k)
+                scored.append(entry)
             results[index] = scored
+
+    def _alternatives(self, top: Any, row: int, column: int, k: int) -> list[dict[str, Any]]:
+        """The ``k`` most likely tokens at one scored position, best first (topk sorts)."""
+        if not k or top is None:
+            return []
+        values = top.values[row, column, :k].tolist()
+        ids = top.indices[row, column, :k].tolist()
+        return [
+            {"token": self._piece(t), "id": t, "logprob": v}
+            for t, v in zip(ids, values, strict=True)
+        ]
 
     async def aclose(self) -> None:
         executor, self._executor = self._executor, None

@@ -114,6 +114,7 @@ class VLLMBackend(Backend):
     supports_logprobs = True
     supports_json_schema = True  # vLLM's structured outputs constrain decoding to the schema
     supports_raw_prompt = True
+    supports_scoring = True
     renders_chat_template = True
 
     def __init__(

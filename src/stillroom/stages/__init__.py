@@ -12,6 +12,7 @@ from stillroom.feedback.reward_model import RewardModel
 from stillroom.feedback.rubric import RubricJudge
 from stillroom.feedback.ultrafeedback import UltraFeedbackJudge
 from stillroom.stages.complete import Complete
+from stillroom.stages.teacher_logprobs import TeacherLogprobs
 from stillroom.verify.rejection import MajorityVote, RejectionSample
 from stillroom.verify.stage import Verify
 
@@ -29,6 +30,7 @@ __all__ = [
     "RewardModel",
     "RubricJudge",
     "Select",
+    "TeacherLogprobs",
     "UltraFeedbackJudge",
     "Verify",
 ]

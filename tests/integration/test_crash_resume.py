@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,3 +113,49 @@ def test_ctrl_c_commits_what_finished_and_says_how_to_resume(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     check_output(out)
     assert os.path.exists(out / "report.html")
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_a_ray_run_then_resume(
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path, isolated_cache: Path
+) -> None:
+    """The driver of a Ray run killed mid-run; a rerun on the same cluster finishes the job with
+    every row once, asking only what the first session had no answer for."""
+    ray = pytest.importorskip("ray")
+    base_url, requests_log = echo_server(latency_ms=60)
+    source, out = tmp_path / "prompts.jsonl", tmp_path / "out"
+    write_prompts(source)
+    # The cluster outlives the killed driver (as a real one would); this test owns and stops it.
+    # A short temp dir: Ray's unix socket paths under it must stay within 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="sr-ray-", dir="/tmp")
+    context = ray.init(num_cpus=2, _temp_dir=temp_dir, include_dashboard=False,
+                       log_to_driver=False)
+    try:
+        ray_command = [*command(source, out, base_url), "--executor", "ray", "--workers", "2",
+                       "--address", context.address_info["gcs_address"]]
+        process = subprocess.Popen(ray_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_commits(out, process, 3)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        # The killed driver's workers die with its job; wait until no request arrives any more.
+        size, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 1.5:
+            assert time.monotonic() - quiet_since < 60
+            if requests_log.stat().st_size != size:
+                size, quiet_since = requests_log.stat().st_size, time.monotonic()
+            time.sleep(0.1)
+        answered = answered_prompts(isolated_cache)
+        committed = len(OutputFolder(out).read_rows("data"))
+        assert not (out / "README.md").exists()
+        assert 0 < committed < N_ROWS and len(answered) >= committed
+
+        rerun_at = time.time()
+        rerun = subprocess.run(ray_command, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        check_output(out)
+        after = sent_after(requests_log, rerun_at)
+        assert not set(after) & answered, "answered requests were sent again"
+        assert sorted(after) == sorted({f"prompt {i}" for i in range(N_ROWS)} - answered)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

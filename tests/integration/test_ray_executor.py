@@ -209,6 +209,7 @@ def test_rerun_skips_committed_keys_across_executors(
 
     result = pipeline().run(out, executor="ray", workers=2, use_cache=False, **QUIET)
     assert result.counts["data"] == 90
+    assert [session["executor"] for session in result.summary["sessions"]] == ["local", "ray"]
     assert sorted(ids_in(out)) == sorted(f"r{i}" for i in range(90))
     # Only the keys the first commit did not hold were asked again (no cache: every one is sent).
     sent_again = len(requests_log.read_text().splitlines()) - sent_before

@@ -530,7 +530,7 @@ class _StreamedRun:
     :func:`dedup`."""
 
     def __init__(self, stage: Dedup, source: Any, out: Path, progress: bool,
-                 parallel_map: ParallelMap = map):
+                 parallel_map: ParallelMap = map, executor: str = "local"):
         from stillroom.data.output import OutputFolder
 
         self.stage = stage
@@ -539,6 +539,7 @@ class _StreamedRun:
         self.folder = OutputFolder(out)
         self.progress = progress
         self.parallel_map = parallel_map
+        self.executor = executor
         self.session = uuid.uuid4().hex[:12]
         self.started = time.time()
 
@@ -630,7 +631,7 @@ class _StreamedRun:
         finally:
             self.folder.record_session({
                 "session": self.session, "status": status, "started": self.started,
-                "ended": time.time(), "counts": counts,
+                "ended": time.time(), "counts": counts, "executor": {"kind": self.executor},
                 **(self.stats(clusters) if status == "complete" else {"backends": {}, "stages": {}}),
             })
         self.folder.harmonize_shards()
@@ -704,5 +705,6 @@ def dedup(
 
     with ray_session(ray_address) as ray:
         slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        streamed = _StreamedRun(stage, source, Path(out), progress, RayParallelMap(slots, cpus=1))
+        streamed = _StreamedRun(stage, source, Path(out), progress, RayParallelMap(slots, cpus=1),
+                                executor="ray")
         return streamed.run(overwrite)

@@ -271,6 +271,10 @@ class Executor:
         total = sum(client.limiter.max_limit for client in self.clients.values())
         return max(16, 2 * total)
 
+    def executor_record(self) -> dict[str, Any]:
+        """Where this session ran, for the session log (a run may resume on another executor)."""
+        return {"kind": "local"}
+
     def parallel_map(self) -> ParallelMap:
         """How all-rows stages spread batch work (see StageContext): here, in this process."""
         return map
@@ -317,6 +321,7 @@ class Executor:
                     "started": self.started,
                     "ended": time.time(),
                     "counts": dict(self.session_counts),
+                    "executor": self.executor_record(),
                     **self.stats_record(),
                 }
             )

@@ -346,6 +346,10 @@ class RayExecutor(Executor):
         )
         self.cluster_cpus = float(resources.get("CPU", 1))
 
+    def executor_record(self) -> dict[str, Any]:
+        return {"kind": "ray", "address": self.options.ray_address, "workers": self.workers,
+                "gpus_per_worker": self.gpus_per_worker, "cluster_cpus": self.cluster_cpus}
+
     def parallel_map(self) -> ParallelMap:
         return RayParallelMap(int(self.cluster_cpus * MAP_TASKS_PER_CPU), cpus=1)
 

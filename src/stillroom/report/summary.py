@@ -97,6 +97,7 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
                 "started": s.get("started"),
                 "ended": s.get("ended"),
                 "counts": s.get("counts", {}),
+                "executor": (s.get("executor") or {}).get("kind", "local"),
             }
             for s in sessions
         ],

@@ -326,8 +326,8 @@ class RayExecutor(Executor):
 
     def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
         super().__init__(pipeline, out, options)
+        # The workers' request counters, summed from what each batch brings back.
         self.remote_backends: dict[str, BackendStats] = {}
-        self.worker_errors: list[str] = []
 
     async def run(self) -> RunResult:
         ray_module()  # a missing install is a clear error before anything starts

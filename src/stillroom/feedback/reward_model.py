@@ -57,14 +57,12 @@ torch and transformers are imported on first use; the ``reward`` extra installs 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
 import math
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +72,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from stillroom.data.readers import resolve_input_path
 from stillroom.errors import ConfigError, InputError
 from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
+from stillroom.llm.batching import Job, MicroBatcher
 from stillroom.pipeline.stage import (
     Row,
     RowFailure,
@@ -236,12 +235,6 @@ def plain_text(prompt: Prompt, completion: str) -> str:
 # -- the scorer ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Job:
-    items: list[tuple[Prompt, Any]]
-    future: asyncio.Future[Any]
-
-
 class RewardScorer:
     """A reward model in this process: ``score(prompts, completions) -> scores``.
 
@@ -285,18 +278,15 @@ class RewardScorer:
         self._device: Any = None
         self._head_config: Any = None  # the config whose pad_token_id the head pools with
         self._vocab_size = 0
-        self._pending: list[_Job] = []
-        self._pump_task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # A job's payload: one prompt's (prompt, completion) pairs.
+        self._batcher = MicroBatcher("reward-model", self._take, self._run_jobs)
 
     # -- loading (in the worker thread) ----------------------------------------------------------
 
     def _worker(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            # One thread: a torch model must not run on two threads at once, and one forward pass
-            # already uses every core.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-model")
-        return self._executor
+        # One thread: a torch model must not run on two threads at once, and one forward pass
+        # already uses every core.
+        return self._batcher.worker()
 
     def load(self) -> None:
         """Load the model now rather than on the first score (blocks until loaded)."""
@@ -482,63 +472,26 @@ class RewardScorer:
         """Scores of ``completions`` answering ``prompt``; concurrent calls share batches."""
         if not completions:
             return []
-        loop = asyncio.get_running_loop()
-        job = _Job([(prompt, completion) for completion in completions], loop.create_future())
-        self._pending.append(job)
-        pump = self._pump_task
-        # A pump of another event loop (an earlier asyncio.run) will never run again.
-        if pump is None or pump.done() or pump.get_loop() is not loop:
-            self._pump_task = loop.create_task(self._pump())
-        result: list[float] = await job.future
+        result: list[float] = await self._batcher.submit(
+            "score", [(prompt, completion) for completion in completions]
+        )
         return result
 
-    def _take(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
+    def _take(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
         """The waiting jobs, oldest first, up to POOL_BATCHES batches' worth of texts."""
-        # Jobs cancelled, or left behind by a closed event loop, are dropped.
-        self._pending = [
-            job for job in self._pending if not job.future.done() and job.future.get_loop() is loop
-        ]
-        taken: list[_Job] = []
         texts = 0
-        while self._pending and (not taken or texts + len(self._pending[0].items)
-                                 <= self.batch_size * POOL_BATCHES):
-            job = self._pending.pop(0)
-            taken.append(job)
-            texts += len(job.items)
-        return taken
+        for count, job in enumerate(waiting):
+            if count and texts + len(job.payload) > self.batch_size * POOL_BATCHES:
+                return waiting[:count], waiting[count:]
+            texts += len(job.payload)
+        return waiting, []
 
-    async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # Calls made in the same tick (rows started together) join the first round.
-            await asyncio.sleep(0)
-            jobs = self._take(loop)
-            if not jobs:
-                return
-            results: list[Any]
-            try:
-                results = await loop.run_in_executor(
-                    self._worker(), self._score_jobs, [job.items for job in jobs]
-                )
-            except asyncio.CancelledError:
-                for job in jobs:
-                    job.future.cancel()
-                raise
-            except Exception as error:  # the whole round failed (out of memory...)
-                results = [error] * len(jobs)
-            for job, result in zip(jobs, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+    def _run_jobs(self, jobs: list[Job]) -> list[Any]:
+        return self._score_jobs([job.payload for job in jobs])
 
     def close(self) -> None:
         """Stop the worker thread and let the model go."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        self._batcher.close()
         self._model = None
         self._tokenizer = None
 

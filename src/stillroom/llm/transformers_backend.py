@@ -33,7 +33,6 @@ request cache.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import importlib.util
 import inspect
@@ -46,6 +45,7 @@ from pydantic import Field, model_validator
 
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
+from stillroom.llm.batching import Job, MicroBatcher
 from stillroom.llm.llamacpp import EMBEDDED_MODEL_NAME, embedded_model_path
 from stillroom.llm.types import BackendError, Completion, Message, Request
 
@@ -53,13 +53,6 @@ Prompt = list[Message] | str | None
 """Chat messages (the chat template is applied), raw text, or nothing (unconditional)."""
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-@dataclass(slots=True)
-class _Job:
-    kind: str  # "batch" (greedy or unseeded), "seeded" (runs alone) or "score"
-    payload: Any
-    future: asyncio.Future[Any]
 
 
 @dataclass(slots=True)
@@ -154,9 +147,8 @@ class TransformersBackend(Backend):
         self._max_positions: int | None = None
         self._keeps_logits = False
         self._pieces: dict[int, str] = {}
-        self._pending: list[_Job] = []
-        self._pump_task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # Job kinds: "batch" (greedy or unseeded), "seeded" (runs alone) or "score".
+        self._batcher = MicroBatcher("transformers", self._take_batch, self._run_batch)
 
     def cache_identity(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.kind}
@@ -174,11 +166,7 @@ class TransformersBackend(Backend):
     # -- the worker thread ---------------------------------------------------------------------
 
     def _worker(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            # One thread: torch models are not safe to call from two threads at once, and one
-            # forward pass already uses every core.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformers")
-        return self._executor
+        return self._batcher.worker()
 
     def load(self) -> None:
         """Load the weights now rather than on the first request (blocks until loaded)."""
@@ -228,59 +216,21 @@ class TransformersBackend(Backend):
     # -- micro-batching on the event loop --------------------------------------------------------
 
     async def _submit(self, kind: str, payload: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        job = _Job(kind, payload, loop.create_future())
-        self._pending.append(job)
-        pump = self._pump_task
-        # A pump of another event loop (an earlier asyncio.run) will never run again.
-        if pump is None or pump.done() or pump.get_loop() is not loop:
-            self._pump_task = loop.create_task(self._pump())
-        return await job.future
+        return await self._batcher.submit(kind, payload)
 
-    def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
+    def _take_batch(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
         """The oldest waiting job and up to batch_size - 1 more of its kind, oldest first."""
-        # Jobs cancelled by a timeout, or left behind by a closed event loop, are dropped.
-        self._pending = [
-            job for job in self._pending if not job.future.done() and job.future.get_loop() is loop
-        ]
-        if not self._pending:
-            return []
-        kind = self._pending[0].kind
+        kind = waiting[0].kind
         limit = 1 if kind == "seeded" else self.batch_size
-        batch: list[_Job] = []
-        rest: list[_Job] = []
-        for job in self._pending:
+        batch: list[Job] = []
+        rest: list[Job] = []
+        for job in waiting:
             (batch if job.kind == kind and len(batch) < limit else rest).append(job)
-        self._pending = rest
-        return batch
+        return batch, rest
 
-    async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # Requests started in the same tick (asyncio.gather) join the first batch.
-            await asyncio.sleep(0)
-            batch = self._take_batch(loop)
-            if not batch:
-                return
-            work = self._score_sync if batch[0].kind == "score" else self._generate_sync
-            results: list[Any]
-            try:
-                results = await loop.run_in_executor(
-                    self._worker(), work, [job.payload for job in batch]
-                )
-            except asyncio.CancelledError:
-                for job in batch:
-                    job.future.cancel()
-                raise
-            except Exception as error:  # the whole batch failed (loading, out of memory...)
-                results = [error] * len(batch)
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+    def _run_batch(self, jobs: list[Job]) -> list[Any]:
+        work = self._score_sync if jobs[0].kind == "score" else self._generate_sync
+        return work([job.payload for job in jobs])  # type: ignore[operator]
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -619,9 +569,7 @@ class TransformersBackend(Backend):
         ]
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, True)
+        await self._batcher.aclose()
         self._model = None
         self._tokenizer = None
         self._pieces.clear()

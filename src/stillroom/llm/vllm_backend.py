@@ -71,18 +71,12 @@ from pydantic import Field, model_validator
 
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
+from stillroom.llm.batching import Job, MicroBatcher
 from stillroom.llm.transformers_backend import _plain_messages
 from stillroom.llm.types import BackendError, Completion, Message, Request
 
 Prompt = list[Message] | str | None
 """Chat messages (the chat template is applied), raw text, or nothing (unconditional)."""
-
-
-@dataclass(slots=True)
-class _Job:
-    kind: str  # "generate" or "score"
-    payload: Any
-    future: asyncio.Future[Any]
 
 
 @dataclass(slots=True)
@@ -148,9 +142,8 @@ class VLLMBackend(Backend):
         self._tokenizer: Any = None
         self._max_len: int | None = None
         self._pieces: dict[int, str] = {}
-        self._pending: list[_Job] = []
-        self._pump_task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # Job kinds: "generate" or "score"; both go into the same LLM.generate call.
+        self._batcher = MicroBatcher("vllm", self._take_batch, self._run_sync)
 
     def cache_identity(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.kind, "model": self.model}
@@ -169,10 +162,8 @@ class VLLMBackend(Backend):
     # -- the engine, on its own thread ----------------------------------------------------------
 
     def _worker(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            # One thread: an LLM object is not safe to call from two threads at once.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm")
-        return self._executor
+        # One thread: an LLM object is not safe to call from two threads at once.
+        return self._batcher.worker()
 
     def load(self) -> None:
         """Start the engine now rather than on the first request (blocks until loaded)."""
@@ -208,50 +199,13 @@ class VLLMBackend(Backend):
     # -- micro-batching on the event loop -------------------------------------------------------
 
     async def _submit(self, kind: str, payload: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        job = _Job(kind, payload, loop.create_future())
-        self._pending.append(job)
-        pump = self._pump_task
-        # A pump of another event loop (an earlier asyncio.run) will never run again.
-        if pump is None or pump.done() or pump.get_loop() is not loop:
-            self._pump_task = loop.create_task(self._pump())
-        return await job.future
+        return await self._batcher.submit(kind, payload)
 
-    def _take_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
+    def _take_batch(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
         """Up to batch_size waiting jobs, oldest first (generations and scores mix freely)."""
-        # Jobs cancelled by a timeout, or left behind by a closed event loop, are dropped.
-        live = [
-            job for job in self._pending if not job.future.done() and job.future.get_loop() is loop
-        ]
-        batch, self._pending = live[: self.batch_size], live[self.batch_size :]
-        return batch
+        return waiting[: self.batch_size], waiting[self.batch_size :]
 
-    async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # Requests started in the same tick (asyncio.gather) join the first batch.
-            await asyncio.sleep(0)
-            batch = self._take_batch(loop)
-            if not batch:
-                return
-            results: list[Any]
-            try:
-                results = await loop.run_in_executor(self._worker(), self._run_sync, batch)
-            except asyncio.CancelledError:
-                for job in batch:
-                    job.future.cancel()
-                raise
-            except Exception as error:  # loading failed, or something outside any one request
-                results = [error] * len(batch)
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-
-    def _run_sync(self, jobs: list[_Job]) -> list[Any]:
+    def _run_sync(self, jobs: list[Job]) -> list[Any]:
         """One LLM.generate call for every job that could be prepared; results in job order."""
         self._load_sync()
         results: list[Any] = [None] * len(jobs)
@@ -535,9 +489,7 @@ class VLLMBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(self._worker(), render)
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, True)
+        await self._batcher.aclose()
         # Dropping the last reference shuts the engine down and frees its GPU memory.
         self._llm = None
         self._tokenizer = None

@@ -238,7 +238,7 @@ def test_minhash_dedup_clusters_span_workers(local_ray: Any) -> None:
     batches = [texts[start : start + 4] for start in range(0, len(texts), 4)]
     stage = Dedup(method="minhash", threshold=0.7)
     here = stage.find_clusters(batches, lambda: None)
-    spread = stage.find_clusters(batches, lambda: None, RayParallelMap(4, cpus=1))
+    spread = stage.find_clusters(batches, lambda: None, RayParallelMap(4))
     assert here.keeper.tolist() == spread.keeper.tolist()
     assert spread.keeper[14] == 2 and spread.keeper[27] == 2  # across batches 0, 3 and 6
     assert int(spread.kept.sum()) == 28

@@ -77,6 +77,7 @@ that dedup what they generate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -530,7 +531,8 @@ class _StreamedRun:
     :func:`dedup`."""
 
     def __init__(self, stage: Dedup, source: Any, out: Path, progress: bool,
-                 parallel_map: ParallelMap = map, executor: str = "local"):
+                 executor: str = "local", ray_address: str | None = None,
+                 workers: int | None = None):
         from stillroom.data.output import OutputFolder
 
         self.stage = stage
@@ -538,8 +540,9 @@ class _StreamedRun:
         self.source = source
         self.folder = OutputFolder(out)
         self.progress = progress
-        self.parallel_map = parallel_map
         self.executor = executor
+        self.ray_address = ray_address
+        self.workers = workers
         self.session = uuid.uuid4().hex[:12]
         self.started = time.time()
 
@@ -560,12 +563,25 @@ class _StreamedRun:
                     scores.append(self.stage.score_of(row))
                 yield self.stage.text_of(row)
 
-        clusters = self.stage.find_clusters(
-            _batched(texts(), BATCH_ROWS),
-            lambda: np.array(scores, dtype=np.float64) if self.stage.keep_by else None,
-            self.parallel_map,
-        )
+        with self.hashing() as parallel_map:
+            clusters = self.stage.find_clusters(
+                _batched(texts(), BATCH_ROWS),
+                lambda: np.array(scores, dtype=np.float64) if self.stage.keep_by else None,
+                parallel_map,
+            )
         return clusters, ids
+
+    @contextlib.contextmanager
+    def hashing(self) -> Iterator[ParallelMap]:
+        """Where the batches are hashed: here, or as Ray tasks on a Ray that is up only while
+        they are (started after the input was checked, so a bad row is reported at once)."""
+        if self.executor == "local":
+            yield map
+            return
+        from stillroom.pipeline.ray_executor import RayParallelMap, ray_session
+
+        with ray_session(self.ray_address) as ray:
+            yield RayParallelMap(self.workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
 
     def write(self, clusters: Clusters, ids: list[str | None], state: Any) -> dict[str, int]:
         from stillroom.pipeline.executor import dropped_row
@@ -695,16 +711,9 @@ def dedup(
     source = InputSource(input, Path.cwd(), limit)
     if source.path is not None and not source.path.exists():
         raise InputError("no such file or folder", path=str(source.path))
-    if executor == "local":
-        if ray_address is not None or workers is not None:
-            raise ConfigError("--address and --workers need --executor ray", key="executor")
-        return _StreamedRun(stage, source, Path(out), progress).run(overwrite)
-    if executor != "ray":
-        raise ConfigError(f"unknown executor {executor!r}: use local or ray", key="executor")
-    from stillroom.pipeline.ray_executor import RayParallelMap, ray_session
+    from stillroom.pipeline.pipeline import RunOptions
 
-    with ray_session(ray_address) as ray:
-        slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        streamed = _StreamedRun(stage, source, Path(out), progress, RayParallelMap(slots, cpus=1),
-                                executor="ray")
-        return streamed.run(overwrite)
+    # The same checks as a pipeline run's (an unknown executor, Ray options without Ray).
+    RunOptions(executor=executor, ray_address=ray_address, workers=workers)
+    return _StreamedRun(stage, source, Path(out), progress, executor, ray_address,
+                        workers).run(overwrite)

@@ -295,7 +295,10 @@ class Executor:
     async def run(self) -> RunResult:
         # Everything that can be wrong with the input or the backends (a bad row, a missing API
         # key) is found before the output folder is touched or a request is sent.
-        total = self._check_input()
+        return await self.run_checked(self._check_input())
+
+    async def run_checked(self, total: int) -> RunResult:
+        """The run, once the input (``total`` rows) has been checked."""
         self._build_clients()
         self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
         segments = split_segments(self.pipeline.stages, self.pipeline.stage_names)

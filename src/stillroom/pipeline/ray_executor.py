@@ -93,7 +93,7 @@ def ray_module() -> Any:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None) -> Iterator[Any]:
     """Ray for one run: connect to ``address``, or start a local Ray with its own temp dir (so
     parallel runs and tests do not share one) and stop it after. A session already open in this
     process (a notebook, a test) is used as it is and left open."""
@@ -109,7 +109,7 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[An
     else:
         # A short path: Ray puts unix sockets under it, and those have a ~100-byte limit.
         temp_dir = tempfile.mkdtemp(prefix="stillroom-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-        ray.init(num_cpus=num_cpus, _temp_dir=temp_dir, include_dashboard=False,
+        ray.init(_temp_dir=temp_dir, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield ray
@@ -129,7 +129,7 @@ class WorkerSpec:
     pipeline: Pipeline
     segment: int
     use_cache: bool
-    cache_dir: str | None
+    cache_dir: str
     window: int
 
 
@@ -265,11 +265,11 @@ class RayParallelMap:
     """``parallel_map`` for all-rows stages: each item a Ray task, results in order, a bounded
     number in flight (so a million texts are not all in the object store at once)."""
 
-    def __init__(self, in_flight: int, cpus: float):
+    def __init__(self, in_flight: int):
         ray = ray_module()
         self.ray = ray
         self.in_flight = max(1, in_flight)
-        self.task = ray.remote(num_cpus=cpus, max_retries=3)(_apply)
+        self.task = ray.remote(num_cpus=1, max_retries=3)(_apply)
 
     def __call__(self, function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         ray = self.ray
@@ -330,10 +330,12 @@ class RayExecutor(Executor):
         self.remote_backends: dict[str, BackendStats] = {}
 
     async def run(self) -> RunResult:
-        ray_module()  # a missing install is a clear error before anything starts
+        # The input is checked before Ray starts: a bad row is reported in a moment, not after
+        # the seconds a cluster takes to come up.
+        total = self._check_input()
         with ray_session(self.options.ray_address):
             self._plan_workers()
-            return await super().run()
+            return await self.run_checked(total)
 
     # -- sizing ----------------------------------------------------------------------------------
 
@@ -351,7 +353,7 @@ class RayExecutor(Executor):
                 "gpus_per_worker": self.gpus_per_worker, "cluster_cpus": self.cluster_cpus}
 
     def parallel_map(self) -> ParallelMap:
-        return RayParallelMap(int(self.cluster_cpus * MAP_TASKS_PER_CPU), cpus=1)
+        return RayParallelMap(int(self.cluster_cpus * MAP_TASKS_PER_CPU))
 
     # -- statistics from the workers -----------------------------------------------------------
 

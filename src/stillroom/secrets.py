@@ -1,0 +1,117 @@
+"""Secrets: values stillroom must never write anywhere (rows, logs, card, report, messages).
+
+Keys are read from the environment at the moment they are used (see the backends), and every
+text that leaves the process through stillroom (a failed row's ``error``, a printed error, the
+card and report, the session log) passes :func:`redact` first. ``redact`` removes
+
+* every value registered with :func:`register` (each backend registers its key when it reads it),
+* the value of every environment variable whose name says it holds a secret (``*_API_KEY``,
+  ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``), so a key the code never asked for is covered too,
+* a long enough piece of any of those (a server that echoes ``sk-abc1...`` or the key's tail),
+* credentials written into a URL (``https://user:key@host``) and ``Bearer``/``x-api-key`` values,
+* strings shaped like the common providers' keys (``sk-...``, ``sk-ant-...``, ``hf_...``).
+
+Written by hand: no library we use does redaction of known values over free text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+# Shorter values are not treated as secrets: masking "abc" everywhere would mangle text.
+MIN_SECRET_LENGTH = 8
+# A piece of a secret at least this long is masked too (servers quote part of a bad key).
+MIN_FRAGMENT = 8
+
+_SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s:]*(?::[^/@\s]*)?)@")
+_HEADER_VALUE = re.compile(
+    r"(?P<name>\b(?:Bearer|Basic|x-api-key|api[_-]?key|authorization)\b[\"']?\s*[:=]?\s*[\"']?)"
+    r"(?P<value>[A-Za-z0-9._~+/=\-]{8,})",
+    re.IGNORECASE,
+)
+_KEY_SHAPES = re.compile(
+    r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{12,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|xox[baprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,})"
+)
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+def register(value: str | None) -> None:
+    """Remember ``value`` as a secret for the life of the process (long enough values only)."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        with _lock:
+            _registered.add(value)
+
+
+def from_env(name: str) -> str | None:
+    """The environment variable ``name``, registered as a secret before it is returned."""
+    value = os.environ.get(name)
+    register(value)
+    return value
+
+
+def known() -> list[str]:
+    """Every secret value known now, longest first (so a longer one is masked whole)."""
+    values = set(_registered)
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and value and len(value) >= MIN_SECRET_LENGTH:
+            values.add(value)
+    return sorted(values, key=len, reverse=True)
+
+
+def _mask_fragments(text: str, secret: str) -> str:
+    """Mask every run of at least MIN_FRAGMENT characters of ``secret`` found in ``text``."""
+    if len(secret) < MIN_FRAGMENT or len(text) < MIN_FRAGMENT:
+        return text
+    # Every window of the secret is a needle; a hit is then grown to the longest common run.
+    windows = {secret[i : i + MIN_FRAGMENT] for i in range(len(secret) - MIN_FRAGMENT + 1)}
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        piece = text[i : i + MIN_FRAGMENT]
+        if len(piece) == MIN_FRAGMENT and piece in windows:
+            end = i + MIN_FRAGMENT
+            while end < len(text) and text[i : end + 1] in secret:
+                end += 1
+            out.append(MASK)
+            i = end
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret, URL credential and key-shaped string replaced by ``***``."""
+    if not text:
+        return text
+    for secret in known():
+        if secret in text:
+            text = text.replace(secret, MASK)
+        text = _mask_fragments(text, secret)
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _HEADER_VALUE.sub(lambda m: f"{m['name']}{MASK}", text)
+    return _KEY_SHAPES.sub(MASK, text)
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string inside it (dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(item) for item in value)
+    return value
+
+
+def url_credentials(url: str) -> bool:
+    """Whether ``url`` carries ``user:password@`` (or ``token@``) credentials."""
+    return bool(_URL_USERINFO.match(url.strip()))

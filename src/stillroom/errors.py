@@ -60,3 +60,15 @@ class WorkerError(StillroomError):
 
     Rows finished before it are committed: fix the cause and rerun the same command to resume.
     """
+
+
+class RunAbort(StillroomError):
+    """A problem with the run itself, not with one row (a damaged request cache, an output folder
+    that cannot be written): it stops the run instead of failing every row one by one. Rows
+    committed before it stay committed; fix the cause and rerun to resume."""
+
+    exit_code = 2
+
+
+class CacheError(RunAbort):
+    """The request cache cannot be opened, read or written; the message names the file."""

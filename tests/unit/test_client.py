@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,10 +88,42 @@ async def test_retry_after_is_honoured() -> None:
             raise server_error(429, retry_after=0.3)
         return "ok"
 
-    llm = client(ScriptedBackend(script), max_retries=2)
+    llm = client(ScriptedBackend(script), max_retries=2, retry_max_delay=1.0)
     started = time.monotonic()
     await llm.generate(ask())
     assert time.monotonic() - started >= 0.3
+
+
+async def test_a_retry_after_beyond_the_longest_delay_fails_the_request_not_the_run() -> None:
+    # One `Retry-After: 86400` must neither stall the row for a day nor pause the backend: the
+    # request fails at once with the reason, and other requests go out as before.
+    def script(request: Request, attempt: int) -> str:
+        if request.messages[-1]["content"] == "slow":  # type: ignore[index]
+            raise server_error(429, retry_after=86400)
+        return "ok"
+
+    llm = client(ScriptedBackend(script), max_retries=5, retry_max_delay=0.05)
+    with pytest.raises(RequestFailed) as failure:
+        await asyncio.wait_for(llm.generate(ask("slow")), timeout=5)
+    assert "86400" in str(failure.value) and "retry_max_delay" in str(failure.value)
+    assert failure.value.attempts == 1
+    started = time.monotonic()
+    assert (await asyncio.wait_for(llm.generate(ask("fine")), timeout=5)).text == "ok"
+    assert llm.limiter.paused_for <= 0.05 and time.monotonic() - started < 5
+
+
+async def test_an_empty_answer_is_not_cached(tmp_path: Path) -> None:
+    # A rerun must ask again: an empty text is a failure of the row, not an answer to keep.
+    answers = iter(["", "now an answer"])
+    backend = ScriptedBackend(lambda request, attempt: next(answers))
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    llm = client(backend, cache=cache)
+    assert (await llm.generate(ask("q"))).text == ""
+    again = await llm.generate(ask("q"))
+    assert again.text == "now an answer" and not again.cached
+    assert (await llm.generate(ask("q"))).cached  # a real answer is cached as before
+    assert len(backend.calls) == 2
+    cache.close()
 
 
 async def test_overload_halves_the_concurrency_limit() -> None:

@@ -218,6 +218,81 @@ def test_all_rows_stage_sees_input_order_and_checkpoints(tmp_path: Path, fresh_b
     assert (out / ".stillroom" / "checkpoint-0.parquet").exists()
 
 
+def test_rerunning_a_finished_run_with_an_all_rows_stage_changes_nothing(
+    tmp_path: Path, fresh_backend: ScriptedBackend
+) -> None:
+    # Keys of the rows after an all-rows stage were read lazily, one segment late: the first
+    # session wrote `2:i`, a rerun `1:i`, and every row came out twice.
+    out = tmp_path / "out"
+    p = pipeline([Complete(), KeepLongest(), lambda row: {**row, "after": True}], rows(10))
+    p.run(out, progress=False)
+    calls = len(fresh_backend.calls)
+    keys = [k for r in OutputFolder(out).read_commits() for k in r["keys"]]
+    assert sorted(keys) == sorted(f"1:{i}" for i in range(5))
+    result = p.run(out, progress=False)
+    assert result.counts == {"data": 5, "failed": 0, "dropped": 5}
+    assert len(fresh_backend.calls) == calls and result.session_counts == {}
+
+
+def test_a_run_killed_after_its_all_rows_stage_resumes_without_repeating_rows(
+    tmp_path: Path, fresh_backend: ScriptedBackend
+) -> None:
+    out = tmp_path / "out"
+    stages = [Complete(), KeepLongest(), lambda row: {**row, "after": True}]
+    pipeline(stages, rows(10)).run(out, progress=False, flush_rows=1)
+    folder = OutputFolder(out)
+    # Keep the checkpoint and the first commit of the last segment, as a kill would have.
+    lines = folder.commit_log.read_bytes().splitlines()[:2]
+    assert b'"1:0"' in lines[1]
+    folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
+    (out / ".stillroom" / "complete.json").unlink()
+    result = pipeline(stages, rows(10)).run(out, progress=False, flush_rows=1)
+    assert sorted(r["id"] for r in read(out)) == ["r0", "r2", "r4", "r6", "r8"]
+    assert result.session_counts == {"data": 4}
+
+
+async def test_a_flush_cancelled_in_the_middle_of_its_commit_finishes_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race that lost rows: the periodic flusher is cancelled as the run ends, possibly in
+    # the middle of a commit whose thread goes on writing; the final flush must not start
+    # before that commit is done (both picked the same sequence number, so the same shard).
+    import asyncio
+    import time as clock
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from stillroom.data import output
+    from stillroom.pipeline.executor import Sink
+
+    original = output.write_table_atomically
+
+    def slow_write(*args: Any, **kwargs: Any) -> Any:
+        clock.sleep(0.3)  # a slow disk
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(output, "write_table_atomically", slow_write)
+    folder = OutputFolder(tmp_path / "out")
+    executor = SimpleNamespace(
+        folder=folder, state=folder.prepare({"run": 1}), session_counts=Counter(), keys_done=0,
+        options=SimpleNamespace(flush_rows=1000, flush_seconds=10.0), stats_record=dict,
+    )
+    sink = Sink(executor, 0)  # type: ignore[arg-type]
+    sink.add("0", [("data", {"a": 0}, (0,))])
+    timed = asyncio.create_task(sink.flush())
+    await asyncio.sleep(0.1)  # the timed commit is writing now
+    timed.cancel()
+    sink.add("1", [("data", {"a": 1}, (1,))])
+    await sink.flush()  # the final flush
+    with pytest.raises(asyncio.CancelledError):
+        await timed
+    records = folder.read_commits()
+    assert [r["keys"] for r in records] == [["0"], ["1"]]
+    assert [r["files"]["data"] for r in records] == ["data/part-00000.parquet",
+                                                       "data/part-00001.parquet"]
+    assert sorted(row["a"] for row in folder.read_rows("data")) == [0, 1]
+
+
 def test_shards_with_different_columns_are_harmonized(tmp_path: Path) -> None:
     def vary(row: Row) -> Row:
         return {**row, "only_late": "x"} if int(row["id"][1:]) >= 5 else row

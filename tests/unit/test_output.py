@@ -19,6 +19,7 @@ def test_uncommitted_shards_and_torn_log_lines_are_cleaned_up(tmp_path: Path) ->
     (folder.root / "data" / "part-00002.parquet.tmp").write_bytes(b"partial")
     with open(folder.commit_log, "ab") as handle:
         handle.write(b'{"seq": 1, "files": {"data": "data/part-0')
+    folder.release()  # what the crash did: the kernel drops a dead process's lock
     state = OutputFolder(tmp_path / "out").prepare({"run": 1})
     assert state.done(0) == {"0", "1"} and state.next_seq == 1
     assert [p.name for p in (folder.root / "data").iterdir()] == ["part-00000.parquet"]
@@ -53,6 +54,7 @@ def test_a_record_that_lost_only_its_newline_still_counts_and_the_log_stays_vali
     state = folder.prepare({"run": 1})
     folder.commit(state, {"data": [{"a": 1}]}, ["0"], segment=0)
     folder.commit_log.write_bytes(folder.commit_log.read_bytes().rstrip(b"\n"))
+    folder.release()
     state = OutputFolder(tmp_path / "out").prepare({"run": 1})
     assert state.done(0) == {"0"}
     folder.commit(state, {"data": [{"a": 2}]}, ["1"], segment=0)
@@ -88,3 +90,157 @@ def test_shards_whose_column_types_conflict_are_harmonized_as_json_text(tmp_path
     assert rows["a"]["n"] == 1.0 and rows["b"]["n"] == 2.5  # compatible types still unify
     loaded = datasets.load_dataset("parquet", data_dir=str(folder.root / "data"), split="train")
     assert sorted(loaded["id"]) == ["a", "b"]
+
+
+def two_commits(tmp_path: Path) -> OutputFolder:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"data": [{"a": 1}, {"a": 2}], "failed": [{"a": 3, "error": "x"}]},
+                  ["0", "1", "2"], segment=0)
+    folder.commit(state, {"data": [{"a": 4}]}, ["3"], segment=0)
+    folder.release()
+    return folder
+
+
+def test_a_second_writer_is_refused_before_it_touches_anything(tmp_path: Path) -> None:
+    first = OutputFolder(tmp_path / "out")
+    first.prepare({"run": 1})
+    second = OutputFolder(tmp_path / "out")
+    with pytest.raises(OutputFolderError, match=r"being written by another stillroom process \(process \d+"):
+        second.prepare({"run": 1}, overwrite=True)
+    assert first.run_file.exists()  # the refused --overwrite removed nothing
+    first.release()
+    assert second.prepare({"run": 1}).notes == []  # a lock given back cleanly is no "takeover"
+
+
+def test_the_lock_of_a_dead_writer_is_taken_over_and_said(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare({"run": 1})
+    # What a SIGKILLed writer leaves: its record in the lock file, the lock itself gone with it.
+    record = folder.lock_file.read_bytes()
+    folder.release()
+    folder.lock_file.write_bytes(record.replace(b'"pid":', b'"pid":999999,"old_pid":'))
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.notes and "took over the lock" in state.notes[0] and "999999" in state.notes[0]
+
+
+def test_overwrite_keeps_the_lock_file(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare({"run": 1})
+    folder.prepare({"run": 2}, overwrite=True)
+    assert folder.lock_file.exists()
+    with pytest.raises(OutputFolderError, match="being written"):
+        OutputFolder(tmp_path / "out").prepare({"run": 2})
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage", "grown"])
+def test_a_damaged_committed_shard_undoes_its_commit_and_says_so(tmp_path: Path, damage: str) -> None:
+    folder = two_commits(tmp_path)
+    shard = folder.root / "data" / "part-00000.parquet"
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "garbage":
+        shard.write_bytes(b"x" * shard.stat().st_size)  # same size, not Parquet
+    else:
+        shard.write_bytes(shard.read_bytes() + b"tail")
+    assert not folder.committed_files_intact() or damage == "garbage"
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    # The whole first commit is undone (its failed/ shard too), so its keys are done again once.
+    assert state.done(0) == {"3"}
+    assert any("data/part-00000.parquet" in note and "undone" in note for note in state.notes)
+    assert not (folder.root / "failed" / "part-00000.parquet").exists()
+    assert folder.count("data") == 1 and folder.count("failed") == 0
+    assert [record["seq"] for record in folder.read_commits()] == [1]
+
+
+def test_two_commits_naming_one_shard_are_both_undone(tmp_path: Path) -> None:
+    # What the flush race left behind: two records for one file, which holds only one's rows.
+    folder = two_commits(tmp_path)
+    lines = folder.commit_log.read_bytes().splitlines()
+    lines[1] = lines[1].replace(b"part-00001", b"part-00000")
+    folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.done(0) == set() and folder.count("data") == 0
+    assert any("named by two commits" in note for note in state.notes)
+
+
+def test_a_damaged_line_in_the_middle_of_the_log_is_skipped_and_its_rows_redone(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    lines = folder.commit_log.read_bytes().splitlines()
+    folder.commit_log.write_bytes(lines[0][:-7] + b"#garbage\n" + lines[1] + b"\n")
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.done(0) == {"3"} and state.next_seq == 2
+    assert any("line 1 is damaged" in note for note in state.notes)
+    # The skipped commit's shards are debris now: removed, so their rows are written once.
+    assert folder.count("data") == 1 and folder.count("failed") == 0
+
+
+def test_a_garbage_run_record_is_a_clear_error(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    folder.run_file.write_bytes(b"\x00garbage{")
+    with pytest.raises(OutputFolderError, match=r"run\.json is damaged.*--overwrite"):
+        OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert OutputFolder(tmp_path / "out").prepare({"run": 1}, overwrite=True).done(0) == set()
+
+
+def test_a_folder_is_complete_only_while_its_shards_are(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    folder.mark_complete({"counts": {}})
+    assert folder.is_complete()
+    (folder.root / "data" / "part-00001.parquet").unlink()
+    assert not folder.is_complete()
+
+
+def test_shards_rewritten_to_one_schema_are_not_taken_for_damaged(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"data": [{"id": "a", "x": None}]}, ["0"], segment=0)
+    folder.commit(state, {"data": [{"id": "b", "x": 2.5, "y": "new"}]}, ["1"], segment=0)
+    sizes = [p.stat().st_size for p in folder.shard_paths("data")]
+    folder.harmonize_shards()
+    assert [p.stat().st_size for p in folder.shard_paths("data")] != sizes  # rewritten
+    folder.mark_complete({})
+    assert folder.is_complete()
+    folder.release()
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.notes == [] and state.done(0) == {"0", "1"}
+
+
+def test_keys_of_an_old_release_that_repeated_rows_are_refused(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"data": [{"a": 1}]}, [], segment=0, checkpoint=[{"a": 1}])
+    folder.commit(state, {"data": [{"a": 1}]}, ["2:0"], segment=1)  # should have been "1:0"
+    folder.release()
+    with pytest.raises(OutputFolderError, match="--overwrite"):
+        OutputFolder(tmp_path / "out").prepare({"run": 1})
+
+
+def test_concurrent_commits_never_share_a_shard(tmp_path: Path) -> None:
+    import threading
+
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    threads = [
+        threading.Thread(target=folder.commit,
+                         args=(state, {"data": [{"a": i}] * 50}, [str(i)]), kwargs={"segment": 0})
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert folder.count("data") == 400 and len(folder.shard_paths("data")) == 8
+    folder.release()
+    assert OutputFolder(tmp_path / "out").prepare({"run": 1}).notes == []
+
+
+def test_an_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputFolderError, match="exists and is not a folder|cannot write"):
+        OutputFolder(blocker).prepare({"run": 1})
+    with pytest.raises(OutputFolderError, match="cannot write the output folder"):
+        OutputFolder(blocker / "sub").prepare({"run": 1})

@@ -80,6 +80,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -131,6 +132,8 @@ METHOD_OPTIONS: dict[str, set[str]] = {
 # (rows, similar pairs, similarity of given pairs, figures for the report)
 _Found = tuple[int, np.ndarray, Callable[[np.ndarray], np.ndarray], dict[str, Any]]
 DEFAULT_THRESHOLD = {"minhash": minhash.DEFAULT_THRESHOLD, "semantic": semantic.DEFAULT_COSINE_THRESHOLD}
+
+log = logging.getLogger(__name__)
 
 
 class TextMissing(ValueError):
@@ -629,13 +632,23 @@ class _StreamedRun:
         }
 
     def run(self, overwrite: bool) -> RunResult:
-        from stillroom.pipeline.pipeline import RunResult
-        from stillroom.report.finalize import write_card_and_report
 
         # Every row is checked (and the input fingerprinted) before the folder is touched.
         total = self.source.check(self.stage.check_row)
         fingerprint = {"version": 1, "dedup": self.stage.identity(), "input": self.source.identity()}
+        # prepare() makes this process the folder's only writer until release() below.
         state = self.folder.prepare(fingerprint, overwrite=overwrite)
+        try:
+            return self._run_prepared(state, total)
+        finally:
+            self.folder.release()
+
+    def _run_prepared(self, state: Any, total: int) -> RunResult:
+        from stillroom.pipeline.pipeline import RunResult
+        from stillroom.report.finalize import write_card_and_report
+
+        for note in state.notes:
+            log.warning("warning: %s", note)
         status = "failed"
         counts: dict[str, int] = {}
         try:

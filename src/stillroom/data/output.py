@@ -14,13 +14,32 @@ finish. A shard that no commit line names is debris from a crash and is deleted 
 a torn last line of the log is ignored. So after any crash every row is either committed, in
 full, with all its siblings, or not at all, and a rerun processes exactly the keys not yet
 committed: each input row is written once.
+
+What else holds, and why:
+
+* **One writer.** A run holds an exclusive lock on ``.stillroom/lock`` (``flock``; the holder's
+  pid, host and start time are written in it) from before the folder is prepared until its card
+  is written. A second process is refused before it touches anything; a lock left by a process
+  that died is released by the kernel and taken over, and the run says so.
+* **Commits never overlap.** ``commit`` is serialized by a lock, so two callers (a timed flush and
+  the final one) can never pick the same sequence number or shard name.
+* **Damage is found, not trusted.** Each commit record names its files with their sizes. On every
+  start each committed file is checked (present, the recorded size, a readable Parquet footer);
+  a record with a missing or damaged file is undone (its other files removed, its keys redone,
+  their answers coming from the request cache) and the run says which file it was. An unreadable
+  line of the commit log is skipped the same way. A folder counts as complete only when its
+  completion record exists and every committed file is present at its recorded size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stillroom.errors import OutputFolderError
+from stillroom.secrets import redact_value
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,14 +74,52 @@ def _fsync_write(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_table_atomically(table: pa.Table, path: Path) -> None:
+def write_table_atomically(table: pa.Table, path: Path) -> int:
+    """Write ``table`` to ``path`` through a temporary file, durably; returns its size."""
     import pyarrow.parquet as pq
 
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+        size = os.fstat(handle.fileno()).st_size
     os.replace(tmp, path)
+    return size
+
+
+def _files_of(record: dict[str, Any]) -> list[str]:
+    """The files a commit record names: its shards and its checkpoint."""
+    files = list(record.get("files", {}).values())
+    if record.get("checkpoint"):
+        files.append(record["checkpoint"])
+    return files
+
+
+def _latest_sizes(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Each committed file's size as last recorded (a shard rewritten to the run's common schema
+    at the end gets a record of its new size; see ``harmonize_shards``)."""
+    sizes: dict[str, int] = {}
+    for record in records:
+        sizes.update(record.get("sizes", {}))
+    return sizes
+
+
+def _lock_holder(fd: int, *, describe: bool = True) -> Any:
+    """Who wrote the lock file open at ``fd`` (its record, or a description of it)."""
+    try:
+        raw = os.pread(fd, 4096, 0)
+        holder = orjson.loads(raw) if raw.strip() else None
+    except (OSError, orjson.JSONDecodeError):
+        holder = None
+    if not describe:
+        return holder
+    return _describe(holder) if holder else "holder unknown"
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    started = holder.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, started {when}"
 
 
 @dataclass
@@ -71,6 +129,8 @@ class RunState:
     done_keys: dict[int, set[str]] = field(default_factory=dict)  # segment -> keys
     checkpoints: dict[int, str] = field(default_factory=dict)  # segment -> checkpoint file
     next_seq: int = 0
+    # What the start found damaged and what it did about it, for the user to read.
+    notes: list[str] = field(default_factory=list)
 
     def done(self, segment: int) -> set[str]:
         return self.done_keys.setdefault(segment, set())
@@ -84,23 +144,103 @@ class OutputFolder:
         self.sessions_log = self.state_dir / "sessions.jsonl"
         self.run_file = self.state_dir / "run.json"
         self.complete_file = self.state_dir / "complete.json"
+        self.lock_file = self.state_dir / "lock"
+        self._lock_fd: int | None = None
+        # Commits come from worker threads (asyncio.to_thread); one at a time, always.
+        self._commit_lock = threading.Lock()
+
+    # -- the writer's lock -------------------------------------------------------------------
+
+    def acquire(self) -> str | None:
+        """Become the only writer of this folder; a note when a dead writer's lock was taken over.
+
+        Raises OutputFolderError when another process holds the folder, or it cannot be made.
+        """
+        if self._lock_fd is not None:
+            return None
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputFolderError(f"{self.root} exists and is not a folder")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputFolderError(
+                f"cannot write the output folder {self.root}: {error.strerror or error}; choose "
+                "a folder you can write"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise OutputFolderError(
+                f"{self.root} is being written by another stillroom process ({holder}); wait "
+                "for it to finish (or stop it), then run again"
+            ) from None
+        previous = _lock_holder(fd, describe=False)
+        note = None
+        if previous:
+            note = (
+                f"took over the lock of {self.root} left by {_describe(previous)}, which is no "
+                "longer running"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.time()}), 0)
+        os.fsync(fd)
+        self._lock_fd = fd
+        return note
+
+    def __del__(self) -> None:
+        # A folder object dropped while it holds the lock (a library caller that never released
+        # it) gives the lock back; at interpreter exit the kernel does it anyway.
+        with contextlib.suppress(Exception):
+            self.release()
+
+    def release(self) -> None:
+        """Stop being the writer (the lock file is emptied: no stale holder is reported)."""
+        if self._lock_fd is None:
+            return
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     # -- opening ---------------------------------------------------------------------------
 
     def prepare(self, fingerprint: dict[str, Any], *, overwrite: bool = False) -> RunState:
-        """Make the folder ready for this run; return what earlier sessions already committed."""
+        """Make the folder ready for this run; return what earlier sessions already committed.
+
+        Takes the writer's lock first (see :meth:`acquire`); the caller releases it when the run
+        is over.
+        """
+        takeover = self.acquire()
+        try:
+            state = self._prepare(fingerprint, overwrite)
+        except OSError as error:
+            raise OutputFolderError(
+                f"cannot write the output folder {self.root}: {error.strerror or error}"
+                f"{f' ({error.filename})' if error.filename else ''}"
+            ) from None
+        if takeover:
+            state.notes.insert(0, takeover)
+        return state
+
+    def _prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> RunState:
         if overwrite:
             self.clear()
-        if self.root.exists() and not self.root.is_dir():
-            raise OutputFolderError(f"{self.root} exists and is not a folder")
-        if self.run_file.exists():
-            previous = orjson.loads(self.run_file.read_bytes())
+        previous = self._read_run_file()
+        if previous is not None:
             if previous.get("fingerprint") != fingerprint:
                 raise OutputFolderError(
                     f"{self.root} holds the output of a different run (its pipeline, input or "
                     "seed differ); choose another folder or pass --overwrite to replace it"
                 )
-        elif self.root.exists() and any(
+        elif any(
             (self.root / kind).exists() and any((self.root / kind).iterdir()) for kind in KINDS
         ):
             raise OutputFolderError(
@@ -110,46 +250,166 @@ class OutputFolder:
         for kind in KINDS:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if not self.run_file.exists():
+        if previous is None:
             _fsync_write(self.run_file, orjson.dumps({"fingerprint": fingerprint}))
-        records = self.read_commits(repair=True)
+        records, notes = self.read_commits(repair=True, with_notes=True)
+        records, undone = self._check_committed(records)
+        notes += undone
         self._remove_debris(records)
         # The card, report and completion marker describe a finished run; this one is not (yet).
         for stale in (self.complete_file, self.root / "README.md", self.root / "report.html"):
             stale.unlink(missing_ok=True)
-        return self._state_of(records)
+        state = self._state_of(records)
+        state.notes.extend(notes)
+        return state
+
+    def _read_run_file(self) -> dict[str, Any] | None:
+        if not self.run_file.exists():
+            return None
+        try:
+            previous = orjson.loads(self.run_file.read_bytes())
+        except orjson.JSONDecodeError:
+            previous = None
+        if not isinstance(previous, dict) or "fingerprint" not in previous:
+            raise OutputFolderError(
+                f"{self.run_file} is damaged (not the run record stillroom writes), so the run in "
+                f"{self.root} cannot be resumed safely; pass --overwrite to start it again "
+                "(answers already received come from the request cache) or choose another folder"
+            )
+        return previous
 
     def clear(self) -> None:
-        """Remove what stillroom wrote here (never anything else in the folder)."""
+        """Remove what stillroom wrote here (never anything else in the folder). The writer's
+        lock file stays: it is what keeps a second process out meanwhile."""
         for kind in KINDS:
             shutil.rmtree(self.root / kind, ignore_errors=True)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.state_dir.is_dir():
+            for path in self.state_dir.iterdir():
+                if path.name == self.lock_file.name:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         for name in ("README.md", "report.html"):
             (self.root / name).unlink(missing_ok=True)
 
-    def read_commits(self, *, repair: bool = False) -> list[dict[str, Any]]:
-        """The committed records. A torn last line (a crash mid-append) is not a commit; with
-        ``repair`` (only the run that owns the folder does this) it is cut off the log."""
+    def read_commits(
+        self, *, repair: bool = False, with_notes: bool = False
+    ) -> Any:
+        """The committed records. A line that does not parse is not a commit: a torn last line
+        (a crash mid-append) or damage anywhere. With ``repair`` (only the run that owns the
+        folder does this) such lines are cut out of the log, and their shards, which no record
+        names any more, are removed as debris, so their keys are redone."""
+        notes: list[str] = []
         if not self.commit_log.exists():
-            return []
+            return ([], notes) if with_notes else []
         records = []
         raw = self.commit_log.read_bytes()
-        valid_length = 0
-        for line in raw.split(b"\n"):
-            if not line:
+        lines = raw.split(b"\n")
+        kept_lines: list[bytes] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
                 continue
             try:
-                records.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                break  # a torn write from a crash: everything after it is not committed
-            valid_length += len(line) + 1
-        if repair and valid_length != len(raw):
-            with open(self.commit_log, "r+b") as handle:
-                handle.truncate(min(valid_length, len(raw)))
-                if valid_length > len(raw):  # a whole record that lost only its newline
-                    handle.seek(0, os.SEEK_END)
-                    handle.write(b"\n")
-        return records
+                record = orjson.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+                    raise ValueError("not a commit record")
+            except (orjson.JSONDecodeError, ValueError):
+                last = all(not rest.strip() for rest in lines[number:])
+                if not last:
+                    notes.append(
+                        f"{self.commit_log} line {number} is damaged: the rows it committed are "
+                        "done again (their answers come from the request cache)"
+                    )
+                continue
+            records.append(record)
+            kept_lines.append(line)
+        if repair:
+            cleaned = b"".join(line + b"\n" for line in kept_lines)
+            if cleaned != raw:
+                _fsync_write(self.commit_log, cleaned)
+        return (records, notes) if with_notes else records
+
+    def _check_committed(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Undo the records whose files are missing or damaged (see the module docstring)."""
+        notes: list[str] = []
+        owners: dict[str, int] = {}
+        bad: dict[int, str] = {}  # record index -> why
+        sizes = _latest_sizes(records)
+        for index, record in enumerate(records):
+            segment = record.get("segment", 0)
+            for key in record.get("keys", [])[:1]:
+                if segment > 0 and not str(key).startswith(f"{segment}:"):
+                    raise OutputFolderError(
+                        f"{self.commit_log} was written by an earlier stillroom whose keys for "
+                        "rows after an all-rows stage could repeat rows on resume; rerun with "
+                        "--overwrite (answers already received come from the request cache)"
+                    )
+            for relative in _files_of(record):
+                if relative in owners:
+                    why = f"{relative} is named by two commits"
+                    bad[index] = why
+                    bad.setdefault(owners[relative], why)
+                owners[relative] = index
+                if index not in bad:
+                    problem = self._damage(relative, sizes.get(relative))
+                    if problem:
+                        bad[index] = f"{relative} {problem}"
+        if not bad:
+            return records, notes
+        # Rows after an all-rows stage come from its checkpoint: a damaged checkpoint takes every
+        # later segment with it.
+        redo_from = min(
+            (records[i].get("segment", 0) for i in bad if records[i].get("checkpoint")),
+            default=None,
+        )
+        kept: list[dict[str, Any]] = []
+        for index, record in enumerate(records):
+            segment = record.get("segment", 0)
+            if index in bad or (redo_from is not None and segment >= redo_from):
+                why = bad.get(index, f"it follows the damaged checkpoint of segment {redo_from}")
+                rows = sum(record.get("rows", {}).values())
+                notes.append(
+                    f"commit {record['seq']} undone ({rows} rows): {why}; its rows are done again "
+                    "(their answers come from the request cache)"
+                )
+                for relative in _files_of(record):
+                    (self.root / relative).unlink(missing_ok=True)
+            else:
+                kept.append(record)
+        _fsync_write(self.commit_log, b"".join(orjson.dumps(r) + b"\n" for r in kept))
+        return kept, notes
+
+    def _damage(self, relative: str, size: int | None) -> str | None:
+        """What is wrong with the committed file ``relative``, or None when it looks whole."""
+        import pyarrow.parquet as pq
+
+        path = self.root / relative
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            return "is missing"
+        if size is not None and actual != size:
+            return f"has {actual} bytes, {size} were committed"
+        try:
+            pq.read_metadata(path)
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            return "is not readable Parquet"
+        return None
+
+    def committed_files_intact(self) -> bool:
+        """Every file a commit names is present at its committed size (no Parquet is read)."""
+        records = self.read_commits()
+        sizes = _latest_sizes(records)
+        for record in records:
+            for relative in _files_of(record):
+                path = self.root / relative
+                if not path.exists():
+                    return False
+                if relative in sizes and path.stat().st_size != sizes[relative]:
+                    return False
+        return True
 
     @staticmethod
     def _state_of(records: list[dict[str, Any]]) -> RunState:
@@ -166,9 +426,7 @@ class OutputFolder:
         """Delete shards no commit names: files a crash left between writing and committing."""
         committed: set[str] = set()
         for record in records:
-            committed.update(record.get("files", {}).values())
-            if record.get("checkpoint"):
-                committed.add(record["checkpoint"])
+            committed.update(_files_of(record))
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
                 relative = path.relative_to(self.root).as_posix()
@@ -187,16 +445,34 @@ class OutputFolder:
         stats: dict[str, Any] | None = None,
         checkpoint: list[Row] | None = None,
     ) -> None:
-        """Durably write ``rows`` (by kind) and mark ``keys`` of ``segment`` as done."""
+        """Durably write ``rows`` (by kind) and mark ``keys`` of ``segment`` as done.
+
+        One commit at a time: the sequence number names the shards, so two commits running
+        together would write the same files.
+        """
+        with self._commit_lock:
+            self._commit(state, rows, keys, segment=segment, stats=stats, checkpoint=checkpoint)
+
+    def _commit(
+        self,
+        state: RunState,
+        rows: dict[str, list[Row]],
+        keys: Iterable[str],
+        *,
+        segment: int,
+        stats: dict[str, Any] | None,
+        checkpoint: list[Row] | None,
+    ) -> None:
         from stillroom.data.tables import rows_to_table
 
         seq = state.next_seq
         files: dict[str, str] = {}
+        sizes: dict[str, int] = {}
         for kind, kind_rows in rows.items():
             if not kind_rows:
                 continue
             relative = f"{kind}/part-{seq:05d}.parquet"
-            write_table_atomically(rows_to_table(kind_rows), self.root / relative)
+            sizes[relative] = write_table_atomically(rows_to_table(kind_rows), self.root / relative)
             files[kind] = relative
         record: dict[str, Any] = {
             "seq": seq,
@@ -208,9 +484,9 @@ class OutputFolder:
         }
         if checkpoint is not None:
             relative = f"{STATE_DIR}/checkpoint-{segment}.parquet"
-            write_table_atomically(rows_to_table(checkpoint), self.root / relative)
+            sizes[relative] = write_table_atomically(rows_to_table(checkpoint), self.root / relative)
             record["checkpoint"] = relative
-            state.checkpoints[segment] = relative
+        record["sizes"] = sizes
         if stats:
             record["stats"] = stats
         line = orjson.dumps(record) + b"\n"
@@ -218,6 +494,8 @@ class OutputFolder:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+        if checkpoint is not None:
+            state.checkpoints[segment] = record["checkpoint"]
         state.next_seq = seq + 1
         state.done(segment).update(record["keys"])
 
@@ -241,15 +519,16 @@ class OutputFolder:
 
     def record_session(self, session: dict[str, Any]) -> None:
         with open(self.sessions_log, "ab") as handle:
-            handle.write(orjson.dumps(session, default=str) + b"\n")
+            handle.write(orjson.dumps(redact_value(session), default=str) + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
 
     def mark_complete(self, summary: dict[str, Any]) -> None:
-        _fsync_write(self.complete_file, orjson.dumps(summary, default=str))
+        _fsync_write(self.complete_file, orjson.dumps(redact_value(summary), default=str))
 
     def is_complete(self) -> bool:
-        return self.complete_file.exists()
+        """Finished, and nothing committed has gone missing or changed size since."""
+        return self.complete_file.exists() and self.committed_files_intact()
 
     # -- reading back ----------------------------------------------------------------------
 
@@ -307,6 +586,7 @@ class OutputFolder:
 
         from stillroom.data.tables import as_json_text, conflicting_fields, rows_to_table, unify
 
+        resized: dict[str, int] = {}
         for kind in KINDS:
             paths = self.shard_paths(kind)
             if len(paths) < 2:
@@ -331,7 +611,19 @@ class OutputFolder:
                 for row in rows:
                     for name in as_text:
                         row[name] = as_json_text(row.get(name))
-                write_table_atomically(rows_to_table(rows, schema=target), path)
+                relative = path.relative_to(self.root).as_posix()
+                resized[relative] = write_table_atomically(rows_to_table(rows, schema=target), path)
+        if resized:
+            # The shards' new sizes, so the next start does not take them for damaged ones.
+            with self._commit_lock:
+                records = self.read_commits()
+                seq = max((r["seq"] for r in records), default=-1) + 1
+                resize: dict[str, Any] = {"seq": seq, "segment": 0, "time": time.time(), "files": {}, "rows": {},
+                          "keys": [], "sizes": resized, "rewrite": True}
+                with open(self.commit_log, "ab") as handle:
+                    handle.write(orjson.dumps(resize) + b"\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
 
 
 def _without(schema: pa.Schema, names: set[str]) -> pa.Schema:

@@ -26,9 +26,12 @@ from typing import Any
 
 import orjson
 
+from stillroom.errors import CacheError
 from stillroom.llm.types import Request
 
 CACHE_ENV_VAR = "STILLROOM_CACHE_DIR"
+# Up to this size the whole file is checked when a run opens it (about 0.3 s at the limit).
+QUICK_CHECK_BYTES = 256 * 1024 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -66,18 +69,59 @@ class RequestCache:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise CacheError(
+                f"the request cache folder {folder} is a file; --cache-dir (or "
+                f"${CACHE_ENV_VAR}) must name a folder"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CacheError(
+                f"cannot make the request cache folder {folder}: {error.strerror or error}; "
+                "choose another with --cache-dir, or run with --no-cache"
+            ) from None
         self._lock = threading.Lock()  # guards the reading connection
-        self._db = self._connect()
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
-            " WITHOUT ROWID"
-        )
+        try:
+            self._db = self._connect()
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+                " WITHOUT ROWID"
+            )
+            self._check_whole()
+        except sqlite3.Error as error:
+            raise self._damaged(error) from None
         self._pending: dict[str, bytes] = {}
         self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_error: BaseException | None = None
         self._closed = False
+
+    def _check_whole(self) -> None:
+        """Find a damaged file at the start, not halfway through a run: SQLite's own check of
+        every page for a cache of up to QUICK_CHECK_BYTES (a few hundred ms), and for a larger
+        one, that the file is as long as its header says (a truncated copy is not)."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        wal = self.path.with_name(self.path.name + "-wal")
+        if size <= QUICK_CHECK_BYTES:
+            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            return
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        if pages * page_size > size and not (wal.exists() and wal.stat().st_size > 0):
+            raise sqlite3.DatabaseError(
+                f"the file has {size} bytes but its header counts {pages * page_size}"
+            )
+
+    def _damaged(self, error: BaseException) -> CacheError:
+        return CacheError(
+            f"the request cache {self.path} is damaged or unreadable ({error}); move it away "
+            "(a new cache is then made; answers in the old one would be asked again), point "
+            "--cache-dir elsewhere, or run with --no-cache"
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -93,16 +137,28 @@ class RequestCache:
     def get(self, key: str) -> dict[str, Any] | None:
         blob = self._pending.get(key)
         if blob is None:
-            with self._lock:
-                row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            try:
+                with self._lock:
+                    row = self._db.execute(
+                        "SELECT value FROM responses WHERE key = ?", (key,)
+                    ).fetchone()
+            except sqlite3.Error as error:  # damaged since the start: stop the run, say where
+                raise self._damaged(error) from None
             if row is None:
                 return None
             blob = row[0]
-        return orjson.loads(blob)  # type: ignore[no-any-return]
+        try:
+            return orjson.loads(blob)  # type: ignore[no-any-return]
+        except orjson.JSONDecodeError:
+            return None  # a damaged entry is not an answer: the request is sent again
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         if self._writer_error is not None:
-            raise RuntimeError(f"the request cache cannot be written: {self._writer_error}")
+            raise CacheError(
+                f"the request cache {self.path} cannot be written ({self._writer_error}); "
+                "answers received since are lost to later runs. Free disk space or choose "
+                "another --cache-dir, then rerun to resume"
+            )
         if self._closed:
             raise RuntimeError("the request cache is closed")
         blob = orjson.dumps(value)
@@ -149,7 +205,8 @@ class RequestCache:
         self._writer.join()
         self._writer = None
         if self._writer_error is not None:
-            raise RuntimeError(f"the request cache could not be written: {self._writer_error}")
+            raise CacheError(f"the request cache {self.path} could not be written: "
+                             f"{self._writer_error}")
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None

@@ -38,6 +38,10 @@ def score_key(
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _has_text(completion: Completion) -> bool:
+    return bool(completion.text.strip())
+
+
 class LLMClient:
     def __init__(
         self,
@@ -71,18 +75,29 @@ class LLMClient:
             return await self._generate_structured(request)
         return await self._generate_cached(request)
 
-    async def _generate_cached(self, request: Request) -> Completion:
+    async def _generate_cached(
+        self, request: Request, accept: Callable[[Completion], bool] | None = None
+    ) -> Completion:
+        """One completion, from the cache when it holds an acceptable one.
+
+        Only an answer is cached: an empty text (and, with ``accept``, one it refuses, such as
+        JSON that does not fit the schema) is returned to the caller, which fails the row, but
+        not stored, so a rerun asks again instead of being served the same non-answer forever.
+        """
+        accept = accept or _has_text
         key = request_key(self._identity, request) if self.cache is not None else None
         if key is not None:
             record = self.cache.get(key)  # type: ignore[union-attr]
             if record is not None:
-                stats = self.stats
-                stats.cache_hits += 1
-                stats.cached_prompt_tokens += record.get("prompt_tokens", 0)
-                stats.cached_completion_tokens += record.get("completion_tokens", 0)
-                return Completion.from_record(record, cached=True)
+                cached = Completion.from_record(record, cached=True)
+                if accept(cached):  # a non-answer stored by an older stillroom is asked again
+                    stats = self.stats
+                    stats.cache_hits += 1
+                    stats.cached_prompt_tokens += record.get("prompt_tokens", 0)
+                    stats.cached_completion_tokens += record.get("completion_tokens", 0)
+                    return cached
         completion = await self._send_with_retries(request)
-        if key is not None:
+        if key is not None and accept(completion):
             self.cache.put(key, completion.to_record())  # type: ignore[union-attr]
         return completion
 
@@ -160,16 +175,27 @@ class LLMClient:
                 stats.busy_seconds += time.perf_counter() - started
                 return result
             stats.errors[error.kind] += 1
+            too_long = error.retry_after is not None and error.retry_after > self.retry_max_delay
             if error.slow_down:
-                self.limiter.slow_down(error.retry_after, sent_at)
-            if not error.retryable or attempt > self.max_retries:
+                # The pause applies to every request of this backend, so it is capped like a
+                # retry: one `Retry-After: 86400` must not stop the whole run for a day.
+                pause = min(error.retry_after, self.retry_max_delay) if error.retry_after else None
+                self.limiter.slow_down(pause, sent_at)
+            if not error.retryable or attempt > self.max_retries or too_long:
                 stats.failed_requests += 1
+                if too_long and error.retryable and attempt <= self.max_retries:
+                    error = BackendError(
+                        f"{error.message} (the server asked to wait {error.retry_after:g} s "
+                        f"before retrying, more than retry_max_delay {self.retry_max_delay:g} s)",
+                        kind=error.kind, status=error.status,
+                    )
                 raise RequestFailed(error, attempt)
             stats.retries += 1
             await asyncio.sleep(self._backoff(attempt, error.retry_after))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter; never sooner than the server asked."""
+        """Exponential backoff with jitter; never sooner than the server asked (a wait longer than
+        ``retry_max_delay`` fails the request instead; see ``_send_with_retries_of``)."""
         delay = min(self.retry_max_delay, self.retry_base_delay * (2 ** (attempt - 1)))
         delay *= self._jitter.uniform(0.5, 1.0)
         if retry_after is not None:
@@ -182,8 +208,15 @@ class LLMClient:
         assert schema is not None
         current = request
         last_error: StructuredOutputError | None = None
+        def fits(completion: Completion) -> bool:
+            try:
+                parse_structured(completion.text, schema)
+            except StructuredOutputError:
+                return False
+            return True
+
         for _ in range(self.max_reasks + 1):
-            completion = await self._generate_cached(current)
+            completion = await self._generate_cached(current, accept=fits)
             try:
                 completion.parsed = parse_structured(completion.text, schema)
                 return completion

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import Counter
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stillroom.data.output import OutputFolder, RunState
-from stillroom.errors import ConfigError
+from stillroom.errors import ConfigError, RunAbort
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
 from stillroom.llm.stats import BackendStats
@@ -48,12 +49,15 @@ from stillroom.pipeline.stage import (
     Stage,
     StageContext,
 )
+from stillroom.secrets import redact
 
 if TYPE_CHECKING:
     from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
 
 Row = dict[str, Any]
 Outcome = tuple[str, Row, tuple[int, ...]]  # (kind, row, order within the key)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +104,10 @@ def failed_row(row: Row, stage: str, error: BaseException) -> Row:
     else:  # a bug in a stage: the row is kept, with the exception as its reason
         kind, attempts = type(error).__name__, 1
     out = dict(row)
-    out.update({"error": str(error) or kind, "error_type": kind, "stage": stage, "attempts": attempts})
+    # The one place an error becomes a row: a server that echoes a key it was sent (or a URL
+    # with credentials in a connection error) must not put it on disk.
+    out.update({"error": redact(str(error) or kind), "error_type": kind, "stage": stage,
+                "attempts": attempts})
     return out
 
 
@@ -108,6 +115,34 @@ def dropped_row(row: Row, stage: str, reason: str) -> Row:
     out = dict(row)
     out.update({"drop_reason": reason, "stage": stage})
     return out
+
+
+async def run_to_end(awaitable: Any) -> Any:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; the cancellation
+    is raised after it finished. For work that must not be left half done (a commit)."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def keyed(segment: int, rows: list[Row]) -> Iterator[tuple[str, Row]]:
+    """The keys of the rows that enter ``segment`` from the checkpoint of the one before.
+
+    A function, not a generator expression in the caller's loop: that read the loop's variable
+    when it was consumed, one segment later, so keys differed between a first run and a resume
+    and a resumed run wrote rows twice.
+    """
+    return ((f"{segment}:{index}", row) for index, row in enumerate(rows))
 
 
 class Sink:
@@ -146,13 +181,18 @@ class Sink:
             self.keys, self.buffered = [], 0
             self.last_flush = time.monotonic()
             executor = self.executor
-            await asyncio.to_thread(
-                executor.folder.commit,
-                executor.state,
-                rows,
-                keys,
-                segment=self.segment,
-                stats=executor.stats_record(),
+            # Once begun, a commit runs to its end even when the flush is cancelled (the timed
+            # flusher is cancelled as the run ends): its thread goes on writing regardless, and
+            # the lock must not be let go before it is done.
+            await run_to_end(
+                asyncio.to_thread(
+                    executor.folder.commit,
+                    executor.state,
+                    rows,
+                    keys,
+                    segment=self.segment,
+                    stats=executor.stats_record(),
+                )
             )
 
 
@@ -182,8 +222,8 @@ class RowProcessor:
         started = time.perf_counter()
         try:
             result = await stage.process(row, ctx)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, RunAbort):
+            raise  # RunAbort: the run itself cannot go on (a damaged cache); not this row's fault
         except Exception as error:  # noqa: BLE001 - every failure becomes a row with its reason
             stats.failed += 1
             return [("failed", failed_row(row, name, error), order)]
@@ -300,7 +340,21 @@ class Executor:
     async def run_checked(self, total: int) -> RunResult:
         """The run, once the input (``total`` rows) has been checked."""
         self._build_clients()
+        try:
+            return await self._run_locked(total)
+        finally:
+            self.folder.release()
+            for client in self.clients.values():
+                with contextlib.suppress(Exception):  # closing must not hide the run's outcome
+                    await client.aclose()
+            if self.cache is not None:
+                await asyncio.to_thread(self.cache.close)
+
+    async def _run_locked(self, total: int) -> RunResult:
+        # prepare() takes the folder's writer lock; run_checked releases it after the card.
         self.state = self.folder.prepare(self.fingerprint(), overwrite=self.options.overwrite)
+        for note in self.state.notes:
+            log.warning("warning: %s", note)
         segments = split_segments(self.pipeline.stages, self.pipeline.stage_names)
         progress = RunProgress(self, enabled=self.options.progress)
         status = "failed"
@@ -312,15 +366,11 @@ class Executor:
             status = "interrupted"
             raise
         finally:
-            for client in self.clients.values():
-                with contextlib.suppress(Exception):  # closing must not hide the run's outcome
-                    await client.aclose()
-            if self.cache is not None:
-                await asyncio.to_thread(self.cache.close)
             self.folder.record_session(
                 {
                     "session": self.session_id,
                     "status": status,
+                    "notes": self.state.notes,
                     "started": self.started,
                     "ended": time.time(),
                     "counts": dict(self.session_counts),
@@ -339,7 +389,7 @@ class Executor:
             last = max(self.state.checkpoints)
             start = last + 1
             rows = self.folder.read_checkpoint(self.state.checkpoints[last])
-            source = ((f"{start}:{index}", row) for index, row in enumerate(rows))
+            source = keyed(start, rows)
             total = len(rows)
         else:
             source = ((str(index), row) for index, (_, row) in enumerate(self.source.rows()))
@@ -349,7 +399,7 @@ class Executor:
                 await self._run_final_segment(segment, source, progress)
                 return
             rows = await self._run_gathering_segment(segment, source)
-            source = ((f"{segment.index + 1}:{index}", row) for index, row in enumerate(rows))
+            source = keyed(segment.index + 1, rows)
             total = len(rows)
 
     async def _stream(
@@ -456,13 +506,15 @@ class Executor:
         stats.seconds += time.perf_counter() - started
         for kind, rows in side.items():
             self.session_counts[kind] += len(rows)
-        await asyncio.to_thread(
-            self.folder.commit,
-            self.state,
-            {"failed": side["failed"], "dropped": side["dropped"]},
-            [],
-            segment=segment.index,
-            stats=self.stats_record(),
-            checkpoint=output,
+        await run_to_end(
+            asyncio.to_thread(
+                self.folder.commit,
+                self.state,
+                {"failed": side["failed"], "dropped": side["dropped"]},
+                [],
+                segment=segment.index,
+                stats=self.stats_record(),
+                checkpoint=output,
+            )
         )
         return output

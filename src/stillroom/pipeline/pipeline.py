@@ -18,8 +18,11 @@ The same pipeline written as YAML runs with ``stillroom run pipeline.yaml -o out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -172,7 +175,7 @@ class Pipeline:
 
     def run(self, out: str | os.PathLike[str], **options: Any) -> RunResult:
         """Run to completion (or resume a run interrupted earlier) and write ``out``."""
-        with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+        with _terminate_as_interrupt(), asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
             return runner.run(self.arun(out, **options))
 
     async def arun(self, out: str | os.PathLike[str], **options: Any) -> RunResult:
@@ -184,6 +187,27 @@ class Pipeline:
 
             return await RayExecutor(self, Path(out), run_options).run()
         return await Executor(self, Path(out), run_options).run()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, a container stop) stops a run the way Ctrl-C does:
+    what finished is committed and the run can be resumed. Python's default for SIGTERM is to
+    die at once, leaving rows that were answered but not yet committed to be asked for again
+    from the cache. Only the main thread can install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        # asyncio.Runner turns SIGINT into a cancellation of the run (and KeyboardInterrupt).
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 MASK = "***"
 # Shorter values are not treated as secrets: masking "abc" everywhere would mangle text.
@@ -29,11 +30,17 @@ MIN_FRAGMENT = 8
 
 _SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s:]*(?::[^/@\s]*)?)@")
-_HEADER_VALUE = re.compile(
-    r"(?P<name>\b(?:Bearer|Basic|x-api-key|api[_-]?key|authorization)\b[\"']?\s*[:=]?\s*[\"']?)"
+# A credential after its name: "x-api-key: abc...", "password=abc...", "Authorization: Bearer
+# abc...". A named field needs its ":" or "=", so prose ("Authorization required") is left alone.
+_NAMED_VALUE = re.compile(
+    r"(?P<name>\b(?:x-api-key|api[_-]?key|authorization|password|passwd|secret|access[_-]?token)\b"
+    r"[\"']?\s*[:=]\s*[\"']?(?:(?:Bearer|Basic)\s+)?)"
     r"(?P<value>[A-Za-z0-9._~+/=\-]{8,})",
     re.IGNORECASE,
 )
+# "Bearer abc1..." on its own: the scheme as HTTP writes it, and a value with a digit in it, so
+# "Basic information" is prose, not a credential.
+_AUTH_SCHEME = re.compile(r"(?P<name>\b(?:Bearer|Basic)\s+)(?P<value>(?=\S*\d)[A-Za-z0-9._~+/=\-]{8,})")
 _KEY_SHAPES = re.compile(
     r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{12,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
     r"|xox[baprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,})"
@@ -72,6 +79,10 @@ def _mask_fragments(text: str, secret: str) -> str:
         return text
     # Every window of the secret is a needle; a hit is then grown to the longest common run.
     windows = {secret[i : i + MIN_FRAGMENT] for i in range(len(secret) - MIN_FRAGMENT + 1)}
+    # Almost every text holds no piece of any secret: find that out with str.find (in C) before
+    # walking the text a character at a time.
+    if not any(window in text for window in windows):
+        return text
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -88,30 +99,63 @@ def _mask_fragments(text: str, secret: str) -> str:
     return "".join(out)
 
 
-def redact(text: str) -> str:
-    """``text`` with every secret, URL credential and key-shaped string replaced by ``***``."""
-    if not text:
-        return text
-    for secret in known():
+# Each pattern runs only where a substring it cannot match without is present: substring tests
+# run in C, so a long text with nothing secret in it (most rows, a whole report) costs little.
+_NAMED_HINTS = ("key", "authorization", "pass", "secret", "token")
+_SHAPE_HINTS = ("sk-", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "AKIA", "AIza")
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
         text = _mask_fragments(text, secret)
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    text = _HEADER_VALUE.sub(lambda m: f"{m['name']}{MASK}", text)
-    return _KEY_SHAPES.sub(MASK, text)
+    if "@" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    lowered = text.lower()
+    if any(hint in lowered for hint in _NAMED_HINTS):
+        text = _NAMED_VALUE.sub(lambda m: f"{m['name']}{MASK}", text)
+    if "Bearer" in text or "Basic" in text:
+        text = _AUTH_SCHEME.sub(lambda m: f"{m['name']}{MASK}", text)
+    if any(hint in text for hint in _SHAPE_HINTS):
+        text = _KEY_SHAPES.sub(MASK, text)
+    return text
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret, URL credential and key-shaped string replaced by ``***``."""
+    if not text or not isinstance(text, str):
+        return text
+    return _redact(text, known())
 
 
 def redact_value(value: Any) -> Any:
-    """``value`` with :func:`redact` applied to every string inside it (dicts, lists, tuples)."""
+    """``value`` with :func:`redact` applied to every string inside it: dict keys and values,
+    lists, tuples and sets, at any depth (a reason table is keyed by its reasons)."""
+    return _redact_value(value, known())
+
+
+def _redact_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return _redact(value, secrets) if value else value
     if isinstance(value, dict):
-        return {key: redact_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(item) for item in value)
+        return {
+            _redact_value(key, secrets): _redact_value(item, secrets) for key, item in value.items()
+        }
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_redact_value(item, secrets) for item in value))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(_redact_value(item, secrets) for item in value)
     return value
 
 
 def url_credentials(url: str) -> bool:
     """Whether ``url`` carries ``user:password@`` (or ``token@``) credentials."""
-    return bool(_URL_USERINFO.match(url.strip()))
+    text = url.strip()
+    if _URL_USERINFO.match(text):
+        return True
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return "@" in parts.netloc or parts.username is not None or parts.password is not None

@@ -347,3 +347,37 @@ async def test_overloaded_then_ok_is_retried_by_the_client(fake_sdk: type[FakeCl
     assert client.stats.retries == 2
     assert client.stats.errors == {"OverloadedError": 1, "InternalServerError": 1}
     await client.aclose()
+
+
+async def test_a_key_the_server_echoes_is_masked_in_the_error(
+    fake_sdk: type[FakeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A variable whose name says nothing: masked because the backend registered what it read.
+    key = "k3Yq8vTn2LmP0rWs9XaB4cDe"
+    monkeypatch.setenv("TEACHER_CRED_VALUE", key)
+    fake_sdk.outcomes = [
+        status_error(401, message=f"invalid x-api-key {key} ({key[:9]}...{key[-8:]})")
+    ]
+    backend = AnthropicConfig(
+        model="m", base_url="http://localhost:8080", api_key_env="TEACHER_CRED_VALUE"
+    ).build()
+    with pytest.raises(BackendError) as caught:
+        await backend.generate(chat(("user", "Hi")))
+    assert fake_sdk.made[0].kwargs["api_key"] == key  # the SDK still gets the key itself
+    text = str(caught.value)
+    assert caught.value.kind == "AuthenticationError" and "invalid x-api-key ***" in text
+    assert not any(key[i : i + 8] in text for i in range(len(key) - 7))
+    # Not chained to the SDK's exception, whose text holds the body unredacted.
+    assert caught.value.__cause__ is None
+    await backend.aclose()
+
+
+def test_credentials_in_base_url_are_refused_naming_the_key_variable() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        AnthropicConfig(model="m", base_url="https://me:k3Yq8vTn2LmP0rWs@proxy.example.com",
+                        api_key_env="MY_ANTHROPIC_KEY")
+    assert "k3Yq8vTn" not in str(caught.value)
+    assert caught.value.errors()[0]["loc"] == ("base_url",)
+    assert "MY_ANTHROPIC_KEY" in caught.value.errors()[0]["msg"]

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stillroom.secrets import redact_value
+
 
 def _counts_table(counts: dict[str, int], failure_rate: float) -> Table:
     table = Table(show_header=True, header_style="bold")
@@ -77,16 +79,16 @@ def _print_diversity(console: Console, diversity: dict[str, dict[str, dict[str, 
 
 
 def show_result(console: Console, result: Any) -> None:
-    console.print(f"[bold]{result.out}[/]  ({result.seconds:,.1f} s this session)")
+    console.print(f"[bold]{escape(str(result.out))}[/]  ({result.seconds:,.1f} s this session)")
     console.print(_counts_table(result.counts, result.failure_rate))
     for table in (
-        _backends_table(result.backends),
-        _reasons_table("failures by reason", result.failures_by_reason),
-        _reasons_table("drops by reason", result.drops_by_reason),
+        _backends_table(redact_value(result.backends)),
+        _reasons_table("failures by reason", redact_value(result.failures_by_reason)),
+        _reasons_table("drops by reason", redact_value(result.drops_by_reason)),
     ):
         if table is not None:
             console.print(table)
-    summary = getattr(result, "summary", None) or {}
+    summary = redact_value(getattr(result, "summary", None) or {})
     _print_stage_results(console, summary.get("stage_results") or {})
     _print_diversity(console, summary.get("diversity") or {})
 
@@ -106,8 +108,10 @@ def _print_stage_results(console: Console, results: dict[str, dict[str, Any]]) -
 
 
 def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> None:
+    # Everything shown is redacted: failed rows' errors, reasons, warnings and the sample rows.
+    summary = redact_value(summary)
     state = "complete" if summary["complete"] else "[yellow]incomplete[/] (rerun its command to resume)"
-    console.print(f"[bold]{folder}[/]: {state}")
+    console.print(f"[bold]{escape(str(folder))}[/]: {state}")
     console.print(_counts_table(summary["counts"], summary["failure_rate"]))
     for table in (
         _backends_table(summary["backends"]),
@@ -121,7 +125,8 @@ def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> 
     for warning in summary.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     for example in summary.get("failure_examples", [])[:3]:
-        console.print(f"[red]failed[/] {json.dumps(example, ensure_ascii=False, default=str)[:400]}", highlight=False)
+        text = json.dumps(example, ensure_ascii=False, default=str)[:400]
+        console.print(f"[red]failed[/] {escape(text)}", highlight=False)
     for row in summary["samples"]:
         text = json.dumps(row, ensure_ascii=False, default=str)
         console.print(text if len(text) <= 600 else text[:600] + " ...", highlight=False, markup=False)

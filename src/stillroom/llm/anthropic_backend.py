@@ -22,14 +22,14 @@ What the Messages API cannot do, this backend does not pretend to:
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
-from stillroom.llm.openai_compat import _is_local
+from stillroom.llm.openai_compat import _is_local, check_base_url
 from stillroom.llm.types import BackendError, Completion, Request, error_for_status
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -134,11 +134,15 @@ def parse_message(message: Any, model: str) -> Completion:
 
 
 def map_error(error: Exception) -> BackendError:
-    """An SDK exception as a BackendError with the meaning ``error_for_status`` gives statuses."""
+    """An SDK exception as a BackendError with the meaning ``error_for_status`` gives statuses.
+
+    Every message is redacted here, where it is made: a server answering a bad key may quote
+    it ("invalid x-api-key: sk-ant-..."), and the text becomes a failed row's ``error``.
+    """
     import anthropic
 
     if isinstance(error, anthropic.APIStatusError):
-        message = getattr(error, "api_message", None) or error.message
+        message = secrets.redact(getattr(error, "api_message", None) or error.message)
         mapped = error_for_status(error.status_code, message, error.response.headers)
         if error.status_code == 529:
             # Anthropic's "overloaded": the whole service is busy, like a 503. error_for_status
@@ -147,13 +151,14 @@ def map_error(error: Exception) -> BackendError:
             mapped.slow_down = True
         return mapped
     # APITimeoutError subclasses APIConnectionError, so it is tested first.
+    text = secrets.redact(str(error))
     if isinstance(error, anthropic.APITimeoutError):
-        return BackendError(str(error), kind="APITimeoutError", retryable=True)
+        return BackendError(text, kind="APITimeoutError", retryable=True)
     if isinstance(error, anthropic.APIConnectionError):
-        return BackendError(str(error), kind="APIConnectionError", retryable=True)
+        return BackendError(text, kind="APIConnectionError", retryable=True)
     if isinstance(error, anthropic.APIResponseValidationError):
-        return BackendError(str(error), kind="APIResponseValidationError", retryable=True)
-    return BackendError(f"{type(error).__name__}: {error}", kind=type(error).__name__)
+        return BackendError(text, kind="APIResponseValidationError", retryable=True)
+    return BackendError(f"{type(error).__name__}: {text}", kind=type(error).__name__)
 
 
 class AnthropicBackend(Backend):
@@ -186,7 +191,8 @@ class AnthropicBackend(Backend):
         import anthropic
 
         # Read at call time and handed only to the SDK client: never to a row, cache or log.
-        key = os.environ.get(self.api_key_env) or _LOCAL_PLACEHOLDER_KEY
+        # from_env registers it, so every error text stillroom writes or prints masks it.
+        key = secrets.from_env(self.api_key_env) or _LOCAL_PLACEHOLDER_KEY
         options: dict[str, Any] = {}
         if self.base_url != ANTHROPIC_BASE_URL:
             # SDK 2.x sends the key as `Authorization: Bearer` only; other servers speaking the
@@ -209,7 +215,8 @@ class AnthropicBackend(Backend):
         try:
             message = await self._client.messages.create(**body)
         except anthropic.APIError as error:
-            raise map_error(error) from error
+            # Not chained: the SDK's exception holds the server's body unredacted.
+            raise map_error(error) from None
         return parse_message(message, self.model)
 
     async def aclose(self) -> None:
@@ -222,15 +229,20 @@ class AnthropicBackend(Backend):
 class AnthropicConfig(BackendConfig):
     """Anthropic's Messages API, or a server speaking it at ``base_url``."""
 
+    # A refused base_url must not be quoted back in the error (it may hold a key).
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     kind: Literal["anthropic"] = "anthropic"
     model: str  # type: ignore[assignment]
-    base_url: str | None = Field(
-        default=None,
-        description="Server root (the SDK appends /v1/messages); none = Anthropic's API.",
-    )
+    # Before base_url: its validator names this variable when it refuses credentials in the URL.
     api_key_env: str = Field(
         default="ANTHROPIC_API_KEY",
         description="Environment variable holding the API key; the key itself is never stored.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="http(s) server root (the SDK appends /v1/messages); none = Anthropic's API. "
+        "No credentials: the key goes in the environment variable named by api_key_env.",
     )
     max_tokens_default: int = Field(
         default=1024, ge=1, description="max_tokens when a request sets none (the API needs one)."
@@ -241,14 +253,19 @@ class AnthropicConfig(BackendConfig):
         "api_key_env",
     }
 
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_base_url(value, info)
+
     def backend_class(self) -> type[Backend]:
         return AnthropicBackend
 
     def build(self) -> Backend:
         url = self.base_url or ANTHROPIC_BASE_URL
-        if not _is_local(url) and not os.environ.get(self.api_key_env):
+        if not _is_local(url) and not secrets.from_env(self.api_key_env):
             raise ConfigError(
-                f"{url} needs an API key: set the environment variable {self.api_key_env} "
+                f"{secrets.redact(url)} needs an API key: set the environment variable {self.api_key_env} "
                 "(or point base_url at a local server)",
                 key="api_key_env",
             )

@@ -11,13 +11,13 @@ measures both.
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import orjson
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.types import BackendError, Completion, Request, error_for_status
@@ -28,6 +28,51 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 def _is_local(url: str) -> bool:
     host = urlparse(url).hostname or ""
     return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.endswith(".local")
+
+
+def base_url_problem(url: str, api_key_env: str | None) -> str | None:
+    """What is wrong with a backend's ``base_url``, or None. The answer never quotes a
+    credential: it goes into error messages, and a pipeline file's value would be in the card.
+
+    Credentials in the URL (``http://user:key@host``) are refused rather than used: the URL is
+    part of the config that the card, report and run record describe, so the key would be
+    written there. A URL without ``http://`` or ``https://`` is refused too, before any request,
+    instead of failing every row with a connection error.
+    """
+    text = url.strip()
+    scheme, has_scheme, rest = text.partition("://")
+    authority = (rest if has_scheme else text).split("/", 1)[0]
+    if "@" in authority or secrets.url_credentials(text):
+        where = f"the environment variable {api_key_env}" if api_key_env else "an environment variable"
+        return (
+            "credentials in the URL (user:key@host) are refused: they would be written into the "
+            f"card, report and run record. Remove them from base_url and put the key in {where} "
+            "(named by api_key_env) instead"
+        )
+    if not has_scheme:
+        return f"the URL needs http:// or https:// in front, e.g. http://{secrets.redact(text)}"
+    if scheme.lower() not in ("http", "https"):
+        return f"the URL must start with http:// or https://, not {secrets.redact(scheme)}://"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a valid URL (check its host and port)"
+    if not parts.hostname:
+        return "the URL names no host, e.g. http://127.0.0.1:8000/v1"
+    return None
+
+
+def check_base_url(url: str | None, info: ValidationInfo) -> str | None:
+    """A config's ``base_url`` validator (OpenAIConfig, AnthropicConfig): ValueError naming the
+    problem. ``api_key_env`` is declared before ``base_url`` so its value is known here."""
+    if url is None:
+        return None
+    api_key_env = info.data.get("api_key_env")
+    problem = base_url_problem(url, api_key_env if isinstance(api_key_env, str) else None)
+    if problem:
+        raise ValueError(problem)
+    return url
 
 
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
@@ -139,13 +184,6 @@ def _parse_logprobs(logprobs: dict[str, Any] | None) -> list[dict[str, Any]] | N
     return out
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """Remove the API key from a server's error text: some servers echo what they were sent."""
-    if secret and secret in text:
-        return text.replace(secret, "***")
-    return text
-
-
 def _error_message(raw: bytes) -> str:
     try:
         data = orjson.loads(raw)
@@ -186,7 +224,8 @@ class OpenAICompatibleBackend(Backend):
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         # Read at call time and kept only in the session's headers: never in a row, cache or log.
-        key = os.environ.get(self.api_key_env)
+        # from_env registers it, so every error text stillroom writes or prints masks it.
+        key = secrets.from_env(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -220,16 +259,19 @@ class OpenAICompatibleBackend(Backend):
                 headers = response.headers
         except aiohttp.ClientError as error:
             raise BackendError(
-                f"{type(error).__name__}: {error}", kind="APIConnectionError", retryable=True
+                secrets.redact(f"{type(error).__name__}: {error}"),
+                kind="APIConnectionError",
+                retryable=True,
             ) from error
         if status != 200:
-            secret = os.environ.get(self.api_key_env)
-            raise error_for_status(status, scrub(_error_message(raw), secret), headers)
+            # Servers quote what they were sent ("Incorrect API key provided: sk-..."): the text
+            # is redacted here, where it is made, and again where it becomes a row or a line.
+            raise error_for_status(status, secrets.redact(_error_message(raw)), headers)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             raise BackendError(
-                f"response is not JSON: {raw[:200]!r}",
+                secrets.redact(f"response is not JSON: {raw[:200]!r}"),
                 kind="APIResponseValidationError",
                 retryable=True,
             ) from error
@@ -250,7 +292,7 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
         if self._session is None:
             self._session = openai.AsyncOpenAI(
                 base_url=self.base_url,
-                api_key=os.environ.get(self.api_key_env) or "unused",
+                api_key=secrets.from_env(self.api_key_env) or "unused",
                 max_retries=0,  # LLMClient retries, the same way for every backend
                 timeout=None,
             )
@@ -262,12 +304,17 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
             else:
                 response = await self._session.completions.create(**body)
         except openai.APIStatusError as error:
-            message = scrub(error.message, os.environ.get(self.api_key_env))
-            raise error_for_status(error.status_code, message, error.response.headers) from error
+            # Not chained: the SDK's exception holds the server's body unredacted.
+            message = secrets.redact(error.message)
+            raise error_for_status(error.status_code, message, error.response.headers) from None
         except openai.APITimeoutError as error:
-            raise BackendError(str(error), kind="APITimeoutError", retryable=True) from error
+            raise BackendError(
+                secrets.redact(str(error)), kind="APITimeoutError", retryable=True
+            ) from error
         except openai.APIConnectionError as error:
-            raise BackendError(str(error), kind="APIConnectionError", retryable=True) from error
+            raise BackendError(
+                secrets.redact(str(error)), kind="APIConnectionError", retryable=True
+            ) from error
         return parse_chat_response(response.model_dump(), self.model)
 
     async def aclose(self) -> None:
@@ -280,12 +327,20 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
 class OpenAIConfig(BackendConfig):
     """An OpenAI-compatible HTTP server (``base_url``), or OpenAI itself when none is given."""
 
+    # A refused base_url must not be quoted back in the error (it may hold a key).
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     kind: Literal["openai"] = "openai"
     model: str  # type: ignore[assignment]
-    base_url: str = OPENAI_BASE_URL
+    # Before base_url: its validator names this variable when it refuses credentials in the URL.
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
         description="Environment variable holding the API key; the key itself is never stored.",
+    )
+    base_url: str = Field(
+        default=OPENAI_BASE_URL,
+        description="http(s) URL of the server's API root; no credentials (the key goes in "
+        "the environment variable named by api_key_env).",
     )
     client: Literal["aiohttp", "sdk"] = "aiohttp"
     structured_output: StructuredMode = Field(
@@ -300,13 +355,18 @@ class OpenAIConfig(BackendConfig):
         "client",
     }
 
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str, info: ValidationInfo) -> str:
+        return check_base_url(value, info) or value
+
     def backend_class(self) -> type[Backend]:
         return OpenAISDKBackend if self.client == "sdk" else OpenAICompatibleBackend
 
     def build(self) -> Backend:
-        if not _is_local(self.base_url) and not os.environ.get(self.api_key_env):
+        if not _is_local(self.base_url) and not secrets.from_env(self.api_key_env):
             raise ConfigError(
-                f"{self.base_url} needs an API key: set the environment variable "
+                f"{secrets.redact(self.base_url)} needs an API key: set the environment variable "
                 f"{self.api_key_env} (or point base_url at a local server)",
                 key="api_key_env",
             )

@@ -2,7 +2,8 @@
 
 Its YAML header lets the Hugging Face Hub (and ``load_dataset(OUT)``) find the Parquet shards.
 Nothing secret goes in: backends are described by kind, model and the *name* of their key's
-environment variable, never the key.
+environment variable, never the key, and everything the card quotes (the config, reasons,
+warnings) passes :func:`stillroom.secrets.redact_value` first, in case a secret got in anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from stillroom import __version__
+from stillroom.secrets import redact_value
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -174,6 +176,7 @@ def _distillation(distillation: dict[str, Any] | None) -> list[str]:
 
 
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
+    summary, config, columns = redact_value((summary, config, columns))
     counts = summary["counts"]
     header = {
         "configs": [

@@ -14,6 +14,7 @@ from stillroom.errors import OutputFolderError
 from stillroom.report.card import render_card
 from stillroom.report.html import render_report
 from stillroom.report.summary import failure_examples, summarize
+from stillroom.secrets import redact_value
 
 if TYPE_CHECKING:
     from stillroom.pipeline.executor import Executor
@@ -27,9 +28,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_config(executor: Executor) -> dict[str, Any]:
-    """The pipeline as it ran, for the card and report (no secrets: see BackendConfig)."""
+    """The pipeline as it ran, for the card, report and completion record. Backends hold no key
+    (only the name of its environment variable; a URL with credentials is refused), and the
+    whole is redacted besides: a stage option or ``extra_body`` may still hold a secret."""
     pipeline = executor.pipeline
-    return {
+    return redact_value({
         "name": pipeline.name,
         "description": pipeline.description,
         "input": executor.source.description,
@@ -44,7 +47,7 @@ def run_config(executor: Executor) -> dict[str, Any]:
             {"name": name, **stage.model_dump(mode="json", exclude_none=True)}
             for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
         ],
-    }
+    })
 
 
 def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]]:
@@ -62,7 +65,7 @@ def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]
     for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
         for column in stage.generated_columns():
             if column not in by_column:
-                texts = texts_of(folder.read_column("data", column))
+                texts = texts_of(_answers(folder, column))
                 if executor.options.progress:  # the embedding model can take a while: say so
                     from rich.console import Console
 
@@ -75,6 +78,19 @@ def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]
                 )
             results.setdefault(name, {})[column] = by_column[column]
     return results
+
+
+def _answers(folder: OutputFolder, column: str) -> list[Any]:
+    """A generated column's values in ``data/``; for the answer column, the answer wherever the
+    row keeps it (a ``messages`` row's answer is its last turn; see data.rows)."""
+    from stillroom.data.rows import ANSWER_COLUMN, row_answer
+
+    if column != ANSWER_COLUMN:
+        return folder.read_column("data", column)
+    return [
+        row[column] if row[column] is not None else row_answer(row)
+        for row in folder.read_columns("data", [column, "messages"])
+    ]
 
 
 def stage_results(executor: Executor) -> dict[str, dict[str, Any]]:
@@ -144,14 +160,16 @@ def finalize_run(executor: Executor) -> RunResult:
         folder, config, measure_diversity(executor), stage_results(executor)
     )
     folder.mark_complete(
-        {
-            "finished": time.time(),
-            "counts": summary["counts"],
-            "diversity": summary["diversity"],
-            "stage_results": summary["stage_results"],
-            "warnings": summary["warnings"],
-            "config": config,
-        }
+        redact_value(
+            {
+                "finished": time.time(),
+                "counts": summary["counts"],
+                "diversity": summary["diversity"],
+                "stage_results": summary["stage_results"],
+                "warnings": summary["warnings"],
+                "config": config,
+            }
+        )
     )
     return RunResult(
         out=folder.root,

@@ -3,7 +3,9 @@
 It shows counts, timings, token use and cost, the funnel of rows through the stages, histograms
 of text lengths and scores, each stage's results (pass@k, ratings, win rates), the lineage, the
 diversity of generated columns (with collapse warnings), and failures and drops by reason, with a
-few example rows. Every value from the data is HTML-escaped; plots are inline SVG.
+few example rows. Every value from the data is HTML-escaped; plots are inline SVG. Everything
+quoted (config, reasons, failed rows' errors, example rows) passes
+:func:`stillroom.secrets.redact_value` first, so no key a server echoed ends up on the page.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from stillroom import __version__
 from stillroom.report.card import MIX_HEADER, cost_of, mix_rows, stage_result_rows
 from stillroom.report.plots import funnel_svg, histogram_svg, measure_bars_svg
+from stillroom.secrets import redact_value
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -191,6 +194,7 @@ def render_report(
     samples: list[dict[str, Any]],
     failures: list[dict[str, Any]],
 ) -> str:
+    summary, config, samples, failures = redact_value((summary, config, samples, failures))
     counts = summary["counts"]
     total = sum(counts.values())
     seconds = summary["seconds"]

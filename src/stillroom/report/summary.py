@@ -16,6 +16,7 @@ import orjson
 from stillroom.data.output import KINDS, OutputFolder
 from stillroom.llm.stats import BackendStats
 from stillroom.report.distillation import read_distillation
+from stillroom.secrets import redact, redact_value
 
 # Past this many distinct reasons, the card and report group them (dropped/ keeps each in full).
 MAX_DISTINCT_REASONS = 25
@@ -43,7 +44,12 @@ def _reasons(folder: OutputFolder, kind: str, column: str) -> dict[str, int]:
         for stage, reason in zip(stages, reasons, strict=False):
             grouped[f"{stage}: {reason_kind(str(reason))}"] += 1
         counter = grouped
-    return dict(counter.most_common())
+    # The card, report and `inspect` show these: each distinct reason is redacted (after
+    # counting, so a million dropped rows cost a redaction per distinct reason, not per row).
+    redacted: Counter[str] = Counter()
+    for reason, count in counter.items():
+        redacted[redact(reason)] += count
+    return dict(redacted.most_common())
 
 
 def _session_stats(folder: OutputFolder) -> list[dict[str, Any]]:
@@ -114,8 +120,9 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
 
 
 def failure_examples(folder: OutputFolder, limit: int = 5) -> list[dict[str, Any]]:
-    """A few failed rows, reduced to what explains them."""
+    """A few failed rows, reduced to what explains them, with every secret masked (rows written
+    before errors were redacted, or by a backend that quoted a key, must not show it again)."""
     out = []
     for row in folder.read_rows("failed", limit=limit):
         out.append({key: row.get(key) for key in ("stage", "error_type", "attempts", "error")})
-    return out
+    return redact_value(out)

@@ -28,6 +28,12 @@ def backend_config(
     file runs in-process through llama.cpp; a folder is a transformers model; ``claude-*`` is
     Anthropic; any other name is a model on OpenAI's API.
     """
+    if base_url is not None and model is None:
+        # A server serves models by name; without one every request would be refused.
+        raise ConfigError(
+            "a server at a base URL needs the name of the model it serves: add --model NAME",
+            key="--model",
+        )
     if kind is None:
         if base_url is not None:
             kind = "openai"

@@ -87,12 +87,10 @@ class Workflow:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Workflow:
-        from stillroom.pipeline.config import _line_of, read_yaml_mapping
+        from stillroom.pipeline.config import _line_of, read_config_file, read_yaml_mapping
 
         file = Path(path)
-        if not file.exists():
-            raise ConfigError("no such workflow file", path=str(file))
-        root, data = read_yaml_mapping(file.read_text(encoding="utf-8"), str(file),
+        root, data = read_yaml_mapping(read_config_file(file, "workflow"), str(file),
                                        "a workflow needs a non-empty `steps:` list")
         steps_data = data.get("steps")
         if not isinstance(steps_data, list) or not steps_data:
@@ -154,6 +152,10 @@ class Workflow:
                 from stillroom.pipeline.config import parse_pipeline_text
 
                 model, _ = parse_pipeline_text(text, self.path, self.base_dir)
+                if getattr(model, "input", None) is None:
+                    raise ConfigError(
+                        "required key is missing: give a file, {rows: N} for stages that "
+                        "generate from nothing, or {mix: [...]}", key="input")
                 return model
             if step.kind == "eval":
                 from stillroom.evaluate.config import parse_eval_config

@@ -108,3 +108,50 @@ def test_logprobs_from_a_backend_without_them_is_refused_early() -> None:
 def test_unknown_top_level_key_suggests() -> None:
     error = error_for("sed: 1\n" + GOOD)
     assert error.line == 1 and "did you mean 'seed'" in str(error)
+
+
+def test_a_pipeline_without_input_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD.replace("input: prompts.jsonl\n", ""))
+    with pytest.raises(ConfigError) as error:
+        Pipeline.from_file(path)
+    assert error.value.key == "input" and error.value.path == str(path)
+    assert "{rows: N}" in str(error.value)
+    # Built in Python, the same: found when the run starts, before the output folder is made.
+    with pytest.raises(ConfigError, match="no input") as python:
+        Pipeline([Complete()]).run(tmp_path / "out", progress=False)
+    assert python.value.key == "input" and not (tmp_path / "out").exists()
+    # Stages that generate from nothing take {rows: N}.
+    path.write_text(GOOD.replace("input: prompts.jsonl", "input: {rows: 3}"))
+    assert Pipeline.from_file(path).input is not None
+
+
+def test_a_workflow_pipeline_step_without_input_names_the_key(tmp_path: Path) -> None:
+    from stillroom.workflow import Workflow
+
+    path = tmp_path / "flow.yaml"
+    path.write_text("steps:\n  - name: gen\n    pipeline:\n      stages: [{type: complete}]\n")
+    with pytest.raises(ConfigError) as error:
+        Workflow.from_file(path)
+    assert error.value.key == "steps[0].pipeline.input" and error.value.line == 3
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "this is a folder"),
+    (b"# caf\xe9\nstages: []\n", "not UTF-8"),
+])
+def test_a_pipeline_file_that_is_a_folder_or_not_utf8(tmp_path: Path, content: bytes | None,
+                                                      needle: str) -> None:
+    path = tmp_path / "p.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=needle) as error:
+        Pipeline.from_file(path)
+    assert error.value.path == str(path)
+
+
+def test_a_validator_message_is_not_prefixed_with_pydantics_wording() -> None:
+    error = error_for(GOOD.replace("base_url: http://127.0.0.1:9/v1", "base_url: 127.0.0.1:9/v1"))
+    assert error.key == "backends.teacher.base_url" and "Value error" not in str(error)

@@ -339,7 +339,7 @@ def test_a_relative_principles_path_is_read_from_the_pipeline_files_folder(
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "mine.jsonl").write_text(GOOD)
     pipeline_file = tmp_path / "project" / "p.yaml"
-    pipeline_file.write_text("stages:\n  - type: constitutional\n    principles: mine.jsonl\n")
+    pipeline_file.write_text("input: in.jsonl\nstages:\n  - type: constitutional\n    principles: mine.jsonl\n")
     monkeypatch.chdir(tmp_path)  # not the pipeline's folder
     stage = Pipeline.from_file(pipeline_file).stages[0]
     assert isinstance(stage, Constitutional)

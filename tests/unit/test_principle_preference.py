@@ -371,7 +371,7 @@ def test_a_bad_principles_file_names_the_file_and_line(
 def test_a_relative_principles_file_is_read_from_the_pipeline_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.jsonl").write_text(GOOD_LINE)
     pipeline_file = tmp_path / "pipeline.yaml"
-    pipeline_file.write_text("stages:\n  - type: principle_preference\n    principles: mine.jsonl\n")
+    pipeline_file.write_text("input: in.jsonl\nstages:\n  - type: principle_preference\n    principles: mine.jsonl\n")
     stage = Pipeline.from_file(pipeline_file).stages[0]
     assert isinstance(stage, PrinciplePreference)
     assert [p.id for p in stage.principle_set().principles] == ["a"]
@@ -385,7 +385,7 @@ def test_other_config_errors(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ConfigError, match="no principles"):
         parse_pipeline_text(
-            f"stages:\n  - type: principle_preference\n    principles: {tmp_path}/empty.jsonl\n")
+            f"input: in.jsonl\nstages:\n  - type: principle_preference\n    principles: {tmp_path}/empty.jsonl\n")
     with pytest.raises(ConfigError, match="no such principles file"):
         PrinciplePreference(principles=str(tmp_path / "missing.jsonl"))
     with pytest.raises(ConfigError, match="unknown built-in"):

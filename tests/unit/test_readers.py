@@ -82,3 +82,65 @@ def test_builtin_seed_tasks_ship_with_the_package() -> None:
     assert len(rows) == 175 and sum(r["is_classification"] for r in rows) == 26
     with pytest.raises(InputError, match="unknown built-in"):
         resolve_input_path("builtin:nope")
+
+
+# -- damaged, empty and unreadable inputs: an InputError naming the file (and line) ------------
+
+
+def test_an_input_with_no_rows_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    from stillroom.errors import ConfigError
+
+    for name, text in (("e.jsonl", ""), ("blank.jsonl", "\n \n"), ("h.csv", "prompt\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match="no rows") as error:
+            InputSource(str(tmp_path / name), tmp_path).check(None)
+        assert error.value.path == str(tmp_path / name)
+    with pytest.raises(InputError, match="no rows"):
+        InputSource([], tmp_path).check(None)
+    with pytest.raises(ConfigError, match="no input") as missing:
+        InputSource(None, tmp_path)
+    assert missing.value.key == "input"
+
+
+def test_a_csv_that_is_not_utf8_names_its_line_and_a_bom_is_not_a_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"id,prompt\n1,hello\n2,caf\xe9\n")
+    with pytest.raises(InputError, match=r"latin1\.csv:3: not UTF-8 text \(byte 0xe9 at column 6\)"):
+        list(iter_rows(path))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfprompt\nhi\n")
+    assert [row for _, row in iter_rows(tmp_path / "bom.csv")] == [{"prompt": "hi"}]
+
+
+def test_a_truncated_or_damaged_gzip_names_the_file_and_the_last_good_line(tmp_path: Path) -> None:
+    import gzip
+
+    lines = b"".join(json.dumps({"prompt": f"row {i} " * 10}).encode() + b"\n" for i in range(300))
+    packed = gzip.compress(lines)
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    seen: list[str] = []
+    with pytest.raises(InputError, match="truncated or damaged") as error:
+        seen.extend(where for where, _ in iter_rows(path))
+    assert error.value.path == str(path)
+    assert f"after line {len(seen)}, the last one read whole" in str(error.value) and seen
+    path.write_bytes(packed[:10] + b"\xff" * 40 + packed[50:])  # damaged inside the stream
+    with pytest.raises(InputError, match="truncated or damaged"):
+        list(iter_rows(path))
+    path.write_bytes(b"plain text, not gzip\n")
+    with pytest.raises(InputError, match="before its first line"):
+        list(iter_rows(path))
+
+
+def test_any_other_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "a"}\n')
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(InputError, match="cannot read: Permission denied") as error:
+        list(iter_rows(path))
+    assert error.value.path == str(path)

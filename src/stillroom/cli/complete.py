@@ -68,7 +68,9 @@ def complete(
     workers: WorkersOption = None,
     gpus_per_worker: GpusPerWorker = None,
 ) -> None:
-    """Give every row with `prompt` or `messages` a `completion` (or `completions` when n > 1)."""
+    """Answer every row with `prompt` or `messages`: a `completion` (text, or an assistant message
+    list for a conversational prompt), a `messages` row gets the answer as its last turn, and
+    n > 1 writes `completions`. These are the shapes TRL trains on (see the README's row formats)."""
     from stillroom import api
 
     config = api.backend_config(

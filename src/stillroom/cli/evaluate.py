@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stillroom.cli.main import app, err, friendly_errors
+from stillroom.cli.main import app, check_config_file, err, friendly_errors
 from stillroom.cli.main import out as console
 
 
@@ -29,6 +29,7 @@ def eval_command(
 ) -> None:
     """Held-out accuracy (a verifier), perplexity of teacher answers, judge win rate and a
     paired test; writes the JSON and prints a table."""
+    check_config_file(config, "eval config")
     from stillroom.evaluate import evaluate, load_eval_config
 
     loaded = load_eval_config(config)  # every key checked before any model loads

@@ -19,6 +19,7 @@ from stillroom.cli.main import (
     print_result,
 )
 from stillroom.cli.main import out as console
+from stillroom.errors import OutputFolderError
 
 
 @app.command()
@@ -40,6 +41,13 @@ def quickstart(
     from stillroom.quickstart import quickstart as run_quickstart
     from stillroom.report.distillation import headline
 
+    try:  # an output folder that cannot be made is refused before anything runs
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputFolderError(
+            f"cannot write the output folder {out}: {error.strerror or error}; choose a folder "
+            "you can write"
+        ) from None
     settings = QuickstartSettings(train_prompts=train_prompts, heldout=heldout,
                                   max_samples=max_samples, epochs=epochs, kd_alpha=kd_alpha)
     result = run_quickstart(

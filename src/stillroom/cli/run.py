@@ -65,7 +65,9 @@ def run(
     options = run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                           flush_rows, flush_seconds)
     options |= executor_options(executor, address, workers, gpus_per_worker)
-    if pipeline.exists() and is_workflow_text(pipeline.read_text(encoding="utf-8")):
+    from stillroom.pipeline.config import read_config_file
+
+    if is_workflow_text(read_config_file(pipeline, "pipeline")):
         Workflow.from_file(pipeline).run(
             out, log=lambda line: console.print(line, highlight=False, markup=False),
             **options, diversity_embeddings=not no_embeddings,

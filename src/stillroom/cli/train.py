@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import app, friendly_errors
+from stillroom.cli.main import app, check_config_file, friendly_errors
 from stillroom.cli.main import out as console
 
 train_app = typer.Typer(
-    help="Train a student on stillroom data (needs the `train` extra).", no_args_is_help=True
+    help="Train a student on stillroom data (needs the `train` extra).", no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(train_app, name="train")
 
@@ -22,6 +23,7 @@ def sft(
     config: Annotated[Path, typer.Argument(help="SFT config YAML (student, data, output_dir, ...).")],
 ) -> None:
     """Supervised fine-tuning with the loss on completions only; saves OUTPUT_DIR/final."""
+    check_config_file(config, "SFT config")
     import json
 
     from stillroom.train.sft import TRAIN_FILE, load_sft_config, train_sft

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import friendly_errors
+from stillroom.cli.main import check_config_file, friendly_errors
 from stillroom.cli.main import out as console
 from stillroom.cli.train import train_app
 
@@ -18,6 +18,7 @@ def dpo(
     config: Annotated[Path, typer.Argument(help="DPO config YAML (student, data, beta, ...).")],
 ) -> None:
     """Direct Preference Optimization on prompt/chosen/rejected pairs; saves OUTPUT_DIR/final."""
+    check_config_file(config, "DPO config")
     import json
 
     from stillroom.train.dpo import TRAIN_FILE, load_dpo_config, train_dpo

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import friendly_errors
+from stillroom.cli.main import check_config_file, friendly_errors
 from stillroom.cli.main import out as console
 from stillroom.cli.train import train_app
 
@@ -19,6 +19,7 @@ def kd(
 ) -> None:
     """Knowledge distillation, online (teacher in the loop) or offline (stored top-k logprobs);
     saves OUTPUT_DIR/final."""
+    check_config_file(config, "KD config")
     import json
 
     from stillroom.train.kd import TRAIN_FILE, load_kd_config, train_kd

@@ -81,18 +81,23 @@ def verify(
     """Give every row `passed` and `reason` from a verifier (no model is called)."""
     from stillroom.verify.stage import verify as verify_rows
 
-    result = verify_rows(
-        input,
-        out_dir,
-        kind=kind,
-        answer_column=answer_column,
-        options=_options(options),
-        drop_failed=drop_failed,
-        # No model is called: no request cache.
-        **executor_options(executor, address, workers, gpus_per_worker),
-        **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
-                      flush_rows, flush_seconds),
-    )
+    try:
+        result = verify_rows(
+            input,
+            out_dir,
+            kind=kind,
+            answer_column=answer_column,
+            options=_options(options),
+            drop_failed=drop_failed,
+            # No model is called: no request cache.
+            **executor_options(executor, address, workers, gpus_per_worker),
+            **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
+                          flush_rows, flush_seconds),
+        )
+    except ConfigError as error:
+        if error.key == "options":  # a verifier option: the flag that set it
+            raise ConfigError(error.reason, key="--options") from None
+        raise
     stats = result.summary["verify"]
     rate = "n/a" if stats["pass_rate"] is None else f"{stats['pass_rate']:.2%}"
     line = f"{stats['kind']}: {stats['passed']:,} of {stats['checked']:,} rows passed ({rate})"

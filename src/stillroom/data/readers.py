@@ -88,42 +88,75 @@ def detect_format(path: Path) -> str:
 
 
 def iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, Row]]:
-    """Yield ``(where, row)`` for every row of the input at ``path``."""
+    """Yield ``(where, row)`` for every row of the input at ``path``.
+
+    Every problem reading it (a missing, unreadable or damaged file) is an InputError naming
+    the file, and the line where there is one.
+    """
     source = Path(path)
-    if not source.exists():
+    try:
+        exists = source.exists()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise InputError(f"cannot read: {_os_reason(error)}", path=str(source)) from None
+    if not exists:
         raise InputError("no such file or folder", path=str(source))
     kind = detect_format(source)
-    if kind == "jsonl":
-        yield from _iter_jsonl(source)
-    elif kind == "parquet":
-        yield from _iter_parquet(source)
-    elif kind == "csv":
-        yield from _iter_csv(source)
-    else:
-        yield from _iter_datasets(source)
+    try:
+        if kind == "jsonl":
+            yield from _iter_jsonl(source)
+        elif kind == "parquet":
+            yield from _iter_parquet(source)
+        elif kind == "csv":
+            yield from _iter_csv(source)
+        else:
+            yield from _iter_datasets(source)
+    except OSError as error:  # permission denied, an I/O error, a file removed while read
+        raise InputError(f"cannot read: {_os_reason(error)}", path=str(source)) from None
+
+
+def _os_reason(error: OSError) -> str:
+    """An OSError's reason without the path it repeats (the InputError names the file)."""
+    return error.strerror or str(error) or type(error).__name__
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Row]]:
-    opener: Any = open
-    if path.suffix == ".gz":
-        import gzip
+    if path.suffix.lower() != ".gz":
+        with open(path, "rb") as handle:
+            yield from _jsonl_lines(path, handle)
+        return
+    import gzip
+    import zlib
 
-        opener = gzip.open
-    with opener(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                raise InputError(f"not valid JSON ({error})", path=str(path), line=number) from None
-            if not isinstance(row, dict):
-                raise InputError(
-                    f"each line must be a JSON object, got {type(row).__name__}",
-                    path=str(path),
-                    line=number,
-                )
-            yield f"{path}:{number}", row
+    good = 0  # the last line read whole, for the message
+    try:
+        with gzip.open(path, "rb") as handle:
+            for where, row in _jsonl_lines(path, handle):
+                good = int(where.rsplit(":", 1)[1])
+                yield where, row
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        after = f"after line {good}, the last one read whole" if good else "before its first line"
+        raise InputError(
+            f"the gzip file is truncated or damaged ({error or type(error).__name__}); it ends "
+            f"{after}. Compress it again, or give the uncompressed .jsonl",
+            path=str(path),
+        ) from None
+
+
+def _jsonl_lines(path: Path, handle: Any) -> Iterator[tuple[str, Row]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise InputError(f"not valid JSON ({error})", path=str(path), line=number) from None
+        if not isinstance(row, dict):
+            raise InputError(
+                f"each line must be a JSON object, got {type(row).__name__}",
+                path=str(path),
+                line=number,
+            )
+        yield f"{path}:{number}", row
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Row]]:
@@ -136,15 +169,47 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Row]]:
         except Exception as error:  # pyarrow raises several types for a corrupt file
             raise InputError(f"cannot read Parquet: {error}", path=str(file)) from None
         index = 0
-        for batch in parquet.iter_batches(batch_size=4096):
+        batches = parquet.iter_batches(batch_size=4096)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as error:  # a damaged row group: pyarrow's OSError or ArrowInvalid
+                raise InputError(f"cannot read Parquet after row {index}: {error}",
+                                 path=str(file)) from None
+            if batch is None:
+                break
             for row in batch.to_pylist():
                 yield f"{file}:row {index}", row
                 index += 1
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Row]]:
+    try:
+        yield from _csv_rows(path)
+    except UnicodeDecodeError:
+        line, where = _first_undecodable(path)
+        raise InputError(
+            f"not UTF-8 text{where}; save the file as UTF-8", path=str(path), line=line
+        ) from None
+
+
+def _first_undecodable(path: Path) -> tuple[int | None, str]:
+    """The line (1-based) of the first bytes that are not UTF-8, and which byte at which
+    column: a character cannot span a newline, so each line decodes on its own."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                column = len(raw[: error.start].decode("utf-8", "replace")) + 1
+                return number, f" (byte 0x{raw[error.start]:02x} at column {column})"
+    return None, ""
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Row]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (as spreadsheets write) is not part of the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         if reader.fieldnames is None:
             return
@@ -166,7 +231,10 @@ def _iter_datasets(path: Path) -> Iterator[tuple[str, Row]]:
         import datasets
     except ImportError as error:  # pragma: no cover - datasets is a core dependency
         raise InputError("reading a `datasets` folder needs `pip install datasets`") from error
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as error:  # a damaged folder: missing or unreadable files
+        raise InputError(f"cannot read the `datasets` folder: {error}", path=str(path)) from None
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
             raise InputError(

@@ -357,10 +357,10 @@ def _config_error(validation: ValidationError, root: yaml.Node, path: str) -> Co
 
 
 def load_eval_config(path: str | Path) -> EvalConfig:
+    from stillroom.pipeline.config import read_config_file
+
     file = Path(path)
-    if not file.exists():
-        raise ConfigError("no such config file", path=str(file))
-    return parse_eval_config(file.read_text(encoding="utf-8"), str(file), file.resolve().parent)
+    return parse_eval_config(read_config_file(file, "eval config"), str(file), file.resolve().parent)
 
 
 def as_config(config: EvalConfig | dict[str, Any] | str | Path) -> EvalConfig:

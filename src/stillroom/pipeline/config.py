@@ -180,6 +180,8 @@ def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:
     loc = tuple(error["loc"])
     key, owner = _dotted(loc, data)
     message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wording, not ours
+        message = message.removeprefix(prefix)
     if error["type"] == "extra_forbidden":
         allowed = sorted(owner.model_fields) if owner is not None else []
         name = str(loc[-1])
@@ -258,17 +260,44 @@ def parse_pipeline_text(
         ) from None
 
 
+def read_config_file(path: str | os.PathLike[str], what: str) -> str:
+    """The text of the config file ``path`` (``what``: "pipeline", "eval config", ...); a
+    ConfigError naming the file when it is missing, a folder, unreadable or not UTF-8."""
+    file = Path(path)
+    try:
+        if not file.exists():
+            raise ConfigError(f"no such {what} file", path=str(file))
+        if file.is_dir():
+            raise ConfigError(f"this is a folder; give the {what} file (YAML)", path=str(file))
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(f"the {what} file is not UTF-8 text", path=str(file), line=line) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} file: {error.strerror or error}",
+                          path=str(file)) from None
+
+
+def check_has_input(model: BaseModel, path: str) -> None:
+    """A pipeline file without ``input:`` would run on nothing: a ConfigError naming the key.
+    Stages that generate from nothing take ``input: {rows: N}`` (how many rows to make)."""
+    if getattr(model, "input", None) is None:
+        raise ConfigError(
+            "required key is missing: give a file (input: prompts.jsonl), {rows: N} for stages "
+            "that generate from nothing (e.g. magpie), or {mix: [...]}",
+            path=path,
+            key="input",
+        )
+
+
 def load_pipeline_file(path: str | os.PathLike[str]) -> tuple[BaseModel, Path]:
     file = Path(path)
-    if not file.exists():
-        raise ConfigError("no such pipeline file", path=str(file))
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("the pipeline file is not UTF-8 text", path=str(file)) from None
+    text = read_config_file(file, "pipeline")
     base_dir = file.resolve().parent
     model, _ = parse_pipeline_text(text, str(file), base_dir)
+    check_has_input(model, str(file))
     return model, base_dir
 
 
-__all__ = ["InputConfig", "load_pipeline_file", "parse_pipeline_text", "BackendConfig", "Stage"]
+__all__ = ["InputConfig", "check_has_input", "load_pipeline_file", "parse_pipeline_text",
+           "read_config_file", "BackendConfig", "Stage"]

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from stillroom.data.readers import iter_rows, resolve_input_path
-from stillroom.errors import InputError
+from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.config import InputConfig
 
 Row = dict[str, Any]
@@ -90,8 +90,13 @@ class InputSource:
             self.path = resolve_input_path(spec, base_dir)
             self.description = str(self.path)
         else:
-            self.rows_in_memory = []
-            self.description = "no input"
+            # Nothing to read: every stage takes rows, and one that generates from nothing
+            # (Magpie, say) takes `input: {rows: N}`, the number of rows to make.
+            raise ConfigError(
+                "the pipeline has no input: give `input:` a file (or {path: FILE}), "
+                "{rows: N} for stages that generate from nothing, or {mix: [...]}",
+                key="input",
+            )
         self.count = 0
         self.digest = ""
 
@@ -143,6 +148,8 @@ class InputSource:
                 if problem:
                     raise InputError(problem, path=where)
             count += 1
+        if count == 0:
+            raise InputError(self._no_rows(), path=str(self.path) if self.path is not None else None)
         self.count = count
         if self.mix is not None:
             # The mixed rows themselves: the sources' contents, the shares and the seed.
@@ -151,12 +158,24 @@ class InputSource:
                              default=str)
             ).hexdigest()
         elif self.path is not None:
-            self.digest = _digest_path(self.path)
+            try:
+                self.digest = _digest_path(self.path)
+            except OSError as error:
+                raise InputError(f"cannot read: {error.strerror or error}",
+                                 path=str(self.path)) from None
         else:
             self.digest = hashlib.sha256(
                 orjson.dumps(self.rows_in_memory or [], option=orjson.OPT_SORT_KEYS, default=str)
             ).hexdigest()
         return count
+
+    def _no_rows(self) -> str:
+        if self.path is not None:
+            return ("no rows: the file is empty (or holds only blank lines, or a header and no "
+                    "rows); there is nothing to do")
+        if self.mix is not None:
+            return "no rows: the mix's sources hold no rows; there is nothing to do"
+        return "no rows: the input holds no rows; there is nothing to do"
 
     def identity(self) -> dict[str, Any]:
         return {"digest": self.digest, "limit": self.limit}

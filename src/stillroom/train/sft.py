@@ -28,19 +28,27 @@ The method. Training uses TRL's ``SFTTrainer`` on *prompt/completion* text with
 student's negative log-likelihood of the teacher's answer given the prompt (sequence-level
 distillation, Kim & Rush 2016: fine-tune the student on the teacher's outputs).
 
-How rows become training text:
+How rows become training text (the row shapes ``complete`` writes; see ``stillroom.data.rows``
+and the README's row formats):
 
-* ``prompt_completion`` rows (columns ``prompt`` and ``completion``, what stillroom stages
-  write): when the tokenizer has a chat template, the prompt is rendered as one user turn with
-  the assistant header after it (``add_generation_prompt``), so the student learns in the same
-  format the transformers backend prompts it with at inference; without a template the prompt
-  is used as it is.
+* ``prompt_completion`` rows (columns ``prompt`` and ``completion``): the text ``prompt`` as
+  one user turn, or a conversational ``prompt`` (a list of messages) as those turns, is rendered
+  with the chat template and the assistant header after it (``add_generation_prompt``), so the
+  student learns in the same format the transformers backend prompts it with at inference
+  (without a template the turns' text is used as it is); the completion is the ``completion``
+  text, or the assistant message's text when ``completion`` is a list
+  (``[{"role": "assistant", "content": ...}]``, TRL's conversational completion).
 * ``messages`` rows (a ``messages`` list of ``{role, content}``, ending with an assistant turn):
   every turn before the last assistant turn is rendered with the chat template as the prompt,
-  and the last assistant turn is the completion. We do not use TRL's ``assistant_only_loss``:
-  it needs ``{% generation %}`` markers in the chat template, which SmolLM2's template lacks.
-  So in a multi-turn conversation only the final assistant turn is trained; earlier assistant
-  turns are context.
+  and the last assistant turn is the completion. (A ``messages`` row as older stillroom
+  versions wrote it, without the answer and with a text ``completion`` beside it, is read with
+  that ``completion`` as the answer.) We do not use TRL's ``assistant_only_loss``: it needs
+  ``{% generation %}`` markers in the chat template, which SmolLM2's template lacks. So in a
+  multi-turn conversation only the final assistant turn is trained; earlier assistant turns are
+  context.
+
+Either way the loss is on the answer only: TRL gets text prompt/completion pairs and
+``completion_only_loss``, so the prompt's labels are -100 and the answer's are its tokens.
 
 The end of a completion: TRL appends the tokenizer's EOS token (``<|im_end|>`` for SmolLM2,
 which also closes a chat turn) to every completion and labels it, so the student learns to
@@ -65,6 +73,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stillroom.data.rows import answer_text, is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError, InputError
 from stillroom.train.common import (
     TRAIN_FILE,
@@ -107,10 +116,12 @@ def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
     if wanted != "auto":
         return wanted
     first = rows[0]
-    if "messages" in first:
-        return "messages"
-    if "prompt" in first and "completion" in first:
+    # A Parquet output has every column in every row, null where a row has no value. A row with
+    # a `prompt` is prompt + completion, as TRL's SFTTrainer reads it, even beside `messages`.
+    if first.get("prompt") is not None and first.get("completion") is not None:
         return "prompt_completion"
+    if first.get("messages") is not None:
+        return "messages"
     raise ConfigError(
         f"cannot tell the data format from columns {sorted(first)}: need `prompt` and "
         "`completion`, or `messages`", key="format",
@@ -120,22 +131,35 @@ def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
 def to_prompt_completion(
     rows: list[dict[str, Any]], fmt: str, tokenizer: Any
 ) -> list[dict[str, str]]:
-    """Plain-text ``{prompt, completion}`` pairs: the chat template applied to the prompt turns."""
+    """Plain-text ``{prompt, completion}`` pairs: the chat template applied to the prompt turns,
+    the answer text as the completion (read through :mod:`stillroom.data.rows`)."""
     out = []
     for index, row in enumerate(rows):
         if fmt == "messages":
-            messages = row.get("messages")
-            if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
-                    or messages[-1].get("role") != "assistant":
+            if not is_conversation(row.get("messages")):
+                raise InputError(f"row {index}: `messages` must be a non-empty list of "
+                                 "{role, content} messages")
+            # The final assistant turn, or (as older stillroom versions wrote a `messages` row)
+            # a text `completion` beside the conversation.
+            completion = row_answer(row)
+            if completion is None:
                 raise InputError(f"row {index}: `messages` must end with an assistant turn")
-            turns = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
-            completion = str(messages[-1].get("content") or "")
+            turns = prompt_messages(row)
+            if not turns:
+                raise InputError(f"row {index}: `messages` holds no turn before the answer")
         else:
-            prompt, answer = row.get("prompt"), row.get("completion")
-            if not isinstance(prompt, str) or not isinstance(answer, str):
-                raise InputError(f"row {index}: `prompt` and `completion` must be text")
+            prompt, answer = row.get("prompt"), answer_text(row.get("completion"))
+            if isinstance(prompt, str):
+                turns = [{"role": "user", "content": prompt}]
+            elif is_conversation(prompt):  # TRL's conversational prompt
+                turns = list(prompt)
+            else:
+                raise InputError(f"row {index}: `prompt` must be text or a list of messages")
+            if answer is None:
+                raise InputError(f"row {index}: `completion` must be text or a list holding "
+                                 "the assistant's message")
             completion = answer
-            turns = [{"role": "user", "content": prompt}]
+        turns = [{"role": m["role"], "content": m["content"]} for m in turns]
         out.append({"prompt": render_prompt(turns, tokenizer), "completion": completion})
     return out
 

@@ -7,6 +7,11 @@ A verifier looks at a row (its ``completion`` and whatever the check needs: a re
 A verifier never raises for a bad answer (a wrong, unparseable or hostile answer is a failed
 verdict with its reason); it raises :class:`VerifierInputError` only when the row itself cannot be
 checked (no reference answer, malformed tests), which the caller reports before any work.
+
+A verifier reads its answer column as text. A row may hold its answer in another shape (see
+:mod:`stillroom.data.rows`): an assistant message list in ``completion``, or, with no
+``completion`` column, the final assistant turn of ``messages``. A caller passes
+:meth:`Verifier.answer_row` of such a row, which puts the answer text in the column.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from stillroom.data.rows import ANSWER_COLUMN, row_answer
 from stillroom.registry import Registry
 
 Row = dict[str, Any]
@@ -45,11 +51,24 @@ class Verifier(ABC):
     def __init__(self, answer_column: str = "completion"):
         self.answer_column = answer_column
 
+    def answer_row(self, row: Row) -> Row:
+        """``row`` with its answer as text in ``answer_column`` (read by
+        :func:`stillroom.data.rows.row_answer` from an assistant message list, or from the final
+        assistant turn of ``messages``); ``row`` itself when the column holds text already or
+        there is no answer to read."""
+        value = row.get(self.answer_column)
+        if isinstance(value, str):
+            return row
+        text = row_answer(row, self.answer_column)
+        return row if text is None else {**row, self.answer_column: text}
+
     def check_row(self, row: Row) -> str | None:
         """What makes ``row`` uncheckable, if anything (named column and reason)."""
         for column in (self.answer_column, *self.required_columns):
             if row.get(column) is None:
-                return f"the row needs a `{column}` column for the {self.name} verifier"
+                also = (" (or `messages` ending with the assistant's answer)"
+                        if column == ANSWER_COLUMN == self.answer_column else "")
+                return f"the row needs a `{column}` column{also} for the {self.name} verifier"
         return None
 
     @abstractmethod

@@ -13,7 +13,9 @@
 ``rejection_sample`` asks for samples in batches (sample indexes 0, 1, ... so a rerun is served
 from the request cache) and verifies each, until ``k`` have passed or ``max_samples`` are spent.
 A kept row gets ``completions`` (the passing samples, at most ``k``, in sample order),
-``completion`` (the first of them), ``samples_spent`` and ``passed_count``; with
+``completion`` (the first of them; a ``messages`` row without a ``prompt`` gets it as its final
+assistant turn instead, and a conversational ``prompt`` as an assistant message list, the shapes
+``complete`` writes), ``samples_spent`` and ``passed_count``; with
 ``top_logprobs`` also ``logprobs`` (each token of ``completion`` with its top alternatives, the
 layout the ``complete`` stage writes, for offline top-k distillation) and
 ``completions_logprobs`` (the same for each kept sample). A row none of whose
@@ -52,6 +54,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
+from stillroom.data.rows import with_answer
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import (
     PromptTemplate,
@@ -147,6 +150,13 @@ class _Sampler(RowStage):
 
     def check_prompt_row(self, row: Row) -> str | None:
         return check_prompt(row, prompt_template=self.prompt_template)
+
+    def answered(self, row: Row, text: str) -> Row:
+        """The row with its chosen answer: in the row's TRL shape, as the ``complete`` stage
+        writes it (``messages`` end with it; see data.rows), or text after a template."""
+        if self.prompt_template is None:
+            return with_answer(row, text)
+        return {**row, "completion": text}
 
     def messages_for(self, row: Row) -> list[dict[str, Any]]:
         return build_messages(row, self.prompt_template, self.system)
@@ -303,7 +313,10 @@ class RejectionSample(_Sampler):
         out = dict(row)
         out["id"] = self.row_key(row)
         out["completions"] = kept
-        out["completion"] = kept[0] if kept else None
+        if kept:
+            out = self.answered(out, kept[0])
+        else:
+            out["completion"] = None
         out["samples_spent"] = spent
         out["passed_count"] = passed_count
         if self.top_logprobs is not None:
@@ -453,7 +466,7 @@ class MajorityVote(_Sampler):
             elif share < self.min_share:
                 reason = f"majority answer {answers[top]!r} has share {share:.2f} < {self.min_share}"
             answer = answers[top]
-            out["completion"] = texts[labels.index(top)]
+            out = self.answered(out, texts[labels.index(top)])
         out["answer"] = answer if reason is None else None
         out["vote_share"] = share
         out["votes"] = votes

@@ -95,7 +95,7 @@ class Verify(RowStage):
         return self._verifier
 
     def check_row(self, row: Row) -> str | None:
-        return self._verifier.check_row(row)
+        return self._verifier.check_row(self._verifier.answer_row(row))
 
     def summary_columns(self) -> list[str]:
         return ["passed"]
@@ -109,11 +109,13 @@ class Verify(RowStage):
         return {"checked": len(verdicts), "passed": passed, "pass rate": passed / len(verdicts)}
 
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
-        problem = self._verifier.check_row(row)
+        # The answer as text, wherever the row keeps it (a `messages` row: its last turn).
+        checked = self._verifier.answer_row(row)
+        problem = self._verifier.check_row(checked)
         if problem:
             raise RowFailure(problem, kind="VerifierInputError")
         try:
-            verdict = await asyncio.to_thread(self._verifier.verify, row)
+            verdict = await asyncio.to_thread(self._verifier.verify, checked)
         except VerifierInputError as error:
             raise RowFailure(str(error), kind="VerifierInputError") from None
         except Exception as error:  # the verifier broke (e.g. its worker process died): failed/

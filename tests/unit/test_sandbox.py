@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from stillroom.verify.sandbox import Limits, error_summary, isolation, pids_of_uid, run_python
+from stillroom.verify import sandbox, sandbox_leftovers
+from stillroom.verify.sandbox import (
+    Limits,
+    clean_stale,
+    error_summary,
+    isolation,
+    pids_of_uid,
+    run_python,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux only")
 
@@ -206,4 +223,319 @@ def test_parent_environ_cannot_be_read_from_proc(monkeypatch):
     )
     assert not result.ok
     assert "sk-fake-secret-456" not in result.stdout + result.stderr
-    assert "PermissionError" in result.reason
+    # Another uid's process (PermissionError), or, in a pid namespace with its own /proc, none.
+    assert "PermissionError" in result.reason or "FileNotFoundError" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("wall_seconds", -1),
+        ("wall_seconds", 0.0),
+        ("wall_seconds", float("inf")),
+        ("cpu_seconds", 0),
+        ("memory_mb", -5),
+        ("max_processes", 2.5),
+        ("disk_mb", None),
+        ("open_files", False),
+    ],
+)
+def test_limits_name_the_option_that_is_not_positive(option, value):
+    with pytest.raises(ValueError, match=f"^{option} must be a positive"):
+        Limits(**{option: value})
+
+
+def test_isolation_says_what_this_machine_allows():
+    found = isolation()
+    assert found["mode"] in ("uid", "user")
+    assert isinstance(found["namespaces"], bool) and isinstance(found["netns"], bool)
+    assert found["disk"] == ("tmpfs" if found["namespaces"] else "polled")
+    assert found["cgroup"] is None or found["cgroup"]["version"] in (1, 2)
+
+
+def test_exit_status_and_signal_come_through_the_launcher():
+    assert run("import os\nos._exit(7)\n").exit_code == 7
+    result = run("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    assert result.signal == signal.SIGTERM and result.exit_code is None
+    assert result.reason == "killed by signal SIGTERM"
+
+
+def test_a_background_process_dies_when_the_program_ends():
+    marker = f"stillroom-background-{uuid.uuid4().hex}"
+    result = run(
+        f"""
+        import os, sys
+        if os.fork() == 0:
+            os.setsid()
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)",
+                                      "{marker}"])
+        print("left it running")
+        """
+    )
+    assert result.ok and result.stdout == "left it running\n"
+    assert _wait_until_gone(marker) == []
+
+
+@pytest.mark.skipif(not isolation()["namespaces"], reason="needs mount namespaces (tmpfs)")
+def test_its_files_live_in_a_tmpfs_of_disk_mb():
+    result = run(
+        """
+        import os
+        st = os.statvfs(".")
+        print(st.f_blocks * st.f_frsize // 2**20, sorted(os.listdir(".")))
+        for path in ("/tmp", "/var/tmp", "/dev/shm"):
+            open(os.path.join(path, "x-" + path.strip("/").replace("/", "-")), "w").close()
+        print(sorted(os.listdir(".")))
+        """,
+        limits=Limits(disk_mb=3),
+    )
+    assert result.ok, result.reason
+    first, second = result.stdout.splitlines()
+    assert first == "3 ['main.py']"
+    # The world-writable directories are the same tmpfs: one budget for all of them.
+    assert second == "['main.py', 'x-dev-shm', 'x-tmp', 'x-var-tmp']"
+
+
+def test_stale_folders_of_dead_verifiers_are_removed(tmp_path):
+    def folder(name: str, owner: dict | None, age: float = 0.0) -> Path:
+        path = tmp_path / f"stillroom-sandbox-{name}"
+        (path / "work").mkdir(parents=True)
+        (path / "work" / "main.py").write_text("print(1)")
+        if owner is not None:
+            (path / "owner.json").write_text(json.dumps(owner))
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    me = {"pid": os.getpid(), "start": sandbox_leftovers._start_time(os.getpid()), "uid": None}
+    alive = folder("alive", me)
+    reused = folder("reused", {**me, "start": me["start"] - 1})  # same pid, another process
+    dead = folder("dead", {**me, "pid": _dead_pid()})
+    legacy_old = folder("legacy-old", None, age=2 * 3600)
+    legacy_new = folder("legacy-new", None)
+    unrelated = tmp_path / "someone-else"
+    unrelated.mkdir()
+    removed = clean_stale(str(tmp_path))
+    assert sorted(removed) == sorted(str(p) for p in (reused, dead, legacy_old))
+    assert alive.exists() and legacy_new.exists() and unrelated.exists()
+
+
+# The verifier killed with SIGKILL mid-run: nothing it started may live on. A small verifier
+# process (the sandbox modules loaded from their folder, without the packages' __init__: fast to
+# start, and no site-packages needed) runs a program that leaves a double-forked, setsid()ed
+# sleeper named by a marker, and is killed while the program sleeps.
+
+VERIFIER = """
+import json, os, sys, types
+for name, path in (("stillroom", os.path.dirname(sys.argv[1])), ("stillroom.verify", sys.argv[1])):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+from stillroom.verify import sandbox
+sandbox._CAPS = {**sandbox.isolation(), **json.loads(sys.argv[2])}
+print(json.dumps(sandbox.isolation()), flush=True)
+limits = {"cpu_seconds": 5, "wall_seconds": 60, **json.loads(sys.argv[4:5] and sys.argv[4] or "{}")}
+result = sandbox.run_python(sys.argv[3], limits=sandbox.Limits(**limits))
+print(json.dumps(result.as_dict()), flush=True)
+"""
+
+ESCAPER = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sys.executable, [sys.executable, "-c", "import time\\nwhile True: time.sleep(0.05)",
+                                  "{marker}"])
+    os._exit(0)
+if os.fork() == 0:  # and one that stays in the group
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
+time.sleep(60)
+"""
+
+
+def _verifier_modes() -> list:
+    root = os.geteuid() == 0
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    modes = [pytest.param({}, None, None, id="as-probed")]
+    # Without a mount namespace the run's uid must reach the interpreter: one outside /root.
+    plain = sys.executable if not root else system_python
+    modes.append(
+        pytest.param(
+            {"namespaces": False, "netns": False, "cgroup": None, "disk": "polled"},
+            plain,
+            None,
+            id="no-namespaces-no-cgroup",
+            marks=pytest.mark.skipif(
+                plain is None, reason="no interpreter the run's uid can reach"
+            ),
+        )
+    )
+    modes.append(
+        pytest.param(
+            {},
+            system_python,
+            65534,
+            id="unprivileged",
+            marks=pytest.mark.skipif(
+                not root or system_python is None,
+                reason="needs root to become an unprivileged user",
+            ),
+        )
+    )
+    modes.append(
+        pytest.param(
+            {"namespaces": False, "netns": False},
+            system_python,
+            65534,
+            id="unprivileged-no-namespaces",
+            marks=pytest.mark.skipif(
+                not root or system_python is None,
+                reason="needs root to become an unprivileged user",
+            ),
+        )
+    )
+    return modes
+
+
+@pytest.mark.parametrize(("caps", "python", "user"), _verifier_modes())
+def test_a_killed_verifier_takes_its_programs_with_it(caps, python, user):
+    marker = f"stillroom-escaper-{uuid.uuid4().hex}"
+    here = Path(tempfile.mkdtemp(prefix="stillroom-test-"))  # one an unprivileged user can read
+    here.chmod(0o755)
+    script = here / "verifier.py"
+    script.write_text(VERIFIER)
+    args = [
+        python or sys.executable,
+        "-I",
+        str(script),
+        os.path.dirname(sandbox.__file__),
+        json.dumps(caps),
+        ESCAPER.replace("{marker}", marker),
+    ]
+    ids = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
+    verifier = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=here, **ids)
+    try:
+        found = json.loads(verifier.stdout.readline())
+        assert {k: found[k] for k in caps} == caps
+        assert _wait_until(lambda: len(_processes_with(marker)) >= 2), "the program never started"
+        verifier.kill()
+        verifier.wait()
+        assert _wait_until_gone(marker) == []
+    finally:
+        verifier.kill()
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(here)
+        # What it left (folder, cgroups) goes at the next start of that user's sandbox: now.
+        clean_stale()
+        for folder in Path(tempfile.gettempdir()).glob(sandbox.FOLDER_PREFIX + "*"):
+            with contextlib.suppress(OSError, ValueError):  # another user's: not ours to trust
+                if json.loads((folder / sandbox.OWNER).read_text())["pid"] == verifier.pid:
+                    shutil.rmtree(folder)
+
+
+FILLER = """
+import os
+for name in range(100_000):  # 6 GB if nothing stopped it
+    with open(f"f{name}", "wb") as f:
+        f.write(b"x" * 65536)
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("python3", path="/usr/bin:/bin") is None,
+    reason="no interpreter the run's uid can reach",
+)
+def test_without_namespaces_the_disk_is_polled(tmp_path):
+    tmp_path.chmod(0o755)
+    script = tmp_path / "verifier.py"
+    script.write_text(VERIFIER)
+    caps = {"namespaces": False, "netns": False, "cgroup": None, "disk": "polled"}
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    done = subprocess.run(
+        [
+            python,
+            "-I",
+            str(script),
+            os.path.dirname(sandbox.__file__),
+            json.dumps(caps),
+            FILLER,
+            json.dumps({"disk_mb": 4, "cpu_seconds": 20, "wall_seconds": 60}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["reason"] == "killed: disk limit (4 MB for all its files)", result["reason"]
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def _wait_until(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_until_gone(marker: str) -> list[int]:
+    _wait_until(lambda: not _processes_with(marker), seconds=5.0)
+    return _processes_with(marker)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+ESCAPE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+# A user namespace of its own (if the kernel lends one) gives it CAP_SYS_CHROOT there: the
+# classic escape, chroot into a subdirectory and climb out, reaches the namespace's root.
+if libc.unshare(0x10000000 | 0x00020000) == 0:  # CLONE_NEWUSER | CLONE_NEWNS
+    os.mkdir("x")
+    os.chroot("x")
+    for _ in range(30):
+        os.chdir("..")
+    os.chroot(".")
+print(sorted(os.listdir("/")))
+print(os.path.exists({project!r}), os.path.exists("/etc/passwd"))
+"""
+
+
+@needs_strong
+def test_only_what_python_needs_is_visible_even_after_a_chroot_escape():
+    result = run(ESCAPE.format(project=os.getcwd()))
+    assert result.ok, result.reason
+    listing, found = result.stdout.splitlines()
+    prefix = os.path.realpath(sys.base_prefix).split("/")[1]  # the interpreter's, read-only
+    allowed = {
+        *(d.strip("/") for d in sandbox.SYSTEM_DIRS),
+        "dev",
+        "proc",
+        "tmp",
+        "var",
+        "run",
+        prefix,
+    }
+    assert set(eval(listing)) <= allowed
+    assert found == "False False"  # neither the project nor the machine's /etc

@@ -105,6 +105,15 @@ def inspect_output(out: str | os.PathLike[str], samples: int = 3) -> dict[str, A
     folder = OutputFolder(out)
     if not folder.root.is_dir() or not (folder.root / "data").is_dir():
         raise OutputFolderError(f"{folder.root} is not a stillroom output folder (no data/ inside)")
+    # A folder being written may be caught between a shard's rewrite and its record: only a
+    # folder nobody writes is judged.
+    damage = [] if folder.writer() else folder.damage()
+    if damage:
+        raise OutputFolderError(
+            f"{damage[0]}{f' (and {len(damage) - 1} more damaged files)' if len(damage) > 1 else ''}"
+            "; run the command that made this folder again: it undoes the damaged commits and "
+            "does their rows again (answers come from the request cache)"
+        )
     summary = summarize(folder)
     summary["samples"] = folder.read_rows("data", limit=samples)
     summary["failure_examples"] = failure_examples(folder)

@@ -366,3 +366,34 @@ def test_rows_input_makes_empty_rows_with_ids(tmp_path: Path) -> None:
     assert result.counts["data"] == 3
     with pytest.raises(ValueError, match="exactly one"):
         InputConfig(path="a.jsonl", rows=3)
+
+
+def test_the_card_appears_only_after_the_run_is_marked_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill between the card and the completion record must not leave a card on a run that
+    # is not complete: the record is written first, the card and report renamed in after it.
+    out = tmp_path / "out"
+
+    def killed(self: OutputFolder, summary: dict[str, Any]) -> None:
+        raise KeyboardInterrupt  # the process dies right here
+
+    monkeypatch.setattr(OutputFolder, "mark_complete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline([Complete()], rows(5)).run(out, progress=False)
+    assert not (out / "README.md").exists() and not (out / "report.html").exists()
+    monkeypatch.undo()
+    result = pipeline([Complete()], rows(5)).run(out, progress=False)
+    assert result.counts["data"] == 5 and (out / "README.md").exists()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_inspect_refuses_a_damaged_folder_in_one_line(tmp_path: Path) -> None:
+    from stillroom.api import inspect_output
+
+    out = tmp_path / "out"
+    pipeline([Complete()], rows(5)).run(out, progress=False)
+    shard = OutputFolder(out).shard_paths("data")[0]
+    shard.write_bytes(shard.read_bytes()[:20])
+    with pytest.raises(OutputFolderError, match=r"part-00000\.parquet has 20 bytes.*again"):
+        inspect_output(out)

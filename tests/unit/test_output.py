@@ -244,3 +244,27 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
         OutputFolder(blocker).prepare({"run": 1})
     with pytest.raises(OutputFolderError, match="cannot write the output folder"):
         OutputFolder(blocker / "sub").prepare({"run": 1})
+
+
+def test_debris_of_an_interrupted_session_is_removed_and_said(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    (folder.root / "data" / "part-00009.parquet.tmp").write_bytes(b"half")
+    (folder.root / "README.md.tmp").write_text("a card never published")
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert any("removed 2 file(s)" in note and "part-00009.parquet.tmp" in note
+               for note in state.notes)
+    assert not (folder.root / "README.md.tmp").exists()
+
+
+def test_damage_is_reported_read_only_and_a_writer_is_seen(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    assert folder.damage() == [] and folder.writer() is None
+    shard = folder.root / "failed" / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:10])
+    assert len(folder.damage()) == 1 and "failed/part-00000.parquet has" in folder.damage()[0]
+    assert shard.stat().st_size == 10  # nothing repaired by looking
+    writer = OutputFolder(tmp_path / "out")
+    writer.acquire()
+    assert "process" in (folder.writer() or "")
+    writer.release()
+    assert folder.writer() is None

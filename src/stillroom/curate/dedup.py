@@ -645,7 +645,7 @@ class _StreamedRun:
 
     def _run_prepared(self, state: Any, total: int) -> RunResult:
         from stillroom.pipeline.pipeline import RunResult
-        from stillroom.report.finalize import write_card_and_report
+        from stillroom.report.finalize import completion_record, write_card_and_report
 
         for note in state.notes:
             log.warning("warning: %s", note)
@@ -666,11 +666,11 @@ class _StreamedRun:
         self.folder.harmonize_shards()
         figures = {"method": self.stage.method, **self.stage.threshold_figure(),
                    **clusters.summary()}
-        summary = write_card_and_report(self.folder, self.config(), None, {self.name: figures})
-        self.folder.mark_complete({
-            "finished": time.time(), "counts": summary["counts"], "diversity": {},
-            "stage_results": summary["stage_results"], "warnings": summary.get("warnings", []),
-        })
+        config = self.config()
+        summary = write_card_and_report(
+            self.folder, config, None, {self.name: figures},
+            completion=lambda summary: completion_record(summary, config),
+        )
         return RunResult(
             out=self.folder.root, counts=summary["counts"], session_counts=counts,
             failures_by_reason=summary["failures_by_reason"],

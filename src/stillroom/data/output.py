@@ -197,6 +197,22 @@ class OutputFolder:
         with contextlib.suppress(Exception):
             self.release()
 
+    def writer(self) -> str | None:
+        """Who is writing this folder now (another process's lock), or None."""
+        if self._lock_fd is not None or not self.lock_file.exists():
+            return None
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return str(_lock_holder(fd))
+        finally:
+            os.close(fd)  # closing drops the shared lock, if it was granted
+        return None
+
     def release(self) -> None:
         """Stop being the writer (the lock file is emptied: no stale holder is reported)."""
         if self._lock_fd is None:
@@ -255,7 +271,7 @@ class OutputFolder:
         records, notes = self.read_commits(repair=True, with_notes=True)
         records, undone = self._check_committed(records)
         notes += undone
-        self._remove_debris(records)
+        notes += self._remove_debris(records)
         # The card, report and completion marker describe a finished run; this one is not (yet).
         for stale in (self.complete_file, self.root / "README.md", self.root / "report.html"):
             stale.unlink(missing_ok=True)
@@ -422,16 +438,40 @@ class OutputFolder:
             state.next_seq = max(state.next_seq, record["seq"] + 1)
         return state
 
-    def _remove_debris(self, records: list[dict[str, Any]]) -> None:
-        """Delete shards no commit names: files a crash left between writing and committing."""
+    def _remove_debris(self, records: list[dict[str, Any]]) -> list[str]:
+        """Delete shards no commit names (files a crash left between writing and committing)
+        and temporary files; say what was removed."""
         committed: set[str] = set()
         for record in records:
             committed.update(_files_of(record))
+        removed: list[str] = []
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
                 relative = path.relative_to(self.root).as_posix()
                 if path.name.endswith(".tmp") or path.suffix == ".parquet" and relative not in committed:
                     path.unlink()
+                    removed.append(relative)
+        for name in ("README.md.tmp", "report.html.tmp"):  # a card staged but never published
+            if (self.root / name).exists():
+                (self.root / name).unlink()
+                removed.append(name)
+        if not removed:
+            return []
+        shown = ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
+        return [f"removed {len(removed)} file(s) an interrupted session left uncommitted ({shown}); "
+                "their rows, if any, are done again"]
+
+    def damage(self) -> list[str]:
+        """What is wrong with the committed files, read only (for ``inspect``): one line each."""
+        records = self.read_commits()
+        sizes = _latest_sizes(records)
+        problems = []
+        for record in records:
+            for relative in _files_of(record):
+                problem = self._damage(relative, sizes.get(relative))
+                if problem:
+                    problems.append(f"{self.root / relative} {problem}")
+        return problems
 
     # -- writing ---------------------------------------------------------------------------
 

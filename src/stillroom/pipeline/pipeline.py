@@ -68,7 +68,12 @@ class RunOptions:
                     "gpus_per_worker": self.gpus_per_worker}
         given = [name for name, value in ray_only.items() if value is not None]
         if self.executor == "local" and given:
-            raise ConfigError(f"{', '.join(given)} only apply with executor='ray'", key=given[0])
+            raise ConfigError(
+                f"{', '.join(given)} only apply with executor='ray' (--executor ray); requests in "
+                "flight to a backend are its `concurrency` (a backend option in a pipeline file, "
+                "--concurrency on complete)",
+                key=given[0],
+            )
         if self.workers is not None and self.workers < 1:
             raise ConfigError("workers must be at least 1", key="workers")
         if self.cpus_per_worker < 0 or (self.gpus_per_worker or 0) < 0:

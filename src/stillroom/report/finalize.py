@@ -4,6 +4,7 @@ report, the completion marker."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +22,11 @@ if TYPE_CHECKING:
     from stillroom.pipeline.pipeline import RunResult
 
 
-def _write_text(path: Path, text: str) -> None:
+def _stage_text(path: Path, text: str) -> tuple[Path, Path]:
+    """``text`` written next to ``path`` under a temporary name: (temporary, final)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    return tmp, path
 
 
 def run_config(executor: Executor) -> dict[str, Any]:
@@ -114,7 +116,17 @@ def write_card_and_report(
     config: dict[str, Any],
     diversity: dict[str, dict[str, dict[str, Any]]] | None = None,
     results: dict[str, dict[str, Any]] | None = None,
+    *,
+    completion: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Write the card (README.md) and report.html of a finished run; returns the summary.
+
+    With ``completion`` (the completion record, made from the summary) the run is marked
+    complete first and the card and report appear after it: both are rendered to temporary
+    files, then the record is written, then they are renamed into place. So a card is never
+    seen on a run that is not complete (a kill in between leaves temporary files, which the
+    next start removes, and a rerun writes them again).
+    """
     from stillroom.report.plots import gather
 
     summary = summarize(folder)
@@ -129,12 +141,16 @@ def write_card_and_report(
         summary["warnings"] = [*summary.get("warnings", []), *all_warnings(diversity)]
     paths = folder.shard_paths("data")
     columns = pq.read_schema(paths[0]).names if paths else []
-    _write_text(folder.root / "README.md", render_card(summary, config, columns))
     samples = folder.read_rows("data", limit=3)
-    _write_text(
-        folder.root / "report.html",
-        render_report(summary, config, samples, failure_examples(folder)),
-    )
+    staged = [
+        _stage_text(folder.root / "README.md", render_card(summary, config, columns)),
+        _stage_text(folder.root / "report.html",
+                    render_report(summary, config, samples, failure_examples(folder))),
+    ]
+    if completion is not None:
+        folder.mark_complete(redact_value(completion(summary)))
+    for tmp, final in staged:
+        tmp.replace(final)
     return summary
 
 
@@ -150,6 +166,19 @@ def refresh_card_and_report(folder: OutputFolder) -> dict[str, Any]:
     return write_card_and_report(folder, record.get("config") or {})
 
 
+def completion_record(summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """What ``.stillroom/complete.json`` keeps of a finished run (read back by ``inspect``, the
+    card refresh and workflows)."""
+    return {
+        "finished": time.time(),
+        "counts": summary["counts"],
+        "diversity": summary.get("diversity", {}),
+        "stage_results": summary.get("stage_results", {}),
+        "warnings": summary.get("warnings", []),
+        "config": config,
+    }
+
+
 def finalize_run(executor: Executor) -> RunResult:
     from stillroom.pipeline.pipeline import RunResult
 
@@ -157,19 +186,8 @@ def finalize_run(executor: Executor) -> RunResult:
     folder.harmonize_shards()
     config = run_config(executor)
     summary = write_card_and_report(
-        folder, config, measure_diversity(executor), stage_results(executor)
-    )
-    folder.mark_complete(
-        redact_value(
-            {
-                "finished": time.time(),
-                "counts": summary["counts"],
-                "diversity": summary["diversity"],
-                "stage_results": summary["stage_results"],
-                "warnings": summary["warnings"],
-                "config": config,
-            }
-        )
+        folder, config, measure_diversity(executor), stage_results(executor),
+        completion=lambda summary: completion_record(summary, config),
     )
     return RunResult(
         out=folder.root,

@@ -26,6 +26,11 @@ Tools (default: all, in this order):
     distilabel-replicas (only when named) the same step as 2 replicas of input_batch_size
                         concurrency/2: still at most `concurrency` in flight, batches overlap
 
+stillroom runs with its end-of-run embedding diversity measure off (--no-embeddings) unless
+--embeddings is given: that measure loads a sentence model and embeds every answer (about 13 s of
+CPU for 3,000 answers here), a cost of the data set rather than of the client, and it would hide
+the per-request figures this benchmark is for.
+
 Groups: `stillroom-all` (the six stillroom variants), `others` (the rest), `all`.
 
 Each tool runs in its own virtual environment under bench/.venvs/ (made on first use, reused
@@ -252,7 +257,8 @@ T_IMPORT = time.perf_counter() - _T0
 cfg = json.loads(sys.argv[1])
 backend = api.backend_config("bench", base_url=cfg["base_url"], concurrency=cfg["concurrency"],
                              client=cfg["client"])
-options = dict(progress=False, use_cache=cfg["cache"], overwrite=True)
+options = dict(progress=False, use_cache=cfg["cache"], overwrite=True,
+               diversity_embeddings=cfg["embeddings"])
 # Warm-up: the lazy imports (aiohttp, pyarrow's writer, the report) and the first connections.
 w = time.perf_counter()
 api.complete(cfg["warmup_prompts"], cfg["warmup_out"], backend=backend,
@@ -539,6 +545,8 @@ def run_tool(ctx: Context, tool: str, prompts: Path, n: int, label: str) -> dict
                "--concurrency", str(args.concurrency)]
         if tool != "stillroom-progress":
             cmd.append("--no-progress")
+        if not args.embeddings:
+            cmd.append("--no-embeddings")
         if tool == "stillroom-nocache":
             cmd.append("--no-cache")
         if tool == "stillroom-progress":
@@ -553,7 +561,7 @@ def run_tool(ctx: Context, tool: str, prompts: Path, n: int, label: str) -> dict
         warm.write_text("".join(
             json.dumps({"prompt": f"warm-up {i}"}) + "\n" for i in range(min(10, n))
         ))
-        cfg.update(out=str(out), cache=tool != "stillroom-api-nocache",
+        cfg.update(out=str(out), cache=tool != "stillroom-api-nocache", embeddings=args.embeddings,
                    client="sdk" if tool == "stillroom-api-sdk" else "aiohttp",
                    cache_dir=str(run_dir / "cache"),
                    warmup_prompts=str(warm), warmup_out=str(run_dir / "warmup-out"),
@@ -706,6 +714,10 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each measured run, wait up to this many seconds for other "
                         "processes to leave the CPUs idle (0: do not wait)")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="let stillroom measure the embedding diversity of the answers at the "
+                             "end (a sentence model over every answer: a cost of the data, not of "
+                             "the client, so off by default)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (outputs, logs)")
     parser.add_argument("--json", default=str(RESULTS / "client_overhead.json"))
     args = parser.parse_args()

@@ -220,6 +220,34 @@ def test_an_answer_cannot_read_the_expected_values_from_the_data_on_disk(tmp_pat
         shutil.rmtree(readable)
 
 
+ORACLE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(KEY, 4096, 0o1000 | 0o666)  # the same segment in every check, if it can
+memory = libc.shmat(segment, None, 0) if segment >= 0 else None
+learned = ctypes.string_at(memory, 64).split(b"\\0")[0].decode() if memory else ""
+if sys.stdin.read().strip() == "learn" and memory:
+    ctypes.memmove(memory, b"YES\\0", 4)  # what an earlier check showed the answer to be
+print(learned or "NO")
+"""
+
+
+@pytest.mark.skipif(not isolation()["namespaces"], reason="needs namespaces (IPC)")
+def test_an_answer_cannot_carry_what_it_learned_from_one_check_to_the_next() -> None:
+    # B7: SysV shared memory used to outlive a check; an answer for stdin/stdout pairs learned
+    # the expected outputs across checks (a wrong guess, then the right one).
+    from stillroom.verify.code import CodeVerifier
+
+    answer = ORACLE.replace("KEY", str(0x5B000000 + uuid.uuid4().int % 0xFFFFFF))
+    verifier = CodeVerifier(cpu_seconds=2, wall_seconds=5.0)
+    first = verifier.verify({"completion": answer, "tests": [{"input": "learn", "output": "NO"}]})
+    assert first.passed, first.reason  # the segment was there to write to
+    second = verifier.verify({"completion": answer, "tests": [{"input": "7", "output": "YES"}]})
+    assert not second.passed
+    assert second.reason == "test 1/1: wrong output: expected 'YES', got 'NO'"
+
+
 def _processes_with(marker: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -296,6 +296,85 @@ def test_its_files_live_in_a_tmpfs_of_disk_mb():
     assert second == "['main.py', 'x-dev-shm', 'x-tmp', 'x-var-tmp']"
 
 
+SHM_WRITER = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget({key}, 1 << 20, 0o1000 | 0o666)  # IPC_CREAT, readable by any uid
+address = libc.shmat(segment, None, 0)
+ctypes.memmove(address, b"left for the next check", 23)
+print("made", segment >= 0)
+"""
+SHM_READER = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print("found", libc.shmget({key}, 0, 0) >= 0)
+"""
+
+
+@pytest.mark.skipif(not isolation()["namespaces"], reason="needs namespaces (IPC)")
+def test_sysv_shared_memory_is_neither_shared_between_runs_nor_left_behind():
+    # A SysV segment (0666) used to outlive its run: 100s of MB left on the machine, and a
+    # channel from one check to the next (an answer learned the expected outputs that way).
+    key = 0x5A000000 + uuid.uuid4().int % 0xFFFFFF
+    first = run(SHM_WRITER.format(key=key))
+    assert first.ok and first.stdout == "made True\n", (first.reason, first.stderr)
+    second = run(SHM_READER.format(key=key))
+    assert second.ok and second.stdout == "found False\n", second.stdout
+    with open("/proc/sysvipc/shm") as f:  # the machine's own segments
+        keys = [int(line.split()[0]) for line in f.read().splitlines()[1:] if line.strip()]
+    assert key not in keys
+
+
+SETUID = """
+import os, stat
+status = open("/proc/self/status").read()
+print([line.split()[1] for line in status.splitlines() if line.startswith("NoNewPrivs")][0])
+print(bool(os.statvfs("/usr/bin").f_flag & os.ST_NOSUID))
+# Run a setuid-root binary and watch its effective uid while it lives.
+binary = None
+for path in ("/usr/bin/chfn", "/usr/bin/newgrp", "/usr/bin/passwd", "/usr/bin/su"):
+    try:
+        info = os.stat(path)
+    except OSError:
+        continue
+    if info.st_mode & stat.S_ISUID and info.st_uid == 0:
+        binary = path
+        break
+euids = set()
+if binary:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(r, 0)
+        os.execv(binary, [binary])
+    for _ in range(20000):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            break
+        uid = [line.split()[2] for line in lines if line.startswith("Uid:")]
+        if uid and not any(line == "Name:\tpython3" for line in lines):
+            euids.add(int(uid[0]))
+        if 0 in euids:
+            break
+    os.close(w)
+    os.waitpid(pid, 0)
+print(binary is not None, 0 in euids)
+"""
+
+
+def test_setuid_binaries_give_the_program_no_privileges():
+    result = run(SETUID)
+    assert result.ok, (result.reason, result.stderr)
+    no_new_privs, nosuid, ran = result.stdout.splitlines()
+    assert no_new_privs == "1"  # PR_SET_NO_NEW_PRIVS: exec never adds privileges
+    if isolation()["namespaces"]:
+        assert nosuid == "True"  # and the system's directories are mounted nosuid
+    assert not ran.endswith("True"), "a setuid binary ran with euid 0"
+
+
 def test_stale_folders_of_dead_verifiers_are_removed(tmp_path):
     def folder(name: str, owner: dict | None, age: float = 0.0) -> Path:
         path = tmp_path / f"stillroom-sandbox-{name}"

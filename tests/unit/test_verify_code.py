@@ -35,7 +35,13 @@ def test_correct_solution_passes_asserts(verifier):
     verdict = verifier.verify({"completion": ADD, "tests": TWO_ASSERTS})
     assert verdict.passed and verdict.reward == 1.0
     assert verdict.reason == "2 of 2 asserts passed"
-    assert verdict.details["asserts"] == {"passed": 2, "total": 2}
+    assert verdict.details["asserts"] == {
+        "passed": 2,
+        "total": 2,
+        "checked_outside": 2,
+        "checked_inside": 0,
+        "without_leaves": 0,
+    }
 
 
 def test_wrong_solution_names_the_failing_assert_and_counts(verifier):
@@ -47,7 +53,8 @@ def test_wrong_solution_names_the_failing_assert_and_counts(verifier):
         "2 of 3 asserts passed; tests line 2: `assert add(1, 2) == 3`: "
         "AssertionError: got -1, expected 3"
     )
-    assert verdict.details["asserts"] == {"passed": 2, "total": 3}
+    assert verdict.details["asserts"]["passed"] == 2
+    assert verdict.details["asserts"]["total"] == 3
 
 
 def test_stdin_stdout_pairs_pass(verifier):
@@ -130,6 +137,20 @@ def test_a_bad_option_is_a_config_error_naming_it():
 
 
 # Correct solutions of many shapes keep passing.
+
+HE4_TESTS_CODE = (
+    "\nMETADATA = {'author': 'jt', 'dataset': 'test'}\n\n\ndef check(candidate):\n"
+    "    assert abs(candidate([1.0, 2.0, 3.0]) - 2.0/3.0) < 1e-6\n"
+    "    assert abs(candidate([1.0, 2.0, 3.0, 4.0]) - 1.0) < 1e-6\n"
+    "    assert abs(candidate([1.0, 2.0, 3.0, 4.0, 5.0]) - 6.0/5.0) < 1e-6\n\n"
+    "check(mean_absolute_deviation)\n"
+)
+HE4_RIGHT_CODE = (
+    "```python\nfrom typing import List\n\n"
+    "def mean_absolute_deviation(numbers: List[float]) -> float:\n"
+    "    mean = sum(numbers) / len(numbers)\n"
+    "    return sum(abs(x - mean) for x in numbers) / len(numbers)\n```"
+)
 
 CORRECT = {
     "prints while it works": (
@@ -325,8 +346,9 @@ def test_a_forged_report_with_the_right_shape_still_needs_the_answers(verifier):
 
     assert len(TestPlan.of(TWO_ASSERTS).sites) == 2
     forged = (
-        "import json, os\nfor record in [{'step': 0, 'ok': True}, {'site': 0, 'value': 0},\n"
-        "        {'step': 1, 'ok': True}, {'site': 1, 'value': 0}, {'step': 2, 'ok': True},\n"
+        "import json, os\nfor record in [{'step': 0, 'ok': True},\n"
+        "        {'site': 0, 'leaves': [0], 'pairs': []}, {'step': 1, 'ok': True},\n"
+        "        {'site': 1, 'leaves': [0], 'pairs': []}, {'step': 2, 'ok': True},\n"
         "        {'done': 3}]:\n"
         "    for fd in range(1, 16):\n"
         "        try:\n            os.write(fd, (json.dumps(record) + '\\n').encode())\n"
@@ -338,12 +360,22 @@ def test_a_forged_report_with_the_right_shape_still_needs_the_answers(verifier):
 
 
 def test_the_expected_values_never_enter_the_sandbox():
+    import ast
+
     from stillroom.verify.code import HARNESS, TestPlan
 
-    plan = TestPlan.of("assert add(1, 2) == 314159\ndef check(f):\n    assert 271828 == f(1)\n")
+    plan = TestPlan.of(
+        "assert add(1, 2) == 314159\ndef check(f):\n    assert 271828 == f(1)\n"
+        "    assert abs(f([1.0, 2.0]) - 2.0 / 161803.0) < 1e-6\n"
+        "    assert sorted(f(x)) == [141421, 173205] and f(1) is not None\n"
+        "    for a, b in [(1, 2)]:\n"
+        "        assert f(a) == [223606][0] + b\n"
+    )
     sent = HARNESS + repr(plan.steps)
-    assert "314159" not in sent and "271828" not in sent
-    assert [site.literal for site in plan.sites] == [314159, 271828]
+    for expected in ("314159", "271828", "161803", "141421", "173205", "223606"):
+        assert expected not in sent
+    residuals = [ast.unparse(site.residual) for site in plan.sites]
+    assert "314159" in residuals[0] and "271828" in residuals[1] and "161803" in residuals[2]
 
 
 def test_early_exit_with_no_output_fails_a_pair(verifier):
@@ -393,7 +425,8 @@ def test_fork_bomb_fails(verifier):
     assert not verdict.passed
     # Its copies run the harness on: their records come after the end.
     assert any(
-        why in verdict.reason for why in ("process limit (16)", "wall timeout", "tampered")
+        why in verdict.reason
+        for why in ("process limit (16)", "wall timeout", "damaged or forged")
     ), verdict.reason
 
 
@@ -418,3 +451,530 @@ def test_api_key_is_not_visible(verifier, monkeypatch):
     verdict = verifier.verify({"completion": code, "tests": "assert KEY, 'no key'"})
     assert not verdict.passed and "no key" in verdict.reason
     assert os.environ["OPENAI_API_KEY"] == "sk-fake-secret-789"
+
+
+# ---------------------------------------------------------------- the red team's findings
+# Each attack below won (passed=True) or crashed the verifier before the asserts were split
+# into leaves checked inside and residuals checked here (docs/sandbox.md). Each must now fail.
+
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+HE4_TESTS = HE4_TESTS_CODE
+
+# Correct answers as a model writes them: a wrong draft block first, then the final one (the
+# previous verifier checked the draft); fences with CRLF or no language tag (it found no
+# code); results it could not compare (a generator, an object).
+HUMANEVAL_STYLE = {
+    "HumanEval/4: check() with tolerance asserts": (HE4_RIGHT_CODE, HE4_TESTS_CODE),
+    "a loop over cases in check(), `candidate(x) == sorted(x)`": (
+        "def sort_it(xs):\n    return sorted(xs)\n",
+        "def check(candidate):\n    for xs in [[3, 1, 2], [], [5, 5, 1]]:\n"
+        "        assert candidate(xs) == sorted(xs)\n"
+        "        assert candidate(list(xs)) == sorted(xs, reverse=True)[::-1]\n"
+        "        assert len(candidate(xs)) == len(xs)\ncheck(sort_it)\n",
+    ),
+    "`is None`, `is not None`, short-circuits": (
+        "def find(xs, v):\n    return xs.index(v) if v in xs else None\n",
+        "assert find([1, 2], 3) is None\nassert find([1, 2], 2) is not None\n"
+        "for v in (2, 3):\n    r = find([1, 2], v)\n    assert r is None or r == v - 1\n"
+        "    assert (r if r is not None else -1) in (1, -1)\n",
+    ),
+    "string methods on the result": (
+        "def greet(n):\n    return f'Hello, {n}!'\n",
+        "def check(candidate):\n    assert candidate('Bob').lower() == 'hello, bob!'\n"
+        "    assert candidate('x').startswith('Hello')\n"
+        "    assert candidate('x').split(',')[0] == 'Hello'\n    assert 'Bob' in candidate('Bob')\n"
+        "    assert ' '.join(candidate('a').split()) == 'Hello, a!'\ncheck(greet)\n",
+    ),
+    "a generator, listed by the assert": (
+        "def gen(n):\n    for i in range(n):\n        yield i * 2\n",
+        "assert list(gen(3)) == [0, 2, 4]\nassert sorted(gen(2)) == [0, 2]\n"
+        "assert 4 in gen(3)\nassert sum(gen(3)) == 6\nassert max(gen(3)) == 4\n",
+    ),
+    "comprehensions, isinstance, math, walrus, f-strings": (
+        "import math\ndef sq(x):\n    return x * x\ndef area(r):\n    return math.pi * r * r\n",
+        "from math import isclose\nimport math\n"
+        "assert [sq(x) for x in range(3)] == [0, 1, 4]\nassert sum(sq(x) for x in range(4)) == 14\n"
+        "assert isinstance(sq(2), int) and type(sq(2)) is int\n"
+        "assert isclose(area(2), 4 * math.pi) and round(area(2), 2) == 12.57\n"
+        "assert (n := sq(3)) == 9 and n > 8\nassert f'{sq(2):03d}' == '004'\n"
+        "assert [x * 2 for x in map(sq, [1, 2])] == [2, 8]\n",
+    ),
+    "loops over literal cases (written out), an in-place sort": (
+        "def add(a, b):\n    return a + b\ndef sort_in_place(xs):\n    xs.sort()\n",
+        "CASES = [(1, 2, 3), (2, 2, 4)]\nfor a, b, want in CASES:\n    assert add(a, b) == want\n"
+        "for xs, want in [([3, 1, 2], [1, 2, 3])]:\n    sort_in_place(xs)\n    assert xs == want\n"
+        "for i, (a, b) in enumerate(zip([1, 2], [3, 4])):\n    assert add(a, b) == [4, 6][i]\n"
+        "assert want == [1, 2, 3]\n"
+        "for c in [([3, 1], [1, 3]), ([2, 1], [1, 2])]:\n    sort_in_place(c[0])\n"
+        "    assert c[0] == c[1]\n"
+        "for case in [{'in': (1, 2), 'out': 3}]:\n    assert add(*case['in']) == case['out']\n",
+    ),
+}
+
+
+def _as_a_model_writes_it(code: str, style: int) -> str:
+    code = code.replace("```python\n", "").replace("```", "")
+    if style == 0:
+        return "My first try:\n```python\nraise SystemExit(1)\n```\nFixed:\n```python\n" + code + "```"
+    if style == 1:
+        return "```\n" + code + "```"
+    return ("Here it is:\n```python\n" + code + "```\n").replace("\n", "\r\n")
+
+
+@pytest.mark.parametrize("name", list(HUMANEVAL_STYLE))
+def test_correct_humaneval_style_answers_pass(verifier, name):
+    code, tests = HUMANEVAL_STYLE[name]
+    for style in range(3):
+        completion = _as_a_model_writes_it(code, style)
+        verdict = verifier.verify({"completion": completion, "tests": tests})
+        assert verdict.passed, (style, verdict.reason, verdict.details["sandbox"]["stderr"])
+
+
+def _forger(*records: str) -> str:
+    """An answer that writes ``records`` (lines of the harness's protocol) to every fd, as the
+    harness's report would be, and exits 0 before the harness can write anything."""
+    lines = "".join(record + "\n" for record in records)
+    return (
+        "import os\n"
+        f"for fd in range(1, 16):\n    try:\n        os.write(fd, {lines.encode()!r})\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"
+    )
+
+
+B_ATTACKS = {
+    # B1: the expected value inside the assert's expression, the answer's object subtracted.
+    "B1 HumanEval/4: an object whose __sub__ returns 0.0": (
+        "class Zero:\n    def __sub__(self, other):\n        return 0.0\n"
+        "    __rsub__ = __sub__\n"
+        "def mean_absolute_deviation(numbers):\n    return Zero()\n",
+        HE4_TESTS,
+    ),
+    "B1 a float subclass whose __sub__ returns 0.0": (
+        "class F(float):\n    def __sub__(self, other):\n        return 0.0\n"
+        "def mean_absolute_deviation(numbers):\n    return F(0.0)\n",
+        HE4_TESTS,
+    ),
+    # B2: a checker the tests define cannot be replaced by the answer (HumanEval/32's poly is
+    # the answer's own when the tests do not define it: see docs/sandbox.md).
+    "B2 the tests' poly rebound from inside the function": (
+        "def find_zero(xs):\n    globals()['poly'] = lambda xs, x: 0.0\n    return 0.0\n",
+        "import math\ndef poly(xs, x):\n"
+        "    return sum(c * math.pow(x, i) for i, c in enumerate(xs))\n"
+        "def check(candidate):\n    for xs in ([1, 2], [-6, 11, -6, 1]):\n"
+        "        solution = candidate(xs)\n"
+        "        assert math.fabs(poly(xs, solution)) < 1e-4\ncheck(find_zero)\n",
+    ),
+    # B3, the filter variant: hide the tests' own AssertionError from the report.
+    "B3 raise-based check with the harness's error records filtered": (
+        "import __main__ as _h\n_r = _h._report\ndef _rep(rec):\n    if 'error' in rec:\n"
+        "        rec = {'step': rec['step'], 'ok': True}\n    _r(rec)\n_h._report = _rep\n"
+        + WRONG_ADD,
+        "def check(candidate):\n    if candidate(1, 2) != 3:\n"
+        "        raise AssertionError('wrong')\ncheck(add)\n",
+    ),
+    # B4: the harness's hooks taken over through `import __main__`.
+    "B4 _verdict rebound in the harness's module": (
+        "import __main__ as _h\n_r = _h._report\n"
+        "def _v(site, held, why, message):\n    _r({'site': site, 'ok': True, 'why': ''})\n"
+        "_h._verdict = _v\n" + WRONG_ADD,
+        "assert add(1, 2) == add(2, 1)\nassert add(2, 2) == 2 + 2\n"
+        "assert add(0, 0) == 1 and add(1, 1) == 7\nassert not add(1, 1)\n",
+    ),
+    # B5: the expected value read from the caller's bytecode, where it is folded or not a
+    # literal of the kind the previous verifier took out.
+    "B5 folded arithmetic read from the caller's bytecode": (
+        "import dis, sys\ndef _expected():\n    f = sys._getframe(2)\n"
+        "    consts = [y.argval for y in dis.get_instructions(f.f_code)\n"
+        "              if y.offset > f.f_lasti and y.opname == 'LOAD_CONST']\n"
+        "    return consts[1] if len(consts) > 1 else 0\n"
+        "def add(a, b):\n    return _expected()\n",
+        "assert add(1, 2) == 1 + 2\nassert add(10**9, 7) == 10**9 + 7\n"
+        "assert add(2, 2) == 2.0 * 2\n",
+    ),
+    "B5 the next constant of the caller, in 'and', chains and a helper's loop": (
+        "import sys, dis\ndef _next_const():\n    f = sys._getframe(2)\n"
+        "    for y in dis.get_instructions(f.f_code):\n"
+        "        if y.offset > f.f_lasti and y.opname == 'LOAD_CONST':\n"
+        "            return y.argval\n    return 0\n"
+        "def add(a, b):\n    return _next_const()\n",
+        "assert add(1, 2) == 3 and add(2, 2) == 4\n",
+    ),
+    "B5 the next constant of the caller, in a chain": (
+        "import sys, dis\ndef add(a, b):\n    f = sys._getframe(1)\n"
+        "    for y in dis.get_instructions(f.f_code):\n"
+        "        if y.offset > f.f_lasti and y.opname == 'LOAD_CONST':\n"
+        "            return y.argval\n    return 0\n",
+        "assert add(1, 2) == 3 == 3\nassert not add(1, 2) != 3\n",
+    ),
+    "B5 the next constant of the caller, in a helper's loop": (
+        "import sys, dis\ndef add(a, b):\n    f = sys._getframe(1)\n"
+        "    for y in dis.get_instructions(f.f_code):\n"
+        "        if y.offset > f.f_lasti and y.opname == 'LOAD_CONST':\n"
+        "            return y.argval\n    return 0\n",
+        "def check(c):\n    for x in range(2):\n        assert c(x, 1) == 7 and True\ncheck(add)\n",
+    ),
+    "B5 a loop variable read from the caller's frame (literal cases)": (
+        "import sys\ndef add(a, b):\n    return sys._getframe(1).f_locals.get('want')\n",
+        "for a, b, want in [(1, 2, 3), (2, 2, 4)]:\n    assert add(a, b) == want\n",
+    ),
+    "B5 a module-level table of cases read from the caller's globals": (
+        "import sys\ndef add(a, b):\n    f = sys._getframe(1)\n"
+        "    return f.f_locals.get('want', f.f_globals.get('CASES', [[0, 0, 0]])[0][2])\n",
+        "CASES = [(1, 2, 3), (1, 2, 3)]\ndef check(candidate):\n"
+        "    for a, b, want in CASES:\n        assert candidate(a, b) == want\ncheck(add)\n",
+    ),
+    "B5 a dict case read from the caller's frame": (
+        "import sys\ndef add(a, b):\n"
+        "    return (sys._getframe(1).f_locals.get('case') or {}).get('out', 0)\n",
+        "CASES = [{'in': (1, 2), 'out': 3}, {'in': (2, 2), 'out': 4}]\nfor case in CASES:\n"
+        "    assert add(*case['in']) == case['out']\n",
+    ),
+    # B6: what decides "plain data" fooled, or the comparison made by the answer's object.
+    "B6 a metaclass whose __eq__ says it is int": (
+        "class M(type):\n    def __eq__(cls, other):\n        return True\n"
+        "    __hash__ = type.__hash__\n"
+        "class A(metaclass=M):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return A()\n",
+        "assert add(1, 2) == 1 + 2\nassert add(2, 2) == 2 * 2\n",
+    ),
+    "B6 (f(x) == expected) is True with an always-equal object": (
+        "class A:\n    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return A()\n",
+        "assert (add(1, 2) == 3) is True\nassert (add(2, 2) == 4) == True\n",
+    ),
+    "B6 math.isclose replaced by the answer": (
+        "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 0\n",
+        "import math\nassert math.isclose(area(1), 3.14159, rel_tol=1e-3)\n"
+        "assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n",
+    ),
+    "B6 an always-equal object inside a comprehension's comparison": (
+        "class A:\n    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return A()\n",
+        "assert all(add(a, b) == c for a, b, c in [(1, 2, 3), (2, 2, 4)])\n",
+    ),
+    "B6 an always-equal object against an object of the tests' class": (
+        "class A:\n    def __eq__(self, other):\n        return True\n"
+        "def make(x):\n    return A()\n",
+        "class P:\n    def __init__(self, x):\n        self.x = x\n"
+        "    def __eq__(self, other):\n"
+        "        return NotImplemented if type(other) is not P else self.x == other.x\n"
+        "assert make(1) == P(1)\n",
+    ),
+    "B6 the answer defines abs to be called with the expected value": (
+        "class Zero:\n    def __sub__(self, other):\n        return self\n"
+        "def abs(x):\n    return 0.0\n"
+        "def mean_absolute_deviation(numbers):\n    return Zero()\n",
+        HE4_TESTS,
+    ),
+    "B6 builtins.abs replaced by the answer": (
+        "import builtins\nbuiltins.abs = lambda x: 0.0\n"
+        "def mean_absolute_deviation(numbers):\n    return 5.0\n",
+        HE4_TESTS,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(B_ATTACKS))
+def test_red_team_attacks_fail(verifier, name):
+    code, tests = B_ATTACKS[name]
+    verdict = verifier.verify({"completion": code, "tests": tests})
+    assert not verdict.passed, verdict.reason
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [
+        # unittest-style, with or without a runner
+        "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n"
+        "        self.assertEqual(add(1, 2), 3)\nunittest.main(exit=False)\n",
+        "import unittest\nclass TestCases(unittest.TestCase):\n    def test_add(self):\n"
+        "        self.assertEqual(add(1, 2), 3)\n",
+        "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n"
+        "        self.assertEqual(add(1, 2), 3)\n"
+        "unittest.TextTestRunner().run(unittest.defaultTestLoader.loadTestsFromTestCase(T))\n",
+        # printing, raising something other than AssertionError
+        "print(add(1, 2) == 3)\n",
+        "if add(1, 2) != 3:\n    raise ValueError('wrong')\n",
+        "x = add(1, 2)\nif x != 3:\n    raise AssertionError('wrong')\nelse:\n    print('ok')\n",
+    ],
+)
+def test_tests_without_an_assert_are_not_verifiable(verifier, tests):
+    # B3: they used to pass any importable answer ("the tests ran without error").
+    row = {"completion": WRONG_ADD, "tests": tests}
+    problem = verifier.check_row(row)
+    assert problem is not None and "holds no assert statement" in problem
+    assert "unittest-style" in problem and "`assert add(1, 2) == 3`" in problem
+    with pytest.raises(VerifierInputError, match="holds no assert statement"):
+        verifier.verify(row)
+
+
+def test_if_raise_assertion_error_is_read_as_an_assert(verifier):
+    tests = "def check(candidate):\n    if candidate(1, 2) != 3:\n        raise AssertionError('wrong')\ncheck(add)\n"
+    wrong = verifier.verify({"completion": WRONG_ADD, "tests": tests})
+    assert not wrong.passed
+    assert "AssertionError: wrong (it is false (`candidate(1, 2)` = -1))" in wrong.reason
+    right = verifier.verify({"completion": ADD, "tests": tests})
+    assert right.passed and right.reason == "1 of 1 asserts passed", right.reason
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        # values that crashed the verifier (ZeroDivisionError, InvalidOperation)
+        (['{"site": 0, "leaves": [{"fraction": [1, 0]}], "pairs": []}'], "malformed value"),
+        (['{"site": 0, "leaves": [{"decimal": "abc"}], "pairs": []}'], "malformed value"),
+        (['{"site": 0, "value": {"fraction": ["1", "0"]}}'], "malformed record"),
+        (['{"site": 0, "value": {"decimal": "abc"}}'], "malformed record"),
+        # a step past the last one (IndexError)
+        (
+            [
+                '{"step": 0, "ok": true}',
+                '{"site": 0, "leaves": [3], "pairs": []}',
+                '{"step": 1, "ok": true}',
+                '{"site": 1, "leaves": [4], "pairs": []}',
+                '{"step": 2, "ok": true}',
+                '{"step": 3, "error": "x", "line": null}',
+            ],
+            "step 3 does not exist",
+        ),
+        (['{"site": true, "leaves": [3], "pairs": []}'], "no assert number True"),
+        (['{"site": 0, "leaves": [' + "[" * 5000 + "]" * 5000 + '], "pairs": []}'], ""),
+        (['{"site": 0, "leaves": [{"int": "' + "f" * 100_000 + '"}], "pairs": []}'], ""),
+        (['{"site": 0, "leaves": [{"range": [0, 10000000000000, 1]}], "pairs": []}'], ""),
+    ],
+)
+def test_forged_records_give_a_failed_verdict_not_an_exception(verifier, records, why):
+    if records[0].startswith('{"site"'):
+        records = ['{"step": 0, "ok": true}', *records]  # the solution imported, then a test
+    verdict = verifier.verify({"completion": _forger(*records), "tests": TWO_ASSERTS})
+    assert not verdict.passed
+    assert verdict.reason.startswith("the test report is damaged or forged"), verdict.reason
+    assert why in verdict.reason
+
+
+def test_the_report_parser_never_raises_on_random_records():
+    import json
+    import random
+
+    from stillroom.verify.code import TestPlan
+    from stillroom.verify.sandbox import Limits, SandboxResult
+
+    plan = TestPlan.of(
+        "def check(f):\n    assert abs(f(1) - 2.5) < 1e-9\n    assert f(2) == [1, (2, 3)]\n"
+        "    assert f(3) is None or f(3)[0] == 7.25\n    assert f(4) == f(5)\n"
+        "    assert sorted(f(6)) == [8.5]\ncheck(g)\n"
+    )
+    rng = random.Random(1234)
+    tags = ["tuple", "dict", "set", "frozenset", "bytes", "bytearray", "complex", "int",
+            "fraction", "decimal", "type", "range", "keys", "values", "items", "iter",
+            "opaque", "truth", "big", "error", "x"]
+
+    def value(depth: int = 0):
+        roll = rng.random()
+        if depth > 3 or roll < 0.3:
+            return rng.choice([None, True, 0, -1, 1.5, float("inf"), "s", "", 2**70])
+        if roll < 0.5:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        keys = rng.sample(tags, rng.choice([1, 1, 1, 2]))
+        return {k: value(depth + 1) for k in keys}
+
+    def record():
+        kind = rng.random()
+        if kind < 0.2:
+            return {"step": rng.choice([0, 1, 2, -1, True, "0", 99])} | rng.choice(
+                [{"ok": True}, {"ok": False}, {"error": "e", "line": rng.choice([None, 1, "1"])}]
+            )
+        if kind < 0.3:
+            return {"done": rng.choice([0, 1, 2, 3, None])}
+        if kind < 0.9:
+            return {
+                "site": rng.choice([0, 1, 2, 3, 4, 5, -1, 9, True, None]),
+                "leaves": [value() for _ in range(rng.randrange(4))]
+                if rng.random() < 0.9 else value(),
+                "pairs": rng.choice([[], [True], [None], [1], [False, True]]),
+            }
+        return value()
+
+    crashers = [
+        ['{"site": 0, "value": {"fraction": ["1", "0"]}}'],
+        ['{"site": 0, "value": {"decimal": "abc"}}'],
+        ['{"site": 0, "leaves": [{"fraction": [1, 0]}], "pairs": []}'],
+        ['{"step": 0, "ok": true}', '{"step": 1, "ok": true}', '{"step": 2, "ok": true}',
+         '{"step": 3, "error": "x", "line": null}'],
+    ]
+    for lines in crashers:
+        result = SandboxResult(0, None, "\n".join(lines) + "\n", "", False, "ok")
+        assert not plan.judge(result, Limits()).passed
+    for _ in range(400):
+        lines = []
+        for _ in range(rng.randrange(1, 8)):
+            text = json.dumps(record())
+            if rng.random() < 0.1:
+                text = text[: rng.randrange(len(text) + 1)]
+            lines.append(text)
+        result = SandboxResult(0, None, "\n".join(lines) + "\n", "", False, "ok")
+        verdict = plan.judge(result, Limits())  # never raises
+        assert not verdict.passed, lines
+
+
+def test_correct_answers_the_red_team_found_failing_now_pass(verifier):
+    cases = [
+        # try: f(bad); assert False / except: the assert False never runs, rightly
+        (
+            "def sqrt_int(n):\n    if n < 0:\n        raise ValueError('negative')\n"
+            "    return int(n ** 0.5)\n",
+            "assert sqrt_int(9) == 3\ntry:\n    sqrt_int(-1)\n    assert False, 'should raise'\n"
+            "except ValueError:\n    pass\n",
+        ),
+        # an object that is not plain data is not None
+        (
+            "class Node:\n    def __init__(self, v):\n        self.v = v\n"
+            "def make(v):\n    return Node(v)\n",
+            "assert make(1) is not None\nassert make(1).v == 1\nassert make(2).v != 1\n",
+        ),
+        # a bare fence; CRLF line endings
+        ("```\ndef add(a, b):\n    return a + b\n```", TWO_ASSERTS),
+        ("```python\r\ndef add(a, b):\r\n    return a + b\r\n```\r\n", TWO_ASSERTS),
+    ]
+    for code, tests in cases:
+        verdict = verifier.verify({"completion": code, "tests": tests})
+        assert verdict.passed, (verdict.reason, verdict.details["sandbox"]["stderr"])
+
+
+def test_a_wrong_assert_false_that_runs_still_fails(verifier):
+    code = "def sqrt_int(n):\n    return 0\n"
+    tests = "try:\n    sqrt_int(-1)\n    assert False, 'should raise'\nexcept ValueError:\n    pass\n"
+    verdict = verifier.verify({"completion": code, "tests": tests})
+    assert not verdict.passed
+    assert "`assert False, 'should raise'`: AssertionError: should raise" in verdict.reason
+
+
+def test_an_assert_whose_leaf_always_raised_never_completed(verifier):
+    code = "def f(x):\n    raise ValueError('no')\n"
+    tests = "try:\n    assert f(1) == 2\nexcept ValueError:\n    pass\n"
+    verdict = verifier.verify({"completion": code, "tests": tests})
+    assert not verdict.passed
+    assert "never completed: each time, ValueError: no left it" in verdict.reason
+
+
+def test_numbers_made_to_collide_in_a_set_do_not_stall_the_verifier(verifier):
+    # Distinct ints with one hash: a set of 20,000 of them takes seconds to build here.
+    code = "def f():\n    p = 2 ** 61 - 1\n    return [k * p for k in range(1, 20001)]\n"
+    verdict = verifier.verify({"completion": code, "tests": "assert set(f()) == {1}\n"})
+    assert not verdict.passed and "values made to have the same hash" in verdict.reason
+
+
+def test_a_value_over_the_cap_is_a_failure_with_that_reason(verifier):
+    code = "def f():\n    return list(range(1_100_000))\n"
+    verdict = verifier.verify({"completion": code, "tests": "assert len(f()) == 1100000\n"})
+    assert not verdict.passed
+    assert "the value of `f()` is over the cap on reported values" in verdict.reason
+    assert "damaged" not in verdict.reason
+
+
+# ---------------------------------------------------------------- what the reader sees
+
+
+def test_extract_code_takes_the_last_block_a_reader_sees():
+    hidden = (
+        "Here is my solution.\n\n<!--\n```python\ndef add(a, b): return a + b\n```\n-->\n\n"
+        "Final answer:\n\n```python\ndef add(a, b):\n    return a - b\n```\n"
+    )
+    assert extract_code(hidden) == "def add(a, b):\n    return a - b\n"
+    inline_comment = "x <!-- a\n```python\nhidden = 1\n```\nb --> y\n```py\nshown = 1\n```"
+    assert extract_code(inline_comment) == "shown = 1\n"
+    example = (
+        "To write a fenced block in markdown you type:\n\n````markdown\n```python\n"
+        "def add(a, b): return a + b\n```\n````\n\nMy actual answer:\n\n"
+        "```python\ndef add(a, b):\n    return a * b\n```\n"
+    )
+    assert extract_code(example) == "def add(a, b):\n    return a * b\n"
+    draft = (
+        "Draft (buggy, do not use):\n```python\ndef add(a, b): return a + b\n```\n"
+        "Corrected final version:\n```python\ndef add(a, b): return a - b\n```"
+    )
+    assert extract_code(draft) == "def add(a, b): return a - b\n"
+    other_languages = "```python\nx = 1\n```\n```text\n3\n```\n~~~bash\nls\n~~~\n"
+    assert extract_code(other_languages) == "x = 1\n"
+    assert extract_code("```python3\ny = 1\n```\n``` \nz = 2\n```") == "z = 2\n"
+
+
+def test_extract_code_reads_bare_crlf_tilde_and_indented_fences():
+    assert extract_code("```\ndef f():\n    return 1\n```") == "def f():\n    return 1\n"
+    assert extract_code("```python\r\nx = 1\r\ny = 2\r\n```\r\n") == "x = 1\ny = 2\n"
+    assert extract_code("~~~python\nx = 1\n~~~") == "x = 1\n"
+    assert extract_code("1. step\n   ```python\n   x = 1\n   ```\n") == "x = 1\n"
+    assert extract_code("```python\nx = 1\n") == "x = 1\n"  # never closed: to the end
+
+
+def test_a_fence_in_a_string_does_not_end_a_longer_fence():
+    code = "def add(a, b):\n    s = '''\n```\nthe end'''\n    return a + b\n"
+    assert extract_code("````python\n" + code + "````\n") == code
+    assert extract_code("~~~python\n" + code + "~~~\n") == code
+    # Three backticks and a bare ``` line in a string: CommonMark ends the block there, and so
+    # does every renderer; merging across it would let an answer show one block and have
+    # another verified (docs/sandbox.md).
+    assert "return a + b" not in extract_code("```python\n" + code + "```\n")
+
+
+@pytest.mark.parametrize(
+    ("completion", "passed"),
+    [
+        # B8: what is verified is the answer a reader sees
+        ("<!--\n```python\ndef add(a, b): return a + b\n```\n-->\n```python\n" + WRONG_ADD + "```",
+         False),
+        ("Draft:\n```python\ndef add(a, b): return a + b\n```\nFinal:\n```python\n"
+         + WRONG_ADD + "```", False),
+        ("```python\n" + WRONG_ADD + "```\nFixed:\n```python\ndef add(a, b):\n"
+         "    return a + b\n```", True),
+        ("````python\ndef add(a, b):\n    '''Use it as:\n```\nadd(1, 2)\n```\n'''\n"
+         "    return a + b\n````", True),
+    ],
+)
+def test_the_verified_block_is_the_last_one_shown(verifier, completion, passed):
+    verdict = verifier.verify({"completion": completion, "tests": TWO_ASSERTS})
+    assert verdict.passed is passed, verdict.reason
+
+
+# ---------------------------------------------------------------- checked outside or inside
+
+
+def test_inside_asserts_are_counted_and_can_be_refused():
+    code = "def sq(x):\n    return x * x\n"
+    tests = "assert sq(3) == 9\nassert all(sq(x) == x * x for x in range(5))\n"
+    allow = CodeVerifier(cpu_seconds=1, wall_seconds=3.0)
+    verdict = allow.verify({"completion": code, "tests": tests})
+    assert verdict.passed
+    assert verdict.reason == "2 of 2 asserts passed (1 checked inside the sandbox)"
+    assert verdict.details["asserts"]["checked_outside"] == 1
+    assert verdict.details["asserts"]["checked_inside"] == 1
+    strict = CodeVerifier(cpu_seconds=1, wall_seconds=3.0, inside_asserts="fail")
+    verdict = strict.verify({"completion": code, "tests": tests})
+    assert not verdict.passed
+    assert "was checked inside the sandbox" in verdict.reason
+    assert "inside_asserts is 'fail'" in verdict.reason
+    assert strict.verify({"completion": code, "tests": "assert sq(3) == 9\n"}).passed
+    with pytest.raises(ValueError, match="inside_asserts must be one of allow, fail"):
+        CodeVerifier(inside_asserts="sometimes")
+
+
+def test_an_answer_that_defines_a_builtin_the_tests_use_is_not_checked(verifier):
+    code = "def sorted(xs):\n    return list(xs)\n"
+    verdict = verifier.verify({"completion": code, "tests": "assert sorted([2, 1]) == [1, 2]\n"})
+    assert not verdict.passed
+    assert "the answer defines `sorted` for its module" in verdict.reason
+    # Inside its functions, a local name is its own business.
+    code = "def total(xs):\n    sum = 0\n    for x in xs:\n        sum += x\n    return sum\n"
+    verdict = verifier.verify({"completion": code, "tests": "assert sum([total([1, 2])]) == 3\n"})
+    assert verdict.passed, verdict.reason
+
+
+def test_the_harness_is_not_reachable_from_main(verifier):
+    code = (
+        "import __main__\nNAMES = sorted(n for n in vars(__main__) if not n.startswith('__'))\n"
+        "def add(a, b):\n    return a + b\n"
+    )
+    tests = "assert NAMES == ['_stillroom']\nassert add(1, 2) == 3\n"
+    verdict = verifier.verify({"completion": code, "tests": tests})
+    assert verdict.passed, verdict.reason

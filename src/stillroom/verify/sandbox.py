@@ -12,8 +12,10 @@ what this machine allows. The processes of one run::
               namespace, including those that left with setsid() or a double fork.
                 └─ the program: in the run's cgroup (memory and process count of all its
                    processes together), under rlimits, as a fresh uid when we are root, in a
-                   root of its own: the system's /usr and /lib* and the interpreter read-only,
-                   a size-limited tmpfs as its directory and /tmp, nothing else.
+                   root of its own: the system's /usr and /lib* and the interpreter read-only
+                   (nosuid, nodev), a size-limited tmpfs as its directory and /tmp, nothing
+                   else; SysV IPC of its own; PR_SET_NO_NEW_PRIVS, so setuid binaries give
+                   it nothing.
 
 Without namespaces the launcher is a child subreaper instead: every orphaned descendant of the
 program is reparented to it and killed when the program ends; the directory's size is polled.
@@ -53,6 +55,7 @@ from typing import IO, Any
 from stillroom.verify import sandbox_launcher
 from stillroom.verify.sandbox_cgroup import _Cgroup, _probe_cgroup
 from stillroom.verify.sandbox_launcher import (
+    CLONE_NEWIPC,
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
@@ -73,6 +76,7 @@ from stillroom.verify.sandbox_launcher import (
     MS_RELATIME,
     MS_REMOUNT,
     PR_SET_CHILD_SUBREAPER,
+    PR_SET_NO_NEW_PRIVS,
     PR_SET_PDEATHSIG,
     PROGRAM,
     SETUP_FAILED,
@@ -214,8 +218,9 @@ def _run(
 
 def isolation() -> dict[str, Any]:
     """What this machine lets us do (probed once): ``mode`` ("uid" as root, else "user"),
-    ``namespaces`` (mount + pid + network), ``netns`` (the same), ``cgroup`` (None or where),
-    ``disk`` ("tmpfs" or "polled") and ``problems`` (what the kernel refused, so not used)."""
+    ``namespaces`` (mount + pid + network + IPC), ``netns`` (the same), ``cgroup`` (None or
+    where), ``disk`` ("tmpfs" or "polled") and ``problems`` (what the kernel refused, so not
+    used)."""
     global _CAPS
     with _PROBING:  # once, whichever thread asks first
         if _CAPS is None:
@@ -487,6 +492,7 @@ __all__ = [
     "UID_RANGE",
     "WRITABLE_DIRS",
     # Linux constants the launcher uses
+    "CLONE_NEWIPC",
     "CLONE_NEWNET",
     "CLONE_NEWNS",
     "CLONE_NEWPID",
@@ -505,5 +511,6 @@ __all__ = [
     "MS_RELATIME",
     "MS_REMOUNT",
     "PR_SET_CHILD_SUBREAPER",
+    "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
 ]

@@ -4,8 +4,8 @@
 ``python -I -S sandbox_launcher.py CONFIG``; CONFIG is one JSON object. The launcher dies with the
 verifier (PR_SET_PDEATHSIG) and makes the namespaces; init, pid 1 of the new pid namespace, builds
 the run's root (a tmpfs over its directory, the system's /usr and /lib* and the interpreter
-read-only, a fresh /proc) and reaps; the program's process joins the cgroup, takes its rlimits and
-uid, and becomes Python. Without namespaces the launcher is a child subreaper and runs the program
+read-only and nosuid, a fresh /proc) and reaps; the program's process joins the cgroup, takes its
+rlimits and uid, sets PR_SET_NO_NEW_PRIVS, and becomes Python. Without namespaces the launcher is a child subreaper and runs the program
 itself. ``CONFIG = {"reap": uid}`` instead kills every process of that uid (``kill(-1)`` as it).
 
 Why a separate file: it runs in a fresh interpreter, not in a ``preexec_fn`` (unsafe in a process
@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 # Linux constants (sched.h, mount.h, prctl.h); the stdlib has os.unshare only from 3.12.
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -55,6 +56,7 @@ KEPT_MOUNT_FLAGS = (
 )
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 
 SETUP_FAILED = 125  # the launcher's exit status when a protection could not be put in place
 WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # all the run's one tmpfs
@@ -167,7 +169,9 @@ def _launch(config: dict[str, Any]) -> NoReturn:
     uid, gid = os.getuid(), os.getgid()
     user = 0 if root else CLONE_NEWUSER
     if config["namespaces"]:
-        _unshare(libc, user | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
+        # CLONE_NEWIPC: SysV shared memory, semaphores and message queues (and POSIX message
+        # queues) of its own, gone with the namespace; nothing is shared with other checks.
+        _unshare(libc, user | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)
         if not root:
             _map_own_ids(uid, gid)
         status_r, status_w = os.pipe()  # init tells the launcher how the program ended
@@ -289,10 +293,12 @@ def _bind_read_only(libc: Any, path: str, root: str) -> None:
         return
     os.mkdir(target)
     _mount(libc, path, target, None, MS_BIND | MS_REC)
-    # A remount must keep the flags the mount has (in a user namespace they are locked).
+    # A remount must keep the flags the mount has (in a user namespace they are locked); it
+    # adds nosuid (a setuid binary does not change the uid) and nodev (no device node counts).
     has = os.statvfs(target).f_flag
     kept = sum(flag for bit, flag in KEPT_MOUNT_FLAGS if has & bit)
-    _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | kept
+    _mount(libc, None, target, None, flags)
 
 
 def _cgroup_files(config: dict[str, Any]) -> list[int]:
@@ -327,6 +333,9 @@ def _program(
         _die_with_parent(libc, lambda: os.getppid() != launcher)
     # By path, so that getcwd() names a path that exists in the namespace ("/tmp").
     os.chdir(home)
+    # Last, just before exec: no setuid/setgid binary and no file capability can give it or
+    # its children more privileges than it has now (inherited across fork and exec, for good).
+    _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
     args = [PROGRAM] if config["namespaces"] else ["-c", SOCKET_PRELUDE]
     python = config["python"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,12 @@ def echo_server(tmp_path: Path) -> Iterator[Callable[..., tuple[str, Path]]]:
             return f"http://127.0.0.1:{port}/v1", log
 
         yield start
+
+
+@pytest.fixture
+def fault_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start stillroom's fault-injecting server (see tests/integrity_helpers.py); returns a
+    function that starts one with the given faults and gives its ``Server`` handle."""
+    from tests.integrity_helpers import fault_servers
+
+    yield from fault_servers(tmp_path)

@@ -38,7 +38,6 @@ from tests.integrity_helpers import (
     complete_args,
     env_with,
     fault_command,
-    fault_servers,
     last_line,
     prompt_rows,
     run_cli,
@@ -49,10 +48,6 @@ from tests.servers import free_port, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    yield from fault_servers(tmp_path)
 
 
 ROWS = prompt_rows(100)

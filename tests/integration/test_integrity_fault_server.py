@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from stillroom.testing.fault_server import FAULTS, Faults, fault_for
-from tests.integrity_helpers import Server, fault_servers
+from tests.integrity_helpers import Server
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    yield from fault_servers(tmp_path)
 
 
 def ask(server: Server, prompt: str, *, chat: bool = True, key: str | None = None

@@ -6,7 +6,7 @@ server that echoes the API key must not get it written anywhere."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from tests.integrity_helpers import (
     check_rows_once,
     complete_args,
     env_with,
-    fault_servers,
     pipeline_file,
     prompt_rows,
     read_all,
@@ -35,10 +34,6 @@ from tests.integrity_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    yield from fault_servers(tmp_path)
 
 
 ANY_FAILURE = ["--max-failure-rate", "1"]

@@ -33,7 +33,6 @@ from tests.integrity_helpers import (
     complete_args,
     data_snapshot,
     env_with,
-    fault_servers,
     is_marked_complete,
     last_line,
     pipeline_file,
@@ -47,10 +46,6 @@ from tests.integrity_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    yield from fault_servers(tmp_path)
 
 
 FLUSH = ["--flush-rows", "5", "--flush-seconds", "0.2"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,6 @@ from tests.integrity_helpers import (
     commit_lines,
     complete_args,
     env_with,
-    fault_servers,
     prompt_rows,
     run_cli,
     wait_until,
@@ -30,10 +29,6 @@ from tests.integrity_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    yield from fault_servers(tmp_path)
 
 
 FLUSH = ["--flush-rows", "5", "--concurrency", "2"]

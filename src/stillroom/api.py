@@ -114,7 +114,15 @@ def inspect_output(out: str | os.PathLike[str], samples: int = 3) -> dict[str, A
             "; run the command that made this folder again: it undoes the damaged commits and "
             "does their rows again (answers come from the request cache)"
         )
-    summary = summarize(folder)
-    summary["samples"] = folder.read_rows("data", limit=samples)
-    summary["failure_examples"] = failure_examples(folder)
+    try:
+        summary = summarize(folder)
+        summary["samples"] = folder.read_rows("data", limit=samples)
+        summary["failure_examples"] = failure_examples(folder)
+    except (OSError, ValueError) as error:  # pyarrow's errors for a damaged or vanishing file
+        writer = folder.writer()
+        raise OutputFolderError(
+            f"cannot read {folder.root}: {error}"
+            + (f"; it is being written by {writer}: inspect it again when that is done"
+               if writer else "; run the command that made it again to repair it")
+        ) from None
     return summary

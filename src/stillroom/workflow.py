@@ -222,7 +222,7 @@ def _run_pipeline(workflow: Workflow, step: Step, model: Any, root: Path,
                         description=model.description, base_dir=workflow.base_dir)
     output = OutputFolder(folder)
     if output.is_complete() and not run_options.get("overwrite") \
-            and _stored_fingerprint(output).get("pipeline") == _jsonable(pipeline.identity()):
+            and output.holds_run(_fingerprint(pipeline, folder, run_options)):
         log(f"  {folder} is complete; skipped")
         return folder
     # Otherwise run: an unfinished folder resumes, one made by a different pipeline is refused.
@@ -255,12 +255,15 @@ def _run_train(workflow: Workflow, step: Step, config: Any, root: Path,
     return final
 
 
-def _stored_fingerprint(output: Any) -> dict[str, Any]:
-    try:
-        stored = json.loads(output.run_file.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError):
-        return {}
-    return stored if isinstance(stored, dict) else {}
+def _fingerprint(pipeline: Any, folder: Path, run_options: dict[str, Any]) -> dict[str, Any]:
+    """What the step's run would be (pipeline, input as it is now, --limit, seed): the input is
+    read and checked for it, so a step whose input changed is run again, not skipped."""
+    from stillroom.pipeline.executor import Executor
+    from stillroom.pipeline.pipeline import RunOptions
+
+    executor = Executor(pipeline, folder, RunOptions(**run_options))
+    executor.source.check(pipeline.stages[0].check_row)
+    return executor.fingerprint()
 
 
 def _jsonable(value: Any) -> Any:

@@ -197,3 +197,20 @@ async def test_structured_output_that_never_parses_fails_with_the_raw_text() -> 
         await llm.generate(ask(json_schema=schema))
     assert failure.value.kind == "InvalidStructuredOutput"
     assert "no json here" in str(failure.value)
+
+
+def test_extra_body_and_the_structured_mode_are_part_of_the_cache_key() -> None:
+    # Two requests that differ only in extra_body (a thinking switch, max_tokens of the server's
+    # own) are different questions; the second run used to get the first one's answers.
+    from stillroom.llm.openai_compat import OpenAIConfig
+
+    def identity(**options: Any) -> dict[str, Any]:
+        config = OpenAIConfig(model="m", base_url="http://127.0.0.1:1/v1", **options)
+        return config.build().cache_identity()
+
+    plain = identity()
+    assert plain == {"backend": "openai", "model": "m"}  # caches made before keep their keys
+    thinking = identity(extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    assert thinking != plain
+    assert thinking != identity(extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert identity(structured_output="prompt") != plain

@@ -155,3 +155,17 @@ def test_a_pipeline_file_that_is_a_folder_or_not_utf8(tmp_path: Path, content: b
 def test_a_validator_message_is_not_prefixed_with_pydantics_wording() -> None:
     error = error_for(GOOD.replace("base_url: http://127.0.0.1:9/v1", "base_url: 127.0.0.1:9/v1"))
     assert error.key == "backends.teacher.base_url" and "Value error" not in str(error)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("!!binary aGVsbG8=", "binary data"),
+    ("!!set {a, b}", "a set"),
+    ("&loop {again: *loop}", "contains itself"),
+    ("{? [1, 2] : 3}", "a key must be a plain value"),
+])
+def test_values_a_config_cannot_hold_are_named_at_their_line(value: str, says: str) -> None:
+    text = ("input: x.jsonl\nbackends:\n  t:\n    kind: openai\n    model: m\n"
+            f"    base_url: http://127.0.0.1:1/v1\n    extra_body: {value}\n"
+            "stages:\n  - type: complete\n    backend: t\n")
+    with pytest.raises(ConfigError, match=rf"p\.yaml:7: .*{says}"):
+        parse_pipeline_text(text, "p.yaml")

@@ -215,7 +215,7 @@ def test_all_rows_stage_sees_input_order_and_checkpoints(tmp_path: Path, fresh_b
     assert [r["id"] for r in data] == ["r0", "r2", "r4", "r6", "r8"]
     assert all(r["after"] for r in data)
     assert result.drops_by_reason == {"keep_longest: odd position": 5}
-    assert (out / ".stillroom" / "checkpoint-0.parquet").exists()
+    assert (out / ".stillroom" / "checkpoint-0.jsonl.zst").exists()
 
 
 def test_rerunning_a_finished_run_with_an_all_rows_stage_changes_nothing(
@@ -397,3 +397,52 @@ def test_inspect_refuses_a_damaged_folder_in_one_line(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:20])
     with pytest.raises(OutputFolderError, match=r"part-00000\.parquet has 20 bytes.*again"):
         inspect_output(out)
+
+
+def test_a_changed_function_stage_is_a_different_run(tmp_path: Path) -> None:
+    # A function stage's identity was its name alone: a resume after editing it mixed rows of
+    # both versions into one folder marked complete.
+    out = tmp_path / "out"
+
+    def shout(row: Row) -> Row:
+        return {**row, "prompt": row["prompt"].upper()}
+
+    pipeline([shout, Complete()], rows(3)).run(out, progress=False)
+
+    def shout(row: Row) -> Row:  # noqa: F811 - the same name, other code
+        return {**row, "prompt": row["prompt"].lower()}
+
+    with pytest.raises(OutputFolderError, match="different run"):
+        pipeline([shout, Complete()], rows(3)).run(out, progress=False)
+    assert (pipeline([lambda row: row], rows(1)).identity()
+            != pipeline([lambda row: {**row, "x": 1}], rows(1)).identity())
+
+
+def test_rows_after_an_all_rows_stage_are_the_checkpoint_s_in_every_session(
+    tmp_path: Path, fresh_backend: ScriptedBackend
+) -> None:
+    # The first session used its rows in memory, a resumed one read them back from a Parquet
+    # checkpoint (with None for every column a row lacked, mixed types as JSON text): different
+    # rows, so different requests, and answers paid for were asked again. Now both sessions
+    # read the checkpoint, which keeps rows exactly.
+    seen: list[Row] = []
+
+    def after(row: Row) -> Row:
+        seen.append(dict(row))
+        return row
+
+    data = [{"id": "a", "prompt": "p", "only_a": 1}, {"id": "b", "prompt": "q"},
+            {"id": "c", "prompt": "r", "info": {"v": [{"type": "text", "text": "x"}]}},
+            {"id": "d", "prompt": "s"}, {"id": "e", "prompt": "t", "info": {"v": "plain"}}]
+    out = tmp_path / "out"
+    stages = [Complete(), KeepLongest(), after]
+    pipeline(stages, data).run(out, progress=False)
+    first = sorted(seen, key=lambda row: row["id"])
+    folder = OutputFolder(out)
+    lines = folder.commit_log.read_bytes().splitlines()[:1]  # killed right after the checkpoint
+    folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
+    (out / ".stillroom" / "complete.json").unlink()
+    seen.clear()
+    pipeline(stages, data).run(out, progress=False)
+    assert sorted(seen, key=lambda row: row["id"]) == first
+    assert "only_a" not in first[1] and first[2]["info"] == {"v": "plain"}

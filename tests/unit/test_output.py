@@ -157,9 +157,13 @@ def test_a_damaged_committed_shard_undoes_its_commit_and_says_so(tmp_path: Path,
 
 def test_two_commits_naming_one_shard_are_both_undone(tmp_path: Path) -> None:
     # What the flush race left behind: two records for one file, which holds only one's rows.
+    import orjson
+
+    from stillroom.data.output import _sealed
+
     folder = two_commits(tmp_path)
     lines = folder.commit_log.read_bytes().splitlines()
-    lines[1] = lines[1].replace(b"part-00001", b"part-00000")
+    lines[1] = _sealed(orjson.loads(lines[1].replace(b"part-00001", b"part-00000")))
     folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
     state = OutputFolder(tmp_path / "out").prepare({"run": 1})
     assert state.done(0) == set() and folder.count("data") == 0
@@ -187,10 +191,73 @@ def test_a_garbage_run_record_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_folder_is_complete_only_while_its_shards_are(tmp_path: Path) -> None:
     folder = two_commits(tmp_path)
-    folder.mark_complete({"counts": {}})
+    folder.mark_complete({"counts": {"data": 3, "failed": 1, "dropped": 0}})
+    assert not folder.is_complete()  # no card yet: the card appears last
+    (folder.root / "README.md").write_text("card")
     assert folder.is_complete()
     (folder.root / "data" / "part-00001.parquet").unlink()
     assert not folder.is_complete()
+
+
+def test_a_completion_record_whose_counts_are_not_the_logs_is_not_complete(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    (folder.root / "README.md").write_text("card")
+    folder.mark_complete({"counts": {"data": 4, "failed": 1, "dropped": 0}})
+    assert not folder.is_complete()
+
+
+def test_a_kill_during_overwrite_never_leaves_a_card_over_missing_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    folder = two_commits(tmp_path)
+    (folder.root / "README.md").write_text("card")
+    folder.mark_complete({"counts": {"data": 3, "failed": 1, "dropped": 0}})
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies as the data is being removed
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        folder.clear()
+    assert not folder.complete_file.exists() and not (folder.root / "README.md").exists()
+    assert not folder.is_complete()
+
+
+def test_an_edited_commit_line_is_found_by_its_checksum(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    lines = folder.commit_log.read_bytes().splitlines()
+    lines[0] = lines[0].replace(b'"0","1","2"', b'"0","2"')  # a key removed by hand
+    folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.done(0) == {"3"} and any("line 1 is damaged" in n for n in state.notes)
+    assert folder.count("data") == 1  # its shards went with it: its rows are done again once
+
+
+def test_rows_after_a_checkpoint_whose_line_is_damaged_are_undone(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {"dropped": [{"a": 0}]}, [], segment=0, checkpoint=[{"a": 1}, {"a": 2}])
+    folder.commit(state, {"data": [{"a": 1}]}, ["1:0"], segment=1)
+    folder.release()
+    lines = folder.commit_log.read_bytes().splitlines()
+    folder.commit_log.write_bytes(b"garbage\n" + lines[1] + b"\n")
+    state = OutputFolder(tmp_path / "out").prepare({"run": 1})
+    assert state.checkpoints == {} and state.done(1) == set()
+    assert folder.count("data") == 0 and folder.count("dropped") == 0
+
+
+def test_a_checkpoint_reads_back_exactly(tmp_path: Path) -> None:
+    # Not through Parquet: that gives every row every column (None) and turns a column of mixed
+    # types into JSON text, so a resumed run would ask different requests than the first.
+    rows = [{"messages": [{"role": "user", "content": "hi", "name": "x"}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+            {"other": 1.5, "n": None}]
+    folder = OutputFolder(tmp_path / "out")
+    state = folder.prepare({"run": 1})
+    folder.commit(state, {}, [], segment=0, checkpoint=rows)
+    assert folder.read_checkpoint(state.checkpoints[0]) == rows
 
 
 def test_shards_rewritten_to_one_schema_are_not_taken_for_damaged(tmp_path: Path) -> None:
@@ -202,6 +269,7 @@ def test_shards_rewritten_to_one_schema_are_not_taken_for_damaged(tmp_path: Path
     folder.harmonize_shards()
     assert [p.stat().st_size for p in folder.shard_paths("data")] != sizes  # rewritten
     folder.mark_complete({})
+    (folder.root / "README.md").write_text("card")
     assert folder.is_complete()
     folder.release()
     state = OutputFolder(tmp_path / "out").prepare({"run": 1})
@@ -268,3 +336,25 @@ def test_damage_is_reported_read_only_and_a_writer_is_seen(tmp_path: Path) -> No
     assert "process" in (folder.writer() or "")
     writer.release()
     assert folder.writer() is None
+
+
+def test_an_input_inside_what_the_run_writes_is_refused(tmp_path: Path) -> None:
+    folder = two_commits(tmp_path)
+    for inside in (folder.root / "data", folder.root / "data" / "part-00000.parquet",
+                   folder.state_dir):
+        with pytest.raises(OutputFolderError, match="lies in the output folder"):
+            folder.refuse_as_input(inside)
+    folder.refuse_as_input(tmp_path / "elsewhere.jsonl")
+    folder.refuse_as_input(folder.root / "notes.jsonl")  # the folder itself is not cleared
+
+
+def test_the_run_record_holds_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-proj-InExtraBody0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    fingerprint = {"pipeline": {"backends": {"t": {"extra_body": {"api_key": secret}}}}}
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare(fingerprint)
+    assert secret.encode() not in folder.run_file.read_bytes()
+    assert folder.holds_run(fingerprint)
+    folder.release()
+    OutputFolder(tmp_path / "out").prepare(fingerprint)  # the same run: resumed, not refused

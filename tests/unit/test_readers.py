@@ -144,3 +144,50 @@ def test_any_other_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(InputError, match="cannot read: Permission denied") as error:
         list(iter_rows(path))
     assert error.value.path == str(path)
+
+
+def test_the_run_reads_only_the_rows_it_checked_and_notices_a_changed_input(tmp_path: Path) -> None:
+    import json
+
+    from stillroom.errors import InputError
+    from stillroom.pipeline.inputs import InputSource
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(3)))
+    source = InputSource(str(path), tmp_path)
+    assert source.check(None) == 3
+    with open(path, "a") as handle:  # appended while the run reads it
+        handle.write(json.dumps({"prompt": "late"}) + "\n" + "not json\n")
+    assert [row["prompt"] for _, row in source.rows()] == ["p0", "p1", "p2"]
+    with pytest.raises(InputError, match="changed while the run read it"):
+        source.verify_unchanged()
+
+
+def test_a_metadata_column_that_is_not_an_object_is_refused_before_any_request(tmp_path: Path) -> None:
+    import json
+
+    from stillroom.errors import InputError
+    from stillroom.pipeline.inputs import InputSource
+
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "metadata": "source=web"}) + "\n")
+    with pytest.raises(InputError, match=r"in\.jsonl:1: column 'metadata' holds text"):
+        InputSource(str(path), tmp_path).check(None)
+
+
+def test_a_parquet_folder_is_fingerprinted_by_its_own_files_only(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stillroom.pipeline.inputs import InputSource
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), folder / "part-0.parquet")
+    first = InputSource(str(folder), tmp_path)
+    first.check(None)
+    (folder / "out" / "data").mkdir(parents=True)  # an output folder made inside the input
+    pq.write_table(pa.table({"x": [1]}), folder / "out" / "data" / "part-00000.parquet")
+    second = InputSource(str(folder), tmp_path)
+    second.check(None)
+    assert first.identity() == second.identity()

@@ -113,3 +113,31 @@ steps:
     flow.write_text(flow.read_text().replace("max_steps: 2", "max_steps: 3"))
     with pytest.raises(ConfigError, match="trained with a different config"):
         Workflow.from_file(flow).run(tmp_path / "out", log=again.append, progress=False)
+
+
+def test_a_finished_pipeline_step_whose_input_changed_is_run_again(tmp_path: Path) -> None:
+    # The skip used to compare the pipeline only: a grown input or another --limit was skipped
+    # with rows missing.
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n"
+                                                 for i in range(3)))
+    flow = write(tmp_path, """
+steps:
+  - name: rows
+    pipeline:
+      input: rows.jsonl
+      stages: [{type: dedup, method: exact, column: prompt}]
+""")
+    out = tmp_path / "out"
+    Workflow.from_file(flow).run(out, log=lambda line: None, progress=False)
+    lines: list[str] = []
+    Workflow.from_file(flow).run(out, log=lines.append, progress=False)
+    assert any("skipped" in line for line in lines)
+    with open(tmp_path / "rows.jsonl", "a") as handle:
+        handle.write(json.dumps({"id": 3, "prompt": "p3"}) + "\n")
+    from stillroom.errors import OutputFolderError
+
+    with pytest.raises(OutputFolderError, match="different run"):
+        Workflow.from_file(flow).run(out, log=lines.append, progress=False)
+    lines.clear()
+    Workflow.from_file(flow).run(out, log=lines.append, progress=False, overwrite=True)
+    assert not any("skipped" in line for line in lines)

@@ -636,6 +636,7 @@ class _StreamedRun:
         # Every row is checked (and the input fingerprinted) before the folder is touched.
         total = self.source.check(self.stage.check_row)
         fingerprint = {"version": 1, "dedup": self.stage.identity(), "input": self.source.identity()}
+        self.folder.refuse_as_input(self.source.path)
         # prepare() makes this process the folder's only writer until release() below.
         state = self.folder.prepare(fingerprint, overwrite=overwrite)
         try:
@@ -656,6 +657,7 @@ class _StreamedRun:
             clusters, ids = self.find()
             self.say(f"dedup: {int(clusters.kept.sum()):,} kept, writing {self.folder.root}")
             counts = self.write(clusters, ids, state)
+            self.source.verify_unchanged()
             status = "complete"
         finally:
             self.folder.record_session({
@@ -728,5 +730,8 @@ def dedup(
 
     # The same checks as a pipeline run's (an unknown executor, Ray options without Ray).
     RunOptions(executor=executor, ray_address=ray_address, workers=workers)
-    return _StreamedRun(stage, source, Path(out), progress, executor, ray_address,
-                        workers).run(overwrite)
+    from stillroom.pipeline.pipeline import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM stops it like Ctrl-C: what finished is committed
+        return _StreamedRun(stage, source, Path(out), progress, executor, ray_address,
+                            workers).run(overwrite)

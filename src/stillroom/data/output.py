@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -85,6 +86,61 @@ def write_table_atomically(table: pa.Table, path: Path) -> int:
         size = os.fstat(handle.fileno()).st_size
     os.replace(tmp, path)
     return size
+
+
+def write_rows_atomically(rows: list[Row], path: Path) -> int:
+    """Rows as zstd-compressed JSON lines, through a temporary file, durably; returns the size.
+
+    For checkpoints: rows must read back exactly as they were given, because the rows after an
+    all-rows stage are read back from its checkpoint in every session (the first included), so
+    that a resumed run asks the same requests. A Parquet round trip is not exact: it gives every
+    row every column (None where it had none, which changes a request) and stores a column whose
+    type varies as JSON text. Values JSON cannot hold (bytes, dates) are stored as their text.
+    """
+    import pyarrow as pa
+
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.CompressedOutputStream(str(tmp), "zstd") as stream:
+        for row in rows:
+            stream.write(orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+        size = os.fstat(handle.fileno()).st_size
+    os.replace(tmp, path)
+    return size
+
+
+def read_rows_file(path: Path) -> list[Row]:
+    """The rows of a file written by :func:`write_rows_atomically`."""
+    import pyarrow as pa
+
+    with pa.CompressedInputStream(pa.OSFile(str(path)), "zstd") as stream:
+        data = stream.read()
+    return [orjson.loads(line) for line in data.split(b"\n") if line]
+
+
+def stored_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A run's fingerprint as ``run.json`` keeps it: as JSON reads it back, with every secret
+    redacted (a key in a backend's ``extra_body`` must not land on disk). Compared in this form,
+    so a rerun still recognizes its run."""
+    return redact_value(orjson.loads(orjson.dumps(fingerprint, default=str)))  # type: ignore[no-any-return]
+
+
+def _sealed(record: dict[str, Any]) -> bytes:
+    """A commit record as one line, with a checksum of its content: a line edited or damaged in
+    place (a key removed from ``keys``) is then found, not trusted."""
+    body = {key: value for key, value in record.items() if key != "check"}
+    check = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return orjson.dumps({**body, "check": check})
+
+
+def _seal_holds(record: dict[str, Any]) -> bool:
+    """Whether a record's checksum matches (records of older stillroom versions have none)."""
+    check = record.get("check")
+    if check is None:
+        return True
+    body = {key: value for key, value in record.items() if key != "check"}
+    return bool(check == hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16])
 
 
 def _files_of(record: dict[str, Any]) -> list[str]:
@@ -198,20 +254,25 @@ class OutputFolder:
             self.release()
 
     def writer(self) -> str | None:
-        """Who is writing this folder now (another process's lock), or None."""
-        if self._lock_fd is not None or not self.lock_file.exists():
+        """Who is writing this folder now, from the lock file's record: a live process on this
+        host, or None. Read only: probing the lock itself (even a shared lock, for an instant)
+        could make a run starting at that moment believe the folder taken."""
+        if self._lock_fd is not None:
             return None
         try:
-            fd = os.open(self.lock_file, os.O_RDONLY)
-        except OSError:
+            holder = orjson.loads(self.lock_file.read_bytes() or b"null")
+        except (OSError, orjson.JSONDecodeError):
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return str(_lock_holder(fd))
-        finally:
-            os.close(fd)  # closing drops the shared lock, if it was granted
-        return None
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            return None
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+        return _describe(holder)
 
     def release(self) -> None:
         """Stop being the writer (the lock file is emptied: no stale holder is reported)."""
@@ -249,6 +310,7 @@ class OutputFolder:
     def _prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> RunState:
         if overwrite:
             self.clear()
+        fingerprint = stored_fingerprint(fingerprint)
         previous = self._read_run_file()
         if previous is not None:
             if previous.get("fingerprint") != fingerprint:
@@ -279,6 +341,29 @@ class OutputFolder:
         state.notes.extend(notes)
         return state
 
+    def refuse_as_input(self, path: Path | None) -> None:
+        """Raise OutputFolderError when ``path`` (a run's input) lies in what this folder's run
+        writes or clears: reading it while writing it, or clearing it with --overwrite, would
+        lose the input itself."""
+        if path is None:
+            return
+        source = path.resolve()
+        for part in [*(self.root / kind for kind in KINDS), self.state_dir]:
+            if source == part.resolve() or part.resolve() in source.parents:
+                raise OutputFolderError(
+                    f"the input {path} lies in the output folder's {part.name}/, which this run "
+                    f"writes (and --overwrite clears); copy it elsewhere or choose another "
+                    f"output folder than {self.root}"
+                )
+
+    def holds_run(self, fingerprint: dict[str, Any]) -> bool:
+        """Whether this folder was made by the run with ``fingerprint`` (pipeline, input, seed)."""
+        try:
+            previous = self._read_run_file()
+        except OutputFolderError:
+            return False
+        return previous is not None and previous.get("fingerprint") == stored_fingerprint(fingerprint)
+
     def _read_run_file(self) -> dict[str, Any] | None:
         if not self.run_file.exists():
             return None
@@ -296,7 +381,14 @@ class OutputFolder:
 
     def clear(self) -> None:
         """Remove what stillroom wrote here (never anything else in the folder). The writer's
-        lock file stays: it is what keeps a second process out meanwhile."""
+        lock file stays: it is what keeps a second process out meanwhile.
+
+        What says "finished" goes first: a kill halfway through must leave a folder that looks
+        unfinished (and is resumed or cleared again), never a card or completion record over
+        data that is gone."""
+        for marker in (self.complete_file, self.root / "README.md", self.root / "report.html"):
+            marker.unlink(missing_ok=True)
+        self.commit_log.unlink(missing_ok=True)
         for kind in KINDS:
             shutil.rmtree(self.root / kind, ignore_errors=True)
         if self.state_dir.is_dir():
@@ -331,6 +423,8 @@ class OutputFolder:
                 record = orjson.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
                     raise ValueError("not a commit record")
+                if not _seal_holds(record):
+                    raise ValueError("its checksum does not match: the line was changed")
             except (orjson.JSONDecodeError, ValueError):
                 last = all(not rest.strip() for rest in lines[number:])
                 if not last:
@@ -372,19 +466,23 @@ class OutputFolder:
                     problem = self._damage(relative, sizes.get(relative))
                     if problem:
                         bad[index] = f"{relative} {problem}"
-        if not bad:
-            return records, notes
         # Rows after an all-rows stage come from its checkpoint: a damaged checkpoint takes every
-        # later segment with it.
+        # later segment with it, and so does a checkpoint whose record is gone (a damaged line).
+        checkpointed = {r.get("segment", 0) for r in records if r.get("checkpoint")}
+        orphans = [r.get("segment", 0) for r in records
+                   if r.get("segment", 0) > 0 and r.get("segment", 0) - 1 not in checkpointed]
         redo_from = min(
-            (records[i].get("segment", 0) for i in bad if records[i].get("checkpoint")),
+            [records[i].get("segment", 0) for i in bad if records[i].get("checkpoint")] + orphans,
             default=None,
         )
+        if not bad and redo_from is None:
+            return records, notes
         kept: list[dict[str, Any]] = []
         for index, record in enumerate(records):
             segment = record.get("segment", 0)
             if index in bad or (redo_from is not None and segment >= redo_from):
-                why = bad.get(index, f"it follows the damaged checkpoint of segment {redo_from}")
+                why = bad.get(index, f"it follows the damaged or missing checkpoint before "
+                                     f"segment {redo_from}")
                 rows = sum(record.get("rows", {}).values())
                 notes.append(
                     f"commit {record['seq']} undone ({rows} rows): {why}; its rows are done again "
@@ -394,7 +492,7 @@ class OutputFolder:
                     (self.root / relative).unlink(missing_ok=True)
             else:
                 kept.append(record)
-        _fsync_write(self.commit_log, b"".join(orjson.dumps(r) + b"\n" for r in kept))
+        _fsync_write(self.commit_log, b"".join(orjson.dumps(r) + b"\n" for r in kept))  # sealed
         return kept, notes
 
     def _damage(self, relative: str, size: int | None) -> str | None:
@@ -408,6 +506,12 @@ class OutputFolder:
             return "is missing"
         if size is not None and actual != size:
             return f"has {actual} bytes, {size} were committed"
+        if path.name.endswith(".jsonl.zst"):
+            try:
+                read_rows_file(path)
+            except Exception:  # noqa: BLE001 - a damaged frame or line, whatever the library says
+                return "is not a readable checkpoint"
+            return None
         try:
             pq.read_metadata(path)
         except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
@@ -448,7 +552,8 @@ class OutputFolder:
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
                 relative = path.relative_to(self.root).as_posix()
-                if path.name.endswith(".tmp") or path.suffix == ".parquet" and relative not in committed:
+                uncommitted = path.suffix in (".parquet", ".zst") and relative not in committed
+                if path.name.endswith(".tmp") or uncommitted:
                     path.unlink()
                     removed.append(relative)
         for name in ("README.md.tmp", "report.html.tmp"):  # a card staged but never published
@@ -491,7 +596,15 @@ class OutputFolder:
         together would write the same files.
         """
         with self._commit_lock:
-            self._commit(state, rows, keys, segment=segment, stats=stats, checkpoint=checkpoint)
+            try:
+                self._commit(state, rows, keys, segment=segment, stats=stats,
+                             checkpoint=checkpoint)
+            except OSError as error:  # a full disk, a folder removed under us
+                raise OutputFolderError(
+                    f"cannot write the output folder {self.root}: {error.strerror or error}; "
+                    "rows finished before this are committed: fix the cause and run the same "
+                    "command again to resume"
+                ) from None
 
     def _commit(
         self,
@@ -523,13 +636,13 @@ class OutputFolder:
             "keys": list(keys),
         }
         if checkpoint is not None:
-            relative = f"{STATE_DIR}/checkpoint-{segment}.parquet"
-            sizes[relative] = write_table_atomically(rows_to_table(checkpoint), self.root / relative)
+            relative = f"{STATE_DIR}/checkpoint-{segment}.jsonl.zst"
+            sizes[relative] = write_rows_atomically(checkpoint, self.root / relative)
             record["checkpoint"] = relative
         record["sizes"] = sizes
         if stats:
             record["stats"] = stats
-        line = orjson.dumps(record) + b"\n"
+        line = _sealed(record) + b"\n"
         with open(self.commit_log, "ab") as handle:
             handle.write(line)
             handle.flush()
@@ -540,9 +653,13 @@ class OutputFolder:
         state.done(segment).update(record["keys"])
 
     def read_checkpoint(self, relative: str) -> list[Row]:
-        import pyarrow.parquet as pq
+        """The rows an all-rows stage produced, exactly as they were (see write_rows_atomically);
+        a Parquet checkpoint of an older stillroom still reads."""
+        if relative.endswith(".parquet"):
+            import pyarrow.parquet as pq
 
-        return pq.read_table(self.root / relative).to_pylist()
+            return pq.read_table(self.root / relative).to_pylist()
+        return read_rows_file(self.root / relative)
 
     # -- sessions and completion -----------------------------------------------------------
 
@@ -567,8 +684,25 @@ class OutputFolder:
         _fsync_write(self.complete_file, orjson.dumps(redact_value(summary), default=str))
 
     def is_complete(self) -> bool:
-        """Finished, and nothing committed has gone missing or changed size since."""
-        return self.complete_file.exists() and self.committed_files_intact()
+        """Finished (its completion record and card are there, and the record's counts are the
+        commit log's), and nothing committed has gone missing or changed size since."""
+        if not (self.complete_file.exists() and (self.root / "README.md").exists()):
+            return False
+        try:
+            record = orjson.loads(self.complete_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        counts = record.get("counts") if isinstance(record, dict) else None
+        if isinstance(counts, dict) and counts != self._committed_counts():
+            return False
+        return self.committed_files_intact()
+
+    def _committed_counts(self) -> dict[str, int]:
+        totals = dict.fromkeys(KINDS, 0)
+        for record in self.read_commits():
+            for kind, count in record.get("rows", {}).items():
+                totals[kind] = totals.get(kind, 0) + count
+        return totals
 
     # -- reading back ----------------------------------------------------------------------
 
@@ -661,7 +795,7 @@ class OutputFolder:
                 resize: dict[str, Any] = {"seq": seq, "segment": 0, "time": time.time(), "files": {}, "rows": {},
                           "keys": [], "sizes": resized, "rewrite": True}
                 with open(self.commit_log, "ab") as handle:
-                    handle.write(orjson.dumps(resize) + b"\n")
+                    handle.write(_sealed(resize) + b"\n")
                     handle.flush()
                     os.fsync(handle.fileno())
 

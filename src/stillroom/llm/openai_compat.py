@@ -221,6 +221,18 @@ class OpenAICompatibleBackend(Backend):
         self._chat_url = f"{self.base_url}/chat/completions"
         self._completions_url = f"{self.base_url}/completions"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """``extra_body`` goes into every request (``chat_template_kwargs``, a thinking switch,
+        sampling fields of the server's own), so it decides the answer: it is part of the cache
+        key. So is how a JSON schema is asked for. Both only when set, so caches made without
+        them keep their keys."""
+        identity = super().cache_identity()
+        if self.extra_body:
+            identity["extra_body"] = self.extra_body
+        if self.structured_output != "json_schema":
+            identity["structured_output"] = self.structured_output
+        return identity
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         # Read at call time and kept only in the session's headers: never in a row, cache or log.

@@ -95,10 +95,34 @@ def pipeline_file_model() -> type[BaseModel]:
     return _model_cache[key]
 
 
-def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
+# Values a config holds as JSON does: YAML's binary, set and ordered-pair types have no place in
+# one, and fail late and unclearly (a fingerprint, a request body) when let through.
+_REFUSED_TAGS = {
+    "tag:yaml.org,2002:binary": "binary data (!!binary)",
+    "tag:yaml.org,2002:set": "a set (!!set)",
+    "tag:yaml.org,2002:omap": "an ordered map (!!omap)",
+    "tag:yaml.org,2002:pairs": "pairs (!!pairs)",
+}
+
+
+def _check_duplicate_keys(
+    node: yaml.Node, path: str, ancestors: frozenset[int] = frozenset()
+) -> None:
+    """Duplicate keys, and what a config cannot hold: a key that is not a plain value, a value
+    that contains itself (a recursive alias), binary data, sets. Each a ConfigError at its line."""
+    line = node.start_mark.line + 1
+    if id(node) in ancestors:
+        raise ConfigError("a value contains itself (a recursive YAML alias)", path=path, line=line)
+    if node.tag in _REFUSED_TAGS:
+        raise ConfigError(f"{_REFUSED_TAGS[node.tag]} is not a config value; use text, numbers, "
+                          "lists and mappings", path=path, line=line)
+    inside = ancestors | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError("a key must be a plain value (text or a number), not a list or "
+                                  "a mapping", path=path, line=key_node.start_mark.line + 1)
             key = key_node.value
             if key in seen:
                 raise ConfigError(
@@ -108,10 +132,10 @@ def _check_duplicate_keys(node: yaml.Node, path: str) -> None:
                     key=str(key),
                 )
             seen[key] = key_node.start_mark.line + 1
-            _check_duplicate_keys(value_node, path)
+            _check_duplicate_keys(value_node, path, inside)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_duplicate_keys(item, path)
+            _check_duplicate_keys(item, path, inside)
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

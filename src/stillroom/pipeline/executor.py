@@ -151,35 +151,40 @@ class Sink:
     def __init__(self, executor: Executor, segment: int):
         self.executor = executor
         self.segment = segment
-        self.rows: dict[str, list[Row]] = {"data": [], "failed": [], "dropped": []}
-        self.keys: list[str] = []
+        # A key and its rows enter in one list.append, so an interrupt (a second Ctrl-C raises
+        # KeyboardInterrupt between any two bytecodes) can never buffer one without the other.
+        self.pending: list[tuple[str, list[Outcome]]] = []
         self.buffered = 0
         self.last_flush = time.monotonic()
         self._lock = asyncio.Lock()
 
     def add(self, key: str, outcomes: list[Outcome]) -> None:
+        self.pending.append((key, outcomes))
         counts = self.executor.session_counts
-        for kind, row, _ in outcomes:
-            self.rows[kind].append(row)
+        for kind, _, _ in outcomes:
             counts[kind] += 1
-        self.keys.append(key)
         self.buffered += len(outcomes) or 1
         self.executor.keys_done += 1
 
     def due(self) -> bool:
         options = self.executor.options
         return self.buffered >= options.flush_rows or (
-            bool(self.keys) and time.monotonic() - self.last_flush >= options.flush_seconds
+            bool(self.pending) and time.monotonic() - self.last_flush >= options.flush_seconds
         )
 
     async def flush(self) -> None:
         async with self._lock:
-            if not self.keys:
+            if not self.pending:
                 return
-            rows, keys = self.rows, self.keys
-            self.rows = {"data": [], "failed": [], "dropped": []}
-            self.keys, self.buffered = [], 0
+            taken = self.pending
+            self.pending, self.buffered = [], 0  # an interrupt before this: taken is flushed later
             self.last_flush = time.monotonic()
+            rows: dict[str, list[Row]] = {"data": [], "failed": [], "dropped": []}
+            keys = []
+            for key, outcomes in taken:
+                keys.append(key)
+                for kind, row, _ in outcomes:
+                    rows[kind].append(row)
             executor = self.executor
             # Once begun, a commit runs to its end even when the flush is cancelled (the timed
             # flusher is cancelled as the run ends): its thread goes on writing regardless, and
@@ -339,6 +344,7 @@ class Executor:
 
     async def run_checked(self, total: int) -> RunResult:
         """The run, once the input (``total`` rows) has been checked."""
+        self.folder.refuse_as_input(self.source.path)
         self._build_clients()
         try:
             return await self._run_locked(total)
@@ -361,6 +367,7 @@ class Executor:
         try:
             with progress:
                 await self._run_segments(segments, total, progress)
+            self.source.verify_unchanged()
             status = "complete"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
@@ -517,4 +524,6 @@ class Executor:
                 checkpoint=output,
             )
         )
-        return output
+        # Go on with the rows as a resumed session will read them, not the ones in memory: the
+        # requests of later stages (and so their cache keys) are then the same in every session.
+        return self.folder.read_checkpoint(self.state.checkpoints[segment.index])

@@ -39,9 +39,31 @@ def _kind(value: Any) -> str | None:
     return type(value).__name__
 
 
+def _input_files(path: Path) -> list[Path]:
+    """The files a run reads of ``path``: the file; a Parquet folder's own ``*.parquet`` (not
+    what lies below it, such as an output folder made inside it); every file of a ``datasets``
+    folder."""
+    if not path.is_dir():
+        return [path]
+    from stillroom.data.readers import detect_format
+
+    if detect_format(path) == "parquet":
+        return sorted(path.glob("*.parquet"))
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _signature(path: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of each input file: what tells that it changed."""
+    out = []
+    for file in _input_files(path):
+        stat = file.stat()
+        out.append((str(file), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
 def _digest_path(path: Path) -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = _input_files(path)
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         with open(file, "rb") as handle:
@@ -59,6 +81,7 @@ class InputSource:
         seed: int = 0,
     ):
         self.rows_in_memory: list[Row] | None = None
+        self._signature: list[tuple[str, int, int]] | None = None
         self.path: Path | None = None
         self.limit = limit
         self.mix: InputConfig | None = None
@@ -118,18 +141,54 @@ class InputSource:
         else:
             assert self.path is not None
             source = iter_rows(self.path)
+        # Once checked, only the rows that were checked: rows appended to the file meanwhile
+        # were never checked and are not part of this run (see verify_unchanged).
+        stop = self.limit if self.count == 0 else min(self.count, self.limit or self.count)
         for index, item in enumerate(source):
-            if self.limit is not None and index >= self.limit:
+            if stop is not None and index >= stop:
                 return
             yield item
+
+    def verify_unchanged(self) -> None:
+        """Raise InputError when the input file changed since it was checked: the rows of this
+        run may then mix two versions of it."""
+        if self.path is None or self._signature is None:
+            return
+        try:
+            now = _signature(self.path)
+        except OSError:
+            now = None
+        if now != self._signature:
+            raise InputError(
+                "the input changed while the run read it, so its rows may mix two versions of "
+                "the file; rows finished so far are committed. Keep the input unchanged and run "
+                "again with --overwrite (answers already received come from the request cache)",
+                path=str(self.path),
+            )
 
     def check(self, check_row: Callable[[Row], str | None] | None) -> int:
         """Read every row; raise InputError at the first bad one. Returns the row count."""
         kinds: dict[str, tuple[str, str]] = {}  # column -> (kind, where first seen)
         count = 0
+        self.count = 0
+        if self.path is not None and self.path.exists():
+            try:
+                self._signature = _signature(self.path)
+            except OSError as error:
+                raise InputError(f"cannot read: {error.strerror or error}",
+                                 path=str(self.path)) from None
         for where, row in self.rows():
             if not isinstance(row, dict):
                 raise InputError(f"a row must be a mapping, got {type(row).__name__}", path=where)
+            metadata = row.get("metadata")
+            if metadata is not None and not isinstance(metadata, dict):
+                # Stages add their lineage to it: as text or a list it would fail every row
+                # after its requests were paid for.
+                raise InputError(
+                    f"column 'metadata' holds {_kind(metadata)}; stillroom keeps lineage in it, so "
+                    "it must be an object (or absent): rename the column",
+                    path=where,
+                )
             for column, value in row.items():
                 kind = _kind(value)
                 if kind is None:

@@ -180,7 +180,7 @@ class Pipeline:
 
     def run(self, out: str | os.PathLike[str], **options: Any) -> RunResult:
         """Run to completion (or resume a run interrupted earlier) and write ``out``."""
-        with _terminate_as_interrupt(), asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+        with terminate_as_interrupt(), asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
             return runner.run(self.arun(out, **options))
 
     async def arun(self, out: str | os.PathLike[str], **options: Any) -> RunResult:
@@ -195,7 +195,7 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a job scheduler, a container stop) stops a run the way Ctrl-C does:
     what finished is committed and the run can be resumed. Python's default for SIGTERM is to
     die at once, leaving rows that were answered but not yet committed to be asked for again

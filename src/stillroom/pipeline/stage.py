@@ -182,11 +182,51 @@ class FunctionStage(RowStage):
         stage._function = function
         return stage
 
+    def identity(self) -> dict[str, Any]:
+        """The function's name and a digest of its code: a changed function is a different run
+        (resuming into the old one's folder would mix rows of both versions), and two lambdas
+        are two stages, not one named ``<lambda>``."""
+        return {**super().identity(), "code": code_digest(self._function)}
+
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped] | Drop:
         result = self._function(row)
         if inspect.isawaitable(result):
             result = await result
         return result  # type: ignore[no-any-return]
+
+
+def code_digest(function: Callable[..., Any]) -> str:
+    """A digest of what ``function`` does: its source when Python can find it, else its
+    bytecode, constants and names (recursively for nested code), plus the values it closes over
+    when they have a stable text form."""
+    target = getattr(function, "__func__", function)
+    digest = hashlib.sha256()
+    try:
+        digest.update(inspect.getsource(target).encode())
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        if code is None:
+            digest.update(repr(target).encode())
+        else:
+            _feed_code(digest, code)
+    for cell in getattr(target, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, (str, int, float, bool, bytes, type(None), tuple, frozenset)):
+            digest.update(repr(value).encode())
+    return digest.hexdigest()[:16]
+
+
+def _feed_code(digest: Any, code: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _feed_code(digest, const)
+        else:
+            digest.update(repr(const).encode())
 
 
 def pipeline_dir(info: Any) -> Path | None:

@@ -63,9 +63,9 @@ class WorkerError(StillroomError):
 
 
 class RunAbort(StillroomError):
-    """A problem with the run itself, not with one row (a damaged request cache, an output folder
-    that cannot be written): it stops the run instead of failing every row one by one. Rows
-    committed before it stay committed; fix the cause and rerun to resume."""
+    """A problem with the run itself, not with one row (a damaged or unwritable request cache):
+    it stops the run instead of failing every row one by one. Rows committed before it stay
+    committed; fix the cause and rerun to resume."""
 
     exit_code = 2
 

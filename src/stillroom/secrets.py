@@ -29,6 +29,12 @@ MIN_SECRET_LENGTH = 8
 MIN_FRAGMENT = 8
 
 _SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+# Variables that name where a secret is (ACTIONS_ID_TOKEN_REQUEST_URL, AWS_WEB_IDENTITY_TOKEN_FILE,
+# GOOGLE_APPLICATION_CREDENTIALS): their values are URLs and paths, and masking every 8-character
+# piece of them ("https://", "/home/al") would mangle ordinary text. A value with a "/" is not
+# taken for a key either.
+_NOT_A_SECRET_NAME = re.compile(r"(_URL|_URI|_FILE|_PATH|_DIR|_ENDPOINT|APPLICATION_CREDENTIALS)$",
+                                re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s:]*(?::[^/@\s]*)?)@")
 # A credential after its name: "x-api-key: abc...", "password=abc...", "Authorization: Bearer
 # abc...". A named field needs its ":" or "=", so prose ("Authorization required") is left alone.
@@ -68,7 +74,8 @@ def known() -> list[str]:
     """Every secret value known now, longest first (so a longer one is masked whole)."""
     values = set(_registered)
     for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and value and len(value) >= MIN_SECRET_LENGTH:
+        if (_SECRET_NAME.search(name) and value and len(value) >= MIN_SECRET_LENGTH
+                and not _NOT_A_SECRET_NAME.search(name) and "/" not in value):
             values.add(value)
     return sorted(values, key=len, reverse=True)
 

@@ -159,3 +159,25 @@ def test_kill_9_of_a_ray_run_then_resume(
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_sigterm_stops_a_run_started_with_sigint_ignored(
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path
+) -> None:
+    # A background job of a shell script starts with SIGINT ignored; SIGTERM, sent on as SIGINT,
+    # must still stop the run cleanly (committing what finished), not be dropped.
+    base_url, _ = echo_server(latency_ms=60)
+    source, out = tmp_path / "prompts.jsonl", tmp_path / "out"
+    write_prompts(source)
+    process = subprocess.Popen(
+        command(source, out, base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    wait_for_commits(out, process, 2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stdout + stderr
+    assert OutputFolder(out).read_sessions()[-1]["status"] == "interrupted"
+    rerun = subprocess.run(command(source, out, base_url), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    check_output(out)

@@ -446,3 +446,20 @@ def test_rows_after_an_all_rows_stage_are_the_checkpoint_s_in_every_session(
     pipeline(stages, data).run(out, progress=False)
     assert sorted(seen, key=lambda row: row["id"]) == first
     assert "only_a" not in first[1] and first[2]["info"] == {"v": "plain"}
+
+
+def test_a_run_abort_inside_an_all_rows_stage_stops_the_run(tmp_path: Path) -> None:
+    # An all-rows stage that turns every exception into Failed rows must not turn a damaged
+    # cache into failed rows (and go on paying for answers it cannot keep).
+    from stillroom.errors import CacheError
+
+    class Breaks(AllRowsStage):
+        type: Literal["breaks"] = "breaks"
+
+        async def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Failed]:  # type: ignore[override]
+            for row in rows:
+                yield Failed(row, CacheError("the request cache x is damaged"))
+
+    with pytest.raises(CacheError):
+        pipeline([Complete(), Breaks()], rows(3)).run(tmp_path / "out", progress=False)
+    assert OutputFolder(tmp_path / "out").count("failed") == 0

@@ -358,3 +358,11 @@ def test_the_run_record_holds_no_secret(tmp_path: Path, monkeypatch: pytest.Monk
     assert folder.holds_run(fingerprint)
     folder.release()
     OutputFolder(tmp_path / "out").prepare(fingerprint)  # the same run: resumed, not refused
+
+
+def test_an_output_folder_inside_a_folder_input_is_refused(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    folder = OutputFolder(inputs / "out")
+    with pytest.raises(OutputFolderError, match="lies inside the input folder"):
+        folder.refuse_as_input(inputs)

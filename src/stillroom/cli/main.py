@@ -100,6 +100,8 @@ def option_error(error: ValidationError, command: Callable[..., Any] | None = No
     """A ValidationError raised while building a stage or backend from a verb's options, as a
     ConfigError naming the option (``--temperature``) or key: pydantic's ``msg`` only, never
     its ``input_value`` (the value may be a key or a URL with credentials)."""
+    from stillroom.pipeline.config import pydantic_message
+
     flags = _option_flags(command) if command is not None else {}
     problems: list[str] = []
     first_key = None
@@ -110,9 +112,7 @@ def option_error(error: ValidationError, command: Callable[..., Any] | None = No
             key = flags[loc[0]]
         elif loc:
             key = ".".join(loc)
-        message = str(problem.get("msg", "invalid value"))
-        for prefix in ("Value error, ", "Assertion failed, "):
-            message = message.removeprefix(prefix)
+        message = pydantic_message(str(problem.get("msg", "invalid value")))
         first_key = first_key or key
         problems.append(f"{key}: {message}" if key and problems else message)
     if len(problems) > 1:

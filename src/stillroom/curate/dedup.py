@@ -646,7 +646,7 @@ class _StreamedRun:
 
     def _run_prepared(self, state: Any, total: int) -> RunResult:
         from stillroom.pipeline.pipeline import RunResult
-        from stillroom.report.finalize import completion_record, write_card_and_report
+        from stillroom.report.finalize import write_card_and_report
 
         for note in state.notes:
             log.warning("warning: %s", note)
@@ -669,10 +669,8 @@ class _StreamedRun:
         figures = {"method": self.stage.method, **self.stage.threshold_figure(),
                    **clusters.summary()}
         config = self.config()
-        summary = write_card_and_report(
-            self.folder, config, None, {self.name: figures},
-            completion=lambda summary: completion_record(summary, config),
-        )
+        summary = write_card_and_report(self.folder, config, None, {self.name: figures},
+                                        complete=True)
         return RunResult(
             out=self.folder.root, counts=summary["counts"], session_counts=counts,
             failures_by_reason=summary["failures_by_reason"],

@@ -102,12 +102,21 @@ def write_rows_atomically(rows: list[Row], path: Path) -> int:
     tmp = path.with_name(path.name + ".tmp")
     with pa.CompressedOutputStream(str(tmp), "zstd") as stream:
         for row in rows:
-            stream.write(orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            stream.write(_row_line(row) + b"\n")
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
         size = os.fstat(handle.fileno()).st_size
     os.replace(tmp, path)
     return size
+
+
+def _row_line(row: Row) -> bytes:
+    return orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def as_checkpointed(rows: list[Row]) -> list[Row]:
+    """``rows`` as :func:`read_rows_file` gives them back after :func:`write_rows_atomically`."""
+    return [orjson.loads(_row_line(row)) for row in rows]
 
 
 def read_rows_file(path: Path) -> list[Row]:
@@ -126,12 +135,28 @@ def stored_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return redact_value(orjson.loads(orjson.dumps(fingerprint, default=str)))  # type: ignore[no-any-return]
 
 
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    """A digest of the whole fingerprint, secrets included: what a rerun is recognized by (the
+    redacted copy beside it is for people; redaction depends on the environment)."""
+    canonical = orjson.dumps(fingerprint, default=str, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _same_run(previous: dict[str, Any], fingerprint: dict[str, Any]) -> bool:
+    if "digest" in previous:
+        return bool(previous["digest"] == fingerprint_digest(fingerprint))
+    return bool(previous.get("fingerprint") == stored_fingerprint(fingerprint))  # older folders
+
+
+def _check_of(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 def _sealed(record: dict[str, Any]) -> bytes:
     """A commit record as one line, with a checksum of its content: a line edited or damaged in
     place (a key removed from ``keys``) is then found, not trusted."""
     body = {key: value for key, value in record.items() if key != "check"}
-    check = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    return orjson.dumps({**body, "check": check})
+    return orjson.dumps({**body, "check": _check_of(body)})
 
 
 def _seal_holds(record: dict[str, Any]) -> bool:
@@ -139,8 +164,7 @@ def _seal_holds(record: dict[str, Any]) -> bool:
     check = record.get("check")
     if check is None:
         return True
-    body = {key: value for key, value in record.items() if key != "check"}
-    return bool(check == hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16])
+    return check == _check_of({key: value for key, value in record.items() if key != "check"})
 
 
 def _files_of(record: dict[str, Any]) -> list[str]:
@@ -149,6 +173,14 @@ def _files_of(record: dict[str, Any]) -> list[str]:
     if record.get("checkpoint"):
         files.append(record["checkpoint"])
     return files
+
+
+def _committed_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    totals = dict.fromkeys(KINDS, 0)
+    for record in records:
+        for kind, count in record.get("rows", {}).items():
+            totals[kind] = totals.get(kind, 0) + count
+    return totals
 
 
 def _latest_sizes(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -310,10 +342,9 @@ class OutputFolder:
     def _prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> RunState:
         if overwrite:
             self.clear()
-        fingerprint = stored_fingerprint(fingerprint)
         previous = self._read_run_file()
         if previous is not None:
-            if previous.get("fingerprint") != fingerprint:
+            if not _same_run(previous, fingerprint):
                 raise OutputFolderError(
                     f"{self.root} holds the output of a different run (its pipeline, input or "
                     "seed differ); choose another folder or pass --overwrite to replace it"
@@ -329,7 +360,8 @@ class OutputFolder:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if previous is None:
-            _fsync_write(self.run_file, orjson.dumps({"fingerprint": fingerprint}))
+            _fsync_write(self.run_file, orjson.dumps({"fingerprint": stored_fingerprint(fingerprint),
+                                                      "digest": fingerprint_digest(fingerprint)}))
         records, notes = self.read_commits(repair=True, with_notes=True)
         records, undone = self._check_committed(records)
         notes += undone
@@ -348,6 +380,11 @@ class OutputFolder:
         if path is None:
             return
         source = path.resolve()
+        if source.is_dir() and (source == self.root.resolve() or source in self.root.resolve().parents):
+            raise OutputFolderError(
+                f"the output folder {self.root} lies inside the input folder {path}: the run's "
+                "own files would become part of its input; choose an output folder outside it"
+            )
         for part in [*(self.root / kind for kind in KINDS), self.state_dir]:
             if source == part.resolve() or part.resolve() in source.parents:
                 raise OutputFolderError(
@@ -362,7 +399,7 @@ class OutputFolder:
             previous = self._read_run_file()
         except OutputFolderError:
             return False
-        return previous is not None and previous.get("fingerprint") == stored_fingerprint(fingerprint)
+        return previous is not None and _same_run(previous, fingerprint)
 
     def _read_run_file(self) -> dict[str, Any] | None:
         if not self.run_file.exists():
@@ -399,8 +436,6 @@ class OutputFolder:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-        for name in ("README.md", "report.html"):
-            (self.root / name).unlink(missing_ok=True)
 
     def read_commits(
         self, *, repair: bool = False, with_notes: bool = False
@@ -507,20 +542,16 @@ class OutputFolder:
         if size is not None and actual != size:
             return f"has {actual} bytes, {size} were committed"
         if path.name.endswith(".jsonl.zst"):
-            try:
-                read_rows_file(path)
-            except Exception:  # noqa: BLE001 - a damaged frame or line, whatever the library says
-                return "is not a readable checkpoint"
-            return None
+            return None  # its sealed size is the check; reading it is (see read_checkpoint)
         try:
             pq.read_metadata(path)
         except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             return "is not readable Parquet"
         return None
 
-    def committed_files_intact(self) -> bool:
+    def committed_files_intact(self, records: list[dict[str, Any]] | None = None) -> bool:
         """Every file a commit names is present at its committed size (no Parquet is read)."""
-        records = self.read_commits()
+        records = self.read_commits() if records is None else records
         sizes = _latest_sizes(records)
         for record in records:
             for relative in _files_of(record):
@@ -655,11 +686,17 @@ class OutputFolder:
     def read_checkpoint(self, relative: str) -> list[Row]:
         """The rows an all-rows stage produced, exactly as they were (see write_rows_atomically);
         a Parquet checkpoint of an older stillroom still reads."""
-        if relative.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        try:
+            if relative.endswith(".parquet"):
+                import pyarrow.parquet as pq
 
-            return pq.read_table(self.root / relative).to_pylist()
-        return read_rows_file(self.root / relative)
+                return pq.read_table(self.root / relative).to_pylist()
+            return read_rows_file(self.root / relative)
+        except (OSError, ValueError) as error:  # same size, damaged content
+            raise OutputFolderError(
+                f"the checkpoint {self.root / relative} is damaged ({error}); run again with "
+                "--overwrite (answers already received come from the request cache)"
+            ) from None
 
     # -- sessions and completion -----------------------------------------------------------
 
@@ -692,17 +729,11 @@ class OutputFolder:
             record = orjson.loads(self.complete_file.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return False
+        records = self.read_commits()
         counts = record.get("counts") if isinstance(record, dict) else None
-        if isinstance(counts, dict) and counts != self._committed_counts():
+        if isinstance(counts, dict) and counts != _committed_counts(records):
             return False
-        return self.committed_files_intact()
-
-    def _committed_counts(self) -> dict[str, int]:
-        totals = dict.fromkeys(KINDS, 0)
-        for record in self.read_commits():
-            for kind, count in record.get("rows", {}).items():
-                totals[kind] = totals.get(kind, 0) + count
-        return totals
+        return self.committed_files_intact(records)
 
     # -- reading back ----------------------------------------------------------------------
 

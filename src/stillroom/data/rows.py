@@ -74,11 +74,22 @@ def answer_text(value: Any) -> str | None:
 
 
 def without_answer(messages: list[Message]) -> list[Message]:
-    """``messages`` without its trailing assistant turns (the answer, when it has one)."""
-    turns = [dict(message) for message in messages]
-    while turns and turns[-1].get("role") == "assistant":
-        turns.pop()
-    return turns
+    """``messages`` without its trailing assistant turns (the answer, when it has one): a new
+    list of the same message objects (callers do not change them)."""
+    end = len(messages)
+    while end and messages[end - 1].get("role") == "assistant":
+        end -= 1
+    return list(messages[:end])
+
+
+def pair_prompt(row: Row, column: str) -> tuple[Any, bool]:
+    """The ``prompt`` of a preference pair made from ``row[column]``, and whether it is
+    conversational: a conversation without the answer already at its end (the pair's answers
+    answer it), or the text as it is."""
+    value = row[column]
+    if column == "messages" or is_conversation(value):
+        return (without_answer(value) if is_conversation(value) else []), True
+    return value, False
 
 
 def prompt_messages(row: Row) -> list[Message] | None:
@@ -136,6 +147,7 @@ __all__ = [
     "assistant_message",
     "content_text",
     "is_conversation",
+    "pair_prompt",
     "prompt_messages",
     "row_answer",
     "with_answer",

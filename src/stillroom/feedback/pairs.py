@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from stillroom.data.rows import is_conversation, prompt_messages
+from stillroom.data.rows import is_conversation, pair_prompt
 from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
     Dropped,
@@ -334,12 +334,7 @@ class PreferencePairs(RowStage):
 
     def _prompt(self, row: Row) -> tuple[Any, bool]:
         """The output ``prompt`` and whether it is conversational."""
-        column = self._prompt_column(row)
-        if column == "messages" or is_conversation(row[column]):
-            # The answers answer the conversation: an answer already at its end is not part of
-            # the prompt (data.rows.prompt_messages, as the completing stages read it).
-            return prompt_messages({column: row[column]}) or [], True
-        return row[column], False
+        return pair_prompt(row, self._prompt_column(row))
 
     # -- the stage -------------------------------------------------------------------------------
 

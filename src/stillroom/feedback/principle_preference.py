@@ -79,7 +79,7 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import option_file
-from stillroom.data.rows import is_conversation, prompt_messages, row_answer
+from stillroom.data.rows import is_conversation, pair_prompt, row_answer
 from stillroom.errors import ConfigError
 from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
@@ -504,12 +504,7 @@ class PrinciplePreference(RowStage):
 
     def _prompt(self, row: Row) -> tuple[str | list[dict[str, Any]], bool]:
         """The output ``prompt`` and whether it is conversational."""
-        column = self._prompt_column(row)
-        if column == "messages" or is_conversation(row[column]):
-            # The answers answer the conversation: an answer already at its end is not part of
-            # the prompt (data.rows.prompt_messages, as the completing stages read it).
-            return prompt_messages({column: row[column]}) or [], True
-        return row[column], False
+        return pair_prompt(row, self._prompt_column(row))
 
     def _candidates(self, row: Row) -> tuple[str, str]:
         values = row["completions"] if self.candidates is None else [

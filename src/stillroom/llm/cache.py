@@ -67,7 +67,9 @@ class RequestCache:
     from memory. ``close`` (and interpreter exit) drains the queue.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, check: bool = True):
+        """``check``: look at the whole file first (see _check_whole); a Ray worker opening the
+        file the driver has just checked skips it."""
         self.path = Path(path)
         folder = self.path.parent
         if folder.exists() and not folder.is_dir():
@@ -89,7 +91,8 @@ class RequestCache:
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
                 " WITHOUT ROWID"
             )
-            self._check_whole()
+            if check:
+                self._check_whole()
         except sqlite3.Error as error:
             raise self._damaged(error) from None
         self._pending: dict[str, bytes] = {}
@@ -131,8 +134,10 @@ class RequestCache:
         return db
 
     @classmethod
-    def in_dir(cls, directory: str | os.PathLike[str] | None = None) -> RequestCache:
-        return cls(Path(directory or default_cache_dir()) / "requests.sqlite")
+    def in_dir(
+        cls, directory: str | os.PathLike[str] | None = None, *, check: bool = True
+    ) -> RequestCache:
+        return cls(Path(directory or default_cache_dir()) / "requests.sqlite", check=check)
 
     def get(self, key: str) -> dict[str, Any] | None:
         blob = self._pending.get(key)

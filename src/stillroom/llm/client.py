@@ -208,35 +208,43 @@ class LLMClient:
         assert schema is not None
         current = request
         last_error: StructuredOutputError | None = None
+        # id(completion) -> (completion, its parse error or None). fits() is what the cache
+        # asks before storing or serving an answer; its verdict is kept so nothing is parsed
+        # twice (the completion is held too, so its id cannot be reused meanwhile).
+        verdicts: dict[int, tuple[Completion, StructuredOutputError | None]] = {}
+
         def fits(completion: Completion) -> bool:
+            problem = None
             try:
-                parse_structured(completion.text, schema)
-            except StructuredOutputError:
-                return False
-            return True
+                completion.parsed = parse_structured(completion.text, schema)
+            except StructuredOutputError as error:
+                problem = error
+            verdicts[id(completion)] = (completion, problem)
+            return problem is None
 
         for _ in range(self.max_reasks + 1):
             completion = await self._generate_cached(current, accept=fits)
-            try:
-                completion.parsed = parse_structured(completion.text, schema)
+            if id(completion) not in verdicts:  # no cache: nobody asked yet
+                fits(completion)
+            error = verdicts[id(completion)][1]
+            if error is None:
                 return completion
-            except StructuredOutputError as error:
-                if completion.finish_reason == "length":
-                    # A cut-off answer is rarely valid JSON; say so, or the cause looks like a
-                    # model that cannot follow a schema.
-                    error = StructuredOutputError(
-                        f"{error.problem} (the answer was cut off at max_tokens "
-                        f"{current.params.max_tokens})",
-                        error.raw_text,
-                    )
-                last_error = error
-                if current.messages is None:
-                    break  # a raw prompt has no conversation to continue
-                current = Request(
-                    messages=reask_messages(current.messages, completion.text, error),
-                    params=current.params,
-                    sample=current.sample,
+            if completion.finish_reason == "length":
+                # A cut-off answer is rarely valid JSON; say so, or the cause looks like a
+                # model that cannot follow a schema.
+                error = StructuredOutputError(
+                    f"{error.problem} (the answer was cut off at max_tokens "
+                    f"{current.params.max_tokens})",
+                    error.raw_text,
                 )
+            last_error = error
+            if current.messages is None:
+                break  # a raw prompt has no conversation to continue
+            current = Request(
+                messages=reask_messages(current.messages, completion.text, error),
+                params=current.params,
+                sample=current.sample,
+            )
         assert last_error is not None
         raise RequestFailed(
             BackendError(str(last_error), kind="InvalidStructuredOutput"),

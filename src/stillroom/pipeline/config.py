@@ -200,12 +200,17 @@ def _owner(section: Any, parent: Any) -> type[BaseModel] | None:
     return None
 
 
+def pydantic_message(message: str) -> str:
+    """A pydantic error's ``msg`` without the words pydantic puts before ours."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
 def _explain(error: dict[str, Any], data: Any) -> tuple[str, str]:
     loc = tuple(error["loc"])
     key, owner = _dotted(loc, data)
-    message = error["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wording, not ours
-        message = message.removeprefix(prefix)
+    message = pydantic_message(error["msg"])
     if error["type"] == "extra_forbidden":
         allowed = sorted(owner.model_fields) if owner is not None else []
         name = str(loc[-1])

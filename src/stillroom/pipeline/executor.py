@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillroom.data.output import OutputFolder, RunState
+from stillroom.data.output import OutputFolder, RunState, as_checkpointed
 from stillroom.errors import ConfigError, RunAbort
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
@@ -505,6 +505,8 @@ class Executor:
                 side["dropped"].append(dropped_row(item.row, name, item.reason))
                 stats.dropped += 1
             elif isinstance(item, Failed):
+                if isinstance(item.error, RunAbort):  # the run cannot go on, not this row
+                    raise item.error
                 side["failed"].append(failed_row(item.row, name, item.error))
                 stats.failed += 1
             else:
@@ -524,6 +526,7 @@ class Executor:
                 checkpoint=output,
             )
         )
-        # Go on with the rows as a resumed session will read them, not the ones in memory: the
-        # requests of later stages (and so their cache keys) are then the same in every session.
-        return self.folder.read_checkpoint(self.state.checkpoints[segment.index])
+        # Go on with the rows as a resumed session will read them back from the checkpoint, not
+        # the ones in memory: later stages' requests (so their cache keys) are then the same in
+        # every session.
+        return as_checkpointed(output)

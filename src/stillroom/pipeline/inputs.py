@@ -143,7 +143,7 @@ class InputSource:
             source = iter_rows(self.path)
         # Once checked, only the rows that were checked: rows appended to the file meanwhile
         # were never checked and are not part of this run (see verify_unchanged).
-        stop = self.limit if self.count == 0 else min(self.count, self.limit or self.count)
+        stop = self.count or self.limit  # count is 0 until checked, and never above limit
         for index, item in enumerate(source):
             if stop is not None and index >= stop:
                 return

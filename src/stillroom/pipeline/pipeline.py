@@ -209,10 +209,17 @@ def terminate_as_interrupt() -> Iterator[None]:
         os.kill(os.getpid(), signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    # A process started with SIGINT ignored (a background job of a script) would drop the SIGINT
+    # sent above: give it Python's own handler for the run, so SIGTERM still stops it.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

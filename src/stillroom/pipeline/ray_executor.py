@@ -161,7 +161,9 @@ class SegmentWorker:
 
         # Answers are written by the cache's own thread within about a millisecond of arrival;
         # an actor killed at the end of the run can lose only those last ones.
-        cache = RequestCache.in_dir(self.spec.cache_dir) if self.spec.use_cache else None
+        # The driver checked the file whole before the run; each worker need not read it again.
+        cache = (RequestCache.in_dir(self.spec.cache_dir, check=False) if self.spec.use_cache
+                 else None)
         clients = {}
         for name, config in self.spec.pipeline.used_backends().items():
             clients[name] = LLMClient(

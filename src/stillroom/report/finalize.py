@@ -4,7 +4,6 @@ report, the completion marker."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,12 +116,12 @@ def write_card_and_report(
     diversity: dict[str, dict[str, dict[str, Any]]] | None = None,
     results: dict[str, dict[str, Any]] | None = None,
     *,
-    completion: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    complete: bool = False,
 ) -> dict[str, Any]:
     """Write the card (README.md) and report.html of a finished run; returns the summary.
 
-    With ``completion`` (the completion record, made from the summary) the run is marked
-    complete first and the card and report appear after it: both are rendered to temporary
+    With ``complete`` the run is marked complete (its completion record, see
+    :func:`completion_record`) first, and the card and report appear after it: both are rendered to temporary
     files, then the record is written, then they are renamed into place. So a card is never
     seen on a run that is not complete (a kill in between leaves temporary files, which the
     next start removes, and a rerun writes them again).
@@ -147,8 +146,8 @@ def write_card_and_report(
         _stage_text(folder.root / "report.html",
                     render_report(summary, config, samples, failure_examples(folder))),
     ]
-    if completion is not None:
-        folder.mark_complete(redact_value(completion(summary)))
+    if complete:
+        folder.mark_complete(completion_record(summary, config))
     for tmp, final in staged:
         tmp.replace(final)
     return summary
@@ -186,8 +185,7 @@ def finalize_run(executor: Executor) -> RunResult:
     folder.harmonize_shards()
     config = run_config(executor)
     summary = write_card_and_report(
-        folder, config, measure_diversity(executor), stage_results(executor),
-        completion=lambda summary: completion_record(summary, config),
+        folder, config, measure_diversity(executor), stage_results(executor), complete=True
     )
     return RunResult(
         out=folder.root,

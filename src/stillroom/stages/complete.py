@@ -132,6 +132,12 @@ def check_prompt(
         missing = [c for c in _template_columns(prompt_template) if c not in row]
         if missing:
             return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
+        if row.get("messages") is not None and row.get("prompt") is None:
+            # The answer goes to a text `completion`; beside a `messages` list and no `prompt`,
+            # TRL would read the row one way or the other (see data.rows).
+            return ("the row has `messages` but no `prompt`, and prompt_template builds the "
+                    "request from other columns: the answer would land in `completion` beside "
+                    "a conversation it does not answer; drop or rename the `messages` column")
         return None
     if messages_allowed and row.get("messages") is not None:
         problem = check_messages(row["messages"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class TestPlan:
 
     @classmethod
     def of(cls, tests: str, column: str = "`tests`", inside_asserts: str = "allow") -> TestPlan:
+        """The plan of ``tests`` (cached: a row is checked before it is verified, and rejection
+        sampling verifies many answers against one row's tests; a plan is never changed)."""
+        return _plan_of(tests, column, inside_asserts)
+
+    @classmethod
+    def _build(cls, tests: str, column: str, inside_asserts: str) -> TestPlan:
         try:
             tree = ast.parse(tests)
         except (SyntaxError, ValueError) as exc:
@@ -398,3 +405,8 @@ def _why_raised(site: Site, values: list[Any], exc: Exception) -> str:
             f"({_PLAIN_KINDS})"
         )
     return f"checking it raised {type(exc).__name__}: {_clip(str(exc), 200)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_of(tests: str, column: str, inside_asserts: str) -> TestPlan:
+    return TestPlan._build(tests, column, inside_asserts)

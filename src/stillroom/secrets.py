@@ -31,8 +31,9 @@ MIN_FRAGMENT = 8
 _SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 # Variables that name where a secret is (ACTIONS_ID_TOKEN_REQUEST_URL, AWS_WEB_IDENTITY_TOKEN_FILE,
 # GOOGLE_APPLICATION_CREDENTIALS): their values are URLs and paths, and masking every 8-character
-# piece of them ("https://", "/home/al") would mangle ordinary text. A value with a "/" is not
-# taken for a key either.
+# piece of them ("https://", "/home/al") would mangle ordinary text. A value that is a URL or a
+# path is not taken for a key either (a key may hold "/", as AWS secret keys do, but does not
+# start with one).
 _NOT_A_SECRET_NAME = re.compile(r"(_URL|_URI|_FILE|_PATH|_DIR|_ENDPOINT|APPLICATION_CREDENTIALS)$",
                                 re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s:]*(?::[^/@\s]*)?)@")
@@ -70,12 +71,16 @@ def from_env(name: str) -> str | None:
     return value
 
 
+def _looks_like_location(value: str) -> bool:
+    return "://" in value or value.startswith(("/", "./", "../", "~"))
+
+
 def known() -> list[str]:
     """Every secret value known now, longest first (so a longer one is masked whole)."""
     values = set(_registered)
     for name, value in os.environ.items():
         if (_SECRET_NAME.search(name) and value and len(value) >= MIN_SECRET_LENGTH
-                and not _NOT_A_SECRET_NAME.search(name) and "/" not in value):
+                and not _NOT_A_SECRET_NAME.search(name) and not _looks_like_location(value)):
             values.add(value)
     return sorted(values, key=len, reverse=True)
 

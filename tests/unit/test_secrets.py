@@ -338,3 +338,14 @@ def test_printed_errors_are_redacted(registered: str, capsys: pytest.CaptureFixt
         command()
     captured = capsys.readouterr()
     assert leaks(captured.out + captured.err) == []
+
+
+def test_variables_that_say_where_a_secret_is_do_not_mangle_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stillroom.secrets import redact
+
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "https://pipelines.example.com/token?x=1")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/home/alice/creds.json")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    text = "base_url https://pipelines.example.com/v1 read from /home/alice/data.jsonl"
+    assert redact(text) == text
+    assert "K7MDENG" not in redact("echoed: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")

@@ -510,3 +510,30 @@ def check_one_line_error(result: Result, *names: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line of error, got {len(lines)}\n{result.output}"
     assert any(name in lines[0] for name in names), f"the error does not name {names}: {lines[0]}"
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes (not zombies) whose command line holds ``marker``, this one left out."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+class Problems(list[str]):
+    """Assertion failures collected rather than raised at the first, so a test reports every
+    broken invariant of one attack at once."""
+
+    def attempt(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except AssertionError as error:
+            self.append(str(error).split("\n")[0])

@@ -25,6 +25,7 @@ import pytest
 
 from tests.integrity_helpers import (
     STILLROOM,
+    Problems,
     Proc,
     Result,
     Server,
@@ -212,13 +213,8 @@ def test_damaged_state(
     env = env_with(cache)
     server = fault_server(latency_ms=10)
 
-    problems: list[str] = []
-
-    def attempt(check: Callable[[], None]) -> None:
-        try:
-            check()
-        except AssertionError as error:
-            problems.append(str(error).split("\n")[0])
+    problems = Problems()
+    attempt = problems.attempt
 
     attempt(lambda: check_inspect_not_complete(
         inspect(out, env, tmp_path / "logs"), f"after damage ({name}) of a {case.base} run"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integrity_helpers import (
+    Problems,
     Proc,
     Server,
     answered_prompts,
@@ -61,13 +62,8 @@ def test_second_writer_is_refused(
     for result in results.values():
         check_no_processes(result.pgid)
     codes = {name: result.returncode for name, result in results.items()}
-    problems: list[str] = []
-
-    def attempt(check: Callable[[], None]) -> None:
-        try:
-            check()
-        except AssertionError as error:
-            problems.append(str(error).split("\n")[0])
+    problems = Problems()
+    attempt = problems.attempt
 
     if sorted(codes.values()) != [0, 2]:
         problems.append(f"exit codes {codes}: exactly one writer must run, the other be refused")

@@ -20,6 +20,7 @@ import pytest
 
 from stillroom.data.output import OutputFolder
 from stillroom.verify.sandbox import FOLDER_PREFIX, OWNER, isolation, run_python
+from tests.integrity_helpers import processes_with
 
 pytestmark = [
     pytest.mark.integration,
@@ -76,22 +77,22 @@ time.sleep(60)  # holds the check until the verifier is killed
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert _wait_until(lambda: len(_processes_with(marker)) >= 2, 60), "it never ran"
+        assert _wait_until(lambda: len(processes_with(marker)) >= 2, 60), "it never ran"
         folders = _folders_of(cli.pid)
         assert len(folders) == 1
         cgroups = json.loads((folders[0] / OWNER).read_text())["cgroups"]
         assert all(Path(c).is_dir() for c in cgroups)
         cli.send_signal(signal.SIGKILL)
         cli.wait()
-        _wait_until(lambda: not _processes_with(marker), 5)
-        assert _processes_with(marker) == []
+        _wait_until(lambda: not processes_with(marker), 5)
+        assert processes_with(marker) == []
         # The next sandbox start (here, in this process) removes what the killed one left.
         assert run_python("print('next')").stdout == "next\n"
         assert _folders_of(cli.pid) == []
         assert not any(Path(c).exists() for c in cgroups)
     finally:
         cli.kill()
-        for pid in _processes_with(marker):
+        for pid in processes_with(marker):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -247,20 +248,6 @@ def test_an_answer_cannot_carry_what_it_learned_from_one_check_to_the_next() -> 
     assert not second.passed
     assert second.reason == "test 1/1: wrong output: expected 'YES', got 'NO'"
 
-
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 def _folders_of(pid: int) -> list[Path]:

@@ -27,6 +27,7 @@ from stillroom.verify.sandbox import (
     pids_of_uid,
     run_python,
 )
+from tests.integrity_helpers import processes_with
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux only")
 
@@ -495,13 +496,13 @@ def test_a_killed_verifier_takes_its_programs_with_it(caps, python, user):
     try:
         found = json.loads(verifier.stdout.readline())
         assert {k: found[k] for k in caps} == caps
-        assert _wait_until(lambda: len(_processes_with(marker)) >= 2), "the program never started"
+        assert _wait_until(lambda: len(processes_with(marker)) >= 2), "the program never started"
         verifier.kill()
         verifier.wait()
         assert _wait_until_gone(marker) == []
     finally:
         verifier.kill()
-        for pid in _processes_with(marker):
+        for pid in processes_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(here)
         # What it left (folder, cgroups) goes at the next start of that user's sandbox: now.
@@ -549,21 +550,6 @@ def test_without_namespaces_the_disk_is_polled(tmp_path):
     assert result["reason"] == "killed: disk limit (4 MB for all its files)", result["reason"]
 
 
-def _processes_with(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
 
 def _wait_until(condition, seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
@@ -575,8 +561,8 @@ def _wait_until(condition, seconds: float = 20.0) -> bool:
 
 
 def _wait_until_gone(marker: str) -> list[int]:
-    _wait_until(lambda: not _processes_with(marker), seconds=5.0)
-    return _processes_with(marker)
+    _wait_until(lambda: not processes_with(marker), seconds=5.0)
+    return processes_with(marker)
 
 
 def _dead_pid() -> int:

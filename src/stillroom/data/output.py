@@ -75,6 +75,14 @@ def _fsync_write(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line to a log, durably (the commit and session logs)."""
+    with open(path, "ab") as handle:
+        handle.write(line + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_table_atomically(table: pa.Table, path: Path) -> int:
     """Write ``table`` to ``path`` through a temporary file, durably; returns its size."""
     import pyarrow.parquet as pq
@@ -362,7 +370,7 @@ class OutputFolder:
         if previous is None:
             _fsync_write(self.run_file, orjson.dumps({"fingerprint": stored_fingerprint(fingerprint),
                                                       "digest": fingerprint_digest(fingerprint)}))
-        records, notes = self.read_commits(repair=True, with_notes=True)
+        records, notes = self._repair_commits()
         records, undone = self._check_committed(records)
         notes += undone
         notes += self._remove_debris(records)
@@ -437,16 +445,25 @@ class OutputFolder:
                 else:
                     path.unlink(missing_ok=True)
 
-    def read_commits(
-        self, *, repair: bool = False, with_notes: bool = False
-    ) -> Any:
-        """The committed records. A line that does not parse is not a commit: a torn last line
-        (a crash mid-append) or damage anywhere. With ``repair`` (only the run that owns the
-        folder does this) such lines are cut out of the log, and their shards, which no record
-        names any more, are removed as debris, so their keys are redone."""
+    def read_commits(self) -> list[dict[str, Any]]:
+        """The committed records. A line that does not parse (or whose checksum does not match)
+        is not a commit: a torn last line (a crash mid-append) or damage anywhere."""
+        return self._parse_commits()[0]
+
+    def _repair_commits(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The committed records and what was wrong with the log; the lines that are not
+        commits are cut out of it (only the run that owns the folder does this), so their
+        shards, which no record names any more, are removed as debris and their keys redone."""
+        records, notes, cleaned, raw = self._parse_commits()
+        if cleaned != raw:
+            _fsync_write(self.commit_log, cleaned)
+        return records, notes
+
+    def _parse_commits(self) -> tuple[list[dict[str, Any]], list[str], bytes, bytes]:
+        """(records, notes on damaged lines, the log holding only the records, the log)."""
         notes: list[str] = []
         if not self.commit_log.exists():
-            return ([], notes) if with_notes else []
+            return [], notes, b"", b""
         records = []
         raw = self.commit_log.read_bytes()
         lines = raw.split(b"\n")
@@ -470,11 +487,7 @@ class OutputFolder:
                 continue
             records.append(record)
             kept_lines.append(line)
-        if repair:
-            cleaned = b"".join(line + b"\n" for line in kept_lines)
-            if cleaned != raw:
-                _fsync_write(self.commit_log, cleaned)
-        return (records, notes) if with_notes else records
+        return records, notes, b"".join(line + b"\n" for line in kept_lines), raw
 
     def _check_committed(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
         """Undo the records whose files are missing or damaged (see the module docstring)."""
@@ -673,11 +686,7 @@ class OutputFolder:
         record["sizes"] = sizes
         if stats:
             record["stats"] = stats
-        line = _sealed(record) + b"\n"
-        with open(self.commit_log, "ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_line(self.commit_log, _sealed(record))
         if checkpoint is not None:
             state.checkpoints[segment] = record["checkpoint"]
         state.next_seq = seq + 1
@@ -712,10 +721,7 @@ class OutputFolder:
         return out
 
     def record_session(self, session: dict[str, Any]) -> None:
-        with open(self.sessions_log, "ab") as handle:
-            handle.write(orjson.dumps(redact_value(session), default=str) + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_line(self.sessions_log, orjson.dumps(redact_value(session), default=str))
 
     def mark_complete(self, summary: dict[str, Any]) -> None:
         _fsync_write(self.complete_file, orjson.dumps(redact_value(summary), default=str))
@@ -825,10 +831,7 @@ class OutputFolder:
                 seq = max((r["seq"] for r in records), default=-1) + 1
                 resize: dict[str, Any] = {"seq": seq, "segment": 0, "time": time.time(), "files": {}, "rows": {},
                           "keys": [], "sizes": resized, "rewrite": True}
-                with open(self.commit_log, "ab") as handle:
-                    handle.write(_sealed(resize) + b"\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                _append_line(self.commit_log, _sealed(resize))
 
 
 def _without(schema: pa.Schema, names: set[str]) -> pa.Schema:

@@ -51,12 +51,12 @@ from stillroom.verify.code_extract import extract_code
 from stillroom.verify.code_harness import GENERATOR, HARNESS, ITERABLE
 from stillroom.verify.code_plan import TestPlan, _brief, _shadowed
 from stillroom.verify.code_values import (
-    _SHOWN,
     INT_BITS,
     REPORT_BYTES,
     VALUE_BYTES,
     VALUE_ITEMS,
     Opaque,
+    _shown_value,
     from_plain,
 )
 from stillroom.verify.sandbox import Limits, run_python
@@ -83,11 +83,6 @@ INSIDE_ASSERTS = ("allow", "fail")
 
 def _normalize(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
-
-
-def _shown(text: str) -> str:
-    text = repr(text)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 @verifiers.register("code")
@@ -222,8 +217,8 @@ class CodeVerifier(Verifier):
                 details.update(expected=expected, got=result.stdout)
                 return Verdict(
                     False,
-                    f"{where}: wrong output: expected {_shown(expected.strip())}, "
-                    f"got {_shown(result.stdout.strip())}",
+                    f"{where}: wrong output: expected {_shown_value(expected.strip())}, "
+                    f"got {_shown_value(result.stdout.strip())}",
                     details,
                 )
         return Verdict(True, f"all {len(tests)} stdin/stdout tests passed")

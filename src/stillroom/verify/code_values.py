@@ -281,7 +281,7 @@ def _shown_value(value: Any, width: int = _SHOWN) -> str:
         text = repr(value)
     except Exception:  # noqa: BLE001  (a huge int: more digits than str() allows)
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return _clip(text, width)
 
 
 def _clip(text: str, width: int = _SHOWN) -> str:

@@ -151,6 +151,11 @@ class Stage(BaseModel):
         """
         return {}
 
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        """One line for the terminal from :meth:`summarize`'s figures ("dedup: kept 950 of 1,000
+        rows ..."), printed by the verbs after a run; None: this stage prints none."""
+        return None
+
     def identity(self) -> dict[str, Any]:
         """What decides this stage's output (for telling one run from another)."""
         return self.model_dump(mode="json", exclude={"name"})

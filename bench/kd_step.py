@@ -192,7 +192,8 @@ def gkd_trainer(work: Path, args: argparse.Namespace, callback: Any) -> Any:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from stillroom.train.common import read_rows
-    from stillroom.train.kd import KDCollator, build_examples
+    from stillroom.train.kd import build_examples
+    from stillroom.train.kd_trainer import KDCollator
     from stillroom.train.sft import detect_format
     from stillroom.train.student import load_model
 
@@ -214,7 +215,7 @@ def gkd_trainer(work: Path, args: argparse.Namespace, callback: Any) -> Any:
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
 
     def collator(features: list[dict[str, Any]]) -> dict[str, Any]:
-        from stillroom.train.kd import Example
+        from stillroom.train.kd_trainer import Example
 
         batch = collate([Example(f["input_ids"], f["labels"], 0) for f in features])
         return {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """MinHash + LSH near-dedup: stillroom's vectorized index (src/stillroom/curate/minhash.py)
-against datasketch's MinHashLSH, on one corpus with planted near-duplicates.
+against rensa (Rust, RMinHash + RMinHashLSH) and datasketch's MinHashLSH, on one corpus with
+planted near-duplicates.
 
-How to run (from the repository root, with the repo's .venv; datasketch is in the dev extra):
+How to run (from the repository root, with the repo's .venv; rensa and datasketch are in the dev
+extra):
 
-    python bench/minhash_dedup.py                      # 20,000 documents, both libraries
-    python bench/minhash_dedup.py --docs 1000000 --skip-datasketch --cli --pipeline
+    python bench/minhash_dedup.py                      # 20,000 documents, all three libraries
+    python bench/minhash_dedup.py --docs 1000000 --skip-datasketch --skip-rensa --cli --pipeline
     python bench/minhash_dedup.py --docs 2000 --check-truth   # ground truth vs brute force
 
 The corpus: short documents (20-80 words; words drawn from a Zipf-distributed vocabulary of
@@ -13,7 +15,7 @@ The corpus: short documents (20-80 words; words drawn from a Zipf-distributed vo
 that unrelated documents share some shingles). 15% of the documents are a copy of an earlier
 document (itself maybe a copy) with 0 to 6 word edits (insert, delete, replace), so true
 similarities spread from ~0.5 to 1, many of them close to the threshold. Texts are already in
-normalized form (lowercase words, one space), so both libraries see the same word 5-grams.
+normalized form (lowercase words, one space), so all libraries see the same word 5-grams.
 
 Ground truth: every pair of documents whose word-5-gram Jaccard similarity is >= the threshold,
 computed exactly on Python sets with prefix filtering (Bayardo et al. 2007: with tokens ordered
@@ -26,16 +28,32 @@ run shows every true pair lies within a family (printed as "true pairs outside f
 Each library runs in its own subprocess on the same texts, with the same num_perm, threshold
 and n-grams; time is wall-clock from texts in memory to clusters (shingling, hashing, LSH,
 verification, union-find), peak memory is the subprocess's peak RSS (VmHWM), shown next to the
-RSS it had once the texts and both libraries were loaded.
+RSS it had once the texts and the libraries were loaded.
 
 * stillroom: MinHashIndex with verification (exact Jaccard of the candidates; LSH bands chosen
-  weighing misses 0.9, false candidates 0.1, its default when verifying), and without
-  verification (equal weights, as datasketch).
+  weighing misses 0.98, false candidates 0.02, its default when verifying), and without
+  verification (equal weights, as datasketch). It is given the raw texts and normalizes them
+  itself (NFKC, lowercase, punctuation), which the others are spared.
+* rensa (https://pypi.org/project/rensa/, Rust): its batch path, documented as its fastest for
+  bulk work: RMinHash.from_token_sets over each document's word 5-grams (Python strings, made as
+  its own benchmark makes them, but timed here), RMinHashLSH.insert_many and query_all, then
+  each candidate pair kept if its estimated Jaccard (RMinHash.jaccard) reaches the threshold, as
+  its RMinHashDeduplicator does. Its LSH takes a number of bands dividing num_perm: the divisor
+  of 128 that stillroom's verified weights prefer, 16 bands of 8 rows (its own benchmark uses 8
+  bands of 16 rows, which finds ~69% of the pairs here). Not used: the path of its own
+  benchmark, the "rho" sketch with query_duplicate_flags_matrix_one_shot (measured here ~20%
+  less CPU time than this path; making the Python 5-grams is ~70% of either), which returns one
+  flag per document (shares a band with some other document), not pairs: neither which copy to
+  keep nor a pair precision/recall comes out of it.
 * datasketch: MinHash.bulk (shared permutations, its fastest documented path) over the
   shingles encoded as UTF-8, MinHashLSH with its optimal (bands, rows) for equal weights, an
   insertion session, then a query per document; its candidate pairs are its answer (it has no
-  verification step). "datasketch-weighted" is the same with weights (0.1, 0.9), the bands
-  stillroom uses when verifying: it finds as many pairs, and shows what verification saves.
+  verification step). "datasketch-weighted" is the same with stillroom's verified weights
+  (0.02, 0.98), so its bands are stillroom's: it finds as many pairs, and shows what
+  verification saves.
+
+The summary gives stillroom's throughput (verified) over rensa's and datasketch's, measured in the
+same run.
 
 With --cli, `stillroom dedup` runs end to end on the corpus as a JSONL file (check, hash, write
 the output folder with its card and report: streamed); with --pipeline, the same `dedup` stage
@@ -205,7 +223,7 @@ def truth_by_brute_force(sets: list[frozenset[Any]], threshold: float) -> set[Pa
     return set(zip(first[keep].tolist(), second[keep].tolist(), strict=True))
 
 
-# -- the two libraries, each in its own process ----------------------------------------------------
+# -- the libraries, each in its own process --------------------------------------------------------
 
 
 def memory_kib(field: str) -> int:
@@ -221,10 +239,46 @@ def memory_kib(field: str) -> int:
     return 0
 
 
+def word_ngrams(text: str, ngram: int) -> list[str]:
+    """A document's word n-grams as strings (repeats kept: MinHash ignores them), or the whole
+    text when it has fewer words."""
+    tokens = text.split()
+    grams = zip(*(tokens[i:] for i in range(ngram)), strict=False)  # stops at the shortest
+    return [" ".join(gram) for gram in grams] or [text]
+
+
+def rensa_bands(num_perm: int, threshold: float) -> int:
+    """rensa's LSH needs bands dividing num_perm: the divisor with the least weighted error under
+    stillroom's verified weights (rensa checks its candidates' estimated Jaccard)."""
+    from stillroom.curate.lsh_bands import (
+        VERIFIED_FALSE_NEGATIVE_WEIGHT,
+        false_negative_area,
+        false_positive_area,
+    )
+
+    weight = VERIFIED_FALSE_NEGATIVE_WEIGHT
+
+    def error(bands: int) -> float:
+        rows = num_perm // bands
+        return (1 - weight) * false_positive_area(threshold, bands, rows) + weight * (
+            false_negative_area(threshold, bands, rows)
+        )
+
+    return min((b for b in range(1, num_perm + 1) if num_perm % b == 0), key=error)
+
+
 def worker(kind: str, corpus: Path, result: Path, settings: dict[str, Any]) -> None:
+    # Every library is imported before the clock starts, whichever one this process times.
     from datasketch import MinHash, MinHashLSH
 
+    from stillroom.curate.lsh_bands import VERIFIED_FALSE_NEGATIVE_WEIGHT
     from stillroom.curate.minhash import MinHashIndex, connected_components
+
+    try:
+        from rensa import RMinHash, RMinHashLSH
+    except ImportError:
+        if kind == "rensa":
+            raise
 
     if kind in ("cli", "pipeline"):  # end to end, in this process so VmHWM is its own
         from stillroom import Pipeline
@@ -255,6 +309,23 @@ def worker(kind: str, corpus: Path, result: Path, settings: dict[str, Any]) -> N
         pairs, _ = index.pairs()
         labels = connected_components(len(texts), pairs)
         extra = {"bands": index.bands, "rows": index.rows, "candidate_pairs": index.candidates}
+    elif kind == "rensa":
+        bands = settings["rensa_bands"]
+        minhashes = RMinHash.from_token_sets(
+            [word_ngrams(text, ngram) for text in texts], num_perm, 0
+        )
+        lsh = RMinHashLSH(threshold, num_perm, bands)
+        lsh.insert_many(minhashes)
+        found_pairs, candidates = [], 0
+        for key, others in enumerate(lsh.query_all(minhashes)):
+            for other in others:
+                if other > key:
+                    candidates += 1
+                    if minhashes[key].jaccard(minhashes[other]) >= threshold:
+                        found_pairs.append((key, other))
+        pairs = np.array(found_pairs, dtype=np.int64).reshape(-1, 2)
+        labels = union_find(len(texts), pairs)
+        extra = {"bands": bands, "rows": num_perm // bands, "candidate_pairs": candidates}
     else:
         shingles = []
         for text in texts:
@@ -262,8 +333,9 @@ def worker(kind: str, corpus: Path, result: Path, settings: dict[str, Any]) -> N
             grams = {" ".join(tokens[i : i + ngram]) for i in range(len(tokens) - ngram + 1)}
             shingles.append([gram.encode() for gram in grams] or [text.encode()])
         hashes = MinHash.bulk(shingles, num_perm=num_perm)
-        # "datasketch-weighted": the LSH weights stillroom uses with verification (0.1, 0.9).
-        weights = (0.1, 0.9) if kind == "datasketch-weighted" else (0.5, 0.5)
+        # "datasketch-weighted": the LSH weights stillroom uses with verification.
+        verified = (1 - VERIFIED_FALSE_NEGATIVE_WEIGHT, VERIFIED_FALSE_NEGATIVE_WEIGHT)
+        weights = verified if kind == "datasketch-weighted" else (0.5, 0.5)
         lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
         with lsh.insertion_session() as session:
             for key, minhash in enumerate(hashes):
@@ -352,6 +424,18 @@ def score(
     }
 
 
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for name in ("numpy", "rensa", "datasketch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 # -- main --------------------------------------------------------------------------------------------
 
 
@@ -363,6 +447,7 @@ def main() -> None:
     parser.add_argument("--ngram", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-datasketch", action="store_true")
+    parser.add_argument("--skip-rensa", action="store_true")
     parser.add_argument("--cli", action="store_true", help="also time `stillroom dedup` end to end")
     parser.add_argument("--pipeline", action="store_true",
                         help="also time the dedup stage run by the pipeline executor")
@@ -380,11 +465,14 @@ def main() -> None:
         return
 
     settings = {"threshold": args.threshold, "num_perm": args.num_perm, "ngram": args.ngram}
+    if not args.skip_rensa:
+        settings["rensa_bands"] = rensa_bands(args.num_perm, args.threshold)
     load_start = os.getloadavg()[0]
     print(f"MinHash near-dedup, {args.docs:,} documents, word {args.ngram}-grams, "
           f"{args.num_perm} permutations, Jaccard >= {args.threshold}")
     print(f"python {platform.python_version()}, {platform.platform()}, {os.cpu_count()} CPUs; "
           f"load average at start {load_start:.2f}")
+    print("versions: " + ", ".join(f"{name} {version}" for name, version in versions().items()))
     made = time.perf_counter()
     texts, family = make_corpus(args.docs, args.seed)
     print(f"corpus made in {time.perf_counter() - made:.1f} s; "
@@ -421,6 +509,8 @@ def main() -> None:
             for index, text in enumerate(texts):
                 handle.write(json.dumps({"id": f"d{index}", "text": text}) + "\n")
         kinds = ["stillroom", "stillroom-unverified"]
+        if not args.skip_rensa:
+            kinds += ["rensa"]
         if not args.skip_datasketch:
             kinds += ["datasketch", "datasketch-weighted"]
         for kind in kinds:
@@ -445,11 +535,12 @@ def main() -> None:
     if pipeline:
         print(f"{'dedup stage, pipeline':>21}: {pipeline['seconds']:7.2f} s end to end (every "
               f"row in memory), peak RSS {pipeline['peak_rss_mib']:.1f} MiB")
-    if "datasketch" in results:
-        ours, theirs = results["stillroom"], results["datasketch"]
-        speedup = ours["docs_per_second"] / theirs["docs_per_second"]
-        print(f"throughput stillroom / datasketch: {speedup:.1f}x; peak RSS "
-              f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x")
+    for other in ("rensa", "datasketch"):
+        if other in results:
+            ours, theirs = results["stillroom"], results[other]
+            speedup = ours["docs_per_second"] / theirs["docs_per_second"]
+            print(f"throughput stillroom / {other}: {speedup:.2f}x; peak RSS "
+                  f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x")
     load_end = os.getloadavg()[0]
     print(f"load average at end {load_end:.2f} (timings are noisy on a shared machine)")
     report = {
@@ -463,6 +554,7 @@ def main() -> None:
         "pipeline": pipeline,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "load_start": load_start, "load_end": load_end},
+        "versions": versions(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,32 +5,37 @@ distill it into a smaller student; from a laptop CPU (an embedded small model) t
 (any OpenAI-compatible server) with the same pipeline file.
 """
 
-__version__ = "0.1.0"
-
 from stillroom import generate, llm, stages  # noqa: E402,F401  (registers the built-in backends and stages)
 from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult  # noqa: E402
 from stillroom.pipeline.stage import (  # noqa: E402
+    AllRowsFilter,
     AllRowsStage,
     Drop,
     Dropped,
     Failed,
     FunctionStage,
+    RowDecisions,
     RowFailure,
+    Rows,
     RowStage,
     Stage,
     StageContext,
     register_stage,
 )
+from stillroom.version import __version__  # noqa: E402
 
 __all__ = [
+    "AllRowsFilter",
     "AllRowsStage",
     "Drop",
     "Dropped",
     "Failed",
     "FunctionStage",
     "Pipeline",
+    "RowDecisions",
     "RowFailure",
     "RowStage",
+    "Rows",
     "RunOptions",
     "RunResult",
     "Stage",

@@ -32,10 +32,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from stillroom.data.rows import Row, with_lineage
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import with_lineage
 from stillroom.pipeline.pipeline import Pipeline, RunResult
-from stillroom.pipeline.stage import FunctionStage, Row
+from stillroom.pipeline.stage import FunctionStage
 from stillroom.quickstart_task import SEED_TASK, split_prompts
 
 HELDOUT_FILE = "heldout.jsonl"
@@ -246,7 +246,7 @@ def quickstart(
 ) -> RunResult:
     """Seeds to an evaluated student in ``out`` (see the module docstring)."""
     from stillroom.data.output import OutputFolder
-    from stillroom.report.finalize import refresh_card_and_report
+    from stillroom.pipeline.finish import refresh_card_and_report
 
     settings = settings or QuickstartSettings()
     _check_training_installed()

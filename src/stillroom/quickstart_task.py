@@ -20,9 +20,8 @@ verify against. The held-out prompts are drawn first and the training prompts ne
 from __future__ import annotations
 
 import random
-from typing import Any
 
-Row = dict[str, Any]
+from stillroom.data.rows import Row
 
 SEED_TASK: Row = {
     "id": "addition",

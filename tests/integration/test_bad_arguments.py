@@ -247,7 +247,7 @@ def test_an_unexpected_exception_is_one_line_and_a_redacted_traceback_file(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"boom\nwith Authorization: Bearer {key}")
 
-    monkeypatch.setattr(stillroom.api, "complete", broken)
+    monkeypatch.setattr(stillroom.api, "run_stage", broken)
     (tmp_path / "p.jsonl").write_text('{"prompt": "x"}\n')
     result = CliRunner().invoke(app, ["complete", str(tmp_path / "p.jsonl"), "-o",
                                       str(tmp_path / "out")])

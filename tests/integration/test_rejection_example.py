@@ -8,7 +8,7 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
-from stillroom.generate.lineage import LINEAGE_KEYS
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.verify.math import MathVerifier
 from stillroom.verify.rejection import RejectionSample
 

@@ -8,9 +8,9 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.generate.completions import Completions
 from stillroom.generate.constitutional import Constitutional
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.generate.principles import PRINCIPLE_PROMPTS
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

@@ -9,12 +9,12 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.feedback.pairwise import PairwiseJudge
 from stillroom.feedback.rubric import RubricJudge
 from stillroom.feedback.ultrafeedback import UltraFeedbackJudge
 from stillroom.feedback.ultrafeedback_rubric import ASPECTS
 from stillroom.generate.completions import Completions
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.llm.llamacpp import LlamaCppConfig
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ultrafeedback.yaml"

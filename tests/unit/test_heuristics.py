@@ -11,16 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from stillroom import Pipeline
-from stillroom.curate.heuristics import (
-    HeuristicFilter,
+from stillroom.api import build_stage, heuristic_filter
+from stillroom.curate.heuristic_checks import (
     detect_language,
     duplicate_line_share,
     duplicate_ngram_share,
-    heuristic_filter,
-    heuristic_stage,
-    outcome_line,
     top_ngram_share,
 )
+from stillroom.curate.heuristics import HeuristicFilter
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.stage import Dropped, RowFailure, StageContext, stages
@@ -224,7 +222,7 @@ def test_a_completion_in_another_language_fails() -> None:
 
 
 def test_no_linguistic_content_is_never_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    import stillroom.curate.heuristics as heuristics
+    import stillroom.curate.heuristic_checks as heuristic_checks
 
     stage = only("language", languages=["en"], columns=["completion"])
     text = "Table 4: 12.5 kg, 13.1 kg, 17.0 kg, 21.9 kg (mass, weight, scale)"
@@ -238,9 +236,9 @@ def test_no_linguistic_content_is_never_a_reason(monkeypatch: pytest.MonkeyPatch
         def classify(self, text: str) -> tuple[str, float]:
             return self.label, 0.99
 
-    monkeypatch.setattr(heuristics, "_identifier", Sure("zxx"))
+    monkeypatch.setattr(heuristic_checks, "_identifier", Sure("zxx"))
     assert reasons(stage, row(text)) == []
-    monkeypatch.setattr(heuristics, "_identifier", Sure("fr"))
+    monkeypatch.setattr(heuristic_checks, "_identifier", Sure("fr"))
     assert reasons(stage, row(text)) == ["language: the completion reads as fr (0.99), not en"]
 
 
@@ -308,10 +306,10 @@ def test_options_are_validated() -> None:
         HeuristicFilter(empty=False, unfinished=False, length=False, refusal=False,
                         repetition=False)
     with pytest.raises(ConfigError) as error:
-        heuristic_stage(length={"min_completion": 10, "max_completion": 5})
+        build_stage(HeuristicFilter, length={"min_completion": 10, "max_completion": 5})
     assert "min_completion (10) is above max_completion (5)" in str(error.value)
     with pytest.raises(ConfigError) as error:
-        heuristic_stage(refusal={"phrase": ["x"]})
+        build_stage(HeuristicFilter, refusal={"phrase": ["x"]})
     assert error.value.key == "refusal.phrase"
     with pytest.raises(ValidationError, match="limit for 2-grams"):
         HeuristicFilter(repetition={"top_ngrams": {2: 1.5}})
@@ -353,14 +351,13 @@ def test_a_run_drops_each_failure_with_its_reason_and_reports_the_checks(tmp_pat
     assert dropped["refusal"]["drop_reason"].startswith("refusal: ")
     assert dropped["loop"]["drop_reason"].startswith("repetition: ")
     assert dropped["cut"]["drop_reason"].startswith("unfinished: ")
-    outcome = result.summary["heuristic_filter"]
-    assert outcome["rows_checked"] == 5 and outcome["rows_dropped"] == 4
-    assert outcome["by_check"] == {"empty": 1, "unfinished": 1, "length": 0, "refusal": 1,
-                                   "repetition": 1}
-    assert outcome_line(outcome) == (
+    figures = result.summary["stage_results"]["heuristic_filter"]
+    assert figures["rows checked"] == 5 and figures["rows dropped"] == 4
+    assert {check: figures[f"failing {check}"] for check in HeuristicFilter().checks()} == {
+        "empty": 1, "unfinished": 1, "length": 0, "refusal": 1, "repetition": 1}
+    assert HeuristicFilter().result_line(figures) == (
         "heuristics: 4 of 5 rows dropped (empty 1, unfinished 1, refusal 1, repetition 1)"
     )
-    figures = result.summary["stage_results"]["heuristic_filter"]
     assert figures["rows failing a check"] == 4 and figures["failing refusal"] == 1
 
 
@@ -371,6 +368,10 @@ def test_drop_false_keeps_every_row_and_records_the_failures(tmp_path: Path) -> 
     rows = {r["id"]: r for r in OutputFolder(tmp_path / "out").read_rows("data")}
     assert rows["good"]["heuristic_failures"] == []
     assert [f["check"] for f in rows["empty"]["heuristic_failures"]] == ["empty"]
+    figures = result.summary["stage_results"]["heuristic_filter"]
+    assert stage.result_line(figures) == (
+        "heuristics: 4 of 5 rows failing (empty 1, unfinished 1, refusal 1, repetition 1)"
+    )
 
 
 def test_a_row_without_text_stops_the_run_before_it_starts(tmp_path: Path) -> None:

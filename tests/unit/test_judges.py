@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.errors import ConfigError
 from stillroom.feedback.judging import read_leniently
 from stillroom.feedback.pairs import PreferencePairs
@@ -23,7 +24,6 @@ from stillroom.feedback.ultrafeedback import (
     read_plain_text,
 )
 from stillroom.feedback.ultrafeedback_rubric import ASPECTS, HONESTY, TRUTHFULNESS
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.llm.structured import StructuredOutputError
 from stillroom.llm.types import Request
 from stillroom.pipeline.config import parse_pipeline_text

@@ -21,12 +21,11 @@ from stillroom.errors import ConfigError, InputError  # noqa: E402
 from stillroom.train.common import latest_checkpoint, render_prompt  # noqa: E402
 from stillroom.train.kd import (  # noqa: E402
     TRAIN_FILE,
-    Pieces,
-    align_logprobs,
     build_trainer,
     parse_kd_config,
     train_kd,
 )
+from stillroom.train.kd_alignment import Pieces, align_logprobs  # noqa: E402
 from stillroom.train.losses import kd_loss, shift_for_next_token  # noqa: E402
 
 IGNORE = -100

@@ -11,8 +11,8 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS, PromptTemplate
 from stillroom.errors import ConfigError, InputError
-from stillroom.generate.lineage import LINEAGE_KEYS, PromptTemplate
 from stillroom.generate.magpie import (
     PRESETS,
     SENTINEL,

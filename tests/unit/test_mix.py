@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from stillroom import Pipeline
 from stillroom.cli.main import app
-from stillroom.curate.mix import MixSource, parse_source, plan_counts
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError
+from stillroom.pipeline.mixing import MixSource, parse_source, plan_counts
 
 
 def write(path: Path, prefix: str, n: int) -> Path:

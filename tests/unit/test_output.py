@@ -159,11 +159,11 @@ def test_two_commits_naming_one_shard_are_both_undone(tmp_path: Path) -> None:
     # What the flush race left behind: two records for one file, which holds only one's rows.
     import orjson
 
-    from stillroom.data.output import _sealed
+    from stillroom.data.commit_log import sealed
 
     folder = two_commits(tmp_path)
     lines = folder.commit_log.read_bytes().splitlines()
-    lines[1] = _sealed(orjson.loads(lines[1].replace(b"part-00001", b"part-00000")))
+    lines[1] = sealed(orjson.loads(lines[1].replace(b"part-00001", b"part-00000")))
     folder.commit_log.write_bytes(b"\n".join(lines) + b"\n")
     state = OutputFolder(tmp_path / "out").prepare({"run": 1})
     assert state.done(0) == set() and folder.count("data") == 0

@@ -12,8 +12,8 @@ import pytest
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
 from stillroom.data.readers import iter_rows, resolve_input_path
+from stillroom.data.rows import LINEAGE_KEYS, PromptTemplate
 from stillroom.errors import InputError
-from stillroom.generate.lineage import LINEAGE_KEYS, PromptTemplate
 from stillroom.generate.personas import TEMPLATES, PersonaPrompts, clean_prompt
 from stillroom.llm.types import Request
 from tests import fakes

@@ -13,18 +13,20 @@ from pydantic import ValidationError
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.errors import ConfigError, InputError
-from stillroom.feedback.principle_preference import (
+from stillroom.feedback.principle_preference import PrinciplePreference
+from stillroom.feedback.principle_preference_labels import (
+    choice_letter,
+    letter_probabilities,
+    parse_choice,
+)
+from stillroom.feedback.principle_preference_prompts import (
     CHAT,
     RAW,
     REASK,
-    PrinciplePreference,
-    choice_letter,
-    letter_probabilities,
     load_preference_principles,
-    parse_choice,
 )
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.llm.backend import Backend
 from stillroom.llm.types import Completion, Request
 from stillroom.pipeline.config import parse_pipeline_text

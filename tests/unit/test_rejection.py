@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
-from stillroom.generate.lineage import LINEAGE_KEYS
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.llm.types import Request
 from stillroom.verify.rejection import (
     MajorityVote,

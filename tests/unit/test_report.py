@@ -72,7 +72,7 @@ def test_warnings_are_listed_in_card_and_report_escaped() -> None:
 
 
 def test_card_has_cost_funnel_lengths_scores_and_lineage(tmp_path: Path) -> None:
-    from stillroom.generate.lineage import with_lineage
+    from stillroom.data.rows import with_lineage
     from stillroom.stages import Complete
     from tests import fakes
     from tests.fakes import ScriptedBackend, ScriptedConfig, rows

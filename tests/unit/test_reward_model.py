@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.errors import ConfigError
 from stillroom.feedback import reward_model as module
 from stillroom.feedback.pairs import PreferencePairs
 from stillroom.feedback.reward_model import RewardError, RewardModel, RewardScorer
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.pipeline.config import parse_pipeline_text
 
 torch = pytest.importorskip("torch")

@@ -169,13 +169,13 @@ def test_with_answer_writes_and_row_answer_reads_the_same_answer() -> None:
 
 
 def test_readers_of_the_answer_take_a_messages_row(tmp_path: Path) -> None:
+    from stillroom.api import verify
     from stillroom.curate.heuristics import HeuristicFilter
     from stillroom.curate.ifd import example_of
-    from stillroom.curate.select import answer_length
+    from stillroom.curate.select_values import answer_length
     from stillroom.feedback.judging import check_instruction, transcript
     from stillroom.feedback.rubric import RubricJudge
     from stillroom.stages.teacher_logprobs import TeacherLogprobs
-    from stillroom.verify.stage import verify
 
     chat = {"id": "m", "messages": [user("2+2?"), assistant("no"), user("and 2+3?"),
                                     assistant("It is 5.")], "answer": "5"}
@@ -194,7 +194,166 @@ def test_readers_of_the_answer_take_a_messages_row(tmp_path: Path) -> None:
 
     result = verify([chat, conversational], tmp_path / "verified", kind="regex",
                     options={"pattern": r"It is \d\."}, progress=False, diversity_embeddings=False)
-    assert result.summary["verify"]["passed"] == 2
+    assert result.summary["stage_results"]["verify"]["passed"] == 2
     data = OutputFolder(tmp_path / "verified").read_rows("data")
     assert all(row["passed"] for row in data)
     assert {row["id"]: row.get("completion") for row in data}["m"] is None  # the row is unchanged
+
+
+# -- the row model: one place to read and write a row ------------------------------------------------
+
+
+def test_cell_texts_read_every_cell_shape() -> None:
+    from stillroom.data.rows import cell_text, cell_texts
+
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": "b"}]
+    chat = [SYSTEM, user("q"), {"role": "assistant", "content": parts},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]
+    assert cell_texts("x") == ["x"]
+    assert cell_texts(["x", "", "y"]) == ["x", "", "y"]
+    assert cell_texts(user("q")) == ["q"]
+    assert cell_texts(parts) == ["a", "b"]  # an image part has no text, and is no error
+    assert cell_texts(chat) == ["Be brief.", "q", "a", "b"]  # a tool-call turn gives no text
+    assert cell_texts(chat, ("user",)) == ["q"]
+    assert cell_texts(chat, ("assistant",)) == ["a", "b"]
+    assert cell_texts([]) == []
+    for not_text in (None, 3, {"id": 1}, ["x", 3], [user("q"), None]):
+        assert cell_texts(not_text) is None, not_text
+
+    assert cell_text(chat) == "Be brief.\nq\na\nb"
+    assert cell_text(chat, ("user",), sep="\n\n") == "q"
+    assert cell_text(["x", "", "y"], sep="\n\n") == "x\n\ny"  # empty texts left out of the join
+    assert cell_text("") == ""  # an empty text is a text
+    assert cell_text([]) is None and cell_text(chat, ("tool",)) is None and cell_text(3) is None
+
+
+def test_turns_of_a_conversation() -> None:
+    from stillroom.data.rows import answer_turn, content_text, last_turn, turn_texts
+
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    chat = [SYSTEM, user("q1"), assistant("x"), "not a message", {"role": "user", "content": parts},
+            assistant("y")]
+    assert content_text(parts) == "a\nb" and content_text(parts, sep="") == "ab"
+    assert content_text([{"type": "image_url"}]) is None and content_text(None) is None
+    assert turn_texts(chat, ("user",)) == [(1, "q1"), (4, "a\nb")]
+    assert turn_texts(chat) == [(0, "Be brief."), (1, "q1"), (2, "x"), (4, "a\nb"), (5, "y")]
+    assert last_turn(chat, "assistant") == 5
+    assert last_turn(chat, "user", before=5) == 4
+    assert last_turn(chat, "assistant", before=5) == 2
+    assert last_turn(chat, "tool") is None
+    assert answer_turn(chat) == 5
+    assert answer_turn(chat[:5]) is None  # ends with the user's turn: not answered
+    assert answer_turn([*chat, "junk"]) == 5  # items that are not messages are skipped
+    assert answer_turn([]) is None
+
+
+def test_prompt_text_is_what_a_judge_reads() -> None:
+    from stillroom.data.rows import prompt_text
+
+    assert prompt_text({"prompt": "q"}) == "q"
+    assert prompt_text({"prompt": [user("q")], "completion": [assistant("a")]}) == "q"
+    assert prompt_text({"messages": [SYSTEM, user("q"), assistant("a")]}) == (
+        "System: Be brief.\n\nUser: q")
+    assert prompt_text({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "q"}]}]}) == "q"
+    assert prompt_text({"completion": "a"}) is None
+    assert prompt_text({"messages": [assistant("a")]}) is None  # nothing before the answer
+
+
+def test_answer_cell_and_with_answer_agree_on_the_conversational_shape() -> None:
+    from stillroom.data.rows import answer_cell
+
+    assert answer_cell("A", False) == "A"
+    assert answer_cell("A", True) == [assistant("A")]
+    assert with_answer({"prompt": [user("q")]}, "A")["completion"] == answer_cell("A", True)
+    assert with_answer({"prompt": "q"}, "A")["completion"] == answer_cell("A", False)
+
+
+def test_row_key_is_the_id_or_a_stable_id_from_the_prompt() -> None:
+    from stillroom.data.rows import derived_id, row_key
+
+    assert row_key({"id": 7, "prompt": "q"}) == "7"
+    assert row_key({"prompt": "q"}) == derived_id("prompt", "q") == row_key({"prompt": "q"})
+    chat = [user("q")]
+    assert row_key({"messages": chat, "prompt": "other"}) == derived_id("prompt", chat)
+    assert row_key({"prompt": "q"}) != row_key({"prompt": "r"})
+
+
+def test_lineage_is_written_through_the_row_model() -> None:
+    from stillroom.data import lineage, rows
+
+    for name in ("with_lineage", "row_id", "seed_id_of", "derived_id", "PromptTemplate",
+                 "LINEAGE_KEYS", "row_key"):
+        assert getattr(lineage, name) is getattr(rows, name), name
+    template = rows.PromptTemplate("t", "Q: {question}")
+    child = rows.with_lineage({"id": "c", "metadata": {"gen": {"seed_id": "s0"}}}, "judge",
+                              method="m", step="s", parent_id="p", seed_id="s0", model="x",
+                              template=template, extra=1)
+    entry = child["metadata"]["judge"]
+    assert set(rows.LINEAGE_KEYS) <= set(entry) and entry["extra"] == 1
+    assert entry["template"] == template.version and template.version.startswith("t@")
+    assert child["metadata"]["gen"] == {"seed_id": "s0"}  # earlier entries kept
+    assert rows.seed_id_of(child) == "s0" and rows.seed_id_of({"id": 3}) == "3"
+
+
+def test_the_generation_input_is_checked_and_built_by_the_row_model() -> None:
+    from stillroom.data.rows import build_messages, check_messages, check_prompt
+
+    assert check_prompt({"prompt": "q"}) is None
+    assert "empty" in (check_prompt({"prompt": "  "}) or "")
+    assert "must be text" in (check_prompt({"prompt": [user("q")]}, messages_allowed=False) or "")
+    assert "['b']" in (check_prompt({"a": 1}, prompt_template="{a} {b}") or "")
+    assert "`messages[0].role`" in (check_messages([{"role": "robot", "content": "x"}]) or "")
+    assert build_messages({"messages": [user("q"), assistant("old")]}, system="S") == [
+        {"role": "system", "content": "S"}, user("q")]
+    assert build_messages({"prompt": [SYSTEM, user("q")]}, system="S") == [SYSTEM, user("q")]
+    assert build_messages({"a": "x"}, "Q: {a}") == [user("Q: x")]
+
+
+def _stillroom_imports(folder: str) -> dict[str, set[str]]:
+    """Per module file under src/stillroom/<folder>: the stillroom modules it imports."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "src" / "stillroom" / folder
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        found[str(path.relative_to(root.parent))] = {n for n in names if n.startswith("stillroom.")}
+    return found
+
+
+def test_no_import_circle_through_the_row_model() -> None:
+    # data/ is at the bottom: the row model imports no stage folder.
+    for module, names in _stillroom_imports("data").items():
+        above = {n for n in names
+                 if n.split(".")[1] in ("generate", "feedback", "verify", "curate", "stages",
+                                        "pipeline", "train", "evaluate")}
+        assert not above, f"{module} imports {sorted(above)}"
+    # Stage folders read rows through data.rows, not through the `complete` stage's module.
+    for folder in ("generate", "feedback", "verify"):
+        for module, names in _stillroom_imports(folder).items():
+            assert not any(n.startswith("stillroom.stages") for n in names), module
+
+
+def test_finish_reasons_are_read_from_every_place_a_stage_records_them() -> None:
+    from stillroom.data.rows import finish_reasons
+
+    row = {
+        "finish_reason": "stop",
+        "completion_sources": [{"finish_reason": "length"}, "junk", {"model": "m"}],
+        "metadata": {"complete": {"finish_reasons": ["stop", 3, "length"]}, "other": "x",
+                     "judge": {"finish_reason": None}},
+    }
+    assert finish_reasons(row) == [
+        ("finish_reason", "stop"),
+        ("completion_sources[0].finish_reason", "length"),
+        ("metadata.complete.finish_reasons[0]", "stop"),
+        ("metadata.complete.finish_reasons[2]", "length"),
+    ]
+    assert finish_reasons({"prompt": "q"}) == []

@@ -324,10 +324,10 @@ def test_failed_row_redacts_the_error_text(registered: str) -> None:
 
 
 def test_printed_errors_are_redacted(registered: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """The CLI's error printer (cli/main.py friendly_errors, the lead's file)."""
+    """The CLI's error printer (cli/app.py friendly_errors)."""
     import typer
 
-    from stillroom.cli.main import friendly_errors
+    from stillroom.cli.app import friendly_errors
     from stillroom.errors import ConfigError
 
     @friendly_errors

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from stillroom import Pipeline
-from stillroom.curate.select import (
-    Select,
-    kcenter,
-    kmeans,
-    outcome_line,
-    round_robin,
-    select,
-    select_stage,
-)
+from stillroom.api import build_stage, select
+from stillroom.curate.select import Select
+from stillroom.curate.select_algorithms import kcenter, kmeans, round_robin
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.config import parse_pipeline_text
@@ -91,7 +85,7 @@ def test_the_stage_is_registered_and_parses_from_yaml() -> None:
 )
 def test_bad_options_name_the_key(options: dict[str, Any], key: str | None, words: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        select_stage(**options)
+        build_stage(Select, **options)
     assert caught.value.key == key
     assert words in caught.value.reason
 
@@ -116,9 +110,9 @@ def test_quality_drops_low_and_missing_scores_with_their_reasons(tmp_path: Path)
     entry = kept(result.out)[0]["metadata"]["select"]
     assert entry["method"] == "select" and entry["step"] == "kept"
     assert entry["quality"] == 5 and entry["rank"] == 1 and entry["parent_id"] == "a"
-    assert result.summary["select"]["steps"] == [
-        {"step": "quality", "rows_in": 6, "removed": 4, "left": 2}
-    ]
+    assert result.summary["stage_results"]["select"] == {
+        "rows": 6, "quality: rows in": 6, "quality: removed": 4, "quality: left": 2, "kept": 2
+    }
 
 
 def test_quality_without_min_reads_true_or_false(tmp_path: Path) -> None:
@@ -140,7 +134,7 @@ def test_a_value_of_the_wrong_type_names_file_and_line(tmp_path: Path) -> None:
 
 def test_from_an_earlier_stage_a_wrong_type_goes_to_failed(tmp_path: Path) -> None:
     rows = [{"id": "a", "score": 5}, {"id": "b"}]
-    stage = select_stage(quality={"column": "score", "min": 3})
+    stage = build_stage(Select, quality={"column": "score", "min": 3})
 
     def spoil(row: Row) -> Row:
         return {**row, "score": "high"} if row["id"] == "b" else row
@@ -170,7 +164,7 @@ def test_a_column_no_row_has_is_an_error_naming_it_and_the_file(tmp_path: Path) 
 
 
 def test_inside_a_pipeline_a_missing_column_stops_the_stage(tmp_path: Path) -> None:
-    stage = select_stage(difficulty={"column": "weak_passed", "drop_when": True})
+    stage = build_stage(Select, difficulty={"column": "weak_passed", "drop_when": True})
     pipeline = Pipeline([lambda row: row, stage], input=[{"id": "a"}])
     with pytest.raises(ConfigError, match="'weak_passed' is not in the 1 rows"):
         pipeline.run(tmp_path / "out", progress=False)
@@ -368,7 +362,7 @@ def test_kcenter_through_the_stage_starts_at_the_preferred_row(tmp_path: Path) -
 def test_a_row_with_no_text_to_embed_fails(tmp_path: Path) -> None:
     rows = [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "  "}, {"id": "c", "prompt": "q"}]
     embed = fake_embedder({"p": [0.0, 1.0], "q": [1.0, 0.0]})
-    stage = select_stage(size=1, diversity={"method": "kcenter", "prefer": "random"})
+    stage = build_stage(Select, size=1, diversity={"method": "kcenter", "prefer": "random"})
     stage.use_embedder(embed)
     result = Pipeline([lambda row: row, stage], input=rows).run(tmp_path / "out", progress=False)
     failed = OutputFolder(result.out).read_rows("failed")
@@ -399,25 +393,31 @@ def test_steps_together_counts_add_up_and_are_reported(tmp_path: Path) -> None:
         difficulty={"column": "weak_passed", "drop_when": True},
         diversity={"method": "domains"},
     )
-    steps = result.summary["select"]["steps"]
-    assert [s["step"] for s in steps] == ["quality", "difficulty", "diversity"]
-    assert steps[0]["rows_in"] == 60 and steps[0]["removed"] == 30  # scores 2 and None
+    figures = result.summary["stage_results"]["select"]
+    steps = ["quality", "difficulty", "diversity"]
+    assert [key.removesuffix(": removed") for key in figures if key.endswith(": removed")] == steps
+    assert figures["rows"] == 60
+    assert figures["quality: rows in"] == 60 and figures["quality: removed"] == 30  # 2 and None
     for before, after in zip(steps, steps[1:], strict=False):
-        assert after["rows_in"] == before["left"] == before["rows_in"] - before["removed"]
-    assert steps[-1]["left"] == result.summary["select"]["kept"] == 9 == result.counts["data"]
-    assert sum(s["removed"] for s in steps) == result.counts["dropped"] == 51
+        assert (figures[f"{after}: rows in"] == figures[f"{before}: left"]
+                == figures[f"{before}: rows in"] - figures[f"{before}: removed"])
+    assert figures["diversity: left"] == figures["kept"] == 9 == result.counts["data"]
+    assert sum(figures[f"{step}: removed"] for step in steps) == result.counts["dropped"] == 51
     rows = kept(result.out)
     assert Counter(row["domain"] for row in rows) == {"algebra": 3, "geometry": 3,
                                                       "number theory": 3}
     assert all(row["score"] >= 4 and not row["weak_passed"] for row in rows)
     by_step = Counter(row["drop_reason"].split(":")[0] for row in dropped(result.out))
-    assert by_step == {s["step"]: s["removed"] for s in steps}
-    figures = result.summary["stage_results"]["select"]
+    assert by_step == {step: figures[f"{step}: removed"] for step in steps}
     assert figures["quality: rows in"] == 60 and figures["diversity: left"] == 9
     assert figures["kept"] == 9 and figures["domains among kept rows"] == 3
     card = (result.out / "README.md").read_text()
     assert "difficulty: removed" in card
-    assert outcome_line(result.summary["select"]).startswith("select: kept 9 of 60 rows (quality")
+    stage = build_stage(Select, size=9, quality={"column": "score", "min": 4},
+                        difficulty={"column": "weak_passed", "drop_when": True},
+                        diversity={"method": "domains"})
+    assert stage.result_line(figures) == "select: kept 9 of 60 rows (" + ", ".join(
+        f"{step} removed {figures[f'{step}: removed']}" for step in steps) + ")"
 
 
 def test_the_same_seed_gives_the_same_selection(tmp_path: Path) -> None:
@@ -434,8 +434,8 @@ def test_the_same_seed_gives_the_same_selection(tmp_path: Path) -> None:
 
 
 def test_two_select_stages_report_separately(tmp_path: Path) -> None:
-    first = select_stage(quality={"column": "score", "min": 4})
-    second = select_stage(size=4, diversity={"method": "domains"})
+    first = build_stage(Select, quality={"column": "score", "min": 4})
+    second = build_stage(Select, size=4, diversity={"method": "domains"})
     pipeline = Pipeline([first, second], input=s1_rows())
     result = pipeline.run(tmp_path / "out", progress=False)
     results = result.summary["stage_results"]

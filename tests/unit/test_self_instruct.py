@@ -13,15 +13,14 @@ import pytest
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
 from stillroom.data.readers import iter_rows, resolve_input_path
+from stillroom.data.rows import LINEAGE_KEYS, derived_id
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import LINEAGE_KEYS, derived_id
-from stillroom.generate.self_instruct import (
+from stillroom.generate.self_instruct import REFERENCE_BLACKLIST, SelfInstruct
+from stillroom.generate.self_instruct_instances import SelfInstructInstances
+from stillroom.generate.self_instruct_prompts import (
     HEADER,
     INPUT_FIRST_HEADER,
     OUTPUT_FIRST_HEADER,
-    REFERENCE_BLACKLIST,
-    SelfInstruct,
-    SelfInstructInstances,
     encode_instruction_prompt,
     parse_input_first,
     parse_instructions,

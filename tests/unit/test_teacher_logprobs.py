@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.data.rows import LINEAGE_KEYS
 from stillroom.errors import ConfigError, InputError
-from stillroom.generate.lineage import LINEAGE_KEYS
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.cache import RequestCache, request_key
 from stillroom.llm.client import LLMClient, score_key

@@ -9,11 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from stillroom import Pipeline
+from stillroom.api import verify
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.stage import stages
 from stillroom.stages import Complete
-from stillroom.verify.stage import Verify, build_verifier, verify
+from stillroom.verify.stage import Verify, build_verifier
 from tests import fakes
 from tests.fakes import ScriptedBackend, ScriptedConfig
 
@@ -127,12 +128,11 @@ def test_a_pipeline_file_names_the_stage_line_for_a_bad_option(tmp_path: Path) -
 
 def test_the_library_function_reports_the_pass_rate(tmp_path: Path) -> None:
     result = verify(MATH_ROWS, tmp_path / "out", kind="math", progress=False)
-    assert result.summary["verify"] == {
-        "kind": "math", "checked": 3, "passed": 1, "pass_rate": pytest.approx(1 / 3)
-    }
+    figures = result.summary["stage_results"]["verify"]
+    assert figures == {"checked": 3, "passed": 1, "pass rate": pytest.approx(1 / 3)}
+    assert Verify(kind="math").result_line(figures) == "math: 1 of 3 rows passed (33.33%)"
     dropped = verify(MATH_ROWS, tmp_path / "out2", kind="math", drop_failed=True, progress=False)
-    assert dropped.summary["verify"]["checked"] == 3 and dropped.summary["verify"]["passed"] == 1
-    # The same figures are the stage's results in the card (dropped rows count as checked).
+    # The same figures when the failing rows are dropped: dropped rows count as checked.
     assert dropped.summary["stage_results"]["verify"] == {
         "checked": 3, "passed": 1, "pass rate": pytest.approx(1 / 3)
     }

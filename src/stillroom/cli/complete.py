@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, option_flags, print_result
+from stillroom.cli.options import (
     AddressOption,
     CacheDir,
     ExecutorOption,
@@ -21,13 +22,14 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     WorkersOption,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
+from stillroom.llm.backend import backends
 
+# Read from the registry, so a backend a plugin adds is listed too.
+BACKEND_HELP = (f"{', '.join(sorted(backends.items()))} (default: guessed from --model and "
+                "--base-url).")
 
 @app.command()
 @friendly_errors
@@ -36,7 +38,7 @@ def complete(
     out: OutOption,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name, .gguf file or folder (default: the embedded SmolLM2-135M-Instruct).")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="openai, anthropic, llamacpp, transformers or vllm (default: guessed).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)] = None,
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Requests in flight.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Completions per row (n > 1 writes `completions`).")] = 1,
@@ -72,6 +74,7 @@ def complete(
     list for a conversational prompt), a `messages` row gets the answer as its last turn, and
     n > 1 writes `completions`. These are the shapes TRL trains on (see the README's row formats)."""
     from stillroom import api
+    from stillroom.stages.complete import Complete
 
     config = api.backend_config(
         model,
@@ -82,22 +85,22 @@ def complete(
         max_retries=max_retries,
         api_key_env=api_key_env,
     )
-    result = api.complete(
+    # Built here rather than by api.complete, so that a bad value names the flag that gave it.
+    stage = api.build_stage(
+        Complete, flags=option_flags(complete), n=n, temperature=temperature, top_p=top_p,
+        max_tokens=max_tokens, stop=stop, top_logprobs=top_logprobs, system=system,
+        prompt_template=prompt_template,
+    )
+    result = api.run_stage(
+        stage,
         input,
         out,
-        backend=config,
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        stop=stop,
+        backends={"default": config},
         seed=seed,
-        top_logprobs=top_logprobs,
-        system=system,
-        prompt_template=prompt_template,
+        name="stillroom complete",
         **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
         diversity_embeddings=not no_embeddings,
     )
-    print_result(result)
+    print_result(result, [stage])

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.options import (
     AddressOption,
     ExecutorOption,
     FlushRows,
@@ -22,13 +23,9 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     WorkersOption,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
-from stillroom.cli.main import out as console
 
 
 @app.command()
@@ -93,26 +90,28 @@ def decontaminate(
 ) -> None:
     """Drop training rows that copy benchmark items (n-gram overlap, Tulu 3 style); no model is
     called."""
-    from stillroom.curate.decontaminate import decontaminate as run_decontamination
-    from stillroom.curate.decontaminate import outcome_line
+    from stillroom import api
+    from stillroom.curate.decontaminate import Decontaminate
 
-    result = run_decontamination(
-        input,
-        out_dir,
-        against=list(against),
+    # A bad option is named by its key (short_items), as the stage's documentation spells it.
+    stage = api.build_stage(
+        Decontaminate,
+        against=[str(path) for path in against],
         bench_columns=bench_column or None,
         bench_id_column=bench_id_column,
         columns=column or None,
         ngram=ngram,
         threshold=threshold,
-        short_items=short_items,  # type: ignore[arg-type]  # checked by the stage
+        short_items=short_items,
+    )
+    result = api.run_stage(
+        stage,
+        input,
+        out_dir,
+        name="stillroom decontaminate",
         # No model is called: no request cache.
         **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
     )
-    line = outcome_line(result.summary["decontaminate"])
-    try:
-        print_result(result)  # raises Exit(1) when too many rows failed
-    finally:
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    print_result(result, [stage])

@@ -7,18 +7,16 @@ from typing import Annotated, Literal
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, option_flags, print_result
+from stillroom.cli.options import (
     AddressOption,
     ExecutorOption,
     Limit,
     NoProgress,
     OutOption,
     Overwrite,
-    app,
-    friendly_errors,
-    print_result,
+    WorkersOption,
 )
-from stillroom.cli.main import out as console
 
 
 @app.command()
@@ -90,18 +88,15 @@ def dedup(
     limit: Limit = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", min=1, help="Ray: hashing tasks at once (default: the "
-                                              "cluster's CPUs)."),
-    ] = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Drop duplicate rows (to dropped/, with the kept row's id), keeping one row per cluster."""
-    from stillroom.curate.dedup import dedup as dedup_rows
+    from stillroom import api
+    from stillroom.curate.dedup import Dedup
 
-    result = dedup_rows(
-        input,
-        out_dir,
+    stage = api.build_stage(
+        Dedup,
+        flags=option_flags(dedup, rows="--rows-per-band"),
         method=method,
         column=(column[0] if len(column) == 1 else column) if column else None,
         threshold=threshold,
@@ -114,20 +109,19 @@ def dedup(
         keep_by=keep_by,
         model=model,
         seed=seed,
+    )
+    result = api.run_stage(
+        stage,
+        input,
+        out_dir,
+        name=f"stillroom dedup --method {method}",
+        # No model is called: no request cache.
+        use_cache=False,
         overwrite=overwrite,
         progress=not no_progress,
         limit=limit,
-        executor=executor,  # type: ignore[arg-type]  # checked by dedup()
+        executor=executor,
         ray_address=address,
         workers=workers,
     )
-    figures = result.summary["stage_results"]["dedup"]
-    line = (
-        f"{method}: kept {figures['kept']:,} of {figures['rows']:,} rows; "
-        f"{figures['duplicates_dropped']:,} duplicates dropped from "
-        f"{figures['clusters_with_duplicates']:,} clusters (largest: {figures['largest_cluster']:,})"
-    )
-    try:
-        print_result(result)
-    finally:
-        console.print(line, highlight=False, markup=False)
+    print_result(result, [stage])

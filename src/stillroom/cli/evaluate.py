@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stillroom.cli.main import app, check_config_file, err, friendly_errors
-from stillroom.cli.main import out as console
+from stillroom.cli.app import app, check_config_file, err, friendly_errors
+from stillroom.cli.app import out as console
 
 
 @app.command("eval")

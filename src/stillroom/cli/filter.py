@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.options import (
     AddressOption,
     ExecutorOption,
     FlushRows,
@@ -28,20 +29,16 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     WorkersOption,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
-from stillroom.cli.main import out as console
 from stillroom.errors import ConfigError
 
 IFD_PANEL = "IFD filter (Superfiltering)"
 HEURISTICS_PANEL = "Heuristic filters"
 
 
-def _heuristic_stage(enabled: bool, options: dict[str, Any]) -> list[Any]:
+def _heuristics_from_flags(enabled: bool, options: dict[str, Any]) -> list[Any]:
     """The ``heuristic_filter`` stage the --heuristics flags ask for (none without it): every
     check at its defaults, with the length bounds and languages given."""
     given = {key: value for key, value in options.items() if value not in (None, [])}
@@ -51,21 +48,23 @@ def _heuristic_stage(enabled: bool, options: dict[str, Any]) -> list[Any]:
             raise ConfigError(f"{flags} set but --heuristics is not; add --heuristics",
                               key="--heuristics")
         return []
-    from stillroom.curate.heuristics import heuristic_stage
+    from stillroom import api
+    from stillroom.curate.heuristics import HeuristicFilter
 
-    stage_options: dict[str, Any] = {}
     length = {key: given[key] for key in ("min_completion", "max_completion") if key in given}
-    if length:
-        stage_options["length"] = {"unit": "words", **length}
-    if "language" in given:
-        stage_options["language"] = list(given["language"])
     try:
-        return [heuristic_stage(**stage_options)]
+        return [api.build_stage(
+            HeuristicFilter,
+            length={"unit": "words", **length} if length else None,
+            language=list(given["language"]) if "language" in given else None,
+        )]
     except ConfigError as error:
+        # The flags fill a stage option in part (--max-words is length.max_completion): the
+        # problem names the group and the option.
         raise ConfigError(error.reason, key=f"--heuristics ({error.key})") from None
 
 
-def _ifd_stage(enabled: bool, options: dict[str, Any]) -> list[Any]:
+def _ifd_from_flags(enabled: bool, options: dict[str, Any]) -> list[Any]:
     """The ``ifd_filter`` stage the --ifd flags ask for (none without --ifd)."""
     given = {key: value for key, value in options.items() if value is not None}
     if not enabled:
@@ -73,29 +72,15 @@ def _ifd_stage(enabled: bool, options: dict[str, Any]) -> list[Any]:
             flags = ", ".join(f"--ifd-{key.replace('_', '-')}" for key in given)
             raise ConfigError(f"{flags} set but --ifd is not; add --ifd", key="--ifd")
         return []
-    from stillroom.curate.ifd import ifd_stage
+    from stillroom import api
+    from stillroom.api.options import WHOLE
+    from stillroom.curate.ifd import IFDFilter
 
     if "model" in given:
         given["model"] = str(given["model"])
-    try:
-        return [ifd_stage(**given)]
-    except ConfigError as error:
-        flag = f"--ifd-{error.key.replace('_', '-')}" if error.key else "--ifd"
-        raise ConfigError(error.reason, key=flag) from None
-
-
-def _outcome_lines(result: Any, stages: list[Any], names: list[str]) -> list[str]:
-    """One summary line per filter that has one."""
-    from stillroom.curate import heuristics
-    from stillroom.curate.ifd import IFDFilter, ifd_outcome, outcome_line
-
-    lines = []
-    for stage, name in zip(stages, names, strict=True):
-        if isinstance(stage, heuristics.HeuristicFilter):
-            lines.append(heuristics.outcome_line(heuristics.heuristic_outcome(result.out, stage, name)))
-        if isinstance(stage, IFDFilter):
-            lines.append(outcome_line(ifd_outcome(result.out, stage, name), stage.max_ifd))
-    return lines
+    # Each option by its --ifd-* flag; a problem of several together by --ifd.
+    named = {key: f"--ifd-{key.replace('_', '-')}" for key in options} | {WHOLE: "--ifd"}
+    return [api.build_stage(IFDFilter, flags=named, **given)]
 
 
 @app.command("filter")
@@ -189,14 +174,14 @@ def filter_command(
     gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Keep the rows that pass the chosen filters; the others go to dropped/ with the reason."""
-    from stillroom.pipeline.pipeline import Pipeline
+    from stillroom import api
 
-    stages = _heuristic_stage(heuristics, {
+    stages = _heuristics_from_flags(heuristics, {
         "min_completion": min_completion,
         "max_completion": max_completion,
         "language": language,
     })
-    stages += _ifd_stage(ifd, {
+    stages += _ifd_from_flags(ifd, {
         "model": ifd_model,
         "top_fraction": ifd_top_fraction,
         "top_k": ifd_top_k,
@@ -207,16 +192,14 @@ def filter_command(
     })
     if not stages:
         raise ConfigError("choose at least one filter: --heuristics or --ifd", key="filter")
-    pipeline = Pipeline(stages, input=input, name="stillroom filter")
-    result = pipeline.run(
+    result = api.run_stage(
+        stages,
+        input,
         out_dir,
+        name="stillroom filter",
         # No request is sent: no request cache.
         **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
     )
-    try:
-        print_result(result)  # raises Exit(1) when too many rows failed
-    finally:
-        for line in _outcome_lines(result, stages, pipeline.stage_names):
-            console.print(line, highlight=False, markup=False)
+    print_result(result, stages)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import app, friendly_errors, out
+from stillroom.cli.app import app, friendly_errors, out
 
 
 @app.command()

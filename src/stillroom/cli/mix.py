@@ -6,15 +6,8 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import (
-    NoProgress,
-    OutOption,
-    Overwrite,
-    app,
-    friendly_errors,
-    print_result,
-    run_options,
-)
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.options import NoProgress, OutOption, Overwrite, run_options
 
 
 @app.command()
@@ -36,11 +29,11 @@ def mix(
     no_progress: NoProgress = False,
 ) -> None:
     """Mix real and synthetic data with target shares, keeping the real rows (accumulate)."""
-    from stillroom.curate.mix import mix as mix_sources
-    from stillroom.curate.mix import parse_source
+    from stillroom import api
+    from stillroom.pipeline.mixing import parse_source
 
     sources = [parse_source(text) for text in source]
-    result = mix_sources(
+    result = api.mix(
         sources, out_dir, size=size, allow_synthetic_only=allow_synthetic_only, seed=seed,
         **run_options(overwrite, True, None, 0.0, no_progress, None, 10_000, 10.0),
     )

@@ -9,16 +9,9 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import (
-    CacheDir,
-    NoCache,
-    NoProgress,
-    Overwrite,
-    app,
-    friendly_errors,
-    print_result,
-)
-from stillroom.cli.main import out as console
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.app import out as console
+from stillroom.cli.options import CacheDir, NoCache, NoProgress, Overwrite
 from stillroom.errors import OutputFolderError
 
 

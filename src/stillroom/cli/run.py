@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.app import out as console
+from stillroom.cli.options import (
     AddressOption,
     CacheDir,
     ExecutorOption,
@@ -20,13 +22,9 @@ from stillroom.cli.main import (
     NoProgress,
     OutOption,
     Overwrite,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
-from stillroom.cli.main import out as console
 
 
 @app.command()

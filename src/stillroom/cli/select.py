@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.options import (
     AddressOption,
     ExecutorOption,
     FlushRows,
@@ -25,13 +26,9 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     WorkersOption,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
-from stillroom.cli.main import out as console
 from stillroom.errors import ConfigError
 
 QUALITY = "Quality: drop rows below a score (or false)"
@@ -214,32 +211,35 @@ def select_command(
     gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Keep --size rows: quality, then difficulty, then diversity (s1); the rest go to dropped/."""
-    from stillroom.curate.select import outcome_line, select
+    from stillroom import api
+    from stillroom.curate.select import Select, check_input_columns
 
+    stage = api.build_stage(
+        Select,
+        flags=FLAGS,
+        size=size,
+        quality=_quality(quality_column, min_quality),
+        difficulty=_difficulty(difficulty_column, drop_when, min_difficulty, keep_top),
+        diversity=_diversity(diversity, {
+            "domain_column": domain_column,
+            "clusters": clusters,
+            "text_column": text_column,
+            "prefer": prefer,
+        }),
+        seed=seed,
+    )
     try:
-        result = select(
-            input,
-            out_dir,
-            size=size,
-            quality=_quality(quality_column, min_quality),
-            difficulty=_difficulty(difficulty_column, drop_when, min_difficulty, keep_top),
-            diversity=_diversity(diversity, {
-                "domain_column": domain_column,
-                "clusters": clusters,
-                "text_column": text_column,
-                "prefer": prefer,
-            }),
-            seed=seed,
-            # No request is sent: no request cache.
-            **executor_options(executor, address, workers, gpus_per_worker),
+        check_input_columns(stage, input)
+    except ConfigError as error:  # a column an option names: the flag that named it
+        raise ConfigError(error.reason, key=FLAGS.get(error.key or "", error.key)) from None
+    result = api.run_stage(
+        stage,
+        input,
+        out_dir,
+        name="stillroom select",
+        # No request is sent: no request cache.
+        **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
-                          flush_rows, flush_seconds),
-        )
-    except ConfigError as error:
-        if error.key in FLAGS:
-            raise ConfigError(error.reason, key=FLAGS[error.key]) from None
-        raise
-    try:
-        print_result(result)  # raises Exit(1) when too many rows failed
-    finally:
-        console.print(outcome_line(result.summary["select"]), highlight=False, markup=False)
+                      flush_rows, flush_seconds),
+    )
+    print_result(result, [stage])

@@ -53,7 +53,7 @@ def _backends_table(backends: dict[str, dict[str, Any]]) -> Table | None:
 
 
 def _print_diversity(console: Console, diversity: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """What each generation stage's text columns measured (see stillroom.generate.diversity)."""
+    """What each generation stage's text columns measured (see stillroom.report.diversity)."""
     if not diversity:
         return
     table = Table(title="diversity", show_header=True, header_style="bold", title_justify="left")

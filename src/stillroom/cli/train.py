@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import app, check_config_file, friendly_errors
-from stillroom.cli.main import out as console
+from stillroom.cli.app import app, check_config_file, friendly_errors
+from stillroom.cli.app import out as console
 
 train_app = typer.Typer(
     help="Train a student on stillroom data (needs the `train` extra).", no_args_is_help=True,

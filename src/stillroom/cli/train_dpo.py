@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from stillroom.cli.main import check_config_file, friendly_errors
-from stillroom.cli.main import out as console
+from stillroom.cli.app import check_config_file, friendly_errors
+from stillroom.cli.app import out as console
 from stillroom.cli.train import train_app
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from stillroom.cli.main import (
+from stillroom.cli.app import app, friendly_errors, print_result
+from stillroom.cli.options import (
     AddressOption,
     ExecutorOption,
     FlushRows,
@@ -20,14 +21,15 @@ from stillroom.cli.main import (
     OutOption,
     Overwrite,
     WorkersOption,
-    app,
     executor_options,
-    friendly_errors,
-    print_result,
     run_options,
 )
-from stillroom.cli.main import out as console
 from stillroom.errors import ConfigError
+from stillroom.verify.base import verifiers
+
+# Read from the registry, so a verifier a plugin adds is listed too. Not a Typer choice: an
+# unknown kind is our one-line error naming the known ones, not a usage box.
+KIND_HELP = f"Verifier: {', '.join(sorted(verifiers.items()))}."
 
 
 def _options(text: str | None) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def verify(
     ],
     out_dir: OutOption,
     kind: Annotated[
-        str, typer.Option("--kind", "-k", help="Verifier: math, code, json_schema, regex, length.")
+        str, typer.Option("--kind", "-k", help=KIND_HELP)
     ],
     answer_column: Annotated[
         str, typer.Option("--answer-column", help="The column that is checked.")
@@ -79,29 +81,26 @@ def verify(
     gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Give every row `passed` and `reason` from a verifier (no model is called)."""
-    from stillroom.verify.stage import verify as verify_rows
+    from stillroom import api
+    from stillroom.verify.stage import Verify
 
-    try:
-        result = verify_rows(
-            input,
-            out_dir,
-            kind=kind,
-            answer_column=answer_column,
-            options=_options(options),
-            drop_failed=drop_failed,
-            # No model is called: no request cache.
-            **executor_options(executor, address, workers, gpus_per_worker),
-            **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
-                          flush_rows, flush_seconds),
-        )
-    except ConfigError as error:
-        if error.key == "options":  # a verifier option: the flag that set it
-            raise ConfigError(error.reason, key="--options") from None
-        raise
-    stats = result.summary["verify"]
-    rate = "n/a" if stats["pass_rate"] is None else f"{stats['pass_rate']:.2%}"
-    line = f"{stats['kind']}: {stats['passed']:,} of {stats['checked']:,} rows passed ({rate})"
-    try:
-        print_result(result)  # raises Exit(1) when too many rows failed
-    finally:
-        console.print(line, highlight=False, markup=False)
+    stage = api.build_stage(
+        Verify,
+        # A problem with the verifier's options is one with what --options gave.
+        flags={"options": "--options"},
+        kind=kind,
+        answer_column=answer_column,
+        options=_options(options),
+        drop_failed=drop_failed,
+    )
+    result = api.run_stage(
+        stage,
+        input,
+        out_dir,
+        name=f"stillroom verify --kind {kind}",
+        # No model is called: no request cache.
+        **executor_options(executor, address, workers, gpus_per_worker),
+        **run_options(overwrite, True, None, max_failure_rate, no_progress, limit,
+                      flush_rows, flush_seconds),
+    )
+    print_result(result, [stage])

@@ -83,13 +83,11 @@ Output
   benchmark column is added in parentheses when more than one is checked. The row gets a
   ``contamination`` column: every item covered more than the threshold, best first, each
   ``{benchmark, item, column, coverage, tokens}`` (up to 20), and the same in its lineage.
-* The run's report (``summarize``): rows contaminated and, per benchmark file, its item count,
-  how many items leaked and which (the card shows the first 10; the library function
-  :func:`decontaminate` returns them all in ``summary["decontaminate"]``).
+* The run's report (``summarize``): rows checked and contaminated and, per benchmark file, its
+  item count, how many items leaked and the first 10 of them (every leaked item is in the
+  ``contamination`` column of the rows in ``dropped/``).
 
-From Python: :func:`decontaminate` runs the stage alone; :func:`decontamination_stage` builds it
-from keyword options (a bad one is a ConfigError naming it, for a CLI);
-:func:`decontamination_outcome` and :func:`outcome_line` say what it did in a finished run;
+From Python: :func:`stillroom.api.decontaminate` runs the stage alone;
 :class:`BenchmarkIndex` indexes texts and scores rows without a pipeline.
 """
 
@@ -107,8 +105,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import iter_rows, resolve_input_path
+from stillroom.data.rows import row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError, InputError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
     Dropped,
     Row,
@@ -121,8 +119,6 @@ from stillroom.pipeline.stage import (
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from stillroom.pipeline.pipeline import RunResult
 
 ShortItems = Literal["exact", "skip"]
 
@@ -656,124 +652,45 @@ class Decontaminate(RowStage):
     # -- the report ------------------------------------------------------------------------------
 
     def summary_columns(self) -> list[str]:
-        return ["contamination"]
+        # drop_reason tells a row in data/ (none) from one in dropped/.
+        return ["contamination", "drop_reason"]
 
-    def leaks(self, rows: list[Row]) -> dict[str, Any]:
-        """Every leaked item per benchmark, from the ``contamination`` column of ``rows``."""
-        names = set(self.index.stats)
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """Rows checked (those in ``data/`` and those this stage dropped), rows contaminated, and
+        per benchmark: its items, the items leaked and the first few of them."""
         leaked: dict[str, dict[str, None]] = {name: {} for name in self.index.stats}
-        contaminated = 0
+        checked = contaminated = 0
         for row in rows:
             records = [
                 record for record in row.get("contamination") or []
-                if isinstance(record, dict) and record.get("benchmark") in names
+                if isinstance(record, dict) and record.get("benchmark") in leaked
             ]
-            if records:
-                contaminated += 1
-            for record in records:
+            # Only this stage writes `contamination`, on the rows it drops.
+            dropped_here = bool(records) and row.get("drop_reason") is not None
+            checked += dropped_here or row.get("drop_reason") is None
+            contaminated += dropped_here
+            for record in records if dropped_here else []:
                 leaked[record["benchmark"]][str(record["item"])] = None
-        return {
-            "rows_contaminated": contaminated,
-            "benchmarks": {
-                name: {
-                    "path": stats.path,
-                    "items": stats.items,
-                    "short_items": stats.short_texts,
-                    "empty_items": stats.empty_items,
-                    "columns": list(stats.columns),
-                    "items_leaked": len(leaked[name]),
-                    "leaked": list(leaked[name]),
-                }
-                for name, stats in self.index.stats.items()
-            },
-        }
-
-    def summarize(self, rows: list[Row]) -> dict[str, Any]:
-        """Rows contaminated, and per benchmark: items, items leaked and the first few of them."""
-        report = self.leaks(rows)
-        figures: dict[str, Any] = {"rows contaminated": report["rows_contaminated"]}
-        for name, bench in report["benchmarks"].items():
-            figures[f"{name}: items"] = bench["items"]
-            figures[f"{name}: items leaked"] = bench["items_leaked"]
-            if bench["leaked"]:
-                shown = ", ".join(bench["leaked"][:CARD_LISTED])
-                more = len(bench["leaked"]) - CARD_LISTED
+        figures: dict[str, Any] = {"rows checked": checked, "rows contaminated": contaminated}
+        for name, stats in self.index.stats.items():
+            figures[f"{name}: items"] = stats.items
+            figures[f"{name}: items leaked"] = len(leaked[name])
+            if leaked[name]:
+                shown = ", ".join(list(leaked[name])[:CARD_LISTED])
+                more = len(leaked[name]) - CARD_LISTED
                 figures[f"{name}: leaked"] = shown + (f" and {more} more" if more > 0 else "")
         return figures
 
-
-def decontamination_stage(**options: Any) -> Decontaminate:
-    """A :class:`Decontaminate` stage from keyword options (the benchmarks are read and indexed
-    now); a bad option or benchmark file is a ConfigError naming it."""
-    from pydantic import ValidationError
-
-    try:
-        return Decontaminate.model_validate(options)
-    except ValidationError as validation:
-        problem = validation.errors()[0]
-        key = ".".join(str(part) for part in problem["loc"]) or None
-        raise ConfigError(str(problem["msg"]).removeprefix("Value error, "), key=key) from None
-
-
-def decontamination_outcome(
-    out: str | os.PathLike[str], stage: Decontaminate, stage_name: str = "decontaminate"
-) -> dict[str, Any]:
-    """What the stage did in the run written to ``out``: ``rows_checked`` (rows in ``data/``
-    plus the rows it dropped), ``rows_contaminated`` and, per benchmark, ``items``,
-    ``items_leaked`` and every ``leaked`` item."""
-    from stillroom.data.output import OutputFolder
-
-    folder = OutputFolder(Path(out))
-    dropped = [
-        row for row in folder.read_columns("dropped", ["stage", "contamination"])
-        if row.get("stage") == stage_name
-    ]
-    return {"rows_checked": folder.count("data") + len(dropped), **stage.leaks(dropped)}
-
-
-def outcome_line(outcome: dict[str, Any]) -> str:
-    """One line for the terminal: "decontaminate: 3 of 400 rows contaminated; gsm8k.jsonl: 2 of
-    1,319 items leaked"."""
-    parts = [
-        f"{name}: {bench['items_leaked']:,} of {bench['items']:,} items leaked"
-        for name, bench in outcome["benchmarks"].items()
-    ]
-    return (
-        f"decontaminate: {outcome['rows_contaminated']:,} of {outcome['rows_checked']:,} rows "
-        f"contaminated; " + "; ".join(parts)
-    )
-
-
-def decontaminate(
-    input: str | os.PathLike[str] | list[Row],
-    out: str | os.PathLike[str],
-    *,
-    against: list[str | os.PathLike[str]],
-    bench_columns: list[str] | None = None,
-    bench_id_column: str | None = None,
-    columns: list[str] | None = None,
-    ngram: int = 8,
-    threshold: float = 0.5,
-    short_items: ShortItems = "exact",
-    **run_options: Any,
-) -> RunResult:
-    """Drop the rows of ``input`` that copy an item of the ``against`` benchmarks: a pipeline
-    of one ``decontaminate`` stage. Returns the RunResult; its ``summary["decontaminate"]`` is
-    :func:`decontamination_outcome` (every leaked item, per benchmark)."""
-    from stillroom.pipeline.pipeline import Pipeline
-
-    stage = decontamination_stage(
-        against=[str(spec) for spec in against],
-        bench_columns=bench_columns,
-        bench_id_column=bench_id_column,
-        columns=columns,
-        ngram=ngram,
-        threshold=threshold,
-        short_items=short_items,
-    )
-    pipeline = Pipeline([stage], input=input, name="stillroom decontaminate")
-    result = pipeline.run(out, **run_options)
-    summary = dict(getattr(result, "summary", None) or {})
-    summary["decontaminate"] = decontamination_outcome(result.out, stage)
-    result.summary = summary
-    return result
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        """"decontaminate: 3 of 400 rows contaminated; gsm8k.jsonl: 2 of 1,319 items leaked"."""
+        if "rows checked" not in figures:
+            return None
+        parts = [
+            f"{name}: {figures.get(f'{name}: items leaked', 0):,} of "
+            f"{figures.get(f'{name}: items', 0):,} items leaked"
+            for name in self.index.stats
+        ]
+        return (
+            f"decontaminate: {figures['rows contaminated']:,} of {figures['rows checked']:,} rows "
+            "contaminated; " + "; ".join(parts)
+        )

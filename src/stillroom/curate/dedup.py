@@ -9,7 +9,7 @@ In a pipeline (an all-rows stage: it sees every row before deciding)::
       ngram: 5               # minhash: word n-gram shingles
       num_perm: 128          # minhash: signature length
       verify_jaccard: true   # minhash: drop only pairs whose exact Jaccard reaches the threshold
-      false_negative_weight: 0.9   # minhash: misses vs false candidates when choosing LSH bands
+      false_negative_weight: 0.98  # minhash: misses vs false candidates when choosing LSH bands
       keep_by: score         # keep the row with the highest `score` in each cluster
 
 From the command line (streams the input; see :func:`dedup`)::
@@ -24,7 +24,7 @@ joined. A row with none of these is named, with its file and line, before anythi
 
 **Methods.**
 
-* ``exact``: rows whose normalized text is identical (:func:`stillroom.curate.minhash.normalize_text`:
+* ``exact``: rows whose normalized text is identical (:func:`stillroom.curate.shingling.normalize_text`:
   NFKC, lowercase, punctuation removed except between numbers, whitespace collapsed), compared
   by a 128-bit BLAKE2b digest.
 * ``minhash``: near-duplicates by the Jaccard similarity of their word n-gram sets, estimated by
@@ -32,8 +32,9 @@ joined. A row with none of these is named, with its file and line, before anythi
   positive + false negative areas of the S-curve, as datasketch does). Candidate pairs are then
   checked with their exact Jaccard similarity (``verify_jaccard``), so LSH's false positives
   never cause a drop; since they cost only that check, bands are then chosen weighing a missed
-  pair 9 times a false candidate (``false_negative_weight: 0.9``; 0.5, datasketch's choice,
-  without verification). LSH can still miss a few pairs close to the threshold: see
+  pair 49 times a false candidate (``false_negative_weight: 0.98``: 17 bands of 7 rows at
+  Jaccard 0.8, recall 0.996-0.999 over seeds on the bench corpus, where 0.9 gave 14 x 9 and
+  0.974-0.988; 0.5, datasketch's choice, without verification). LSH can still miss a few pairs close to the threshold: see
   ``bench/minhash_dedup.py`` for measured precision and recall, and
   :mod:`stillroom.curate.minhash` for the details. The defaults (word 5-grams, 128 permutations,
   Jaccard 0.8) are the common near-dedup settings (0.7-0.8, 128-256 permutations).
@@ -61,61 +62,50 @@ The stage reports (card, report, ``stillroom inspect``) the rows it saw, kept, d
 dropped, clusters with duplicates, the largest cluster and, for minhash, the LSH bands and rows
 and the candidate and similar pair counts.
 
-**Memory.** A pipeline holds every row in memory. ``stillroom dedup`` (:func:`dedup`) instead
-reads the input three times and keeps only numbers between the passes: a check of every row (the
-same check a pipeline makes, with file and line), a pass that hashes the texts in batches
-(keeping per row its band hashes and shingle hashes: about 120 bytes + 4 per word), and a pass
-that writes each row to ``data/`` or ``dropped/``, committed every 50,000 rows (an interrupted
-run resumes at the first chunk not committed). Measured with ``bench/minhash_dedup.py --docs
-1000000 --cli --pipeline`` (a million ~50-word documents, on a shared 2-core machine, so
-noisy): ``stillroom dedup`` took 75 s at 892 MiB peak RSS end to end; the same stage in a
-one-stage pipeline 105 s at 2.8 GiB, since the executor holds every row as a dict and
-checkpoints the kept ones. Hence the streaming for the command line; the stage is for pipelines
-that dedup what they generate.
+**Memory.** The stage is an :class:`~stillroom.pipeline.stage.AllRowsFilter`. First in a
+pipeline (``stillroom dedup`` is a pipeline of this one stage), the executor streams it: it reads
+the input three times and keeps only numbers between the passes: the check of every row (file
+and line named before anything runs), the index pass that hashes the texts in batches (keeping per
+row its band hashes and shingle hashes: about 120 bytes + 4 per word, and its id), and the pass
+that decides each row and commits ``data/`` and ``dropped/`` every 50,000 rows (an interrupted run
+resumes at the first chunk not committed; the index is built again). After a row stage (a
+pipeline that dedups what it generated) it gets the rows gathered in memory instead. Measured
+with ``bench/minhash_dedup.py --docs 1000000 --cli`` (see the bench's results file).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
-import logging
-import os
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from stillroom.curate import minhash, semantic
-from stillroom.errors import ConfigError, InputError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
+from stillroom.curate import lsh_bands, minhash, semantic, shingling
+from stillroom.data.rows import cell_text, row_id, seed_id_of, with_lineage
+from stillroom.errors import ConfigError
 from stillroom.pipeline.stage import (
-    AllRowsStage,
+    AllRowsFilter,
     Dropped,
     Failed,
     ParallelMap,
     Row,
     RowFailure,
+    Rows,
     StageContext,
     register_stage,
 )
-
-if TYPE_CHECKING:
-    from stillroom.pipeline.pipeline import RunResult
 
 Method = Literal["exact", "minhash", "semantic"]
 
 # Texts hashed or embedded per batch.
 BATCH_ROWS = 10_000
-# Rows written per commit by `stillroom dedup`: few shards, and a resume redoes at most this many.
-COMMIT_ROWS = 50_000
 AUTO_COLUMNS = "`text`, `prompt` (with `completion`) or `messages`"
 # Options that only one method reads; giving one to another method is a mistake worth naming.
 METHOD_OPTIONS: dict[str, set[str]] = {
@@ -133,28 +123,15 @@ METHOD_OPTIONS: dict[str, set[str]] = {
 _Found = tuple[int, np.ndarray, Callable[[np.ndarray], np.ndarray], dict[str, Any]]
 DEFAULT_THRESHOLD = {"minhash": minhash.DEFAULT_THRESHOLD, "semantic": semantic.DEFAULT_COSINE_THRESHOLD}
 
-log = logging.getLogger(__name__)
-
 
 class TextMissing(ValueError):
     """A row has no text to compare (message says which column and what the row has)."""
 
 
 def as_text(value: Any) -> str | None:
-    """A cell as text: a string; a chat message's content; a list of those, joined."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):  # a chat message, or a content part {"type": "text", ...}
-        for key in ("content", "text"):
-            if key in value:
-                return as_text(value[key])
-        return None
-    if isinstance(value, list):
-        parts = [as_text(item) for item in value]
-        if any(part is None for part in parts):
-            return None
-        return "\n\n".join(part for part in parts if part)
-    return None
+    """A cell as text (:func:`stillroom.data.rows.cell_text`): a string; a chat message's
+    content; a list of those, joined by blank lines. None when the cell holds no text."""
+    return cell_text(value, sep="\n\n")
 
 
 @dataclass
@@ -197,7 +174,7 @@ def choose_keepers(labels: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
 
 
 def _digest(text: str) -> bytes:
-    return hashlib.blake2b(minhash.normalize_text(text).encode("utf-8"), digest_size=16).digest()
+    return hashlib.blake2b(shingling.normalize_text(text).encode("utf-8"), digest_size=16).digest()
 
 
 def _digests(texts: Sequence[str]) -> bytes:
@@ -206,7 +183,7 @@ def _digests(texts: Sequence[str]) -> bytes:
 
 
 @register_stage
-class Dedup(AllRowsStage):
+class Dedup(AllRowsFilter):
     """Remove duplicate rows (exact, MinHash near-duplicates or semantic); keep one per cluster."""
 
     type: Literal["dedup"] = "dedup"
@@ -221,7 +198,7 @@ class Dedup(AllRowsStage):
         le=1,
         description="minhash: Jaccard (default 0.8); semantic: cosine (default 0.95).",
     )
-    ngram: int = Field(default=minhash.DEFAULT_NGRAM, ge=1, description="Words per shingle.")
+    ngram: int = Field(default=shingling.DEFAULT_NGRAM, ge=1, description="Words per shingle.")
     num_perm: int = Field(
         default=minhash.DEFAULT_NUM_PERM, ge=2, le=4096, description="MinHash permutations."
     )
@@ -235,7 +212,7 @@ class Dedup(AllRowsStage):
         ge=0,
         le=1,
         description="Weight of missed pairs (vs false candidates) when choosing bands and rows; "
-        "default 0.9 with verify_jaccard, else 0.5.",
+        "default 0.98 with verify_jaccard, else 0.5.",
     )
     seed: int = Field(default=0, description="Seed of the MinHash permutations.")
     keep_by: str | None = Field(
@@ -245,7 +222,6 @@ class Dedup(AllRowsStage):
         default=None, description="semantic: a local sentence-transformers folder."
     )
     _stage_name: str | None = PrivateAttr(default=None)
-    _figures: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_options(self) -> Dedup:
@@ -289,8 +265,8 @@ class Dedup(AllRowsStage):
         assert threshold is not None
         weight = self.false_negative_weight
         if weight is None:
-            weight = minhash.default_false_negative_weight(self.verify_jaccard)
-        return minhash.lsh_parameters(threshold, self.num_perm, 1.0 - weight, weight)
+            weight = lsh_bands.default_false_negative_weight(self.verify_jaccard)
+        return lsh_bands.lsh_parameters(threshold, self.num_perm, 1.0 - weight, weight)
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -441,37 +417,53 @@ class Dedup(AllRowsStage):
             return out
         return Dropped(out, self.reason(label_of(keeper), float(clusters.similarity[index])))
 
-    # -- as a pipeline stage ---------------------------------------------------------------
+    # -- as a pipeline stage: an index of texts, then a decision per row ------------------------
 
-    async def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:  # type: ignore[override]
+    async def index(self, rows: Rows, ctx: StageContext) -> DedupDecisions:
+        """Read the rows once, keeping per row only its id, score and hashes (or embedding),
+        and cluster them; a row without usable text is remembered as such (it fails)."""
         self._stage_name = ctx.stage_name
-        usable: list[int] = []
-        texts: list[str] = []
-        for index, row in enumerate(rows):
-            try:
-                texts.append(self.text_of(row))
-                if self.keep_by is not None:
-                    self.score_of(row)
-            except ValueError as problem:
-                yield Failed(row, RowFailure(str(problem), kind="DedupInputError"))
-                continue
-            usable.append(index)
+        ids: list[str | None] = []
+        scores: list[float] = []
+        # The row position of each usable row: 8 bytes a row (a list of ints holds 36).
+        positions = array("q")
 
-        def scores() -> np.ndarray | None:
-            if self.keep_by is None:
-                return None
-            return np.array([self.score_of(rows[index]) for index in usable], dtype=np.float64)
+        def texts() -> Iterator[str]:
+            for position, row in enumerate(rows):
+                try:
+                    text = self.text_of(row)
+                    score = self.score_of(row) if self.keep_by is not None else None
+                except ValueError:
+                    continue  # decided as failed, with its reason, in the second pass
+                positions.append(position)
+                ids.append(row_id(row))
+                if score is not None:
+                    scores.append(score)
+                yield text
 
-        batches = [texts[start : start + BATCH_ROWS] for start in range(0, len(texts), BATCH_ROWS)]
-        clusters = await asyncio.to_thread(self.find_clusters, batches, scores, ctx.parallel_map)
-        self._figures = {k: v for k, v in clusters.summary().items() if k not in _COUNTED}
+        def cluster() -> Clusters:
+            return self.find_clusters(
+                _batched(texts(), BATCH_ROWS),
+                lambda: np.array(scores, dtype=np.float64) if self.keep_by is not None else None,
+                ctx.parallel_map,
+            )
 
-        def label_of(position: int) -> str:
-            original = usable[position]
-            return row_id(rows[original]) or f"row {original}"
+        clusters = await asyncio.to_thread(cluster)
+        figures = {"method": self.method, **self.threshold_figure(), **clusters.summary()}
+        if len(positions) == len(rows):  # every row usable (the usual case): no maps needed
+            return DedupDecisions(self, ctx.stage_name, clusters, None, None, ids, figures)
+        usable = np.full(len(rows), -1, dtype=np.int64)
+        where = np.frombuffer(positions, dtype=np.int64) if positions else np.zeros(0, np.int64)
+        usable[where] = np.arange(len(where))
+        return DedupDecisions(self, ctx.stage_name, clusters, usable, where, ids, figures)
 
-        for position, index in enumerate(usable):
-            yield self.outcome(rows[index], position, clusters, label_of, ctx.stage_name)
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        return (
+            f"{figures['method']}: kept {figures['kept']:,} of {figures['rows']:,} rows; "
+            f"{figures['duplicates_dropped']:,} duplicates dropped from "
+            f"{figures['clusters_with_duplicates']:,} clusters (largest: "
+            f"{figures['largest_cluster']:,})"
+        )
 
     def summary_columns(self) -> list[str]:
         return ["metadata", "stage"]
@@ -499,29 +491,7 @@ class Dedup(AllRowsStage):
                 and int(entry.get("cluster_size") or 1) > 1
             ),
             "largest_cluster": max(sizes, default=0),
-            **self._figures,
         }
-
-
-_COUNTED = {"rows", "kept", "duplicates_dropped", "clusters_with_duplicates", "largest_cluster"}
-
-
-# -- `stillroom dedup`: the same decision, streamed ------------------------------------------------
-
-
-def build_stage(**options: Any) -> Dedup:
-    """A :class:`Dedup` from options (None = the default); ConfigError names a bad option."""
-    given = {key: value for key, value in options.items() if value is not None}
-    try:
-        return Dedup(**given)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        # A field's own error has its name in loc; a cross-option one names it in its context.
-        key = ".".join(str(part) for part in problem["loc"]) or str(
-            (problem.get("ctx") or {}).get("option", "")
-        )
-        flag = {"rows": "rows-per-band"}.get(key, key.replace("_", "-"))
-        raise ConfigError(problem["msg"], key=f"--{flag}" if key else None) from None
 
 
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -529,207 +499,32 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-class _StreamedRun:
-    """``stillroom dedup``: check every row, hash the texts, then write each row; see
-    :func:`dedup`."""
+@dataclass
+class DedupDecisions:
+    """The clusters of every usable row and what each row becomes (see Dedup.index)."""
 
-    def __init__(self, stage: Dedup, source: Any, out: Path, progress: bool,
-                 executor: str = "local", ray_address: str | None = None,
-                 workers: int | None = None):
-        from stillroom.data.output import OutputFolder
+    stage: Dedup
+    name: str
+    clusters: Clusters
+    # Per row position: its place among the usable rows, or -1; None when every row is usable.
+    usable: np.ndarray | None
+    positions: np.ndarray | None  # per usable row: its row position (None: the same)
+    ids: list[str | None]  # per usable row: its id
+    figures: dict[str, Any] | None
 
-        self.stage = stage
-        self.name = stage.name or stage.type
-        self.source = source
-        self.folder = OutputFolder(out)
-        self.progress = progress
-        self.executor = executor
-        self.ray_address = ray_address
-        self.workers = workers
-        self.session = uuid.uuid4().hex[:12]
-        self.started = time.time()
+    def label(self, usable: int) -> str:
+        position = usable if self.positions is None else int(self.positions[usable])
+        return self.ids[usable] or f"row {position}"
 
-    def say(self, message: str) -> None:
-        if self.progress:
-            from rich.console import Console
-
-            Console(stderr=True).print(message, highlight=False, markup=False)
-
-    def find(self) -> tuple[Clusters, list[str | None]]:
-        ids: list[str | None] = []
-        scores: list[float] = []
-
-        def texts() -> Iterator[str]:
-            for _, row in self.source.rows():
-                ids.append(row_id(row))
+    def decide(self, position: int, row: Row) -> Row | Dropped | Failed:
+        index = position if self.usable is None else int(self.usable[position])
+        if index < 0:
+            try:
+                self.stage.text_of(row)
                 if self.stage.keep_by is not None:
-                    scores.append(self.stage.score_of(row))
-                yield self.stage.text_of(row)
-
-        with self.hashing() as parallel_map:
-            clusters = self.stage.find_clusters(
-                _batched(texts(), BATCH_ROWS),
-                lambda: np.array(scores, dtype=np.float64) if self.stage.keep_by else None,
-                parallel_map,
-            )
-        return clusters, ids
-
-    @contextlib.contextmanager
-    def hashing(self) -> Iterator[ParallelMap]:
-        """Where the batches are hashed: here, or as Ray tasks on a Ray that is up only while
-        they are (started after the input was checked, so a bad row is reported at once)."""
-        if self.executor == "local":
-            yield map
-            return
-        from stillroom.pipeline.ray_executor import RayParallelMap, ray_session
-
-        with ray_session(self.ray_address) as ray:
-            yield RayParallelMap(self.workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
-
-    def write(self, clusters: Clusters, ids: list[str | None], state: Any) -> dict[str, int]:
-        from stillroom.pipeline.executor import dropped_row
-
-        def label_of(index: int) -> str:
-            return ids[index] or f"row {index}"
-
-        counts = {"data": 0, "dropped": 0}
-        rows = enumerate(row for _, row in self.source.rows())
-        for chunk, batch in enumerate(_batched(rows, COMMIT_ROWS)):
-            key = str(chunk)
-            if key in state.done(0):  # committed by an earlier, interrupted session
-                continue
-            out: dict[str, list[Row]] = {"data": [], "dropped": []}
-            for index, row in batch:
-                result = self.stage.outcome(row, index, clusters, label_of, self.name)
-                if isinstance(result, Dropped):
-                    out["dropped"].append(dropped_row(result.row, self.name, result.reason))
-                else:
-                    out["data"].append(result)
-            self.folder.commit(state, out, [key], segment=0, stats=self.stats(clusters))
-            counts["data"] += len(out["data"])
-            counts["dropped"] += len(out["dropped"])
-        return counts
-
-    def stats(self, clusters: Clusters) -> dict[str, Any]:
-        kept = int(clusters.kept.sum())
-        return {
-            "session": self.session,
-            "backends": {},
-            "stages": {self.name: {"rows_in": len(clusters.keeper), "rows_out": kept,
-                                   "dropped": len(clusters.keeper) - kept, "failed": 0,
-                                   "seconds": time.time() - self.started}},
-        }
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": f"stillroom dedup --method {self.stage.method}",
-            "description": None,
-            "input": self.source.description,
-            "rows_read": self.source.count,
-            "seed": self.stage.seed,
-            "backends": {},
-            "stages": [{"name": self.name, **self.stage.model_dump(mode="json", exclude_none=True)}],
-        }
-
-    def run(self, overwrite: bool) -> RunResult:
-
-        # Every row is checked (and the input fingerprinted) before the folder is touched.
-        total = self.source.check(self.stage.check_row)
-        fingerprint = {"version": 1, "dedup": self.stage.identity(), "input": self.source.identity()}
-        self.folder.refuse_as_input(self.source.path)
-        # prepare() makes this process the folder's only writer until release() below.
-        state = self.folder.prepare(fingerprint, overwrite=overwrite)
-        try:
-            return self._run_prepared(state, total)
-        finally:
-            self.folder.release()
-
-    def _run_prepared(self, state: Any, total: int) -> RunResult:
-        from stillroom.pipeline.pipeline import RunResult
-        from stillroom.report.finalize import write_card_and_report
-
-        for note in state.notes:
-            log.warning("warning: %s", note)
-        status = "failed"
-        counts: dict[str, int] = {}
-        try:
-            self.say(f"dedup ({self.stage.method}): reading {total:,} rows")
-            clusters, ids = self.find()
-            self.say(f"dedup: {int(clusters.kept.sum()):,} kept, writing {self.folder.root}")
-            counts = self.write(clusters, ids, state)
-            self.source.verify_unchanged()
-            status = "complete"
-        finally:
-            self.folder.record_session({
-                "session": self.session, "status": status, "started": self.started,
-                "ended": time.time(), "counts": counts, "executor": {"kind": self.executor},
-                **(self.stats(clusters) if status == "complete" else {"backends": {}, "stages": {}}),
-            })
-        self.folder.harmonize_shards()
-        figures = {"method": self.stage.method, **self.stage.threshold_figure(),
-                   **clusters.summary()}
-        config = self.config()
-        summary = write_card_and_report(self.folder, config, None, {self.name: figures},
-                                        complete=True)
-        return RunResult(
-            out=self.folder.root, counts=summary["counts"], session_counts=counts,
-            failures_by_reason=summary["failures_by_reason"],
-            drops_by_reason=summary["drops_by_reason"], backends={},
-            seconds=time.time() - self.started, max_failure_rate=0.0, summary=summary,
-        )
-
-
-def dedup(
-    input: str | os.PathLike[str] | list[Row],
-    out: str | os.PathLike[str],
-    *,
-    method: Method = "minhash",
-    column: str | list[str] | None = None,
-    threshold: float | None = None,
-    ngram: int | None = None,
-    num_perm: int | None = None,
-    bands: int | None = None,
-    rows: int | None = None,
-    verify_jaccard: bool | None = None,
-    false_negative_weight: float | None = None,
-    keep_by: str | None = None,
-    model: str | None = None,
-    seed: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    limit: int | None = None,
-    executor: Literal["local", "ray"] = "local",
-    ray_address: str | None = None,
-    workers: int | None = None,
-) -> RunResult:
-    """Deduplicate ``input`` into the output folder ``out`` (data/, dropped/, card, report).
-
-    Options are the ``dedup`` stage's (None: its default); the result is the one a pipeline of
-    that one stage gives on the same rows, but the rows are streamed: only the numbers dedup
-    needs stay in memory between the passes (see the module docstring). The result's
-    ``summary["stage_results"]["dedup"]`` holds rows, kept, duplicates dropped, clusters.
-
-    With ``executor="ray"`` the hashing (exact digests, MinHash signatures) runs as Ray tasks,
-    ``workers`` at a time (default: the cluster's CPUs), on the Ray at ``ray_address`` or a local
-    one; the buckets and clusters are still found over all rows at once, so the output is the
-    local one.
-    """
-    from stillroom.pipeline.inputs import InputSource
-
-    stage = build_stage(
-        method=method, column=column, threshold=threshold, ngram=ngram, num_perm=num_perm,
-        bands=bands, rows=rows, verify_jaccard=verify_jaccard,
-        false_negative_weight=false_negative_weight, keep_by=keep_by, model=model, seed=seed,
-    )
-    source = InputSource(input, Path.cwd(), limit)
-    if source.path is not None and not source.path.exists():
-        raise InputError("no such file or folder", path=str(source.path))
-    from stillroom.pipeline.pipeline import RunOptions
-
-    # The same checks as a pipeline run's (an unknown executor, Ray options without Ray).
-    RunOptions(executor=executor, ray_address=ray_address, workers=workers)
-    from stillroom.pipeline.pipeline import terminate_as_interrupt
-
-    with terminate_as_interrupt():  # SIGTERM stops it like Ctrl-C: what finished is committed
-        return _StreamedRun(stage, source, Path(out), progress, executor, ray_address,
-                            workers).run(overwrite)
+                    self.stage.score_of(row)
+                problem = "the row changed between the two passes over the rows"
+            except ValueError as error:
+                problem = str(error)
+            return Failed(row, RowFailure(problem, kind="DedupInputError"))
+        return self.stage.outcome(row, index, self.clusters, self.label, self.name)

@@ -16,11 +16,11 @@
       drop: true                # false: keep every row, only record what failed
 
 Every check can be switched off (``refusal: false``) or tuned (a mapping of its options);
-``true`` means its defaults. From Python: :func:`heuristic_filter` runs the stage alone and
-returns the run with ``summary["heuristic_filter"]``; :func:`heuristic_stage` builds the stage
-from keyword options (a bad one is a ConfigError naming it, for a CLI); :func:`heuristic_outcome`
-and :func:`outcome_line` say what it did in a finished run; :meth:`HeuristicFilter.findings`
-checks one row without a pipeline.
+``true`` means its defaults. From Python: :func:`stillroom.api.heuristic_filter` runs the stage
+alone; what it did is in the run's ``summary["stage_results"]`` (:meth:`HeuristicFilter.summarize`,
+also in the card); :meth:`HeuristicFilter.findings` checks one row without a pipeline. Each
+check's options, the built-in lists and the text measures are in
+:mod:`~stillroom.curate.heuristic_checks`.
 
 What is checked
 ---------------
@@ -96,31 +96,44 @@ Output
   in check order, each ``{check, column, reason}`` (also in its lineage as ``failed``).
 * ``drop: false`` keeps every row and writes ``heuristic_failures`` on each (empty when it
   passed): a dry run to tune the settings on.
-* The run's report: rows failing some check and, per check, the rows failing it (first or not).
+* The run's report (``summarize``): rows checked, dropped and failing some check and, per
+  check, the rows failing it (first or not).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from stillroom.curate.heuristic_checks import (
+    NO_LANGUAGE,
+    PLACEHOLDER_SPAN,
+    PLACEHOLDERS,
+    EmptyCheck,
+    LanguageCheck,
+    LengthCheck,
+    RefusalCheck,
+    RepetitionCheck,
+    Side,
+    UnfinishedCheck,
+    detect_language,
+    phrase_pattern,
+    plain_text,
+    repetition_problem,
 )
-
-from stillroom.errors import ConfigError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
+from stillroom.data.rows import (
+    answer_turn,
+    content_text,
+    finish_reasons,
+    row_id,
+    seed_id_of,
+    turn_texts,
+    with_lineage,
+)
 from stillroom.pipeline.stage import (
     Dropped,
     Row,
@@ -130,160 +143,9 @@ from stillroom.pipeline.stage import (
     register_stage,
 )
 
-if TYPE_CHECKING:
-    from stillroom.pipeline.pipeline import RunResult
-
-Side = Literal["prompt", "completion"]
 CHECK_ORDER = ("empty", "unfinished", "length", "refusal", "repetition", "language")
 
-# -- built-in lists (our own wording) -----------------------------------------------------------
-
-# A whole answer that is one of these holds nothing (compared lowercased, quotes and a final
-# period removed).
-PLACEHOLDERS = (
-    "n/a", "na", "todo", "tbd", "tba", "...", "\u2026", "null", "placeholder", "(empty)",
-    "<empty>", "[empty]", "no answer", "answer here", "your answer here", "insert answer here",
-    "-", "--", "?",
-)
-# An unfilled placeholder anywhere in an answer.
-_PLACEHOLDER_SPAN = re.compile(
-    r"\[\s*(?:insert|your|add|enter|fill in|placeholder|todo)\b[^\]\n]{0,80}\]|lorem ipsum",
-    re.IGNORECASE,
-)
-REFUSAL_PHRASES = (
-    "i cannot help with", "i can't help with", "i cannot assist with", "i can't assist with",
-    "i'm unable to help", "i am unable to help", "i'm not able to help", "i am not able to help",
-    "i cannot fulfill", "i can't fulfill", "i cannot comply", "i can't comply",
-    "i won't be able to help", "i must decline", "i'm sorry, but i can't",
-    "i'm sorry, but i cannot", "i am sorry, but i cannot", "i cannot answer that",
-    "i can't answer that", "i'm not comfortable",
-)
-BOILERPLATE_PHRASES = (
-    "as an ai language model", "as a language model", "as a large language model",
-    "as an ai assistant", "as an ai developed by", "i am an ai language model",
-    "i'm an ai language model", "my knowledge cutoff", "as of my last knowledge update",
-    "as of my last update", "my training data only goes", "i don't have access to real-time",
-    "i do not have access to real-time", "i don't have personal opinions",
-    "i do not have personal opinions", "i don't have personal experiences",
-    "i do not have personal experiences", "i don't have feelings",
-)
-# py3langid's label for text with no linguistic content (numbers, symbols): never a reason.
-NO_LANGUAGE = "zxx"
-GOPHER_TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
-GOPHER_DUPLICATE_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
-
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
-_SPACE = re.compile(r"\s+")
-_CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|https?://\S+", re.DOTALL)
-
-
-def _plain(text: str) -> str:
-    """Lowercase, straight quotes, single spaces: how phrases are compared."""
-    return _SPACE.sub(" ", text.translate(_QUOTES).lower()).strip()
-
-
-# -- options ---------------------------------------------------------------------------------------
-
-
-def _completion_side() -> list[Side]:
-    return ["completion"]
-
-
-def _both_sides() -> list[Side]:
-    return ["prompt", "completion"]
-
-
-class _Check(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EmptyCheck(_Check):
-    placeholders: list[str] = Field(
-        default_factory=list, description="More whole-answer placeholders (besides the built-in)."
-    )
-    builtin: bool = Field(default=True, description="Use the built-in placeholders too.")
-
-
-class UnfinishedCheck(_Check):
-    finish_reasons: list[str] = Field(
-        default_factory=lambda: ["length"],
-        min_length=1,
-        description="Finish reasons that mean the answer was cut off.",
-    )
-
-
-class LengthCheck(_Check):
-    unit: Literal["words", "chars"] = "words"
-    min_prompt: int | None = Field(default=1, ge=0)
-    max_prompt: int | None = Field(default=None, ge=1)
-    min_completion: int | None = Field(default=1, ge=0)
-    max_completion: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LengthCheck:
-        for side in ("prompt", "completion"):
-            low, high = getattr(self, f"min_{side}"), getattr(self, f"max_{side}")
-            if low is not None and high is not None and low > high:
-                raise ValueError(f"min_{side} ({low}) is above max_{side} ({high})")
-        return self
-
-
-class RefusalCheck(_Check):
-    phrases: list[str] = Field(default_factory=list, description="More phrases to drop.")
-    builtin: bool = Field(default=True, description="Use the built-in phrase lists too.")
-    columns: list[Side] = Field(default_factory=_completion_side, min_length=1)
-
-    @field_validator("phrases")
-    @classmethod
-    def _not_blank(cls, value: list[str]) -> list[str]:
-        if any(not phrase.strip() for phrase in value):
-            raise ValueError("a phrase must not be empty")
-        return value
-
-    @model_validator(mode="after")
-    def _something(self) -> RefusalCheck:
-        if not self.builtin and not self.phrases:
-            raise ValueError("builtin: false needs phrases of your own (or refusal: false)")
-        return self
-
-
-class RepetitionCheck(_Check):
-    columns: list[Side] = Field(default_factory=_completion_side, min_length=1)
-    min_words: int = Field(default=50, ge=1, description="Shorter texts are not measured.")
-    duplicate_lines: float | None = Field(default=0.30, gt=0, le=1)
-    top_ngrams: dict[int, float] = Field(default_factory=lambda: dict(GOPHER_TOP_NGRAMS))
-    duplicate_ngrams: dict[int, float] = Field(
-        default_factory=lambda: dict(GOPHER_DUPLICATE_NGRAMS)
-    )
-
-    @field_validator("top_ngrams", "duplicate_ngrams")
-    @classmethod
-    def _limits(cls, value: dict[int, float]) -> dict[int, float]:
-        for n, limit in value.items():
-            if not 1 <= n <= 20:
-                raise ValueError(f"n-gram length {n} must be 1 to 20")
-            if not 0 < limit <= 1:
-                raise ValueError(f"the limit for {n}-grams must be above 0 and at most 1")
-        return dict(sorted(value.items()))
-
-
-class LanguageCheck(_Check):
-    languages: list[str] = Field(min_length=1, description="Language codes a text may be in (en).")
-    min_confidence: float = Field(default=0.5, ge=0, le=1)
-    min_letters: int = Field(default=20, ge=1)
-    columns: list[Side] = Field(default_factory=_both_sides, min_length=1)
-
-    @field_validator("languages")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        codes = [code.strip().lower() for code in value]
-        known = set(language_identifier().labels)
-        unknown = [code for code in codes if code not in known]
-        if unknown:
-            raise ValueError(
-                f"unknown language code(s) {unknown}; py3langid knows {', '.join(sorted(known))}"
-            )
-        return codes
+# -- options (each check's own are in heuristic_checks) --------------------------------------------
 
 
 def _switch(value: Any) -> Any:
@@ -293,95 +155,6 @@ def _switch(value: Any) -> Any:
     if value is False:
         return None
     return value
-
-
-# -- language identification -------------------------------------------------------------------
-
-_identifier: Any = None
-_identifier_lock = threading.Lock()
-
-
-def language_identifier() -> Any:
-    """py3langid's identifier with normalized probabilities, loaded once (about a second)."""
-    global _identifier
-    with _identifier_lock:
-        if _identifier is None:
-            try:
-                from py3langid.langid import MODEL_FILE, LanguageIdentifier
-            except ImportError:
-                raise ValueError(
-                    "the language check needs py3langid: pip install py3langid"
-                ) from None
-            _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return _identifier
-
-
-def detect_language(text: str, min_letters: int = 20) -> tuple[str, float] | None:
-    """The most likely language of ``text`` and its probability; None when too little text is
-    left once code and URLs are removed."""
-    plain = _CODE.sub(" ", text)
-    if sum(char.isalpha() for char in plain) < min_letters:
-        return None
-    language, confidence = language_identifier().classify(plain)
-    return str(language), float(confidence)
-
-
-# -- the measures ----------------------------------------------------------------------------------
-
-
-def duplicate_line_share(text: str) -> tuple[int, int]:
-    """(lines that repeat an earlier one, lines): lines with a letter or digit only."""
-    seen: set[str] = set()
-    lines = repeats = 0
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not any(char.isalnum() for char in line):
-            continue
-        lines += 1
-        if line in seen:
-            repeats += 1
-        else:
-            seen.add(line)
-    return repeats, lines
-
-
-def _covered_chars(lengths: list[int], starts: list[int], n: int) -> int:
-    covered = [False] * len(lengths)
-    for start in starts:
-        for position in range(start, start + n):
-            covered[position] = True
-    return sum(length for length, hit in zip(lengths, covered, strict=True) if hit)
-
-
-def top_ngram_share(words: list[str], n: int) -> tuple[float, str]:
-    """The share of word characters inside occurrences of the most frequent n-gram (one seen at
-    least twice), and that n-gram; (0, "") when no n-gram repeats."""
-    lowered = [word.lower() for word in words]
-    grams = list(zip(*(lowered[k:] for k in range(n)), strict=False))
-    if not grams:
-        return 0.0, ""
-    top, count = Counter(grams).most_common(1)[0]
-    if count < 2:
-        return 0.0, ""
-    lengths = [len(word) for word in words]
-    starts = [i for i, gram in enumerate(grams) if gram == top]
-    return _covered_chars(lengths, starts, n) / max(1, sum(lengths)), " ".join(top)
-
-
-def duplicate_ngram_share(words: list[str], n: int) -> float:
-    """The share of word characters inside n-grams that already occurred earlier."""
-    lowered = [word.lower() for word in words]
-    seen: set[tuple[str, ...]] = set()
-    starts = []
-    for i, gram in enumerate(zip(*(lowered[k:] for k in range(n)), strict=False)):
-        if gram in seen:
-            starts.append(i)
-        else:
-            seen.add(gram)
-    if not starts:
-        return 0.0
-    lengths = [len(word) for word in words]
-    return _covered_chars(lengths, starts, n) / max(1, sum(lengths))
 
 
 # -- findings --------------------------------------------------------------------------------------
@@ -404,54 +177,13 @@ def _side_name(column: str, side: Side) -> str:
     return f"the {side}" if column == side else f"the {side} ({column})"
 
 
-def _finish_reasons(row: Row) -> list[tuple[str, str]]:
-    """Every (where, finish reason) the row records."""
-    found: list[tuple[str, str]] = []
-
-    def add(where: str, value: Any) -> None:
-        if isinstance(value, str):
-            found.append((where, value))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if isinstance(item, str):
-                    found.append((f"{where}[{i}]", item))
-
-    add("finish_reason", row.get("finish_reason"))
-    sources = row.get("completion_sources")
-    if isinstance(sources, list):
-        for i, source in enumerate(sources):
-            if isinstance(source, dict):
-                add(f"completion_sources[{i}].finish_reason", source.get("finish_reason"))
-    metadata = row.get("metadata")
-    if isinstance(metadata, dict):
-        for stage, entry in metadata.items():
-            if not isinstance(entry, dict):
-                continue
-            for key, value in entry.items():
-                if key.endswith(("finish_reason", "finish_reasons")):
-                    add(f"metadata.{stage}.{key}", value)
-    return found
-
-
 def _message_texts(column: str, messages: list[Any], side: Side) -> list[tuple[str, str]]:
     """Prompt: the user turns; completion: the last turn, when it is the assistant's."""
-    turns = [
-        (i, m) for i, m in enumerate(messages) if isinstance(m, dict) and "content" in m
-    ]
     if side == "prompt":
-        picked = [(i, m) for i, m in turns if m.get("role") == "user"]
-    else:
-        picked = turns[-1:] if turns and turns[-1][1].get("role") == "assistant" else []
-    out = []
-    for i, message in picked:
-        content = message["content"]
-        if isinstance(content, list):  # content parts
-            content = "\n".join(
-                part.get("text", "") for part in content if isinstance(part, dict)
-            )
-        if isinstance(content, str):
-            out.append((f"{column}[{i}]", content))
-    return out
+        return [(f"{column}[{i}]", text) for i, text in turn_texts(messages, ("user",))]
+    at = answer_turn(messages)
+    text = None if at is None else content_text(messages[at]["content"])
+    return [] if text is None else [(f"{column}[{at}]", text)]
 
 
 def _cell_texts(column: str, value: Any, side: Side) -> list[tuple[str, str]] | None:
@@ -466,9 +198,7 @@ def _cell_texts(column: str, value: Any, side: Side) -> list[tuple[str, str]] | 
                 texts = _message_texts(column, value, side)
             else:  # a conversational `chosen`: its assistant turns
                 texts = [
-                    (f"{column}[{i}]", item["content"])
-                    for i, item in enumerate(value)
-                    if item.get("role") == "assistant" and isinstance(item.get("content"), str)
+                    (f"{column}[{i}]", text) for i, text in turn_texts(value, ("assistant",))
                 ]
             return texts or None
     return None
@@ -528,7 +258,7 @@ class HeuristicFilter(RowStage):
         if not self.checks():
             raise ValueError("every check is switched off; switch one on")
         if self.refusal is not None:
-            self._phrases, self._phrase_kinds = _phrase_pattern(self.refusal)
+            self._phrases, self._phrase_kinds = phrase_pattern(self.refusal)
         return self
 
     def checks(self) -> list[str]:
@@ -584,27 +314,27 @@ class HeuristicFilter(RowStage):
         return out, detected
 
     def _empty(self, check: EmptyCheck, texts: list[tuple[str, str]]) -> list[Finding]:
-        placeholders = {_plain(p) for p in check.placeholders}
+        placeholders = {plain_text(p) for p in check.placeholders}
         if check.builtin:
             placeholders.update(PLACEHOLDERS)
         out = []
         for column, text in texts:
             name = _side_name(column, "completion")
-            key = _plain(text).strip("\"'`*")
+            key = plain_text(text).strip("\"'`*")
             if not key:
                 out.append(Finding("empty", column, f"empty: {name} is empty"))
             elif key in placeholders or key.rstrip(".!") in placeholders:
                 out.append(Finding(
                     "empty", column, f"empty: {name} is a placeholder ({text.strip()[:40]!r})"
                 ))
-            elif check.builtin and (span := _PLACEHOLDER_SPAN.search(text)) is not None:
+            elif check.builtin and (span := PLACEHOLDER_SPAN.search(text)) is not None:
                 out.append(Finding(
                     "empty", column, f"empty: {name} holds a placeholder ({span.group(0)[:40]!r})"
                 ))
         return out
 
     def _unfinished(self, check: UnfinishedCheck, row: Row) -> list[Finding]:
-        for where, reason in _finish_reasons(row):
+        for where, reason in finish_reasons(row):
             if reason in check.finish_reasons:
                 return [Finding("unfinished", where,
                                 f"unfinished: finish_reason is {reason!r} ({where})")]
@@ -632,12 +362,12 @@ class HeuristicFilter(RowStage):
         self, check: RefusalCheck, sides: dict[Side, list[tuple[str, str]]]
     ) -> list[Finding]:
         if self._phrases is None:
-            self._phrases, self._phrase_kinds = _phrase_pattern(check)
+            self._phrases, self._phrase_kinds = phrase_pattern(check)
         pattern, kinds = self._phrases, self._phrase_kinds
         out = []
         for side in check.columns:
             for column, text in sides[side]:
-                found = pattern.search(_plain(text))
+                found = pattern.search(plain_text(text))
                 if found is not None:
                     phrase = found.group(0)
                     out.append(Finding(
@@ -656,7 +386,7 @@ class HeuristicFilter(RowStage):
                 words = text.split()
                 if len(words) < check.min_words:
                     continue
-                problem = _repetition_problem(check, text, words)
+                problem = repetition_problem(check, text, words)
                 if problem is not None:
                     name = _side_name(column, side)
                     out.append(Finding("repetition", column, f"repetition: {problem.format(name=name)}"))
@@ -722,148 +452,44 @@ class HeuristicFilter(RowStage):
         return [Dropped(out, found[0].reason)]
 
     def summary_columns(self) -> list[str]:
-        return ["heuristic_failures"]
+        # drop_reason tells a row in data/ (none) from one in dropped/.
+        return ["heuristic_failures", "drop_reason"]
 
-    def tally(self, rows: list[Row]) -> dict[str, Any]:
-        """Rows failing some check, and rows failing each (a row counts once per check)."""
-        failing = 0
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """Rows checked (those in ``data/`` and those this stage dropped), rows dropped, rows
+        failing some check, and per check the rows failing it (a row counts once per check)."""
+        checked = dropped = failing = 0
         by_check: Counter[str] = Counter()
         for row in rows:
             records = row.get("heuristic_failures") or []
+            in_data = row.get("drop_reason") is None
+            # Only this stage writes failures on a row it drops; a row a later stage dropped
+            # after it passed here has none.
+            mine = self.drop and bool(records) and not in_data
+            if not (in_data or mine):
+                continue
+            checked += 1
+            dropped += mine
             checks = {r.get("check") for r in records if isinstance(r, dict)}
-            if checks:
-                failing += 1
+            failing += bool(checks)
             by_check.update(check for check in checks if isinstance(check, str))
-        return {
-            "rows_failing": failing,
-            "by_check": {name: by_check.get(name, 0) for name in self.checks()},
+        figures: dict[str, Any] = {
+            "rows checked": checked, "rows dropped": dropped, "rows failing a check": failing,
         }
-
-    def summarize(self, rows: list[Row]) -> dict[str, Any]:
-        """Rows failing a check, and per check how many rows fail it (first reason or not)."""
-        tally = self.tally(rows)
-        figures: dict[str, Any] = {"rows failing a check": tally["rows_failing"]}
-        for name, count in tally["by_check"].items():
-            figures[f"failing {name}"] = count
+        for name in self.checks():
+            figures[f"failing {name}"] = by_check.get(name, 0)
         return figures
 
-
-def _phrase_pattern(check: RefusalCheck) -> tuple[re.Pattern[str], dict[str, str]]:
-    """One regex for every phrase (not inside a longer word), and each phrase's kind."""
-    phrases = [("your phrase", _plain(p)) for p in check.phrases]
-    if check.builtin:
-        phrases += [("refusal", p) for p in REFUSAL_PHRASES]
-        phrases += [("boilerplate", p) for p in BOILERPLATE_PHRASES]
-    kinds: dict[str, str] = {}
-    for kind, phrase in phrases:
-        kinds.setdefault(phrase, kind)
-    # Longest first: the reason names the most specific phrase that matched.
-    ordered = sorted(kinds, key=len, reverse=True)
-    pattern = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, ordered)) + r")(?!\w)")
-    return pattern, kinds
-
-
-def _repetition_problem(check: RepetitionCheck, text: str, words: list[str]) -> str | None:
-    """What is too repetitive about ``text`` (with ``{name}`` to fill in), or None."""
-    if check.duplicate_lines is not None:
-        repeats, lines = duplicate_line_share(text)
-        if lines and repeats / lines > check.duplicate_lines:
-            return (
-                f"{repeats} of {lines} lines of {{name}} repeat an earlier line "
-                f"({repeats / lines:.0%}, max {check.duplicate_lines:.0%})"
-            )
-    for n, limit in check.top_ngrams.items():
-        share, gram = top_ngram_share(words, n)
-        if share > limit:
-            shown = gram if len(gram) <= 40 else gram[:37] + "..."
-            return (
-                f"the {n}-gram {shown!r} covers {share:.0%} of {{name}}'s characters "
-                f"(max {limit:.0%})"
-            )
-    for n, limit in check.duplicate_ngrams.items():
-        share = duplicate_ngram_share(words, n)
-        if share > limit:
-            return f"repeated {n}-grams cover {share:.0%} of {{name}}'s characters (max {limit:.0%})"
-    return None
-
-
-def heuristic_stage(**options: Any) -> HeuristicFilter:
-    """A :class:`HeuristicFilter` from keyword options (each check: True, False, a dict of its
-    options, or its model); a bad option is a ConfigError naming it (``refusal.phrases``)."""
-    try:
-        return HeuristicFilter.model_validate(options)
-    except ValidationError as validation:
-        problem = validation.errors()[0]
-        key = ".".join(str(part) for part in problem["loc"]) or None
-        raise ConfigError(str(problem["msg"]).removeprefix("Value error, "), key=key) from None
-
-
-def heuristic_outcome(
-    out: str | os.PathLike[str], stage: HeuristicFilter, stage_name: str = "heuristic_filter"
-) -> dict[str, Any]:
-    """What the stage did in the run written to ``out``: ``rows_checked`` (rows in ``data/`` plus
-    the rows this stage dropped), ``rows_dropped``, ``rows_failing`` and ``by_check``."""
-    from stillroom.data.output import OutputFolder
-
-    folder = OutputFolder(Path(out))
-    kept = folder.read_columns("data", ["heuristic_failures"])
-    dropped = [
-        row for row in folder.read_columns("dropped", ["stage", "heuristic_failures"])
-        if row.get("stage") == stage_name
-    ]
-    return {
-        "rows_checked": len(kept) + len(dropped),
-        "rows_dropped": len(dropped),
-        **stage.tally(kept + dropped),
-    }
-
-
-def outcome_line(outcome: dict[str, Any]) -> str:
-    """One line for the terminal: "heuristics: 12 of 400 rows dropped (empty 3, refusal 9)"."""
-    counts = ", ".join(f"{name} {count:,}" for name, count in outcome["by_check"].items() if count)
-    verb = "dropped" if outcome["rows_dropped"] or not outcome["rows_failing"] else "failing"
-    shown = outcome["rows_dropped"] if verb == "dropped" else outcome["rows_failing"]
-    line = f"heuristics: {shown:,} of {outcome['rows_checked']:,} rows {verb}"
-    return f"{line} ({counts})" if counts else line
-
-
-def heuristic_filter(
-    input: str | os.PathLike[str] | list[Row],
-    out: str | os.PathLike[str],
-    *,
-    prompt_column: str = "auto",
-    completion_column: str = "auto",
-    empty: EmptyCheck | dict[str, Any] | bool = True,
-    unfinished: UnfinishedCheck | dict[str, Any] | bool = True,
-    length: LengthCheck | dict[str, Any] | bool = True,
-    refusal: RefusalCheck | dict[str, Any] | bool = True,
-    repetition: RepetitionCheck | dict[str, Any] | bool = True,
-    language: LanguageCheck | dict[str, Any] | list[str] | bool | None = None,
-    drop: bool = True,
-    **run_options: Any,
-) -> RunResult:
-    """Run the heuristic checks over ``input``: a pipeline of one ``heuristic_filter`` stage.
-
-    Each check takes ``True`` (its defaults), ``False`` (off), or its options (a dict or the
-    check's model). Returns the RunResult; its ``summary["heuristic_filter"]`` is
-    :func:`heuristic_outcome`. Bad options raise ConfigError before anything is read.
-    """
-    from stillroom.pipeline.pipeline import Pipeline
-
-    stage = heuristic_stage(
-        prompt_column=prompt_column,
-        completion_column=completion_column,
-        empty=empty,
-        unfinished=unfinished,
-        length=length,
-        refusal=refusal,
-        repetition=repetition,
-        language=language,
-        drop=drop,
-    )
-    pipeline = Pipeline([stage], input=input, name="stillroom heuristic_filter")
-    result = pipeline.run(out, **run_options)
-    summary = dict(getattr(result, "summary", None) or {})
-    summary["heuristic_filter"] = heuristic_outcome(result.out, stage)
-    result.summary = summary
-    return result
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        """"heuristics: 12 of 400 rows dropped (empty 3, refusal 9)" ("failing" with drop off)."""
+        if "rows checked" not in figures:
+            return None
+        counts = ", ".join(
+            f"{name} {figures[f'failing {name}']:,}"
+            for name in self.checks() if figures.get(f"failing {name}")
+        )
+        dropped, failing = figures["rows dropped"], figures["rows failing a check"]
+        verb = "dropped" if dropped or not failing else "failing"
+        line = f"heuristics: {dropped if verb == 'dropped' else failing:,} of "
+        line += f"{figures['rows checked']:,} rows {verb}"
+        return f"{line} ({counts})" if counts else line

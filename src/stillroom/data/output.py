@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -43,193 +42,45 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from stillroom.data.commit_log import (
+    KINDS,
+    RunState,
+    committed_counts,
+    files_of,
+    fingerprint_digest,
+    latest_sizes,
+    same_run,
+    seal_holds,
+    sealed,
+    stored_fingerprint,
+)
+from stillroom.data.row_files import (
+    append_line,
+    fsync_write,
+    read_rows_file,
+    write_rows_atomically,
+    write_table_atomically,
+)
+from stillroom.data.rows import Row
+from stillroom.data.writer_lock import describe_holder, lock_holder
 from stillroom.errors import OutputFolderError
 from stillroom.secrets import redact_value
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Row = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
 # pyarrow is imported when the first shard is written (on a worker thread, while requests are in
 # flight), not with this module: every run starts ~0.1 s sooner, and `--help` does not pay for it.
 
-KINDS = ("data", "failed", "dropped")
 STATE_DIR = ".stillroom"
-
-
-def _fsync_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    """Append one line to a log, durably (the commit and session logs)."""
-    with open(path, "ab") as handle:
-        handle.write(line + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_table_atomically(table: pa.Table, path: Path) -> int:
-    """Write ``table`` to ``path`` through a temporary file, durably; returns its size."""
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-        size = os.fstat(handle.fileno()).st_size
-    os.replace(tmp, path)
-    return size
-
-
-def write_rows_atomically(rows: list[Row], path: Path) -> int:
-    """Rows as zstd-compressed JSON lines, through a temporary file, durably; returns the size.
-
-    For checkpoints: rows must read back exactly as they were given, because the rows after an
-    all-rows stage are read back from its checkpoint in every session (the first included), so
-    that a resumed run asks the same requests. A Parquet round trip is not exact: it gives every
-    row every column (None where it had none, which changes a request) and stores a column whose
-    type varies as JSON text. Values JSON cannot hold (bytes, dates) are stored as their text.
-    """
-    import pyarrow as pa
-
-    tmp = path.with_name(path.name + ".tmp")
-    with pa.CompressedOutputStream(str(tmp), "zstd") as stream:
-        for row in rows:
-            stream.write(_row_line(row) + b"\n")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-        size = os.fstat(handle.fileno()).st_size
-    os.replace(tmp, path)
-    return size
-
-
-def _row_line(row: Row) -> bytes:
-    return orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def as_checkpointed(rows: list[Row]) -> list[Row]:
-    """``rows`` as :func:`read_rows_file` gives them back after :func:`write_rows_atomically`."""
-    return [orjson.loads(_row_line(row)) for row in rows]
-
-
-def read_rows_file(path: Path) -> list[Row]:
-    """The rows of a file written by :func:`write_rows_atomically`."""
-    import pyarrow as pa
-
-    with pa.CompressedInputStream(pa.OSFile(str(path)), "zstd") as stream:
-        data = stream.read()
-    return [orjson.loads(line) for line in data.split(b"\n") if line]
-
-
-def stored_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """A run's fingerprint as ``run.json`` keeps it: as JSON reads it back, with every secret
-    redacted (a key in a backend's ``extra_body`` must not land on disk). Compared in this form,
-    so a rerun still recognizes its run."""
-    return redact_value(orjson.loads(orjson.dumps(fingerprint, default=str)))  # type: ignore[no-any-return]
-
-
-def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
-    """A digest of the whole fingerprint, secrets included: what a rerun is recognized by (the
-    redacted copy beside it is for people; redaction depends on the environment)."""
-    canonical = orjson.dumps(fingerprint, default=str, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def _same_run(previous: dict[str, Any], fingerprint: dict[str, Any]) -> bool:
-    if "digest" in previous:
-        return bool(previous["digest"] == fingerprint_digest(fingerprint))
-    return bool(previous.get("fingerprint") == stored_fingerprint(fingerprint))  # older folders
-
-
-def _check_of(body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def _sealed(record: dict[str, Any]) -> bytes:
-    """A commit record as one line, with a checksum of its content: a line edited or damaged in
-    place (a key removed from ``keys``) is then found, not trusted."""
-    body = {key: value for key, value in record.items() if key != "check"}
-    return orjson.dumps({**body, "check": _check_of(body)})
-
-
-def _seal_holds(record: dict[str, Any]) -> bool:
-    """Whether a record's checksum matches (records of older stillroom versions have none)."""
-    check = record.get("check")
-    if check is None:
-        return True
-    return check == _check_of({key: value for key, value in record.items() if key != "check"})
-
-
-def _files_of(record: dict[str, Any]) -> list[str]:
-    """The files a commit record names: its shards and its checkpoint."""
-    files = list(record.get("files", {}).values())
-    if record.get("checkpoint"):
-        files.append(record["checkpoint"])
-    return files
-
-
-def _committed_counts(records: list[dict[str, Any]]) -> dict[str, int]:
-    totals = dict.fromkeys(KINDS, 0)
-    for record in records:
-        for kind, count in record.get("rows", {}).items():
-            totals[kind] = totals.get(kind, 0) + count
-    return totals
-
-
-def _latest_sizes(records: list[dict[str, Any]]) -> dict[str, int]:
-    """Each committed file's size as last recorded (a shard rewritten to the run's common schema
-    at the end gets a record of its new size; see ``harmonize_shards``)."""
-    sizes: dict[str, int] = {}
-    for record in records:
-        sizes.update(record.get("sizes", {}))
-    return sizes
-
-
-def _lock_holder(fd: int, *, describe: bool = True) -> Any:
-    """Who wrote the lock file open at ``fd`` (its record, or a description of it)."""
-    try:
-        raw = os.pread(fd, 4096, 0)
-        holder = orjson.loads(raw) if raw.strip() else None
-    except (OSError, orjson.JSONDecodeError):
-        holder = None
-    if not describe:
-        return holder
-    return _describe(holder) if holder else "holder unknown"
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    started = holder.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
-    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, started {when}"
-
-
-@dataclass
-class RunState:
-    """What earlier sessions of this run committed."""
-
-    done_keys: dict[int, set[str]] = field(default_factory=dict)  # segment -> keys
-    checkpoints: dict[int, str] = field(default_factory=dict)  # segment -> checkpoint file
-    next_seq: int = 0
-    # What the start found damaged and what it did about it, for the user to read.
-    notes: list[str] = field(default_factory=list)
-
-    def done(self, segment: int) -> set[str]:
-        return self.done_keys.setdefault(segment, set())
 
 
 class OutputFolder:
@@ -267,17 +118,17 @@ class OutputFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = _lock_holder(fd)
+            holder = lock_holder(fd)
             os.close(fd)
             raise OutputFolderError(
                 f"{self.root} is being written by another stillroom process ({holder}); wait "
                 "for it to finish (or stop it), then run again"
             ) from None
-        previous = _lock_holder(fd, describe=False)
+        previous = lock_holder(fd, describe=False)
         note = None
         if previous:
             note = (
-                f"took over the lock of {self.root} left by {_describe(previous)}, which is no "
+                f"took over the lock of {self.root} left by {describe_holder(previous)}, which is no "
                 "longer running"
             )
         os.ftruncate(fd, 0)
@@ -312,7 +163,7 @@ class OutputFolder:
                 return None
             except PermissionError:
                 pass
-        return _describe(holder)
+        return describe_holder(holder)
 
     def release(self) -> None:
         """Stop being the writer (the lock file is emptied: no stale holder is reported)."""
@@ -352,7 +203,7 @@ class OutputFolder:
             self.clear()
         previous = self._read_run_file()
         if previous is not None:
-            if not _same_run(previous, fingerprint):
+            if not same_run(previous, fingerprint):
                 raise OutputFolderError(
                     f"{self.root} holds the output of a different run (its pipeline, input or "
                     "seed differ); choose another folder or pass --overwrite to replace it"
@@ -368,7 +219,7 @@ class OutputFolder:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if previous is None:
-            _fsync_write(self.run_file, orjson.dumps({"fingerprint": stored_fingerprint(fingerprint),
+            fsync_write(self.run_file, orjson.dumps({"fingerprint": stored_fingerprint(fingerprint),
                                                       "digest": fingerprint_digest(fingerprint)}))
         records, notes = self._repair_commits()
         records, undone = self._check_committed(records)
@@ -407,7 +258,7 @@ class OutputFolder:
             previous = self._read_run_file()
         except OutputFolderError:
             return False
-        return previous is not None and _same_run(previous, fingerprint)
+        return previous is not None and same_run(previous, fingerprint)
 
     def _read_run_file(self) -> dict[str, Any] | None:
         if not self.run_file.exists():
@@ -456,7 +307,7 @@ class OutputFolder:
         shards, which no record names any more, are removed as debris and their keys redone."""
         records, notes, cleaned, raw = self._parse_commits()
         if cleaned != raw:
-            _fsync_write(self.commit_log, cleaned)
+            fsync_write(self.commit_log, cleaned)
         return records, notes
 
     def _parse_commits(self) -> tuple[list[dict[str, Any]], list[str], bytes, bytes]:
@@ -475,7 +326,7 @@ class OutputFolder:
                 record = orjson.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
                     raise ValueError("not a commit record")
-                if not _seal_holds(record):
+                if not seal_holds(record):
                     raise ValueError("its checksum does not match: the line was changed")
             except (orjson.JSONDecodeError, ValueError):
                 last = all(not rest.strip() for rest in lines[number:])
@@ -494,7 +345,7 @@ class OutputFolder:
         notes: list[str] = []
         owners: dict[str, int] = {}
         bad: dict[int, str] = {}  # record index -> why
-        sizes = _latest_sizes(records)
+        sizes = latest_sizes(records)
         for index, record in enumerate(records):
             segment = record.get("segment", 0)
             for key in record.get("keys", [])[:1]:
@@ -504,7 +355,7 @@ class OutputFolder:
                         "rows after an all-rows stage could repeat rows on resume; rerun with "
                         "--overwrite (answers already received come from the request cache)"
                     )
-            for relative in _files_of(record):
+            for relative in files_of(record):
                 if relative in owners:
                     why = f"{relative} is named by two commits"
                     bad[index] = why
@@ -536,11 +387,11 @@ class OutputFolder:
                     f"commit {record['seq']} undone ({rows} rows): {why}; its rows are done again "
                     "(their answers come from the request cache)"
                 )
-                for relative in _files_of(record):
+                for relative in files_of(record):
                     (self.root / relative).unlink(missing_ok=True)
             else:
                 kept.append(record)
-        _fsync_write(self.commit_log, b"".join(orjson.dumps(r) + b"\n" for r in kept))  # sealed
+        fsync_write(self.commit_log, b"".join(orjson.dumps(r) + b"\n" for r in kept))  # sealed
         return kept, notes
 
     def _damage(self, relative: str, size: int | None) -> str | None:
@@ -565,9 +416,9 @@ class OutputFolder:
     def committed_files_intact(self, records: list[dict[str, Any]] | None = None) -> bool:
         """Every file a commit names is present at its committed size (no Parquet is read)."""
         records = self.read_commits() if records is None else records
-        sizes = _latest_sizes(records)
+        sizes = latest_sizes(records)
         for record in records:
-            for relative in _files_of(record):
+            for relative in files_of(record):
                 path = self.root / relative
                 if not path.exists():
                     return False
@@ -591,7 +442,7 @@ class OutputFolder:
         and temporary files; say what was removed."""
         committed: set[str] = set()
         for record in records:
-            committed.update(_files_of(record))
+            committed.update(files_of(record))
         removed: list[str] = []
         for folder in [self.root / kind for kind in KINDS] + [self.state_dir]:
             for path in folder.iterdir():
@@ -613,10 +464,10 @@ class OutputFolder:
     def damage(self) -> list[str]:
         """What is wrong with the committed files, read only (for ``inspect``): one line each."""
         records = self.read_commits()
-        sizes = _latest_sizes(records)
+        sizes = latest_sizes(records)
         problems = []
         for record in records:
-            for relative in _files_of(record):
+            for relative in files_of(record):
                 problem = self._damage(relative, sizes.get(relative))
                 if problem:
                     problems.append(f"{self.root / relative} {problem}")
@@ -686,7 +537,7 @@ class OutputFolder:
         record["sizes"] = sizes
         if stats:
             record["stats"] = stats
-        _append_line(self.commit_log, _sealed(record))
+        append_line(self.commit_log, sealed(record))
         if checkpoint is not None:
             state.checkpoints[segment] = record["checkpoint"]
         state.next_seq = seq + 1
@@ -721,10 +572,10 @@ class OutputFolder:
         return out
 
     def record_session(self, session: dict[str, Any]) -> None:
-        _append_line(self.sessions_log, orjson.dumps(redact_value(session), default=str))
+        append_line(self.sessions_log, orjson.dumps(redact_value(session), default=str))
 
     def mark_complete(self, summary: dict[str, Any]) -> None:
-        _fsync_write(self.complete_file, orjson.dumps(redact_value(summary), default=str))
+        fsync_write(self.complete_file, orjson.dumps(redact_value(summary), default=str))
 
     def is_complete(self) -> bool:
         """Finished (its completion record and card are there, and the record's counts are the
@@ -737,7 +588,7 @@ class OutputFolder:
             return False
         records = self.read_commits()
         counts = record.get("counts") if isinstance(record, dict) else None
-        if isinstance(counts, dict) and counts != _committed_counts(records):
+        if isinstance(counts, dict) and counts != committed_counts(records):
             return False
         return self.committed_files_intact(records)
 
@@ -831,7 +682,7 @@ class OutputFolder:
                 seq = max((r["seq"] for r in records), default=-1) + 1
                 resize: dict[str, Any] = {"seq": seq, "segment": 0, "time": time.time(), "files": {}, "rows": {},
                           "keys": [], "sizes": resized, "rewrite": True}
-                _append_line(self.commit_log, _sealed(resize))
+                append_line(self.commit_log, sealed(resize))
 
 
 def _without(schema: pa.Schema, names: set[str]) -> pa.Schema:

@@ -1,4 +1,28 @@
-"""Where a row's prompt and answer are: the row shapes stillroom writes and reads.
+"""The row model: what a row holds, and the one way a stage reads and writes it.
+
+A row is a dict (:data:`Row`). A stage reads a row's parts through these functions rather than
+indexing ``prompt``/``messages``/``completion`` itself, so every stage takes every row shape:
+
+Reading
+  * :func:`prompt_messages`: the prompt as chat turns (``messages`` without the answer, a
+    conversational ``prompt``, or a text ``prompt`` as one user turn);
+  * :func:`prompt_text`: the prompt as one text (what a judge is shown);
+  * :func:`check_prompt`, then :func:`build_messages`: whether a generation stage can ask the
+    row, and the chat request it sends (``prompt_template`` and ``system`` applied);
+  * :func:`row_answer`: the answer text (a text ``completion``, an assistant message list, or
+    the final assistant turn of ``messages``); :func:`answer_text`: one cell's answer;
+  * :func:`cell_text` / :func:`cell_texts`: the texts of any cell (a text, texts, messages,
+    content parts); :func:`content_text`: one message's content; :func:`turn_texts`,
+    :func:`last_turn`, :func:`answer_turn`: turns of a conversation (:mod:`~.row_text`);
+  * :func:`finish_reasons`: why each of its answers ended (``stop``, ``length``, ...);
+  * :func:`row_id`, :func:`row_key` (the id, or one made from the prompt), :func:`seed_id_of`.
+
+Writing
+  * :func:`with_answer`: a row with its answer, in TRL's shape for the row (below);
+  * :func:`pair_prompt`, :func:`answer_cell`: a preference pair's ``prompt`` and its
+    ``chosen``/``rejected`` cells;
+  * :func:`with_lineage`, :func:`derived_id`, :class:`PromptTemplate`: where a row came from
+    (:mod:`~.lineage`).
 
 A generation stage writes the answer in TRL's shape for the row it answered, so that TRL's
 ``SFTTrainer`` and ``stillroom train sft`` both train on it:
@@ -27,25 +51,30 @@ without the answer, the answer in a text ``completion``): :func:`row_answer` is 
 
 from __future__ import annotations
 
+import string
 from typing import Any, TypeGuard
 
-Row = dict[str, Any]
-Message = dict[str, Any]
+from stillroom.data.lineage import (
+    LINEAGE_KEYS,
+    PromptTemplate,
+    derived_id,
+    row_id,
+    row_key,
+    seed_id_of,
+    with_lineage,
+)
+from stillroom.data.row_text import (
+    answer_turn,
+    cell_text,
+    cell_texts,
+    content_text,
+    last_turn,
+    turn_texts,
+)
+from stillroom.data.row_types import Message, Row
 
 ANSWER_COLUMN = "completion"
 """The default answer column; the one whose answer may live in ``messages`` instead."""
-
-
-def content_text(content: Any) -> str | None:
-    """A message's content as text: a string, or the text parts of a content-parts list joined
-    by newlines; None when it holds no text."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [part.get("text") for part in content if isinstance(part, dict)]
-        texts = [part for part in parts if isinstance(part, str)]
-        return "\n".join(texts) if texts else None
-    return None
 
 
 def is_conversation(value: Any) -> TypeGuard[list[Message]]:
@@ -58,6 +87,7 @@ def is_conversation(value: Any) -> TypeGuard[list[Message]]:
 
 
 def assistant_message(text: str) -> Message:
+    """``text`` as the assistant's turn."""
     return {"role": "assistant", "content": text}
 
 
@@ -108,6 +138,25 @@ def prompt_messages(row: Row) -> list[Message] | None:
     return None
 
 
+_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def prompt_text(row: Row) -> str | None:
+    """The prompt as one text (what a judge is shown): a text ``prompt`` as it is, a conversation
+    of one user turn as that turn's text, else the turns before the answer
+    (:func:`prompt_messages`) as ``Role: text`` paragraphs. None when the row has no prompt
+    there."""
+    turns = prompt_messages(row)
+    if turns is None:
+        return None
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return str(content_text(turns[0]["content"]) or "")
+    return "\n\n".join(
+        f"{_ROLE_NAMES.get(m['role'], m['role'])}: {content_text(m['content']) or ''}"
+        for m in turns
+    )
+
+
 def row_answer(row: Row, column: str = ANSWER_COLUMN) -> str | None:
     """The answer text of a row: ``column``'s value (a text, or an assistant message list), or,
     for the default ``completion`` column when the row has none, the final assistant turn of
@@ -120,6 +169,37 @@ def row_answer(row: Row, column: str = ANSWER_COLUMN) -> str | None:
         if is_conversation(messages) and messages[-1]["role"] == "assistant":
             return content_text(messages[-1]["content"])
     return None
+
+
+def finish_reasons(row: Row) -> list[tuple[str, str]]:
+    """Every ``(where, finish reason)`` the row records: its ``finish_reason`` (a text or a list),
+    each ``completion_sources[i].finish_reason``, and every ``*finish_reason(s)`` key of a stage's
+    ``metadata`` entry (``complete`` writes ``metadata.<stage>.finish_reasons``)."""
+    found: list[tuple[str, str]] = []
+
+    def add(where: str, value: Any) -> None:
+        if isinstance(value, str):
+            found.append((where, value))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    found.append((f"{where}[{i}]", item))
+
+    add("finish_reason", row.get("finish_reason"))
+    sources = row.get("completion_sources")
+    if isinstance(sources, list):
+        for i, source in enumerate(sources):
+            if isinstance(source, dict):
+                add(f"completion_sources[{i}].finish_reason", source.get("finish_reason"))
+    metadata = row.get("metadata")
+    if isinstance(metadata, dict):
+        for stage, entry in metadata.items():
+            if not isinstance(entry, dict):
+                continue
+            for key, value in entry.items():
+                if key.endswith(("finish_reason", "finish_reasons")):
+                    add(f"metadata.{stage}.{key}", value)
+    return found
 
 
 def with_answer(row: Row, text: str) -> Row:
@@ -140,16 +220,133 @@ def with_answer(row: Row, text: str) -> Row:
     return out
 
 
+
+
+def answer_cell(text: str, conversational: bool) -> Any:
+    """An answer as a preference pair's ``chosen``/``rejected`` (or a conversational
+    ``completion``) holds it: ``[{"role": "assistant", "content": text}]`` beside a
+    conversational prompt, else the text."""
+    return [assistant_message(text)] if conversational else text
+
+
+# -- the input of a generation stage ---------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: Any, column: str = "messages") -> str | None:
+    """What is wrong with a conversation in ``column``, if anything: it must be a non-empty list
+    of ``{role, content}`` objects with a known role and text (or content-parts) content."""
+    if not isinstance(messages, list) or not messages:
+        return f"`{column}` must be a non-empty list of {{role, content}} objects"
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            return f"`{column}[{position}]` must be an object with `role` and `content`"
+        if message["role"] not in ROLES:
+            return f"`{column}[{position}].role` is {message['role']!r}; use system, user or assistant"
+        if not isinstance(message["content"], (str, list)):
+            return f"`{column}[{position}].content` must be text"
+    return None
+
+
+def field_column(field: str) -> str:
+    """The column a template's replacement field reads: ``a`` for ``{a}``, ``{a.b}``, ``{a[0]}``."""
+    return field.split(".", 1)[0].split("[", 1)[0]
+
+
+def template_columns(template: str) -> list[str]:
+    """The columns a ``prompt_template`` reads."""
+    return [field_column(field) for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def check_prompt(
+    row: Row, *, messages_allowed: bool = True, prompt_template: str | None = None
+) -> str | None:
+    """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage),
+    or, with a ``prompt_template``, which of the columns it needs the row lacks. A ``prompt``
+    may be text, or (where ``messages_allowed``) a conversation: TRL's conversational prompt."""
+    if prompt_template is not None:
+        missing = [c for c in template_columns(prompt_template) if c not in row]
+        if missing:
+            return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
+        if row.get("messages") is not None and row.get("prompt") is None:
+            # The answer goes to a text `completion`; beside a `messages` list and no `prompt`,
+            # TRL would read the row one way or the other (see the module docstring).
+            return ("the row has `messages` but no `prompt`, and prompt_template builds the "
+                    "request from other columns: the answer would land in `completion` beside "
+                    "a conversation it does not answer; drop or rename the `messages` column")
+        return None
+    if messages_allowed and row.get("messages") is not None:
+        problem = check_messages(row["messages"])
+        if problem is None and not without_answer(row["messages"]):
+            return "`messages` holds no turn before the answer (only assistant turns)"
+        return problem
+    prompt = row.get("prompt")
+    if prompt is None:
+        columns = "a `prompt` or `messages` column" if messages_allowed else "a `prompt` column"
+        return f"the row needs {columns}; it has {sorted(row)}"
+    if messages_allowed and isinstance(prompt, list):
+        problem = check_messages(prompt, "prompt")
+        if problem is None and prompt[-1]["role"] == "assistant":
+            return ("a conversational `prompt` must not end with an assistant turn (the answer "
+                    "goes in `completion`); put a conversation to answer again in `messages`")
+        return problem
+    if not isinstance(prompt, str):
+        kind = "text or a list of messages" if messages_allowed else "text"
+        return f"`prompt` must be {kind}, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "`prompt` is empty"
+    return None
+
+
+def build_messages(
+    row: Row, prompt_template: str | None = None, system: str | None = None
+) -> list[Message]:
+    """The chat request for a row: its template filled in, its ``messages`` (without trailing
+    assistant turns: a conversation that already ends in an answer gets that answer
+    regenerated), its conversational ``prompt``, or its text ``prompt`` as one user turn; with
+    ``system`` put first unless the conversation has its own."""
+    if prompt_template is not None:
+        messages = [{"role": "user", "content": prompt_template.format(**row)}]
+    else:
+        messages = prompt_messages(row) or []
+    if system is not None and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
 __all__ = [
     "ANSWER_COLUMN",
+    "LINEAGE_KEYS",
+    "ROLES",
     "Message",
+    "PromptTemplate",
+    "Row",
+    "answer_cell",
     "answer_text",
+    "answer_turn",
     "assistant_message",
+    "build_messages",
+    "cell_text",
+    "cell_texts",
+    "check_messages",
+    "check_prompt",
     "content_text",
+    "derived_id",
+    "field_column",
+    "finish_reasons",
     "is_conversation",
+    "last_turn",
     "pair_prompt",
     "prompt_messages",
+    "prompt_text",
     "row_answer",
+    "row_id",
+    "row_key",
+    "seed_id_of",
+    "template_columns",
+    "turn_texts",
     "with_answer",
+    "with_lineage",
     "without_answer",
 ]

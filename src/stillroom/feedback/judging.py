@@ -20,17 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from stillroom.data.rows import (
-    content_text,
-    is_conversation,
-    prompt_messages,
-    row_answer,
-    without_answer,
-)
+from stillroom.data.rows import Row, is_conversation, prompt_text, row_answer, without_answer
 from stillroom.llm.client import LLMClient
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
 from stillroom.llm.types import Completion, GenerationParams, Message, Request
-from stillroom.pipeline.stage import Row, RowFailure
+from stillroom.pipeline.stage import RowFailure
 
 StructuredMode = Literal["auto", "schema", "prompt"]
 TextReader = Callable[[str], Any]
@@ -127,16 +121,9 @@ def schema_prompt(schema_hint: str) -> str:
 
 def transcript(row: Row) -> str:
     """The instruction a judge sees: the prompt text, or the conversation before the answer
-    (``messages`` without its trailing assistant turns, or a conversational ``prompt``)."""
-    turns = prompt_messages(row)
-    if turns is None:
-        return str(row["prompt"])
-    if len(turns) == 1 and turns[0]["role"] == "user":
-        return str(content_text(turns[0]["content"]) or "")
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    return "\n\n".join(
-        f"{names.get(m['role'], m['role'])}: {content_text(m['content']) or ''}" for m in turns
-    )
+    (:func:`stillroom.data.rows.prompt_text`)."""
+    text = prompt_text(row)
+    return str(row["prompt"]) if text is None else text
 
 
 def check_instruction(row: Row) -> str | None:

@@ -57,16 +57,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from stillroom.data.rows import is_conversation, pair_prompt
-from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
-from stillroom.pipeline.stage import (
-    Dropped,
+from stillroom.data.rows import (
     Row,
-    RowFailure,
-    RowStage,
-    StageContext,
-    register_stage,
+    answer_cell,
+    derived_id,
+    is_conversation,
+    pair_prompt,
+    row_id,
+    seed_id_of,
+    with_lineage,
 )
+from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 
 Strategy = Literal["random_lower", "best_worst", "all_pairs"]
 TopTie = Literal["random", "drop"]
@@ -408,12 +409,8 @@ class PreferencePairs(RowStage):
             chosen = completions[pair.chosen_index]
             rejected = completions[pair.rejected_index]
             out["prompt"] = prompt
-            if conversational:
-                out["chosen"] = [{"role": "assistant", "content": chosen}]
-                out["rejected"] = [{"role": "assistant", "content": rejected}]
-            else:
-                out["chosen"] = chosen
-                out["rejected"] = rejected
+            out["chosen"] = answer_cell(chosen, conversational)
+            out["rejected"] = answer_cell(rejected, conversational)
             out["score_chosen"] = pair.score_chosen
             out["score_rejected"] = pair.score_rejected
             out["chosen_index"] = pair.chosen_index

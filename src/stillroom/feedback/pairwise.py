@@ -34,7 +34,18 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from stillroom.data.rows import is_conversation, prompt_messages, row_answer
+from stillroom.data.rows import (
+    PromptTemplate,
+    Row,
+    answer_cell,
+    is_conversation,
+    prompt_messages,
+    row_answer,
+    row_id,
+    row_key,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
@@ -43,16 +54,8 @@ from stillroom.feedback.judging import (
     schema_prompt,
     transcript,
 )
-from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
-from stillroom.pipeline.stage import (
-    Dropped,
-    Row,
-    RowFailure,
-    RowStage,
-    StageContext,
-    register_stage,
-)
+from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 
 DEFAULT_CRITERIA = (
     "Judge which answer serves the user better: correctness first, then how helpful, relevant, "
@@ -250,7 +253,7 @@ class PairwiseJudge(RowStage):
             })
         winner, consistent = combine(orders[0]["prefers"], orders[1]["prefers"])
 
-        key = row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
+        key = row_key(row)
         out = dict(row)
         out["id"] = key
         out["winner"] = winner
@@ -283,8 +286,8 @@ class PairwiseJudge(RowStage):
         chosen, rejected = (first, second) if winner == "a" else (second, first)
         if row.get("messages") is not None or is_conversation(row.get("prompt")):
             out["prompt"] = prompt_messages(row)
-            out["chosen"] = [{"role": "assistant", "content": chosen}]
-            out["rejected"] = [{"role": "assistant", "content": rejected}]
+            out["chosen"] = answer_cell(chosen, True)
+            out["rejected"] = answer_cell(rejected, True)
         else:
             out["prompt"], out["chosen"], out["rejected"] = row["prompt"], chosen, rejected
         out["score_chosen"], out["score_rejected"] = 1.0, 0.0

@@ -63,312 +63,73 @@ A candidate may be text or a one-message assistant list (TRL's conversational ``
 The principle is sampled with ``ctx.rng(row id)``, so a rerun asks the same question. The
 principles file is read and checked when the stage is configured (a problem names the file and
 line); a relative path is read from the pipeline file's folder.
+
+This module holds the stage; the principles file and the prompts are in
+:mod:`stillroom.feedback.principle_preference_prompts`, reading the judge's verdict (modes, letter
+probabilities, parsed letters) in :mod:`stillroom.feedback.principle_preference_labels`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from stillroom.data.readers import option_file
-from stillroom.data.rows import is_conversation, pair_prompt, row_answer
-from stillroom.errors import ConfigError
-from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
+from stillroom.data.rows import (
+    PromptTemplate,
+    Row,
+    answer_cell,
+    check_messages,
+    derived_id,
+    is_conversation,
+    pair_prompt,
+    row_answer,
+    row_id,
+    seed_id_of,
+    with_lineage,
+)
+from stillroom.feedback.principle_preference_labels import (
+    FIRST,
+    SECOND,
+    LabelSource,
+    Mode,
+    OrderLabel,
+    letter_position,
+    letter_probabilities,
+    parse_choice,
+    resolve_mode,
+    top_alternatives,
+)
+from stillroom.feedback.principle_preference_prompts import (
+    CHAT,
+    RAW,
+    REASK,
+    ComparisonPrinciple,
+    PreferencePrinciples,
+    load_preference_principles,
+    render_conversation,
+)
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import (
     Dropped,
-    Row,
     RowFailure,
     RowStage,
     StageContext,
     pipeline_dir,
     register_stage,
 )
-from stillroom.stages.complete import check_messages
 
 if TYPE_CHECKING:
-    from stillroom.llm.backend import Backend, BackendConfig
+    from stillroom.llm.backend import BackendConfig
     from stillroom.llm.client import LLMClient
-
-Mode = Literal["auto", "logprobs", "text"]
-LabelSource = Literal["raw_prompt_logprobs", "chat_logprobs", "text"]
 
 METHOD = "principle_preference"
 TIE_TOLERANCE = 1e-9
 # Chat mode may open with "(" or markdown ("**") before the letter: a few tokens reach it.
 CHAT_LOGPROB_TOKENS = 4
-FIRST, SECOND = "first", "second"
 ORDERS = ((FIRST, SECOND), (SECOND, FIRST))  # (shown as A, shown as B) per order
-
-# -- the principles file ---------------------------------------------------------------------------
-
-PRINCIPLE_KEYS = ("id", "question")
-
-
-@dataclass(frozen=True, slots=True)
-class ComparisonPrinciple:
-    id: str
-    question: str
-
-
-@dataclass(frozen=True, slots=True)
-class PreferencePrinciples:
-    principles: tuple[ComparisonPrinciple, ...]
-    path: str
-    version: str  # "preference_principles@<hash of the file>", recorded in lineage
-
-
-def load_preference_principles(spec: str, base_dir: Path | None = None) -> PreferencePrinciples:
-    """Read and check a comparison principles file (JSONL, one ``{id, question}`` a line); a
-    relative path is read from ``base_dir`` (the pipeline file's folder) when given.
-
-    Raises ConfigError naming the file and line of the first problem.
-    """
-    path = option_file(spec, base_dir, key="principles", what="principles")
-    data = path.read_bytes()
-    principles: list[ComparisonPrinciple] = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        principle = _principle_from_line(line, path, number, seen)
-        seen[principle.id] = number
-        principles.append(principle)
-    if not principles:
-        raise ConfigError(
-            "the principles file holds no principles", path=str(path), key="principles"
-        )
-    version = "preference_principles@" + hashlib.sha256(data).hexdigest()[:8]
-    return PreferencePrinciples(tuple(principles), str(path), version)
-
-
-def _principle_from_line(
-    line: bytes, path: Path, number: int, seen: dict[str, int]
-) -> ComparisonPrinciple:
-    def bad(message: str) -> ConfigError:
-        return ConfigError(message, path=str(path), line=number, key="principles")
-
-    try:
-        item = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        raise bad(f"not valid JSON ({error})") from None
-    if not isinstance(item, dict):
-        raise bad(f"each line must be a JSON object, got {type(item).__name__}")
-    missing = [key for key in PRINCIPLE_KEYS if key not in item]
-    if missing:
-        raise bad(f"missing key(s) {missing}; a comparison principle needs {list(PRINCIPLE_KEYS)}")
-    unknown = sorted(set(item) - set(PRINCIPLE_KEYS))
-    if unknown:
-        raise bad(f"unknown key(s) {unknown}; a comparison principle has only "
-                  f"{list(PRINCIPLE_KEYS)}")
-    for key in PRINCIPLE_KEYS:
-        if not isinstance(item[key], str) or not item[key].strip():
-            raise bad(f"`{key}` must be non-empty text")
-    if item["id"] in seen:
-        raise bad(f"id {item['id']!r} is used twice (first on line {seen[item['id']]})")
-    return ComparisonPrinciple(item["id"], item["question"].strip())
-
-
-# -- prompts ---------------------------------------------------------------------------------------
-
-QUESTION = PromptTemplate(
-    "principle_preference.question",
-    "Here is a conversation between a human and an AI assistant:\n\n"
-    "{conversation}\n\n"
-    "{question}\n"
-    "Options:\n"
-    "(A) {response_a}\n"
-    "(B) {response_b}\n",
-)
-# A raw prompt ends inside the answer, so the very next token is the letter.
-RAW = PromptTemplate("principle_preference.raw", QUESTION.text + "The answer is: (")
-CHAT = PromptTemplate(
-    "principle_preference.chat",
-    QUESTION.text + "\nAnswer with only the letter of the better option: A or B.",
-)
-REASK = PromptTemplate(
-    "principle_preference.reask", "Please reply with just one letter, A or B, and nothing else."
-)
-
-_ROLE_LABELS = {"system": "System", "user": "Human", "assistant": "Assistant", "tool": "Tool"}
-
-
-def _content_text(content: Any) -> str:
-    """A message's text; multimodal content (a list of parts) keeps its text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", "")) for part in content
-            if isinstance(part, dict) and part.get("type", "text") == "text"
-        )
-    return str(content)
-
-
-def render_conversation(prompt: str | list[dict[str, Any]]) -> str:
-    """The conversation as "Human: ..." / "Assistant: ..." paragraphs, as the paper shows it."""
-    if isinstance(prompt, str):
-        return f"Human: {prompt}"
-    return "\n\n".join(
-        f"{_ROLE_LABELS.get(str(m['role']), str(m['role']).title())}: {_content_text(m['content'])}"
-        for m in prompt
-    )
-
-
-# -- reading the judge's answer --------------------------------------------------------------------
-
-# What may wrap a letter in a token: spaces, byte-level BPE / SentencePiece space marks, brackets,
-# markdown and punctuation ("(A", " A", "A)", "**A").
-_TOKEN_WRAPPING = " \t\n\r\u0120\u2581()[]*_.:,;'\"`"
-# Tokens with nothing but wrapping: skipped before the letter in chat mode.
-_LETTERS = ("A", "B")
-
-
-def choice_letter(token: str) -> str | None:
-    """``A`` or ``B`` when ``token`` is that letter with only wrapping around it, else None.
-
-    Case matters: a lowercase "a" is far more often the article than the option.
-    """
-    core = token.strip(_TOKEN_WRAPPING)
-    return core if core in _LETTERS else None
-
-
-@dataclass(frozen=True, slots=True)
-class LetterProbabilities:
-    p_a: float
-    p_b: float
-    bounded: bool
-
-
-def letter_probabilities(alternatives: list[dict[str, Any]]) -> LetterProbabilities | None:
-    """Normalized probabilities of A and B from one position's ``top_logprobs``, or None when
-    neither letter is listed.
-
-    Variants of a letter (" A", "(A") are summed. A letter missing from the list is no more
-    likely than the least likely listed token, so that probability stands in for it (an upper
-    bound, which can only make the label less confident) and the result says ``bounded``.
-    """
-    mass = {letter: 0.0 for letter in _LETTERS}
-    found: set[str] = set()
-    for alternative in alternatives:
-        letter = choice_letter(str(alternative.get("token", "")))
-        if letter is not None:
-            mass[letter] += math.exp(float(alternative["logprob"]))
-            found.add(letter)
-    if not found:
-        return None
-    bounded = len(found) < len(_LETTERS)
-    if bounded:
-        floor = math.exp(min(float(alternative["logprob"]) for alternative in alternatives))
-        for letter in _LETTERS:
-            if letter not in found:
-                mass[letter] = floor
-    total = mass["A"] + mass["B"]
-    return LetterProbabilities(mass["A"] / total, mass["B"] / total, bounded)
-
-
-def _letter_position(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The generated token that should be the letter: the first that is not only "(" or markup."""
-    for entry in logprobs:
-        if str(entry.get("token", "")).strip(_TOKEN_WRAPPING):
-            return entry
-    return logprobs[0]
-
-
-def _alternatives(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """The entry's top_logprobs, with the generated token itself when the list lacks it."""
-    top = list(entry.get("top_logprobs") or [])
-    if "token" in entry and "logprob" in entry and all(
-        alternative.get("token") != entry["token"] for alternative in top
-    ):
-        top.append({"token": entry["token"], "logprob": entry["logprob"]})
-    return top
-
-
-_LEADING_LETTER = re.compile(
-    r"^[\s*_\"'`(\[]*(?:(?i:option|answer|choice)\s*:?\s*\(?)?([AB])"
-    r"(?=\s*$|[)\].:,;*_'\"`]|\s*\n)"
-)
-_PARENTHESISED = re.compile(r"\(([AB])\)")
-_PHRASED = re.compile(
-    r"(?i:answer is|answer:|option|choice|choose|pick|prefer)\s*:?\s*\(?([AB])(?![A-Za-z0-9])"
-)
-
-
-def parse_choice(text: str) -> str | None:
-    """The option letter a judge answered in words: "A", "(B)", "**A**", "The answer is (B)".
-
-    None when no letter is found or the answer names both (ambiguous)."""
-    match = _LEADING_LETTER.match(text)
-    if match:
-        return match.group(1)
-    bracketed = set(_PARENTHESISED.findall(text))
-    if len(bracketed) == 1:
-        return bracketed.pop()
-    phrased = set(_PHRASED.findall(text))
-    if len(phrased) == 1:
-        return phrased.pop()
-    return None
-
-
-# -- modes -----------------------------------------------------------------------------------------
-
-
-def resolve_mode(
-    mode: Mode, backend_class: type[Backend], backend_name: str = "default"
-) -> tuple[Literal["logprobs", "text"], LabelSource]:
-    """The mode used with a backend of ``backend_class`` and where its labels come from.
-
-    Raises ConfigError when ``mode`` asks for logprobs from a backend that returns none.
-    """
-    if mode in ("auto", "logprobs") and backend_class.supports_logprobs:
-        if backend_class.supports_raw_prompt:
-            return "logprobs", "raw_prompt_logprobs"
-        return "logprobs", "chat_logprobs"
-    if mode == "logprobs":
-        raise ConfigError(
-            f"backend {backend_name!r} ({backend_class.kind}) does not return logprobs, so "
-            "`mode: logprobs` cannot read soft labels; use `mode: text` (hard labels) or `auto`, "
-            "or an OpenAI-compatible, llama.cpp or transformers backend",
-            key="mode",
-        )
-    return "text", "text"
-
-
-@dataclass(frozen=True, slots=True)
-class OrderLabel:
-    """The judge's verdict on one order of the two candidates."""
-
-    shown: tuple[str, str]  # which candidate was (A) and which (B)
-    p_a: float
-    p_b: float
-    label_source: LabelSource
-    bounded: bool
-    answer: str
-    model: str
-
-    @property
-    def p_first(self) -> float:
-        """The probability that the first candidate is the better one."""
-        return self.p_a if self.shown[0] == FIRST else self.p_b
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "shown": list(self.shown),
-            "p_a": self.p_a,
-            "p_b": self.p_b,
-            "label_source": self.label_source,
-            "bounded": self.bounded,
-            "answer": self.answer,
-        }
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -570,8 +331,8 @@ class PrinciplePreference(RowStage):
                 f"{what}: the backend returned no logprobs (answer {completion.text!r})",
                 kind="NoChoiceLogprobs",
             )
-        entry = _letter_position(completion.logprobs)
-        alternatives = _alternatives(entry)
+        entry = letter_position(completion.logprobs)
+        alternatives = top_alternatives(entry)
         probabilities = letter_probabilities(alternatives)
         if probabilities is None:
             top = ", ".join(
@@ -676,12 +437,8 @@ class PrinciplePreference(RowStage):
         out = dict(row)
         out["id"] = key
         out["prompt"] = prompt
-        if conversational:
-            out["chosen"] = [{"role": "assistant", "content": chosen}]
-            out["rejected"] = [{"role": "assistant", "content": rejected}]
-        else:
-            out["chosen"] = chosen
-            out["rejected"] = rejected
+        out["chosen"] = answer_cell(chosen, conversational)
+        out["rejected"] = answer_cell(rejected, conversational)
         out["score_chosen"] = p_first if first_wins else 1.0 - p_first
         out["score_rejected"] = 1.0 - out["score_chosen"]
         out["preference"] = preference

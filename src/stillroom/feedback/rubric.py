@@ -53,7 +53,14 @@ from pydantic import (
 )
 
 from stillroom.data.readers import option_file
-from stillroom.data.rows import row_answer
+from stillroom.data.rows import (
+    Row,
+    row_answer,
+    row_id,
+    row_key,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.errors import ConfigError
 from stillroom.feedback.judging import (
     Judgment,
@@ -66,11 +73,9 @@ from stillroom.feedback.judging import (
     schema_prompt,
     transcript,
 )
-from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
 from stillroom.pipeline.config import _line_of
 from stillroom.pipeline.stage import (
-    Row,
     RowFailure,
     RowStage,
     StageContext,
@@ -361,7 +366,7 @@ class RubricJudge(RowStage):
         judged: list[Judgment] = list(results)  # type: ignore[arg-type]
         grades = [int(j.value["rating"]) for j in judged]
         rationales = [j.value["rationale"] for j in judged]
-        key = row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
+        key = row_key(row)
         out = dict(row)
         out["id"] = key
         if column == "completions":

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from stillroom.data.rows import Row, row_id, row_key, seed_id_of, with_lineage
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
@@ -52,9 +53,8 @@ from stillroom.feedback.judging import (
     transcript,
 )
 from stillroom.feedback.ultrafeedback_rubric import ASPECTS, NOT_APPLICABLE, SYSTEM_PROMPT, Aspect
-from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
-from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
 _RATINGS = [1, 2, 3, 4, 5]
 
@@ -248,7 +248,7 @@ class UltraFeedbackJudge(RowStage):
         return out
 
     def row_key(self, row: Row) -> str:
-        return row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
+        return row_key(row)
 
     def shown_order(self, key: str, aspect: str, n: int, ctx: StageContext) -> list[int]:
         """Which completion is shown at each position, for one aspect of one row."""

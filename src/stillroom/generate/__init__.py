@@ -5,13 +5,14 @@ Each method is a library class (usable from Python) and a pipeline stage (``type
 Importing this package registers the stages.
 """
 
+from stillroom.data.rows import PromptTemplate, derived_id, with_lineage
 from stillroom.generate.completions import Completions
 from stillroom.generate.constitutional import Constitutional
 from stillroom.generate.evol_instruct import EvolInstruct
-from stillroom.generate.lineage import PromptTemplate, derived_id, with_lineage
 from stillroom.generate.magpie import Magpie
 from stillroom.generate.personas import PersonaPrompts
-from stillroom.generate.self_instruct import SelfInstruct, SelfInstructInstances
+from stillroom.generate.self_instruct import SelfInstruct
+from stillroom.generate.self_instruct_instances import SelfInstructInstances
 
 __all__ = [
     "Completions",

@@ -41,9 +41,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stillroom.data.rows import prompt_messages
+from stillroom.data.rows import (
+    Row,
+    check_prompt,
+    derived_id,
+    prompt_messages,
+    row_id,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import derived_id, row_id, seed_id_of, with_lineage
 from stillroom.generate.principles import (
     DEFAULT_WEIGHTS,
     PRINCIPLES_VERSION,
@@ -52,8 +59,7 @@ from stillroom.generate.principles import (
     sample_principle,
 )
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
-from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
-from stillroom.stages.complete import check_prompt
+from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig

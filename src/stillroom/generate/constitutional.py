@@ -51,19 +51,25 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from stillroom.data.readers import option_file
+from stillroom.data.rows import (
+    PromptTemplate,
+    Row,
+    check_prompt,
+    derived_id,
+    row_id,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import (
     Dropped,
-    Row,
     RowFailure,
     RowStage,
     StageContext,
     pipeline_dir,
     register_stage,
 )
-from stillroom.stages.complete import check_prompt
 
 # -- the principles file ---------------------------------------------------------------------------
 

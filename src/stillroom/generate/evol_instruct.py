@@ -54,15 +54,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from stillroom.generate.lineage import PromptTemplate, derived_id, row_id, with_lineage
+from stillroom.data.rows import PromptTemplate, Row, derived_id, row_id, with_lineage
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
-from stillroom.pipeline.stage import (
-    Dropped,
-    Row,
-    RowStage,
-    StageContext,
-    register_stage,
-)
+from stillroom.pipeline.stage import Dropped, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.client import LLMClient

@@ -31,23 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import Field, PrivateAttr
 
+from stillroom.data.rows import PromptTemplate, Row, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError
-from stillroom.generate.lineage import (
-    PromptTemplate,
-    derived_id,
-    row_id,
-    seed_id_of,
-    with_lineage,
-)
 from stillroom.llm.types import Completion, GenerationParams, Message, Request
-from stillroom.pipeline.stage import (
-    Dropped,
-    Row,
-    RowFailure,
-    RowStage,
-    StageContext,
-    register_stage,
-)
+from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import Backend, BackendConfig

@@ -27,15 +27,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from stillroom.generate.lineage import (
-    PromptTemplate,
-    derived_id,
-    row_id,
-    seed_id_of,
-    with_lineage,
-)
+from stillroom.data.rows import PromptTemplate, Row, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
-from stillroom.pipeline.stage import Dropped, Row, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import Dropped, RowStage, StageContext, register_stage
 
 _INTRO = "Here is a short description of a person:\n\n{persona}\n\n"
 

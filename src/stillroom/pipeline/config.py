@@ -23,46 +23,12 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from stillroom.curate.mix import MixSource, check_sources
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig, backends
+from stillroom.pipeline.inputs import InputConfig
 from stillroom.pipeline.stage import Stage, stages
-
-
-class InputConfig(BaseModel):
-    """``{path: FILE, limit: N}``; ``{rows: N}``: N empty rows (``id`` only), for methods that
-    generate from nothing, such as Magpie; or ``{mix: [sources], size: N}``: real and synthetic
-    sources mixed with target shares (see :mod:`stillroom.curate.mix`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = None
-    rows: int | None = Field(default=None, ge=1, description="N rows holding only an `id`.")
-    mix: list[MixSource] | None = Field(
-        default=None, min_length=1, description="Sources to mix: {path, kind, share}."
-    )
-    size: int | None = Field(default=None, ge=1, description="With `mix`: at most N rows.")
-    allow_synthetic_only: bool = Field(
-        default=False, description="With `mix`: allow a mix with no real source."
-    )
-    limit: int | None = Field(default=None, ge=1, description="Read only the first N rows.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> InputConfig:
-        given = [name for name in ("path", "rows", "mix") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of `path` (a file), `rows` (a count) or `mix` (sources)"
-            )
-        if self.mix is None and (self.size is not None or self.allow_synthetic_only):
-            raise ValueError("`size` and `allow_synthetic_only` go with `mix`")
-        if self.mix is not None:
-            problem = check_sources(self.mix, self.allow_synthetic_only)
-            if problem:
-                raise ValueError(problem)
-        return self
 
 
 def _union(classes: Sequence[type[BaseModel]], discriminator: str) -> Any:

@@ -11,50 +11,62 @@ How a run goes:
    only its own row. A row that becomes several rows keeps its key; the key is finished when all
    of its rows reached data, failed or dropped, and only finished keys are committed, all their
    rows at once. A rerun skips committed keys and finds every answered request in the cache.
+   Where a segment has no row stage, rows cost nothing to redo: its keys are chunks of
+   ``segments.ROWS_PER_CHUNK`` rows, committed one at a time, and no task is made per row.
 3. An all-rows stage gets its segment's output in input order (so its result does not depend on
    arrival order), and its output is checkpointed in the same commit as the segment's failures and
    drops; a rerun restarts from the latest checkpoint.
-4. At the end, shards get one schema, and the dataset card and report are written.
+4. An :class:`AllRowsFilter` that comes first in a segment (right after the input or a checkpoint)
+   is no boundary: it indexes the segment's rows in one pass over the file, then decides each row
+   as the rows stream in again, so the rows are never all in memory. It runs again in every
+   session (its decisions are the same for the same rows); only its committed keys are skipped.
+5. At the end, shards get one schema, and the dataset card and report are written (see
+   :mod:`stillroom.pipeline.finish`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillroom.data.output import OutputFolder, RunState, as_checkpointed
-from stillroom.errors import ConfigError, RunAbort
+from stillroom.data.commit_log import RunState
+from stillroom.data.output import OutputFolder
+from stillroom.data.row_files import as_checkpointed
+from stillroom.data.rows import Row
+from stillroom.errors import RunAbort
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
 from stillroom.llm.stats import BackendStats
 from stillroom.llm.types import RequestFailed
+from stillroom.pipeline.finish import finish_run
 from stillroom.pipeline.inputs import InputSource
 from stillroom.pipeline.progress import RunProgress
+from stillroom.pipeline.segments import Segment, split_segments
 from stillroom.pipeline.stage import (
+    AllRowsFilter,
     AllRowsStage,
     Drop,
     Dropped,
     Failed,
     ParallelMap,
     RowFailure,
-    RowStage,
-    Stage,
+    Rows,
     StageContext,
 )
 from stillroom.secrets import redact
 
 if TYPE_CHECKING:
-    from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
+    from stillroom.pipeline.run_types import PipelinePlan, RunOptions, RunResult
 
-Row = dict[str, Any]
 Outcome = tuple[str, Row, tuple[int, ...]]  # (kind, row, order within the key)
 
 log = logging.getLogger(__name__)
@@ -70,32 +82,6 @@ class StageStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@dataclass
-class Segment:
-    index: int
-    row_stages: list[tuple[str, RowStage]]
-    all_rows_stage: tuple[str, AllRowsStage] | None
-
-    @property
-    def final(self) -> bool:
-        return self.all_rows_stage is None
-
-
-def split_segments(stages: list[Stage], names: list[str]) -> list[Segment]:
-    segments: list[Segment] = []
-    current: list[tuple[str, RowStage]] = []
-    for stage, name in zip(stages, names, strict=True):
-        if isinstance(stage, AllRowsStage):
-            segments.append(Segment(len(segments), current, (name, stage)))
-            current = []
-        elif isinstance(stage, RowStage):
-            current.append((name, stage))
-        else:
-            raise ConfigError(f"stage {name!r} is neither a RowStage nor an AllRowsStage")
-    segments.append(Segment(len(segments), current, None))
-    return segments
 
 
 def failed_row(row: Row, stage: str, error: BaseException) -> Row:
@@ -135,16 +121,6 @@ async def run_to_end(awaitable: Any) -> Any:
     return result
 
 
-def keyed(segment: int, rows: list[Row]) -> Iterator[tuple[str, Row]]:
-    """The keys of the rows that enter ``segment`` from the checkpoint of the one before.
-
-    A function, not a generator expression in the caller's loop: that read the loop's variable
-    when it was consumed, one segment later, so keys differed between a first run and a resume
-    and a resumed run wrote rows twice.
-    """
-    return ((f"{segment}:{index}", row) for index, row in enumerate(rows))
-
-
 class Sink:
     """Buffers the rows of finished keys and commits them in batches."""
 
@@ -158,13 +134,14 @@ class Sink:
         self.last_flush = time.monotonic()
         self._lock = asyncio.Lock()
 
-    def add(self, key: str, outcomes: list[Outcome]) -> None:
+    def add(self, key: str, outcomes: list[Outcome], rows: int = 1) -> None:
+        """Buffer finished ``key`` (``rows`` input rows: more for a chunk) with its outcomes."""
         self.pending.append((key, outcomes))
         counts = self.executor.session_counts
         for kind, _, _ in outcomes:
             counts[kind] += 1
         self.buffered += len(outcomes) or 1
-        self.executor.keys_done += 1
+        self.executor.keys_done += rows
 
     def due(self) -> bool:
         options = self.executor.options
@@ -271,7 +248,7 @@ class RowProcessor:
 
 
 class Executor:
-    def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
+    def __init__(self, pipeline: PipelinePlan, out: Path, options: RunOptions):
         self.pipeline = pipeline
         self.out = out
         self.options = options
@@ -283,6 +260,9 @@ class Executor:
         self.session_counts: Counter[str] = Counter()
         self.stage_stats: dict[str, StageStats] = {name: StageStats() for name in pipeline.stage_names}
         self.keys_done = 0
+        # Figures the all-rows filters measured over their rows in this session (see
+        # RowDecisions.figures): the run's stage results prefer them to reading rows back.
+        self.measured: dict[str, dict[str, Any] | None] = {}
         self.started = time.time()
         self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit, pipeline.seed)
         self.rows = RowProcessor(pipeline.seed, self.clients, self.stage_stats)
@@ -309,7 +289,9 @@ class Executor:
             )
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"version": 1, "pipeline": self.pipeline.identity(), "input": self.source.identity()}
+        # Version 2: keys of chunks where no row stage runs, and all-rows filters that stream
+        # without a checkpoint; a folder of version 1 is another run (refused, --overwrite).
+        return {"version": 2, "pipeline": self.pipeline.identity(), "input": self.source.identity()}
 
     def window(self) -> int:
         """How many keys may be in flight: enough to keep every backend's limiter full."""
@@ -385,29 +367,103 @@ class Executor:
                     **self.stats_record(),
                 }
             )
-        from stillroom.report.finalize import finalize_run
-
-        return finalize_run(self)
+        return finish_run(
+            self.folder, self.pipeline, self.source, self.options, measured=self.measured,
+            session_counts=self.session_counts, started=self.started,
+        )
 
     async def _run_segments(self, segments: list[Segment], total: int, progress: RunProgress) -> None:
         start = 0
-        source: Iterator[tuple[str, Row]]
+        source: Rows
         if self.state.checkpoints:
             last = max(self.state.checkpoints)
             start = last + 1
-            rows = self.folder.read_checkpoint(self.state.checkpoints[last])
-            source = keyed(start, rows)
-            total = len(rows)
+            source = Rows.of(self.folder.read_checkpoint(self.state.checkpoints[last]))
         else:
-            source = ((str(index), row) for index, (_, row) in enumerate(self.source.rows()))
+            source = Rows(lambda: (row for _, row in self.source.rows()), total)
         for segment in segments[start:]:
-            progress.start_segment(segment, total, len(self.state.done(segment.index)))
+            done = self.state.done(segment.index)
+            progress.start_segment(segment, len(source), segment.rows_done(done, len(source)))
             if segment.final:
-                await self._run_final_segment(segment, source, progress)
+                await self._run_final_segment(segment, source, done)
                 return
-            rows = await self._run_gathering_segment(segment, source)
-            source = keyed(segment.index + 1, rows)
-            total = len(rows)
+            source = Rows.of(await self._run_gathering_segment(segment, source))
+
+    def _context(self, name: str) -> StageContext:
+        return StageContext(name, self.pipeline.seed, self.clients, self.parallel_map())
+
+    async def _decided(
+        self, segment: Segment, source: Rows, skip: set[str]
+    ) -> Iterator[tuple[str, Outcome]]:
+        """Every row of ``source`` whose key is not in ``skip``, with its key, as the outcome
+        the segment's head filter gives it: ``data`` for a row it keeps (the row stages take it
+        on), else dropped or failed. Without a head filter every row is ``data``.
+
+        The head filter indexes the rows first (a pass over them, in a thread); its decisions
+        are then made one row at a time as the caller reads the rows again.
+        """
+        rows = ((position, row) for position, row in enumerate(source))
+        if segment.head is None:
+            return ((key, ("data", row, (position,))) for position, row in rows
+                    if (key := segment.key(position)) not in skip)
+        name, stage = segment.head
+        stats = self.stage_stats[name]
+        started = time.perf_counter()
+        decisions = await stage.index(source, self._context(name))
+        stats.seconds += time.perf_counter() - started
+        self.measured[name] = decisions.figures
+
+        def decide() -> Iterator[tuple[str, Outcome]]:
+            for position, row in rows:
+                key = segment.key(position)
+                if key in skip:
+                    continue
+                stats.rows_in += 1
+                yield key, self._outcome(name, decisions.decide(position, row), (position,))
+
+        return decide()
+
+    def _outcome(self, name: str, item: Row | Dropped | Failed, order: tuple[int, ...]) -> Outcome:
+        """An all-rows stage's item as an outcome, counted in its stage's figures."""
+        stats = self.stage_stats[name]
+        if isinstance(item, Dropped):
+            stats.dropped += 1
+            return ("dropped", dropped_row(item.row, name, item.reason), order)
+        if isinstance(item, Failed):
+            if isinstance(item.error, RunAbort):  # the run cannot go on, not this row
+                raise item.error
+            stats.failed += 1
+            return ("failed", failed_row(item.row, name, item.error), order)
+        stats.rows_out += 1
+        return ("data", item, order)
+
+    async def _feed(
+        self,
+        segment: Segment,
+        source: Rows,
+        skip: set[str],
+        record: Callable[[str, list[Outcome]], None],
+        on_done: Any,
+    ) -> None:
+        """Run the segment's rows (those not in ``skip``) through its head filter and row
+        stages. A key's outcomes go to ``on_done`` at once when it is finished; the head
+        filter's drops and failures of rows that the row stages then never see go to
+        ``record`` (not awaited: it is called while the rows are read). Where there is no row
+        stage, a key is a chunk of rows, finished as soon as it is read."""
+        decided = await self._decided(segment, source, skip)
+        if not segment.row_stages:  # one key per chunk of rows, and no task per row
+            for key, items in itertools.groupby(decided, key=lambda item: item[0]):
+                await on_done(key, [outcome for _, outcome in items])
+            return
+
+        def to_process() -> Iterator[tuple[str, Row]]:
+            for key, outcome in decided:
+                if outcome[0] == "data":
+                    yield key, outcome[1]
+                else:
+                    record(key, [outcome])
+
+        await self._stream(segment, to_process(), on_done, skip=set())
 
     async def _stream(
         self, segment: Segment, source: Iterator[tuple[str, Row]], on_done: Any, skip: set[str]
@@ -452,19 +508,22 @@ class Executor:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _run_final_segment(
-        self, segment: Segment, source: Iterator[tuple[str, Row]], progress: RunProgress
-    ) -> None:
+    async def _run_final_segment(self, segment: Segment, source: Rows, done: set[str]) -> None:
         sink = Sink(self, segment.index)
 
         async def on_done(key: str, outcomes: list[Outcome]) -> None:
+            if not segment.row_stages:
+                # A chunk (one outcome per row) is committed before the next one is read.
+                sink.add(key, outcomes, rows=len(outcomes))
+                await sink.flush()
+                return
             sink.add(key, outcomes)
             if sink.due():
                 await sink.flush()
 
         flusher = asyncio.create_task(self._flush_periodically(sink))
         try:
-            await self._stream(segment, source, on_done, self.state.done(segment.index))
+            await self._feed(segment, source, done, sink.add, on_done)
         finally:
             flusher.cancel()
             # Whatever finished is committed, even when the run is being interrupted.
@@ -476,13 +535,11 @@ class Executor:
             if sink.due():
                 await sink.flush()
 
-    async def _run_gathering_segment(
-        self, segment: Segment, source: Iterator[tuple[str, Row]]
-    ) -> list[Row]:
+    async def _run_gathering_segment(self, segment: Segment, source: Rows) -> list[Row]:
         kept: list[tuple[tuple[int, ...], Row]] = []
         side: dict[str, list[Row]] = {"failed": [], "dropped": []}
 
-        async def on_done(key: str, outcomes: list[Outcome]) -> None:
+        def record(key: str, outcomes: list[Outcome]) -> None:
             for kind, row, order in outcomes:
                 if kind == "data":
                     kept.append((order, row))
@@ -490,28 +547,25 @@ class Executor:
                     side[kind].append(row)
             self.keys_done += 1
 
-        await self._stream(segment, source, on_done, skip=set())
+        async def on_done(key: str, outcomes: list[Outcome]) -> None:
+            record(key, outcomes)
+
+        await self._feed(segment, source, set(), record, on_done)
         kept.sort(key=lambda item: item[0])
         assert segment.all_rows_stage is not None
         name, stage = segment.all_rows_stage
         stats = self.stage_stats[name]
-        ctx = StageContext(name, self.pipeline.seed, self.clients, self.parallel_map())
-        inputs = [row for _, row in kept]
+        inputs = Rows.of([row for _, row in kept])
+        kept.clear()
         stats.rows_in += len(inputs)
         started = time.perf_counter()
         output: list[Row] = []
-        async for item in stage.run(inputs, ctx):
-            if isinstance(item, Dropped):
-                side["dropped"].append(dropped_row(item.row, name, item.reason))
-                stats.dropped += 1
-            elif isinstance(item, Failed):
-                if isinstance(item.error, RunAbort):  # the run cannot go on, not this row
-                    raise item.error
-                side["failed"].append(failed_row(item.row, name, item.error))
-                stats.failed += 1
+        async for item in self._all_rows(name, stage, inputs):
+            kind, row, _ = self._outcome(name, item, ())
+            if kind == "data":
+                output.append(row)
             else:
-                output.append(item)
-        stats.rows_out += len(output)
+                side[kind].append(row)
         stats.seconds += time.perf_counter() - started
         for kind, rows in side.items():
             self.session_counts[kind] += len(rows)
@@ -530,3 +584,17 @@ class Executor:
         # the ones in memory: later stages' requests (so their cache keys) are then the same in
         # every session.
         return as_checkpointed(output)
+
+    async def _all_rows(
+        self, name: str, stage: AllRowsStage, rows: Rows
+    ) -> AsyncIterator[Row | Dropped | Failed]:
+        """What an all-rows stage yields over ``rows``; a filter's figures are kept."""
+        ctx = self._context(name)
+        if not isinstance(stage, AllRowsFilter):
+            async for item in stage.run(rows, ctx):
+                yield item
+            return
+        decisions = await stage.index(rows, ctx)
+        self.measured[name] = decisions.figures
+        for position, row in enumerate(rows):
+            yield decisions.decide(position, row)

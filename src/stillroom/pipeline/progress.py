@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -21,11 +21,23 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
-    from stillroom.pipeline.executor import Executor, Segment
+    from collections import Counter
+
+    from stillroom.llm.stats import BackendStats
+    from stillroom.pipeline.segments import Segment
+
+
+class Counters(Protocol):
+    """What the display reads of a run (the executor): rows done, outcomes, backend counters."""
+
+    keys_done: int
+    session_counts: Counter[str]
+
+    def live_backend_stats(self) -> list[BackendStats]: ...
 
 
 class RunProgress:
-    def __init__(self, executor: Executor, *, enabled: bool = True):
+    def __init__(self, executor: Counters, *, enabled: bool = True):
         self.executor = executor
         self.enabled = enabled
         self._progress: Progress | None = None

@@ -50,24 +50,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, WorkerError
 from stillroom.llm.cache import default_cache_dir
 from stillroom.llm.stats import BackendStats
-from stillroom.pipeline.executor import (
-    Executor,
-    Outcome,
-    RowProcessor,
-    Segment,
-    StageStats,
-    split_segments,
-)
+from stillroom.pipeline.executor import Executor, Outcome, RowProcessor, StageStats
+from stillroom.pipeline.segments import Segment, split_segments
 from stillroom.pipeline.stage import FunctionStage, ParallelMap
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
-    from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult
+    from stillroom.pipeline.run_types import PipelinePlan, RunOptions, RunResult
 
-Row = dict[str, Any]
 
 # Keys handed to one actor call. Large enough that an actor's backends stay busy (each row of a
 # batch runs concurrently within the backends' limits), small enough that a batch redone after a
@@ -126,7 +120,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
 class WorkerSpec:
     """What every actor gets: the pipeline and which segment it runs."""
 
-    pipeline: Pipeline
+    pipeline: PipelinePlan
     segment: int
     use_cache: bool
     cache_dir: str
@@ -326,7 +320,7 @@ def plan_workers(
 class RayExecutor(Executor):
     """The local executor's run, with each segment's row stages sent to a Ray actor pool."""
 
-    def __init__(self, pipeline: Pipeline, out: Path, options: RunOptions):
+    def __init__(self, pipeline: PipelinePlan, out: Path, options: RunOptions):
         super().__init__(pipeline, out, options)
         # The workers' request counters, summed from what each batch brings back.
         self.remote_backends: dict[str, BackendStats] = {}
@@ -384,9 +378,6 @@ class RayExecutor(Executor):
     async def _stream(
         self, segment: Segment, source: Iterator[tuple[str, Row]], on_done: Any, skip: set[str]
     ) -> None:
-        if not segment.row_stages:  # nothing to spread: rows go straight to the all-rows stage
-            await super()._stream(segment, source, on_done, skip)
-            return
         items = [
             {"key": key, "order": order, "row": pickle.dumps(row)}
             for order, (key, row) in enumerate(source)

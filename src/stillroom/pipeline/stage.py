@@ -8,9 +8,15 @@ A stage is a pydantic model (its options, validated, ``extra="forbid"``) with be
   ``Drop("reason")``; it may raise
   :class:`RowFailure` (or let an LLM :class:`RequestFailed` through) to send the row to
   ``failed/``. Rows stream: a row-wise stage never sees the whole dataset.
-* :class:`AllRowsStage` needs every row at once (dedup, bootstrapping from a growing pool) and says
-  so; the executor gathers its input, runs it, and checkpoints its output. It yields rows, and
+* :class:`AllRowsStage` needs every row at once (bootstrapping from a growing pool) and says so;
+  the executor gathers its input, runs it, and checkpoints its output. It gets :class:`Rows`
+  (iterate them as often as needed; ``len`` is their count) and yields rows, and
   :class:`Dropped` or :class:`Failed` items for what it removed or could not produce.
+* :class:`AllRowsFilter` is an all-rows stage whose output is a decision per input row, in input
+  order (dedup, selection, IFD): it reads the rows once to build an index
+  (:meth:`AllRowsFilter.index`), then decides each row (:meth:`RowDecisions.decide`). So the
+  executor streams it: first in a segment, its rows are read from the input file or checkpoint
+  in two passes and never held in memory, and its decisions are committed as they come.
 
 A plain function ``fn(row) -> row | list[row] | Drop`` (sync or async) is a row stage too, from
 Python: wrap it in :class:`FunctionStage` or pass it to ``Pipeline`` directly.
@@ -27,17 +33,17 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from stillroom.data.rows import Row
 from stillroom.registry import Registry
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
     from stillroom.llm.client import LLMClient
 
-Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +172,61 @@ class RowStage(Stage):
         raise NotImplementedError
 
 
+class Rows:
+    """The rows an all-rows stage reads: ``iter(rows)`` reads them afresh from where they are
+    (the input file, a checkpoint, or memory), as often as the stage needs; ``len(rows)`` is
+    their count. Iterate rather than index: the rows need not fit in memory."""
+
+    def __init__(self, read: Callable[[], Iterator[Row]], count: int):
+        self._read = read
+        self._count = count
+
+    @classmethod
+    def of(cls, rows: list[Row]) -> Rows:
+        return cls(lambda: iter(rows), len(rows))
+
+    def __iter__(self) -> Iterator[Row]:
+        return self._read()
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class AllRowsStage(Stage):
     needs_all_rows: ClassVar[bool] = True
 
-    def run(self, rows: list[Row], ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:
+    def run(self, rows: Rows, ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:
         raise NotImplementedError
+
+
+class RowDecisions(Protocol):
+    """What an :class:`AllRowsFilter` learned from all rows: a decision for each one."""
+
+    figures: dict[str, Any] | None
+    """The stage's figures over the rows it indexed (what :meth:`Stage.summarize` would report
+    from the finished run, without reading the rows back), or None: summarize them at the end."""
+
+    def decide(self, position: int, row: Row) -> Row | Dropped | Failed:
+        """Row ``position`` (from 0, in the order indexed): kept (maybe with new columns or
+        lineage), :class:`Dropped`, or :class:`Failed`."""
+        ...
+
+
+class AllRowsFilter(AllRowsStage):
+    """An all-rows stage that keeps, changes or drops each row once it has seen them all.
+
+    Write :meth:`index` (one pass, or a few, over the rows: keep only what the decisions need,
+    such as hashes or scores, not the rows) and return a :class:`RowDecisions`. The executor
+    then reads the rows once more and asks for a decision per row.
+    """
+
+    async def index(self, rows: Rows, ctx: StageContext) -> RowDecisions:
+        raise NotImplementedError
+
+    async def run(self, rows: Rows, ctx: StageContext) -> AsyncIterator[Row | Dropped | Failed]:  # type: ignore[override]
+        decisions = await self.index(rows, ctx)
+        for position, row in enumerate(rows):
+            yield decisions.decide(position, row)
 
 
 class FunctionStage(RowStage):

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from stillroom import __version__
 from stillroom.secrets import redact_value
+from stillroom.version import __version__
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

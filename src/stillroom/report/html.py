@@ -15,10 +15,10 @@ import html
 import json
 from typing import Any
 
-from stillroom import __version__
 from stillroom.report.card import MIX_HEADER, cost_of, mix_rows, stage_result_rows
 from stillroom.report.plots import funnel_svg, histogram_svg, measure_bars_svg
 from stillroom.secrets import redact_value
+from stillroom.version import __version__
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
@@ -140,7 +140,7 @@ def _diversity_section(diversity: dict[str, dict[str, dict[str, Any]]]) -> str:
             similarity = m.get("near_duplicate_similarity", similarity)
             if m.get("embedding_note"):
                 notes.setdefault(m["embedding_note"], []).append(f"{stage}.{column}")
-    from stillroom.generate.diversity import DISTINCT_2_MIN, MEAN_COSINE_DISTANCE_MIN
+    from stillroom.report.diversity import DISTINCT_2_MIN, MEAN_COSINE_DISTANCE_MIN
 
     labels = [(f"{stage}.{column}", m) for stage, columns in diversity.items()
               for column, m in columns.items()]

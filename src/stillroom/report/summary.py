@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from stillroom.data.output import KINDS, OutputFolder
+from stillroom.data.commit_log import KINDS
+from stillroom.data.output import OutputFolder
 from stillroom.llm.stats import BackendStats
 from stillroom.report.distillation import read_distillation
 from stillroom.secrets import redact, redact_value
@@ -109,7 +110,7 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
         ],
         "seconds": seconds,
         "complete": folder.is_complete(),
-        # stage -> column -> measures (see stillroom.generate.diversity); empty until complete.
+        # stage -> column -> measures (see stillroom.report.diversity); empty until complete.
         "diversity": record.get("diversity") or {},
         "warnings": record.get("warnings") or [],
         # stage -> figure -> value (pass@k, mean ratings, win rates); empty until complete.

@@ -2,6 +2,7 @@
 
 from stillroom.curate.decontaminate import Decontaminate
 from stillroom.curate.dedup import Dedup
+from stillroom.curate.echo import EchoFilter
 from stillroom.curate.heuristics import HeuristicFilter
 from stillroom.curate.ifd import IFDFilter
 from stillroom.curate.select import Select
@@ -20,6 +21,7 @@ __all__ = [
     "Complete",
     "Decontaminate",
     "Dedup",
+    "EchoFilter",
     "HeuristicFilter",
     "IFDFilter",
     "MajorityVote",

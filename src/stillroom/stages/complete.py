@@ -45,24 +45,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from stillroom.data.rows import prompt_messages, with_answer, without_answer
+from stillroom.data.rows import (
+    Message,
+    Row,
+    build_messages,
+    check_prompt,
+    field_column,
+    with_answer,
+)
 from stillroom.errors import ConfigError
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
-from stillroom.pipeline.stage import Row, RowFailure, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
-
-
-def _field_column(field: str) -> str:
-    """The column a replacement field reads: ``a`` for ``{a}``, ``{a.b}`` and ``{a[0]}``."""
-    return field.split(".", 1)[0].split("[", 1)[0]
-
-
-def _template_columns(template: str) -> list[str]:
-    import string
-
-    return [_field_column(field) for _, field, _, _ in string.Formatter().parse(template) if field]
 
 
 def template_problem(template: str) -> str | None:
@@ -76,7 +72,7 @@ def template_problem(template: str) -> str | None:
         for _, field, spec, conversion in string.Formatter().parse(template):
             if field is None:
                 continue
-            column = _field_column(field)
+            column = field_column(field)
             if not column or column.isdigit():
                 shown = "{" + field + "}"
                 return (f"{shown} is a positional field; name a column instead, "
@@ -90,75 +86,6 @@ def template_problem(template: str) -> str | None:
         return f"is not a valid template: {error} (write a literal brace as '{{{{' or '}}}}')"
     if not columns:
         return "names no column; use '{column}' fields, e.g. '{question}'"
-    return None
-
-
-def check_messages(messages: Any, column: str = "messages") -> str | None:
-    if not isinstance(messages, list) or not messages:
-        return f"`{column}` must be a non-empty list of {{role, content}} objects"
-    for position, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return f"`{column}[{position}]` must be an object with `role` and `content`"
-        if message["role"] not in ("system", "user", "assistant", "tool"):
-            return f"`{column}[{position}].role` is {message['role']!r}; use system, user or assistant"
-        if not isinstance(message["content"], (str, list)):
-            return f"`{column}[{position}].content` must be text"
-    return None
-
-
-def build_messages(
-    row: Row, prompt_template: str | None = None, system: str | None = None
-) -> list[dict[str, Any]]:
-    """The chat request for a row: its template filled in, its ``messages`` (without trailing
-    assistant turns: a conversation that already ends in an answer gets that answer
-    regenerated), its conversational ``prompt``, or its text ``prompt`` as one user turn; with
-    ``system`` put first unless the conversation has its own."""
-    if prompt_template is not None:
-        messages = [{"role": "user", "content": prompt_template.format(**row)}]
-    else:
-        messages = prompt_messages(row) or []
-    if system is not None and not (messages and messages[0]["role"] == "system"):
-        messages.insert(0, {"role": "system", "content": system})
-    return messages
-
-
-def check_prompt(
-    row: Row, *, messages_allowed: bool = True, prompt_template: str | None = None
-) -> str | None:
-    """What is wrong with the row's ``messages`` or ``prompt`` (the input of a generation stage),
-    or, with a ``prompt_template``, which of the columns it needs the row lacks. A ``prompt``
-    may be text, or (where ``messages_allowed``) a conversation: TRL's conversational prompt."""
-    if prompt_template is not None:
-        missing = [c for c in _template_columns(prompt_template) if c not in row]
-        if missing:
-            return f"prompt_template needs column(s) {missing}; the row has {sorted(row)}"
-        if row.get("messages") is not None and row.get("prompt") is None:
-            # The answer goes to a text `completion`; beside a `messages` list and no `prompt`,
-            # TRL would read the row one way or the other (see data.rows).
-            return ("the row has `messages` but no `prompt`, and prompt_template builds the "
-                    "request from other columns: the answer would land in `completion` beside "
-                    "a conversation it does not answer; drop or rename the `messages` column")
-        return None
-    if messages_allowed and row.get("messages") is not None:
-        problem = check_messages(row["messages"])
-        if problem is None and not without_answer(row["messages"]):
-            return "`messages` holds no turn before the answer (only assistant turns)"
-        return problem
-    prompt = row.get("prompt")
-    if prompt is None:
-        columns = "a `prompt` or `messages` column" if messages_allowed else "a `prompt` column"
-        return f"the row needs {columns}; it has {sorted(row)}"
-    if messages_allowed and isinstance(prompt, list):
-        problem = check_messages(prompt, "prompt")
-        if problem is None and prompt[-1]["role"] == "assistant":
-            return ("a conversational `prompt` must not end with an assistant turn (the answer "
-                    "goes in `completion`); put a conversation to answer again in `messages`")
-        return problem
-    if not isinstance(prompt, str):
-        kind = "text or a list of messages" if messages_allowed else "text"
-        return f"`prompt` must be {kind}, got {type(prompt).__name__}"
-    if not prompt.strip():
-        return "`prompt` is empty"
     return None
 
 
@@ -214,7 +141,7 @@ class Complete(RowStage):
     def check_row(self, row: Row) -> str | None:
         return check_prompt(row, prompt_template=self.prompt_template)
 
-    def messages_for(self, row: Row) -> list[dict[str, Any]]:
+    def messages_for(self, row: Row) -> list[Message]:
         return build_messages(row, self.prompt_template, self.system)
 
     def answered(self, row: Row, text: str) -> Row:

@@ -65,18 +65,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from stillroom.data.rows import ANSWER_COLUMN, row_answer
-from stillroom.errors import ConfigError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
-from stillroom.pipeline.stage import (
-    Dropped,
+from stillroom.data.rows import (
+    ANSWER_COLUMN,
     Row,
-    RowFailure,
-    RowStage,
-    StageContext,
-    register_stage,
+    build_messages,
+    check_prompt,
+    row_answer,
+    row_id,
+    seed_id_of,
+    with_lineage,
 )
-from stillroom.stages.complete import build_messages, check_prompt
+from stillroom.errors import ConfigError
+from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig

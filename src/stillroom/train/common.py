@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, InputError
 
 TRAIN_FILE = "stillroom_train.json"
@@ -135,7 +136,7 @@ def load_run_config(path: str | Path, cls: type[C]) -> C:
 # -- data ----------------------------------------------------------------------------------------
 
 
-def read_rows(config: RunConfig) -> list[dict[str, Any]]:
+def read_rows(config: RunConfig) -> list[Row]:
     """The data rows; a stillroom output folder is read from its ``data/`` folder."""
     from stillroom.data.readers import iter_rows
 

@@ -82,6 +82,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, InputError
 from stillroom.train.common import (
     TRAIN_FILE,
@@ -142,7 +143,7 @@ def load_dpo_config(path: str | Path) -> DPORunConfig:
 # -- data ----------------------------------------------------------------------------------------
 
 
-def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
+def detect_format(rows: list[Row], wanted: str = "auto") -> str:
     """``conversational`` when the first row's prompt is a list of turns, else text."""
     if wanted != "auto":
         return wanted
@@ -158,7 +159,7 @@ def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
     )
 
 
-def _where(index: int, row: dict[str, Any]) -> str:
+def _where(index: int, row: Row) -> str:
     return f"row {index} (id {row['id']!r})" if row.get("id") is not None else f"row {index}"
 
 
@@ -205,7 +206,7 @@ def _answer(value: Any, key: str, fmt: str) -> str:
 
 
 def check_pairs(
-    rows: list[dict[str, Any]], fmt: str, source: Path | None = None
+    rows: list[Row], fmt: str, source: Path | None = None
 ) -> list[dict[str, Any]]:
     """Each row as ``{turns, chosen, rejected}``; the first bad row is an InputError naming it."""
     pairs = []

@@ -97,19 +97,22 @@ tokenizer and ``stillroom_train.json``: the config, ``recipe: kd``, ``mode``, ro
 loss curve (``losses``) and its two parts (``kd_losses``, ``ce_losses``: [[step, value], ...];
 a step made only of on-policy batches has no CE), the share of on-policy batches, how many
 labelled tokens had teacher data (offline), the training seconds and the checkpoint resumed from.
+
+This module holds the config, the examples built from the rows, and the run; the matching of
+stored logprobs is in :mod:`stillroom.train.kd_alignment`, the collator and the trainer (the
+loss, on-policy batches) in :mod:`stillroom.train.kd_trainer`.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from stillroom.errors import ConfigError, InputError
+from stillroom.data.rows import Row
+from stillroom.errors import ConfigError
 from stillroom.train.common import (
     TRAIN_FILE,
     Format,
@@ -126,12 +129,22 @@ from stillroom.train.common import (
     save_final,
     trainer_arguments,
 )
+from stillroom.train.kd_alignment import (
+    Pieces,
+    TopK,
+    align_logprobs,
+    check_same_vocabulary,
+    row_name,
+    stored_entries,
+)
+from stillroom.train.kd_trainer import (
+    IGNORE_INDEX,
+    Example,
+    KDCollator,
+    KDSettings,
+    trainer_class,
+)
 from stillroom.train.sft import detect_format, to_prompt_completion
-
-IGNORE_INDEX = -100  # the same value as stillroom.train.losses.IGNORE_INDEX (kept torch-free here)
-
-TopK = list[tuple[int, float]]
-"""One position's teacher data: ``(student token id, logprob)`` pairs, the generated token first."""
 
 
 class KDRunConfig(RunConfig):
@@ -216,188 +229,7 @@ def load_tokenizer(config: KDRunConfig, name: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def check_same_vocabulary(student: Any, teacher: Any, key: str) -> None:
-    """Refuse (ConfigError naming ``key``) unless both tokenizers map the same texts to the same ids."""
-    mine, theirs = student.get_vocab(), teacher.get_vocab()
-    if mine == theirs:
-        return
-    differing = sorted(set(mine.items()) ^ set(theirs.items()), key=lambda item: item[1])
-    example = f"; e.g. {differing[0][0]!r} is id {mine.get(differing[0][0])} in the student's " \
-              f"and {theirs.get(differing[0][0])} in the teacher's" if differing else ""
-    raise ConfigError(
-        f"the teacher's tokenizer differs from the student's ({len(theirs)} vs {len(mine)} "
-        f"entries{example}); logit KD needs one shared tokenizer", key=key,
-    )
-
-
-class Pieces:
-    """The decoded text of every student token id, and the ids a text names exactly once."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self._by_text: dict[str, int] | None = None
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-
-    def text(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False))
-
-    def id_of(self, text: str) -> int | None:
-        if self._by_text is None:  # ~50k decodes, only for rows stored without ids
-            seen: dict[str, int | None] = {}
-            for token_id in range(len(self.tokenizer)):
-                piece = self.text(token_id)
-                seen[piece] = None if piece in seen else token_id
-            self._by_text = {piece: i for piece, i in seen.items() if i is not None}
-        return self._by_text.get(text)
-
-
-# -- offline: stored logprobs to student positions -------------------------------------------------
-
-
-def _row_name(index: int, row: dict[str, Any]) -> str:
-    return f"row {index} (id {row['id']!r})" if row.get("id") is not None else f"row {index}"
-
-
-def _entries(value: Any, where: str, column: str) -> list[dict[str, Any]]:
-    """The stored per-token list, checked for the shape a `complete` stage writes."""
-    if value is None:
-        raise InputError(f"{where}: no `{column}`; generate the data with a `complete` stage "
-                         "with `top_logprobs: K`, or set `logprobs_column`")
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        raise InputError(f"{where}: `{column}` holds several samples (n > 1); offline KD needs one "
-                         "completion per row")
-    if not isinstance(value, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("token"), str) and e.get("logprob") is not None
-        for e in value
-    ):
-        raise InputError(f"{where}: `{column}` must be a list of {{token, logprob, top_logprobs}} "
-                         "entries, one per completion token")
-    return value
-
-
-def _has_id(entry: dict[str, Any]) -> bool:
-    return entry.get("id") is not None
-
-
-def _is_eos(entry: dict[str, Any], tokenizer: Any) -> bool:
-    if _has_id(entry):
-        return int(entry["id"]) == tokenizer.eos_token_id
-    return bool(entry["token"]) and entry["token"] == tokenizer.eos_token
-
-
-def _chosen_ids(entries: list[dict[str, Any]], completion: str, pieces: Pieces,
-                where: str) -> list[int]:
-    """The student ids of the generated tokens; refuse when the tokenizers disagree."""
-    tokenizer, vocab = pieces.tokenizer, len(pieces.tokenizer)
-    if entries and all(_has_id(e) for e in entries):
-        ids = [int(e["id"]) for e in entries]
-        for position, (token_id, entry) in enumerate(zip(ids, entries, strict=True)):
-            if not 0 <= token_id < vocab:
-                raise InputError(f"{where}: token {position} has id {token_id}, outside the "
-                                 f"student's vocabulary of {vocab}: the tokenizers differ")
-            if token_id not in pieces.special and pieces.text(token_id) != entry["token"]:
-                raise InputError(
-                    f"{where}: token {position} is id {token_id} = {entry['token']!r} for the "
-                    f"teacher but {pieces.text(token_id)!r} for the student: the tokenizers differ"
-                )
-        return ids
-    texts = [e["token"] for e in entries]
-    canonical = tokenizer(completion, add_special_tokens=False).input_ids
-    if [pieces.text(i) for i in canonical[: len(texts)]] == texts:
-        return list(canonical[: len(texts)])
-    ids = []
-    for position, text in enumerate(texts):
-        found = pieces.id_of(text)
-        if found is None:
-            raise InputError(
-                f"{where}: token {position} {text!r} is not one token of the student's tokenizer "
-                "and the completion does not tokenize to the stored tokens: the tokenizers "
-                "differ, or the text was changed after generation"
-            )
-        ids.append(found)
-    return ids
-
-
-def _first_mismatch(ids: list[int], completion: str, pieces: Pieces) -> tuple[int, str]:
-    """The first stored token after which the decoded text stops being the completion's start."""
-    for end in range(1, len(ids) + 1):
-        decoded = pieces.tokenizer.decode(ids[:end], clean_up_tokenization_spaces=False)
-        if decoded.endswith("\ufffd"):  # a UTF-8 character cut in the middle: look further
-            continue
-        if not completion.startswith(decoded):
-            return end - 1, pieces.text(ids[end - 1])
-    return len(ids), ""
-
-
-def _checked_text(ids: list[int], completion: str, pieces: Pieces, where: str) -> list[int]:
-    """The ids of the completion's text the stored tokens do not cover (at most one token)."""
-    tokenizer = pieces.tokenizer
-    decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
-    if decoded == completion:
-        return []
-    if completion.startswith(decoded):
-        rest = tokenizer(completion[len(decoded):], add_special_tokens=False).input_ids
-        if len(rest) == 1:  # a backend that did not report the last sampled token
-            return list(rest)
-    position, token = _first_mismatch(ids, completion, pieces)
-    detail = f"token {position} {token!r}" if token else "after the last stored token"
-    raise InputError(
-        f"{where}: the completion does not match its logprobs ({detail}: the stored tokens "
-        f"spell {decoded[:60]!r}..., the completion is {completion[:60]!r}...): the text was "
-        "changed after generation, or the tokenizers differ"
-    )
-
-
-def _topk(entry: dict[str, Any], chosen: int, pieces: Pieces) -> TopK:
-    """The generated token and the placeable alternatives, each id once."""
-    out: TopK = [(chosen, float(entry["logprob"]))]
-    seen = {chosen}
-    for alternative in entry.get("top_logprobs") or []:
-        token_id = (int(alternative["id"]) if _has_id(alternative)
-                    else pieces.id_of(str(alternative.get("token", ""))))
-        logprob = float(alternative["logprob"])
-        if token_id is None or token_id in seen or logprob != logprob or logprob == float("-inf"):
-            continue  # unplaceable, repeated, or no mass: its probability stays in the tail
-        if not 0 <= token_id < len(pieces.tokenizer):
-            raise InputError(f"an alternative token has id {token_id}, outside the student's "
-                             f"vocabulary of {len(pieces.tokenizer)}: the tokenizers differ")
-        seen.add(token_id)
-        out.append((token_id, logprob))
-    return out
-
-
-def align_logprobs(entries: list[dict[str, Any]], completion: str, pieces: Pieces,
-                   where: str = "row") -> tuple[list[int], list[TopK], TopK]:
-    """Stored logprobs of one completion mapped onto the student's tokens.
-
-    Returns the completion's student ids (without EOS), one teacher top-k per id (empty where
-    the teacher gave none) and the EOS position's top-k (empty unless the teacher reported it).
-    Raises InputError, naming ``where`` and the first mismatching token, when they do not align.
-    """
-    tokenizer = pieces.tokenizer
-    entries = list(entries)
-    eos_entry = entries.pop() if entries and _is_eos(entries[-1], tokenizer) else None
-    ids = _chosen_ids(entries, completion, pieces, where)
-    tail = _checked_text(ids, completion, pieces, where)
-    try:
-        topk = [_topk(entry, token_id, pieces) for entry, token_id in zip(entries, ids, strict=True)]
-        eos_topk = _topk(eos_entry, tokenizer.eos_token_id, pieces) if eos_entry else []
-    except InputError as error:
-        raise InputError(f"{where}: {error.reason}") from None
-    return ids + tail, topk + [[] for _ in tail], eos_topk
-
-
-# -- examples and batches --------------------------------------------------------------------------
-
-
-@dataclass
-class Example:
-    """One training sequence: ids, labels (-100 on the prompt) and per-position teacher top-k."""
-
-    input_ids: list[int]
-    labels: list[int]
-    prompt_length: int
-    teacher: list[TopK] = field(default_factory=list)  # offline: aligned with labels
+# -- examples --------------------------------------------------------------------------------------
 
 
 def _prompt_ids(prompt: str, tokenizer: Any) -> list[int]:
@@ -407,18 +239,19 @@ def _prompt_ids(prompt: str, tokenizer: Any) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=special).input_ids)
 
 
-def build_examples(config: KDRunConfig, rows: list[dict[str, Any]], fmt: str,
+def build_examples(config: KDRunConfig, rows: list[Row], fmt: str,
                    tokenizer: Any) -> tuple[list[Example], dict[str, int]]:
     """Rows to examples (offline: with the aligned teacher data) and token counts for the record."""
-    texts = to_prompt_completion(_with_answer(rows, fmt), fmt, tokenizer)
+    # The answer wherever the row keeps it (stillroom.data.rows.row_answer), as SFT reads it.
+    texts = to_prompt_completion(rows, fmt, tokenizer)
     pieces = Pieces(tokenizer)
     eos = tokenizer.eos_token_id
     examples, counts = [], {"label_tokens": 0, "teacher_tokens": 0}
     for index, (row, text) in enumerate(zip(rows, texts, strict=True)):
         prompt = _prompt_ids(text["prompt"], tokenizer)
         if config.mode == "offline":
-            where = _row_name(index, row)
-            entries = _entries(row.get(config.logprobs_column), where, config.logprobs_column)
+            where = row_name(index, row)
+            entries = stored_entries(row.get(config.logprobs_column), where, config.logprobs_column)
             completion, topk, eos_topk = align_logprobs(entries, text["completion"], pieces, where)
             teacher: list[TopK] = [[] for _ in prompt] + topk + [eos_topk]
         else:
@@ -432,212 +265,6 @@ def build_examples(config: KDRunConfig, rows: list[dict[str, Any]], fmt: str,
         counts["teacher_tokens"] += sum(bool(t) for t in example.teacher)
         examples.append(example)
     return examples, counts
-
-
-def _with_answer(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
-    """A ``messages`` row answered by a `complete` stage keeps its question in ``messages`` and
-    the answer in ``completion``: put the answer back as the final assistant turn."""
-    if fmt != "messages":
-        return rows
-    out = []
-    for row in rows:
-        messages = row.get("messages")
-        if (isinstance(messages, list) and messages and isinstance(row.get("completion"), str)
-                and isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant"):
-            row = {**row, "messages": [*messages,
-                                       {"role": "assistant", "content": row["completion"]}]}
-        out.append(row)
-    return out
-
-
-class KDCollator:
-    """Right-padded tensors: ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding),
-    offline ``teacher_ids`` / ``teacher_logprobs`` ``(B, T, K)`` (-1 / -inf where there is no
-    data), and ``prompt_lengths`` ``(B,)`` for on-policy generation."""
-
-    def __init__(self, pad_id: int, offline: bool):
-        self.pad_id = pad_id
-        self.offline = offline
-
-    def __call__(self, examples: list[Example]) -> dict[str, Any]:
-        import torch
-
-        size, length = len(examples), max(len(e.input_ids) for e in examples)
-        ids = torch.full((size, length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((size, length), dtype=torch.long)
-        labels = torch.full((size, length), IGNORE_INDEX, dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example.input_ids)
-            ids[row, :n] = torch.tensor(example.input_ids)
-            mask[row, :n] = 1
-            labels[row, :n] = torch.tensor(example.labels)
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                 "prompt_lengths": torch.tensor([e.prompt_length for e in examples])}
-        if self.offline:
-            k = max((len(t) for e in examples for t in e.teacher), default=0) or 1
-            teacher_ids = torch.full((size, length, k), -1, dtype=torch.long)
-            teacher_logprobs = torch.full((size, length, k), float("-inf"))
-            for row, example in enumerate(examples):
-                for position, topk in enumerate(example.teacher):
-                    if topk:
-                        teacher_ids[row, position, : len(topk)] = torch.tensor([i for i, _ in topk])
-                        teacher_logprobs[row, position, : len(topk)] = torch.tensor(
-                            [lp for _, lp in topk], dtype=torch.float32)
-            batch["teacher_ids"], batch["teacher_logprobs"] = teacher_ids, teacher_logprobs
-        return batch
-
-
-# -- the trainer -------------------------------------------------------------------------------------
-
-
-@dataclass
-class KDSettings:
-    mode: str
-    alpha: float = 0.5
-    beta: float = 0.0
-    temperature: float = 1.0
-    lambda_on_policy: float = 0.0
-    max_new_tokens: int = 64
-    seed: int = 0
-
-
-def _trainer_class() -> type:
-    """``KDTrainer``, defined on first use so that importing this module does not import torch."""
-    global _KDTrainer
-    if _KDTrainer is None:
-        _KDTrainer = _define_trainer()
-    return _KDTrainer
-
-
-_KDTrainer: type | None = None
-
-
-def _define_trainer() -> type:  # noqa: C901 - one class, its methods are small
-    import torch
-    import torch.nn.functional as F
-    from transformers import GenerationConfig, Trainer
-
-    from stillroom.train.losses import kd_loss, shift_for_next_token, topk_kd_loss
-
-    class KDTrainer(Trainer):  # type: ignore[misc]
-        """A transformers ``Trainer`` whose loss is ``(1 - alpha) * CE + alpha * KD``."""
-
-        # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation.
-        loss_is_scaled_for_ga = False
-
-        def __init__(self, *args: Any, kd: KDSettings, teacher: Any = None, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.kd = kd
-            self.teacher = teacher
-            if teacher is not None:
-                teacher.to(self.args.device).eval().requires_grad_(False)
-            self._parts: dict[str, list[float]] = {"kd_loss": [], "ce_loss": [], "on_policy": []}
-            self._micro = (-1, 0)  # (global step, micro-batches seen in it)
-
-        # -- the loss --
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            on_policy = self._draw_on_policy()
-            if on_policy:
-                inputs = self.on_policy_batch(model, inputs)
-            forward: dict[str, Any] = {k: inputs[k] for k in
-                                       ("input_ids", "attention_mask", "position_ids") if k in inputs}
-            outputs = model(**forward)
-            labels, student = shift_for_next_token(inputs["labels"], outputs.logits)
-            kd = self.kd_term(student, forward, inputs, labels)
-            if on_policy:
-                loss = self.kd.alpha * kd
-            else:
-                ce = F.cross_entropy(student.float().reshape(-1, student.shape[-1]),
-                                     labels.reshape(-1), ignore_index=IGNORE_INDEX)
-                loss = (1 - self.kd.alpha) * ce + self.kd.alpha * kd
-                self._parts["ce_loss"].append(float(ce.detach()))
-            self._parts["kd_loss"].append(float(kd.detach()))
-            self._parts["on_policy"].append(float(on_policy))
-            return (loss, outputs) if return_outputs else loss
-
-        def kd_term(self, student: Any, forward: dict[str, Any], inputs: dict[str, Any],
-                    labels: Any) -> Any:
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher = self.teacher(**forward).logits[:, :-1]
-                vocab = min(student.shape[-1], teacher.shape[-1])  # padded embedding rows differ
-                return kd_loss(student[..., :vocab], teacher[..., :vocab], labels,
-                               beta=self.kd.beta, temperature=self.kd.temperature)
-            teacher_ids = inputs["teacher_ids"][:, 1:]
-            # Only positions with teacher data count for KD (the EOS usually has none).
-            scored = (teacher_ids >= 0).any(dim=-1)
-            kd_labels = torch.where(scored, labels, IGNORE_INDEX)
-            return topk_kd_loss(student, teacher_ids, inputs["teacher_logprobs"][:, 1:], kd_labels,
-                                temperature=self.kd.temperature)
-
-        # -- on-policy batches (GKD) --
-
-        def _draw_on_policy(self) -> bool:
-            if self.kd.lambda_on_policy == 0 or self.teacher is None:
-                return False
-            step, seen = self._micro
-            seen = seen + 1 if step == self.state.global_step else 0
-            self._micro = (self.state.global_step, seen)
-            draw = random.Random(f"{self.kd.seed}:{self.state.global_step}:{seen}").random()
-            return draw < self.kd.lambda_on_policy
-
-        def on_policy_batch(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-            """The batch's prompts (left-padded) completed by the student's own samples."""
-            tokenizer: Any = self.processing_class
-            prompts, prompt_mask = _left_padded_prompts(inputs, tokenizer.pad_token_id)
-            student = self.accelerator.unwrap_model(model)
-            eos = tokenizer.eos_token_id
-            settings = GenerationConfig(
-                do_sample=True, temperature=self.kd.temperature, top_k=0, top_p=1.0,
-                max_new_tokens=self.kd.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-            )
-            was_training = student.training
-            student.eval()
-            with torch.no_grad():
-                sequences = student.generate(input_ids=prompts, attention_mask=prompt_mask,
-                                             generation_config=settings)
-            student.train(was_training)
-            generated = sequences[:, prompts.shape[1]:]
-            # Keep each sample up to and including its first EOS; what follows is padding.
-            is_eos = generated == eos
-            after_eos = (is_eos.cumsum(dim=-1) - is_eos.long()) > 0
-            completion_mask = (~after_eos).long()
-            mask = torch.cat([prompt_mask, completion_mask], dim=-1)
-            labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX),
-                                torch.where(after_eos, IGNORE_INDEX, generated)], dim=-1)
-            # Left padding: positions count real tokens only, for student and teacher alike.
-            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-            return {"input_ids": sequences, "attention_mask": mask, "labels": labels,
-                    "position_ids": positions}
-
-        # -- logging the two parts --
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                for key, values in self._parts.items():
-                    if values:
-                        logs[key] = sum(values) / len(values)
-                self._parts = {key: [] for key in self._parts}
-            super().log(logs, start_time)
-
-    return KDTrainer
-
-
-def _left_padded_prompts(inputs: dict[str, Any], pad_id: int) -> tuple[Any, Any]:
-    import torch
-
-    lengths = inputs["prompt_lengths"].tolist()
-    width = max(lengths)
-    ids = inputs["input_ids"]
-    prompts = torch.full((len(lengths), width), pad_id, dtype=ids.dtype, device=ids.device)
-    mask = torch.zeros_like(prompts)
-    for row, n in enumerate(lengths):
-        prompts[row, width - n:] = ids[row, :n]
-        mask[row, width - n:] = 1
-    return prompts, mask
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -674,7 +301,7 @@ def build_trainer(config: KDRunConfig) -> tuple[Any, dict[str, Any]]:
                           temperature=config.temperature, lambda_on_policy=config.lambda_on_policy,
                           max_new_tokens=config.max_new_tokens, seed=config.seed)
     args = TrainingArguments(**trainer_arguments(config), remove_unused_columns=False)
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=_Examples(examples),
         data_collator=KDCollator(tokenizer.pad_token_id, offline=config.mode == "offline"),
         processing_class=tokenizer, kd=settings, teacher=teacher,
@@ -728,15 +355,9 @@ def train_kd(config: KDRunConfig) -> Path:
 
 __all__ = [
     "TRAIN_FILE",
-    "Example",
-    "KDCollator",
     "KDRunConfig",
-    "KDSettings",
-    "Pieces",
-    "align_logprobs",
     "build_examples",
     "build_trainer",
-    "check_same_vocabulary",
     "load_kd_config",
     "parse_kd_config",
     "train_kd",

@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stillroom.data.rows import answer_text, is_conversation, prompt_messages, row_answer
+from stillroom.data.rows import Row, answer_text, is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError, InputError
 from stillroom.train.common import (
     TRAIN_FILE,
@@ -112,7 +112,7 @@ def load_sft_config(path: str | Path) -> SFTRunConfig:
 # -- data ----------------------------------------------------------------------------------------
 
 
-def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
+def detect_format(rows: list[Row], wanted: str = "auto") -> str:
     if wanted != "auto":
         return wanted
     first = rows[0]
@@ -129,7 +129,7 @@ def detect_format(rows: list[dict[str, Any]], wanted: str = "auto") -> str:
 
 
 def to_prompt_completion(
-    rows: list[dict[str, Any]], fmt: str, tokenizer: Any
+    rows: list[Row], fmt: str, tokenizer: Any
 ) -> list[dict[str, str]]:
     """Plain-text ``{prompt, completion}`` pairs: the chat template applied to the prompt turns,
     the answer text as the completion (read through :mod:`stillroom.data.rows`)."""

@@ -20,10 +20,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from stillroom.data.rows import ANSWER_COLUMN, row_answer
+from stillroom.data.rows import ANSWER_COLUMN, Row, row_answer
 from stillroom.registry import Registry
-
-Row = dict[str, Any]
 
 
 class VerifierInputError(ValueError):

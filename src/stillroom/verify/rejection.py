@@ -2,7 +2,7 @@
 
     - type: rejection_sample
       backend: teacher
-      verifier: math           # a registered verifier: math, code, json_schema, regex, length
+      verifier: math           # a registered verifier (`stillroom verify --help` lists them)
       verifier_options: {timeout_seconds: 5}
       k: 1                     # completions wanted that pass the verifier
       max_samples: 8           # samples spent at most per prompt
@@ -54,26 +54,21 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from stillroom.data.rows import with_answer
-from stillroom.errors import ConfigError
-from stillroom.generate.lineage import (
+from stillroom.data.rows import (
     PromptTemplate,
-    derived_id,
+    Row,
+    build_messages,
+    check_prompt,
     row_id,
+    row_key,
     seed_id_of,
+    with_answer,
     with_lineage,
 )
+from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
-from stillroom.pipeline.stage import (
-    Dropped,
-    Row,
-    RowFailure,
-    RowStage,
-    StageContext,
-    register_stage,
-)
-from stillroom.stages.complete import build_messages, check_prompt
+from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 from stillroom.verify import math as math_verifier
 from stillroom.verify.base import Verdict, Verifier, VerifierInputError
 from stillroom.verify.stage import build_verifier
@@ -176,7 +171,7 @@ class _Sampler(RowStage):
         return PromptTemplate(f"{self.type}.prompt", self.prompt_template)
 
     def row_key(self, row: Row) -> str:
-        return row_id(row) or derived_id("prompt", row.get("messages") or row.get("prompt"))
+        return row_key(row)
 
     async def sample(
         self, ctx: StageContext, messages: list[dict[str, Any]], first: int, count: int

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import signal
@@ -49,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from stillroom.verify import sandbox_launcher
@@ -97,39 +96,9 @@ from stillroom.verify.sandbox_leftovers import (
     clean_stale,
     pids_of_uid,
 )
+from stillroom.verify.sandbox_limits import Limits
 
 DISK_POLL_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class Limits:
-    cpu_seconds: int = 2  # CPU time of each process (RLIMIT_CPU: SIGXCPU, then SIGKILL)
-    wall_seconds: float = 5.0  # the whole run, start to kill
-    memory_mb: int = 512  # address space of each process; with a cgroup, also all together
-    max_processes: int = 16  # processes and threads of the run together
-    file_size_mb: int = 1  # the largest file it may write
-    disk_mb: int = 16  # all its files together (a tmpfs of this size, or polled)
-    open_files: int = 64
-    output_bytes: int = 64_000  # kept of stdout and of stderr; the rest is read and dropped
-
-    def __post_init__(self) -> None:
-        for option in fields(self):
-            value = getattr(self, option.name)
-            number = option.name == "wall_seconds"
-            kinds = (int, float) if number else (int,)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, kinds)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                kind = "number of seconds" if number else "integer"
-                raise ValueError(f"{option.name} must be a positive {kind}, got {value!r}")
-
-    def files(self) -> int:
-        """Files and directories the run may create (the tmpfs's inode count): empty files take
-        no space, so the size alone would not bound them."""
-        return max(1024, self.disk_mb * 256)
 
 
 @dataclass(frozen=True)

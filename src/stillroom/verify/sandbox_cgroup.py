@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from stillroom.verify.sandbox_launcher import MB
 
 if TYPE_CHECKING:
-    from stillroom.verify.sandbox import Limits
+    from stillroom.verify.sandbox_limits import Limits
 
 
 class _Cgroup:

@@ -1,7 +1,7 @@
 """``verify``: a verifier's verdict on every row, in ``passed`` and ``reason``.
 
     - type: verify
-      kind: math               # a registered verifier: math, code, json_schema, regex, length
+      kind: math               # a registered verifier (`stillroom verify --help` lists them)
       answer_column: completion
       options: {timeout_seconds: 5}
       drop_failed: false       # true: rows that fail go to dropped/ with their reason
@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError
-from stillroom.pipeline.pipeline import Pipeline, RunResult
 from stillroom.pipeline.stage import (
     Dropped,
     Row,
@@ -71,7 +68,7 @@ def build_verifier(kind: str, answer_column: str, options: dict[str, Any]) -> Ve
 @register_stage
 class Verify(RowStage):
     type: Literal["verify"] = "verify"
-    kind: str = Field(description="A registered verifier: math, code, json_schema, regex, length.")
+    kind: str = Field(description="A registered verifier (`stillroom verify --help` lists them).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="The verifier's own options (e.g. a regex `pattern`)."
     )
@@ -86,8 +83,11 @@ class Verify(RowStage):
         try:
             self._verifier = build_verifier(self.kind, self.answer_column, self.options)
         except ConfigError as error:
-            # A validation error: a pipeline file names the stage's line and key.
-            raise PydanticCustomError("verifier", "{reason}", {"reason": error.reason}) from None
+            # A validation error: a pipeline file names the stage's line and key, and options
+            # built in Python name the option at fault (its `option`, e.g. "options").
+            raise PydanticCustomError(
+                "verifier", "{reason}", {"reason": error.reason, "option": error.key}
+            ) from None
         return self
 
     @property
@@ -101,12 +101,21 @@ class Verify(RowStage):
         return ["passed"]
 
     def summarize(self, rows: list[Row]) -> dict[str, Any]:
-        """Rows checked and the share that passed (rows dropped for failing count as checked)."""
+        """Rows checked, rows passed and the share that passed (rows dropped for failing count
+        as checked); no share when no row was checked."""
         verdicts = [row["passed"] for row in rows if row.get("passed") is not None]
-        if not verdicts:
-            return {}
         passed = sum(1 for verdict in verdicts if verdict is True)
-        return {"checked": len(verdicts), "passed": passed, "pass rate": passed / len(verdicts)}
+        figures: dict[str, Any] = {"checked": len(verdicts), "passed": passed}
+        if verdicts:
+            figures["pass rate"] = passed / len(verdicts)
+        return figures
+
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        """"math: 31 of 40 rows passed (77.50%)"."""
+        if "checked" not in figures:
+            return None
+        rate = "n/a" if figures.get("pass rate") is None else f"{figures['pass rate']:.2%}"
+        return f"{self.kind}: {figures['passed']:,} of {figures['checked']:,} rows passed ({rate})"
 
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
         # The answer as text, wherever the row keeps it (a `messages` row: its last turn).
@@ -137,37 +146,3 @@ class Verify(RowStage):
             return [Dropped(out, f"{self.kind}: {verdict.reason}")]
         return out
 
-
-def verify(
-    input: str | os.PathLike[str] | list[Row],
-    out: str | os.PathLike[str],
-    *,
-    kind: str,
-    answer_column: str = "completion",
-    options: dict[str, Any] | None = None,
-    drop_failed: bool = False,
-    **run_options: Any,
-) -> RunResult:
-    """Check every row with the verifier ``kind``: a pipeline of one ``verify`` stage.
-
-    The result's ``summary["verify"]`` holds ``checked``, ``passed`` and ``pass_rate``.
-    """
-    options = dict(options or {})
-    build_verifier(kind, answer_column, options)  # a bad kind or option: ConfigError, exit 2
-    stage = Verify(kind=kind, answer_column=answer_column, options=options,
-                   drop_failed=drop_failed)
-    pipeline = Pipeline([stage], input=input, name=f"stillroom verify --kind {kind}")
-    result = pipeline.run(out, **run_options)
-    folder = OutputFolder(result.out)
-    verdicts = [v for part in ("data", "dropped") for v in folder.read_column(part, "passed")]
-    checked = sum(1 for v in verdicts if v is not None)
-    passed = sum(1 for v in verdicts if v is True)
-    summary = dict(getattr(result, "summary", None) or {})
-    summary["verify"] = {
-        "kind": kind,
-        "checked": checked,
-        "passed": passed,
-        "pass_rate": passed / checked if checked else None,
-    }
-    result.summary = summary
-    return result

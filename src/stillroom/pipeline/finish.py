@@ -1,5 +1,9 @@
-"""The end of a run: one schema per shard kind, the diversity of generated columns, the card, the
-report, the completion marker."""
+"""The end of a run: one schema per shard kind, the diversity of generated columns, each stage's
+figures, the card and report (rendered by :mod:`stillroom.report`), the completion record.
+
+It is handed what it needs (the folder, the pipeline, the input, the figures measured during the
+run), not the executor, so every way of running a stage ends a run the same way.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,15 @@ import pyarrow.parquet as pq
 
 from stillroom.data.output import OutputFolder
 from stillroom.errors import OutputFolderError
+from stillroom.pipeline.run_types import RunResult
 from stillroom.report.card import render_card
 from stillroom.report.html import render_report
 from stillroom.report.summary import failure_examples, summarize
 from stillroom.secrets import redact_value
 
 if TYPE_CHECKING:
-    from stillroom.pipeline.executor import Executor
-    from stillroom.pipeline.pipeline import RunResult
+    from stillroom.pipeline.inputs import InputSource
+    from stillroom.pipeline.run_types import PipelinePlan, RunOptions
 
 
 def _stage_text(path: Path, text: str) -> tuple[Path, Path]:
@@ -28,17 +33,16 @@ def _stage_text(path: Path, text: str) -> tuple[Path, Path]:
     return tmp, path
 
 
-def run_config(executor: Executor) -> dict[str, Any]:
+def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
     """The pipeline as it ran, for the card, report and completion record. Backends hold no key
     (only the name of its environment variable; a URL with credentials is refused), and the
     whole is redacted besides: a stage option or ``extra_body`` may still hold a secret."""
-    pipeline = executor.pipeline
     return redact_value({
         "name": pipeline.name,
         "description": pipeline.description,
-        "input": executor.source.description,
-        "rows_read": executor.source.count,
-        **({"mix": executor.source.mix_report} if executor.source.mix_report else {}),
+        "input": source.description,
+        "rows_read": source.count,
+        **({"mix": source.mix_report} if source.mix_report else {}),
         "seed": pipeline.seed,
         "backends": {
             name: config.model_dump(mode="json", exclude_none=True)
@@ -51,32 +55,30 @@ def run_config(executor: Executor) -> dict[str, Any]:
     })
 
 
-def measure_diversity(executor: Executor) -> dict[str, dict[str, dict[str, Any]]]:
+def measure_diversity(
+    folder: OutputFolder, pipeline: PipelinePlan, options: RunOptions
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Diversity of every column a stage wrote with a model, as it stands in ``data/``.
 
     Measured once here and kept in the completion marker, so ``inspect`` reads it back instead
     of loading the embedding model again.
     """
-    from stillroom.generate.diversity import measure, texts_of
+    from stillroom.report.diversity import measure, texts_of
 
-    folder = executor.folder
-    pipeline = executor.pipeline
     results: dict[str, dict[str, dict[str, Any]]] = {}
     by_column: dict[str, dict[str, Any]] = {}  # two stages writing one column: measure it once
     for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
         for column in stage.generated_columns():
             if column not in by_column:
                 texts = texts_of(_answers(folder, column))
-                if executor.options.progress:  # the embedding model can take a while: say so
+                if options.progress:  # the embedding model can take a while: say so
                     from rich.console import Console
 
                     Console(stderr=True).print(
                         f"measuring diversity of {name}.{column} ({len(texts):,} texts)",
                         highlight=False,
                     )
-                by_column[column] = measure(
-                    texts, embeddings=executor.options.diversity_embeddings
-                )
+                by_column[column] = measure(texts, embeddings=options.diversity_embeddings)
             results.setdefault(name, {})[column] = by_column[column]
     return results
 
@@ -94,17 +96,21 @@ def _answers(folder: OutputFolder, column: str) -> list[Any]:
     ]
 
 
-def stage_results(executor: Executor) -> dict[str, dict[str, Any]]:
-    """Each stage's own figures over the finished run (see Stage.summarize)."""
-    folder = executor.folder
-    pipeline = executor.pipeline
+def stage_results(
+    folder: OutputFolder, pipeline: PipelinePlan, measured: dict[str, dict[str, Any] | None]
+) -> dict[str, dict[str, Any]]:
+    """Each stage's own figures over the finished run: those it ``measured`` over all its rows
+    in this session (an all-rows filter), else :meth:`Stage.summarize` over the rows in
+    ``data/`` and ``dropped/``."""
     results: dict[str, dict[str, Any]] = {}
     for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
-        columns = stage.summary_columns()
-        if not columns:
-            continue
-        rows = folder.read_columns("data", columns) + folder.read_columns("dropped", columns)
-        figures = stage.summarize(rows)
+        figures = measured.get(name)
+        if figures is None:
+            columns = stage.summary_columns()
+            if not columns:
+                continue
+            rows = folder.read_columns("data", columns) + folder.read_columns("dropped", columns)
+            figures = stage.summarize(rows)
         if figures:
             results[name] = figures
     return results
@@ -134,7 +140,7 @@ def write_card_and_report(
     if results is not None:
         summary["stage_results"] = results
     if diversity is not None:
-        from stillroom.generate.diversity import all_warnings
+        from stillroom.report.diversity import all_warnings
 
         summary["diversity"] = diversity
         summary["warnings"] = [*summary.get("warnings", []), *all_warnings(diversity)]
@@ -178,23 +184,34 @@ def completion_record(summary: dict[str, Any], config: dict[str, Any]) -> dict[s
     }
 
 
-def finalize_run(executor: Executor) -> RunResult:
-    from stillroom.pipeline.pipeline import RunResult
-
-    folder = executor.folder
+def finish_run(
+    folder: OutputFolder,
+    pipeline: PipelinePlan,
+    source: InputSource,
+    options: RunOptions,
+    *,
+    measured: dict[str, dict[str, Any] | None],
+    session_counts: dict[str, int],
+    started: float,
+) -> RunResult:
+    """Make a run whose rows are all committed complete: shards of one schema, figures, card,
+    report and completion record."""
     folder.harmonize_shards()
-    config = run_config(executor)
     summary = write_card_and_report(
-        folder, config, measure_diversity(executor), stage_results(executor), complete=True
+        folder,
+        run_config(pipeline, source),
+        measure_diversity(folder, pipeline, options),
+        stage_results(folder, pipeline, measured),
+        complete=True,
     )
     return RunResult(
         out=folder.root,
         counts=summary["counts"],
-        session_counts=dict(executor.session_counts),
+        session_counts=dict(session_counts),
         failures_by_reason=summary["failures_by_reason"],
         drops_by_reason=summary["drops_by_reason"],
         backends=summary["backends"],
-        seconds=time.time() - executor.started,
-        max_failure_rate=executor.options.max_failure_rate,
+        seconds=time.time() - started,
+        max_failure_rate=options.max_failure_rate,
         summary=summary,
     )

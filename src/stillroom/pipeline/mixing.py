@@ -6,7 +6,8 @@
         - {path: out/evol/data, kind: synthetic, share: 0.3}
       size: 20000            # optional: at most this many rows in all
 
-or ``stillroom mix -o OUT --source real:data/human.jsonl --source synthetic:out/evol/data:0.3``.
+or ``stillroom mix -o OUT --source real:data/human.jsonl --source synthetic:out/evol/data:0.3``
+(:func:`stillroom.api.mix` from Python).
 
 Why the shares work the way they do: a model trained only on its own (or another model's)
 generations narrows with each generation ("model collapse", Shumailov et al. 2024), while keeping
@@ -40,9 +41,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stillroom.data.readers import iter_rows, resolve_input_path
+from stillroom.data.rows import Row
 from stillroom.errors import InputError
 
-Row = dict[str, Any]
 Kind = Literal["real", "synthetic"]
 
 
@@ -182,29 +183,3 @@ def parse_source(text: str) -> MixSource:
     except ValueError as error:
         raise ConfigError(f"--source {text!r}: {error}", key="--source") from None
 
-
-def mix(
-    sources: list[MixSource],
-    out: str | Path,
-    *,
-    size: int | None = None,
-    allow_synthetic_only: bool = False,
-    seed: int = 0,
-    **run_options: Any,
-) -> Any:
-    """Write the mix of ``sources`` to ``out`` (data/, card, report): a one-stage pipeline whose
-    input is the mix and whose stage passes rows through."""
-    from stillroom.errors import ConfigError
-    from stillroom.pipeline.config import InputConfig
-    from stillroom.pipeline.pipeline import Pipeline
-
-    problem = check_sources(sources, allow_synthetic_only)
-    if problem:
-        raise ConfigError(problem, key="--source")
-    config = InputConfig(mix=sources, size=size, allow_synthetic_only=allow_synthetic_only)
-
-    def take(row: Row) -> Row:
-        return row
-
-    pipeline = Pipeline([take], input=config, seed=seed, name="stillroom mix")
-    return pipeline.run(out, **run_options)

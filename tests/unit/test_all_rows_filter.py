@@ -33,6 +33,8 @@ class Decisions:
         self.stage.decided.append(position)
         if KeepEven.stop_at == position:
             raise KeyboardInterrupt
+        if self.stage.bug_at == position:
+            raise ZeroDivisionError("a bug in decide")
         if self.stage.abort_at == position:
             return Failed(row, CacheError("the cache is damaged"))
         if row["n"] < 0:
@@ -47,6 +49,7 @@ class KeepEven(AllRowsFilter):
 
     type: Literal["keep_even"] = "keep_even"
     abort_at: int | None = None
+    bug_at: int | None = None
     measure: bool = True
     seen: ClassVar[list[str]] = []
     decided: ClassVar[list[int]] = []
@@ -205,3 +208,48 @@ def test_the_general_run_of_a_filter_is_its_two_passes() -> None:
     out = asyncio.run(collect())
     assert out[0] == {"id": "a", "n": 2, "kept_by": "keep_even"}
     assert isinstance(out[1], Dropped) and out[1].reason == "odd"
+
+
+@pytest.mark.parametrize("then_row_stage", [False, True])
+def test_a_bug_in_decide_fails_its_row_not_the_run(tmp_path: Path, then_row_stage: bool) -> None:
+    source = write_input(tmp_path / "in.jsonl", [0, 1, 2, 4])
+    stages: list[Any] = [KeepEven(bug_at=2)] + ([lambda row: row] if then_row_stage else [])
+    result = Pipeline(stages, input=source).run(tmp_path / "out", progress=False)
+    assert result.counts == {"data": 2, "failed": 1, "dropped": 1}
+    failed = OutputFolder(tmp_path / "out").read_rows("failed")
+    assert failed[0]["id"] == "r2" and failed[0]["error"] == "a bug in decide"
+    assert failed[0]["error_type"] == "ZeroDivisionError"
+
+
+def test_an_input_changed_while_indexed_is_found_before_any_decision_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stillroom.errors import InputError
+
+    source = write_input(tmp_path / "in.jsonl", [0, 1, 2, 3])
+    index = KeepEven.index
+
+    async def index_then_append(self: KeepEven, rows: Rows, ctx: StageContext) -> Decisions:
+        decisions = await index(self, rows, ctx)
+        with source.open("a") as handle:
+            handle.write(json.dumps({"id": "late", "n": 8}) + "\n")
+        return decisions
+
+    monkeypatch.setattr(KeepEven, "index", index_then_append)
+    with pytest.raises(InputError, match="changed while the run read it"):
+        Pipeline([KeepEven()], input=source).run(tmp_path / "out", progress=False)
+    assert commits(tmp_path / "out") == [] and KeepEven.decided == []
+
+
+def test_a_folder_of_an_older_run_format_says_so(tmp_path: Path) -> None:
+    from stillroom.errors import OutputFolderError
+
+    source = write_input(tmp_path / "in.jsonl", [0, 1])
+    Pipeline([KeepEven()], input=source).run(tmp_path / "out", progress=False)
+    run_file = tmp_path / "out" / ".stillroom" / "run.json"
+    record = json.loads(run_file.read_text())
+    record["fingerprint"]["version"] = 1
+    record.pop("digest", None)
+    run_file.write_text(json.dumps(record))
+    with pytest.raises(OutputFolderError, match="another stillroom version .*run format 1, now 2"):
+        Pipeline([KeepEven()], input=source).run(tmp_path / "out", progress=False)

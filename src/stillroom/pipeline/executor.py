@@ -58,6 +58,7 @@ from stillroom.pipeline.stage import (
     Dropped,
     Failed,
     ParallelMap,
+    RowDecisions,
     RowFailure,
     Rows,
     StageContext,
@@ -101,6 +102,17 @@ def dropped_row(row: Row, stage: str, reason: str) -> Row:
     out = dict(row)
     out.update({"drop_reason": reason, "stage": stage})
     return out
+
+
+def decision_of(decisions: RowDecisions, position: int, row: Row) -> Row | Dropped | Failed:
+    """A filter's decision on one row; a bug in it fails that row (with the exception as its
+    reason, as in a row stage) instead of the run. RunAbort still stops the run."""
+    try:
+        return decisions.decide(position, row)
+    except RunAbort:
+        raise
+    except Exception as error:  # noqa: BLE001 - every failure becomes a row with its reason
+        return Failed(row, error)
 
 
 async def run_to_end(awaitable: Any) -> Any:
@@ -412,6 +424,8 @@ class Executor:
         decisions = await stage.index(source, self._context(name))
         stats.seconds += time.perf_counter() - started
         self.measured[name] = decisions.figures
+        # Changed while indexed: found before any decision is committed (checked again at the end).
+        self.source.verify_unchanged()
 
         def decide() -> Iterator[tuple[str, Outcome]]:
             for position, row in rows:
@@ -419,7 +433,7 @@ class Executor:
                 if key in skip:
                     continue
                 stats.rows_in += 1
-                yield key, self._outcome(name, decisions.decide(position, row), (position,))
+                yield key, self._outcome(name, decision_of(decisions, position, row), (position,))
 
         return decide()
 
@@ -597,4 +611,4 @@ class Executor:
         decisions = await stage.index(rows, ctx)
         self.measured[name] = decisions.figures
         for position, row in enumerate(rows):
-            yield decisions.decide(position, row)
+            yield decision_of(decisions, position, row)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""IFD scoring: stillroom's batched scorer against a plain batch-1 loop, same model, same pairs.
+"""IFD scoring: stillroom's scorer (through the backend) against a plain batch-1 loop, same model.
 
 How to run (from the repository root, with the repo's .venv):
 
@@ -16,10 +16,13 @@ Plain loop (the way the reference code, tianyi-lab/Superfiltering ``code_ifd/dat
 computes it): per pair, one forward pass over prompt + answer with ``labels`` = the ids with the
 prompt tokens set to -100, and one over the answer alone with ``labels`` = its ids; the model's
 own loss (mean over the labelled tokens) of each; IFD = exp(loss_cond) / exp(loss_alone). It is
-given exactly the token ids our scorer builds (``IFDScorer.encode``), so the two differ only in
-how the forward passes are run.
+given the token ids the backend scores (prompt read as plain text with the tokenizer's leading
+special tokens, answer tokenized apart and cut to max_length; the answer alone after the leading
+special tokens), so the two differ only in how the forward passes are run.
 
-Ours: ``IFDScorer.score``: both sequences of every pair sorted by length, left-padded batches of
+Ours: ``IFDScorer.score``, the stage's path: each pair is two ``score`` requests through an
+``LLMClient`` (no request cache here, so every request reaches the model) to the transformers
+backend, which pools the waiting requests, sorts them by length and runs left-padded batches of
 up to --batch-size sequences and --batch-tokens padded tokens, logits only for answer positions.
 
 The two ways take turns, --chunk pairs at a time (ours first on one chunk, the plain loop first
@@ -45,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from stillroom.curate.ifd import Example, IFDScorer, _Encoded  # noqa: E402
+from stillroom.curate.ifd_scoring import Example, IFDScorer  # noqa: E402
 
 TASKS = [
     ("Give three tips for {topic}.", "", "1. {a}\n2. {b}\n3. {c}"),
@@ -95,22 +98,38 @@ def make_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def encode(scorer: IFDScorer, prompt: str, answer: str) -> tuple[list[int], int, list[int], int] | None:
+    """(prompt + answer ids, answer tokens, answer-alone ids, tokens scored alone) as the backend
+    builds them for IFD; None when the pair cannot be scored."""
+    backend = scorer.client.backend
+    tokenizer = backend._tokenizer
+    lead = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    context = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    limit = min(scorer.max_length, backend._max_positions or scorer.max_length)
+    kept = answer_ids[: max(0, limit - len(context))]
+    alone = len(kept) if lead else len(kept) - 1
+    if not answer.strip() or not kept or alone < 1:
+        return None
+    return context + kept, len(kept), lead + kept, alone
+
+
 def plain_loop(scorer: IFDScorer, pairs: list[tuple[str, str]]) -> list[float | None]:
     """Two forward passes per pair at batch 1, the model's own loss on labelled tokens."""
     import torch
 
-    model = scorer._model
+    model = scorer.client.backend._model
     device = next(model.parameters()).device
     results: list[float | None] = []
     with torch.inference_mode():
         for prompt, answer in pairs:
-            encoded = scorer.encode(prompt, answer)
-            if not isinstance(encoded, _Encoded):
+            encoded = encode(scorer, prompt, answer)
+            if encoded is None:
                 results.append(None)
                 continue
             losses = []
-            for ids, scored in ((encoded.conditioned, encoded.answer_tokens),
-                                (encoded.direct, encoded.direct_tokens)):
+            conditioned, answer_tokens, direct, direct_tokens = encoded
+            for ids, scored in ((conditioned, answer_tokens), (direct, direct_tokens)):
                 input_ids = torch.tensor([list(ids)], device=device)
                 labels = input_ids.clone()
                 labels[0, : len(ids) - scored] = -100
@@ -142,7 +161,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     scorer.score(pairs[:4])  # warm-up: first-call allocations are not the method's cost
     plain_loop(scorer, pairs[:2])
-    scorer.forward_calls = 0
+    calls_before = scorer.forward_calls or 0
 
     ours: list = []
     plain: list[float | None] = []
@@ -163,10 +182,9 @@ def main() -> None:
         for a, b in zip(ours, plain, strict=True)
         if a.ifd is not None and b is not None
     ]
+    forward_calls = (scorer.forward_calls or 0) - calls_before
     tokens = sum(
-        len(e.conditioned) + len(e.direct)
-        for e in (scorer.encode(p, a) for p, a in pairs)
-        if isinstance(e, _Encoded)
+        len(e[0]) + len(e[2]) for e in (encode(scorer, p, a) for p, a in pairs) if e is not None
     )
     result = {
         "n": args.n,
@@ -180,7 +198,7 @@ def main() -> None:
         "tokens_in_both_sequences": tokens,
         "load_seconds": round(load_seconds, 2),
         "ours_seconds": round(ours_seconds, 3),
-        "ours_forward_calls": scorer.forward_calls,
+        "ours_forward_calls": forward_calls,
         "plain_seconds": round(plain_seconds, 3),
         "plain_forward_calls": 2 * len(differences),
         "ours_examples_per_s": round(args.n / ours_seconds, 2),
@@ -198,7 +216,7 @@ def main() -> None:
     print(f"  plain batch-1 loop : {result['plain_examples_per_s']:8.2f} examples/s "
           f"({plain_seconds:.1f} s, {result['plain_forward_calls']} forward passes)")
     print(f"  batched (ours)     : {result['ours_examples_per_s']:8.2f} examples/s "
-          f"({ours_seconds:.1f} s, {scorer.forward_calls} forward passes, batch_size "
+          f"({ours_seconds:.1f} s, {forward_calls} forward passes, batch_size "
           f"{args.batch_size}, batch_tokens {args.batch_tokens})")
     print(f"  speedup            : {result['speedup']:.2f}x")
     print(f"  max |IFD difference|: {result['max_abs_ifd_difference']:.3g} "

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stillroom.curate.ifd import REASON_NOT_HELPFUL, REASON_ONE_TOKEN
+from stillroom.curate.ifd import REASON_NOT_HELPFUL
+from stillroom.curate.ifd_scoring import REASON_ONE_TOKEN
 from stillroom.data.output import OutputFolder
 
 pytestmark = pytest.mark.integration

@@ -9,19 +9,15 @@ from typing import Any
 import pytest
 
 from stillroom import Pipeline
-from stillroom.curate.ifd import (
+from stillroom.api import build_stage, ifd_filter
+from stillroom.curate.ifd import REASON_NOT_HELPFUL, IFDFilter
+from stillroom.curate.ifd_scoring import (
     REASON_EMPTY,
-    REASON_NOT_HELPFUL,
     REASON_ONE_TOKEN,
     REASON_PROMPT_TOO_LONG,
-    IFDFilter,
     IFDScore,
     IFDScorer,
     example_of,
-    ifd_filter,
-    ifd_outcome,
-    ifd_stage,
-    outcome_line,
     select_top,
 )
 from stillroom.data.output import OutputFolder
@@ -160,20 +156,23 @@ def test_batched_scores_equal_one_at_a_time(
 
 def test_batches_hold_similar_lengths_within_batch_tokens(model: Any, tokenizer: Any) -> None:
     scorer = IFDScorer.from_model(model, tokenizer, batch_size=4, batch_tokens=150)
+    backend = scorer.client.backend
     shapes: list[list[int]] = []
-    run_batch = scorer._batch_losses
+    run_batch = backend._score_rows
 
-    def recording(batch: list[tuple[list[int], int]]) -> list[float]:
-        shapes.append([len(sequence) for sequence, _ in batch])
-        return run_batch(batch)
+    def recording(rows: list[Any], results: list[Any]) -> None:
+        shapes.append([len(row.context) + len(row.target) for row in rows])
+        run_batch(rows, results)
 
-    scorer._batch_losses = recording  # type: ignore[method-assign]
+    backend._score_rows = recording  # type: ignore[method-assign]
     scorer.score(PAIRS)
+    assert scorer.forward_calls == len(shapes)
     assert sum(len(lengths) for lengths in shapes) == 2 * len(PAIRS)
     for lengths in shapes:
         assert len(lengths) <= 4
         assert len(lengths) == 1 or len(lengths) * max(lengths) <= 150
-    # Longest first: a batch never holds a sequence longer than one in an earlier batch.
+    # Both requests of every pair were pooled together, longest first: a batch never holds a
+    # sequence longer than one in an earlier batch.
     flat = [length for lengths in shapes for length in lengths]
     assert flat == sorted(flat, reverse=True)
 
@@ -196,8 +195,100 @@ def test_unscoreable_pairs_and_truncation(model: Any, tokenizer: Any) -> None:
     assert cut.ifd == pytest.approx(math.exp(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("bos", [False, True])
+def test_when_every_answer_is_cut_one_more_request_tells_what_alone_leaves_out(
+    bos: bool, model: Any, tokenizer: Any, bos_tokenizer: Any
+) -> None:
+    chosen = bos_tokenizer if bos else tokenizer
+    scorer = IFDScorer.from_model(model, chosen, max_length=30)
+    long_answer = "abcdefghij" * 6
+    (cut,) = scorer.score([("Go\n", long_answer)])
+    assert scorer.client.stats.requests_sent == 3  # the answer alone, once more, cut to fit
+    lead = [1] if bos else []
+    prompt_ids = [*lead, *ids(chosen, "Go\n")]
+    kept = ids(chosen, long_answer)[: 30 - len(prompt_ids)]
+    assert cut.truncated and cut.answer_tokens == len(kept)
+    expected = by_hand(model, prompt_ids, kept) - by_hand(model, lead, kept)
+    assert cut.ifd == pytest.approx(math.exp(expected), rel=1e-5)
+
+
 def test_max_length_is_capped_by_the_models_positions(model: Any, tokenizer: Any) -> None:
-    assert IFDScorer.from_model(model, tokenizer, max_length=100_000).max_length == 512
+    scorer = IFDScorer.from_model(model, tokenizer, max_length=100_000)
+    prompt, answer = "Go\n", "word " * 150  # 750 byte tokens; the model holds 512 positions
+    (score,) = scorer.score([(prompt, answer)])
+    kept = ids(tokenizer, answer)[: 512 - len(ids(tokenizer, prompt))]
+    assert score.truncated and score.answer_tokens == len(kept)
+    expected = by_hand(model, ids(tokenizer, prompt), kept) - by_hand(model, [], kept)
+    assert score.ifd == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+def test_scores_go_through_the_request_cache(model: Any, tokenizer: Any, tmp_path: Path) -> None:
+    from stillroom.llm import LLMClient, RequestCache, TransformersBackend
+
+    backend = TransformersBackend.from_model(model, tokenizer, name="tiny-llama", batch_size=8)
+    cache = RequestCache.in_dir(tmp_path)
+    try:
+        client = LLMClient(backend, cache=cache, timeout=None)
+        first = IFDScorer.from_client(client, max_length=40).score(PAIRS)
+        passes, sent = backend.score_passes, client.stats.requests_sent
+        assert first[-1].unscored == REASON_PROMPT_TOO_LONG and sent == 2 * len(PAIRS)
+        assert passes > 0 and client.stats.cache_hits == 0
+        again = IFDScorer.from_client(client, max_length=40).score(PAIRS)
+        # Every request came from the cache: the model did not run again.
+        assert backend.score_passes == passes and client.stats.requests_sent == sent
+        assert client.stats.cache_hits == sent and again == first
+        # max_length is part of the request: another one is asked of the model.
+        IFDScorer.from_client(client, max_length=39).score(PAIRS[:1])
+        assert backend.score_passes > passes
+    finally:
+        cache.close()
+
+
+def test_a_failed_request_is_the_pairs_failure_not_the_runs(tokenizer: Any) -> None:
+    from stillroom.llm import LLMClient
+    from stillroom.llm.backend import Backend
+    from stillroom.llm.types import BackendError
+
+    class Refusing(Backend):
+        kind = "refusing"
+        supports_scoring = True
+
+        async def generate(self, request: Any) -> Any:
+            raise AssertionError("IFD only scores")
+
+        async def score(self, prompt: Any, completion: str, top_logprobs: Any = None,
+                        **limits: Any) -> list[dict[str, Any]]:
+            if "refuse" in completion:
+                raise BackendError("too long for the engine", kind="BadRequestError", status=400)
+            return [{"token": "x", "id": 1, "logprob": -1.0 if prompt else -2.0}] * 2
+
+    scorer = IFDScorer.from_client(LLMClient(Refusing("fake")))
+    fine, refused = scorer.score([("p\n", "fine"), ("p\n", "please refuse")])
+    assert fine.ifd == pytest.approx(math.exp(-1.0)) and fine.failure is None
+    assert refused.ifd is None and refused.failure_kind == "BadRequestError"
+    assert "too long for the engine" in (refused.failure or "")
+    assert "cannot score" in _config_error(lambda: IFDScorer.from_client(
+        LLMClient(_NotScoring("fake"))))
+
+
+class _NotScoring:
+    """A backend that cannot score (only its class attributes are read)."""
+
+    kind = "not_scoring"
+    supports_scoring = False
+    model = "fake"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"backend": self.kind}
+
+
+def _config_error(call: Any) -> str:
+    with pytest.raises(ConfigError) as raised:
+        call()
+    return str(raised.value)
 
 
 # -- selection -------------------------------------------------------------------------------------
@@ -278,30 +369,39 @@ def test_rows_that_cannot_be_read(row: dict[str, Any], message: str) -> None:
 
 
 class FixedScorer:
-    """Stands in for the model: each answer's text gives its IFD (``"0.42"``), or a reason."""
+    """Stands in for the model: each answer's text gives its IFD (``"0.42"``), or a reason
+    (``"fail"``: its request failed)."""
 
     name = "fixed"
 
     def __init__(self) -> None:
         self.calls: list[list[tuple[str, str]]] = []
+        self.closed = 0
 
-    def score(self, pairs: list[tuple[str, str]]) -> list[IFDScore]:
+    async def ascore(self, pairs: list[tuple[str, str]]) -> list[IFDScore]:
         self.calls.append(pairs)
         out = []
         for _, answer in pairs:
             if not answer.strip():
                 out.append(IFDScore(None, None, None, None, None, 0, False, unscored=REASON_EMPTY))
+            elif answer == "fail":
+                out.append(IFDScore(None, None, None, None, None, 0, False,
+                                    failure="InternalServerError: the engine died (after 1 attempt)",
+                                    failure_kind="InternalServerError"))
             else:
                 value = float(answer)
                 out.append(IFDScore(value, value * 2, 2.0, math.log(value * 2), math.log(2.0), 3,
                                     truncated=answer == "0.55"))
         return out
 
+    async def aclose(self) -> None:
+        self.closed += 1
+
 
 @pytest.fixture
 def fixed(monkeypatch: pytest.MonkeyPatch) -> FixedScorer:
     scorer = FixedScorer()
-    monkeypatch.setattr(IFDFilter, "scorer", lambda self: scorer)
+    monkeypatch.setattr(IFDFilter, "scorer", lambda self, ctx=None: scorer)
     return scorer
 
 
@@ -342,11 +442,10 @@ def test_stage_keeps_the_top_fraction_and_says_why_it_drops(
     assert dropped["r4"]["ifd"] is None
     assert len(fixed.calls) == 1 and fixed.calls[0][0] == ("task 0\n", "0.3")
     figures = result.summary["stage_results"]["ifd_filter"]
-    assert figures == {"rows scored": 7, "median ifd": 0.7, "ifd >= 1": 2, "answers truncated": 1}
-    outcome = ifd_outcome(tmp_path / "out", IFDFilter(top_fraction=0.25))
-    assert outcome == {"selection": "top 25%", "rows": 8, "kept": 2, "not_helpful": 2,
-                       "below_cutoff": 3, "unscored": 1, "cutoff": 0.7}
-    assert outcome_line(outcome) == (
+    assert figures == {"selection": "top 25%", "rows": 8, "kept": 2, "cutoff": 0.7, "ifd >= 1": 2,
+                       "below the cutoff": 3, "not scored": 1, "rows scored": 7,
+                       "median ifd": 0.7, "answers truncated": 1}
+    assert IFDFilter(top_fraction=0.25).result_line(figures) == (
         "ifd: kept 2 of 8 rows (top 25%, cutoff 0.7); 2 had ifd >= 1, 1 could not be scored"
     )
 
@@ -384,8 +483,78 @@ def test_a_row_without_the_columns_stops_the_run_before_the_model_loads(
 def test_library_function_reports_the_outcome(fixed: FixedScorer, tmp_path: Path) -> None:
     result = ifd_filter(rows_with("0.2", "0.4", "0.6", "1.3"), tmp_path / "out", top_k=1,
                         progress=False)
-    assert result.summary["ifd"]["kept"] == 1 and result.summary["ifd"]["cutoff"] == 0.6
-    assert result.summary["ifd"]["not_helpful"] == 1
+    figures = result.summary["stage_results"]["ifd_filter"]
+    assert figures["kept"] == 1 and figures["cutoff"] == 0.6
+    assert figures["ifd >= 1"] == 1
+
+
+def test_a_failed_scoring_request_fails_its_row_and_the_scorer_is_closed(
+    fixed: FixedScorer, tmp_path: Path
+) -> None:
+    run(IFDFilter(top_k=1), rows_with("0.3", "fail", "0.6"), tmp_path / "out")
+    folder = OutputFolder(tmp_path / "out")
+    assert [row["id"] for row in folder.read_rows("data")] == ["r2"]
+    (failed,) = folder.read_rows("failed")
+    assert failed["id"] == "r1" and failed["error_type"] == "InternalServerError"
+    assert "the engine died" in failed["error"]
+    assert fixed.closed == 1  # the stage frees the model it scored with
+
+
+@pytest.fixture(scope="module")
+def model_folder(model: Any, tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_stage_scores_through_a_pipeline_backend_and_its_cache(
+    model: Any, tokenizer: Any, model_folder: Path, tmp_path: Path
+) -> None:
+    from stillroom.llm import TransformersConfig
+
+    answers = ["Hello there, nice to meet you!", "The sum is 5.", "Blue, like the sky.", "ok"]
+    rows = [{"id": f"r{i}", "instruction": f"Task number {i}", "output": a}
+            for i, a in enumerate(answers)]
+    backends = {"scorer": TransformersConfig(model=str(model_folder), batch_size=2)}
+
+    def run_with_backend(out: Path) -> Any:
+        pipeline = Pipeline([IFDFilter(backend="scorer", top_k=2)], input=rows, backends=backends)
+        return pipeline.run(out, progress=False, cache_dir=tmp_path / "cache",
+                            max_failure_rate=1.0)
+
+    first = run_with_backend(tmp_path / "out")
+    folder = OutputFolder(tmp_path / "out")
+    scored = {row["id"]: row for row in folder.read_rows("data") + folder.read_rows("dropped")}
+    expected = IFDScorer.from_model(model, tokenizer).score(
+        [(f"Task number {i}\n", a) for i, a in enumerate(answers)])
+    for i, score in enumerate(expected):
+        assert scored[f"r{i}"]["ifd"] == pytest.approx(score.ifd, rel=1e-5)
+        assert scored[f"r{i}"]["metadata"]["ifd_filter"]["model"] == model_folder.name
+    assert first.backends["scorer"]["cache_hits"] == 0
+    # A second run is answered by the request cache: both requests of every row.
+    again = run_with_backend(tmp_path / "again")
+    assert again.backends["scorer"]["cache_hits"] == 2 * len(rows)
+    assert [r["ifd"] for r in OutputFolder(tmp_path / "again").read_rows("data")] == [
+        r["ifd"] for r in folder.read_rows("data")]
+
+
+def test_a_backend_must_score_and_replaces_the_stages_own_model(model_folder: Path) -> None:
+    from stillroom.llm import LlamaCppConfig, TransformersConfig
+
+    with pytest.raises(ConfigError, match="cannot score a given completion"):
+        Pipeline([IFDFilter(backend="chat")], input=rows_with("0.5"),
+                 backends={"chat": LlamaCppConfig()})
+    with pytest.raises(ConfigError, match="not both") as raised:
+        build_stage(IFDFilter, backend="scorer", device="cpu")
+    assert "device" in str(raised.value)
+    stage = IFDFilter(backend="scorer")
+    assert stage.backend_names() == {"scorer"} and IFDFilter().backend_names() == set()
+    assert "model" not in stage.identity() and stage.identity()["backend"] == "scorer"
+    # A stage without one keeps the identity it had (no `backend` key), so runs resume.
+    assert "backend" not in IFDFilter().identity()
+    Pipeline([stage], input=rows_with("0.5"),
+             backends={"scorer": TransformersConfig(model=str(model_folder))})
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -393,15 +562,15 @@ def test_library_function_reports_the_outcome(fixed: FixedScorer, tmp_path: Path
 
 def test_bad_options_fail_at_config_time(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not both"):
-        ifd_stage(top_fraction=0.2, top_k=3)
+        build_stage(IFDFilter, top_fraction=0.2, top_k=3)
     with pytest.raises(ConfigError) as raised:
-        ifd_stage(top_fraction=0)
+        build_stage(IFDFilter, top_fraction=0)
     assert raised.value.key == "top_fraction"
     with pytest.raises(ConfigError) as raised:
-        ifd_stage(model=str(tmp_path / "nope.gguf"))
+        build_stage(IFDFilter, model=str(tmp_path / "nope.gguf"))
     assert raised.value.key == "model" and "nope.gguf" in str(raised.value)
     with pytest.raises(ConfigError) as raised:
-        ifd_stage(device="gpu")
+        build_stage(IFDFilter, device="gpu")
     assert raised.value.key == "device"
     assert IFDFilter().top_fraction == 0.1 and IFDFilter(top_k=5).top_fraction is None
 

@@ -171,7 +171,7 @@ def test_with_answer_writes_and_row_answer_reads_the_same_answer() -> None:
 def test_readers_of_the_answer_take_a_messages_row(tmp_path: Path) -> None:
     from stillroom.api import verify
     from stillroom.curate.heuristics import HeuristicFilter
-    from stillroom.curate.ifd import example_of
+    from stillroom.curate.ifd_scoring import example_of
     from stillroom.curate.select_values import answer_length
     from stillroom.feedback.judging import check_instruction, transcript
     from stillroom.feedback.rubric import RubricJudge

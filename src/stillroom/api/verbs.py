@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         RepetitionCheck,
         UnfinishedCheck,
     )
-    from stillroom.curate.ifd import Dtype, Format
+    from stillroom.curate.ifd_scoring import Dtype, Format
     from stillroom.curate.select import DifficultyStep, DiversityStep, Embedder, QualityStep
     from stillroom.llm.backend import BackendConfig
     from stillroom.pipeline.mixing import MixSource

@@ -204,15 +204,11 @@ class OutputFolder:
         previous = self._read_run_file()
         if previous is not None:
             if not same_run(previous, fingerprint):
-                format_then = (previous.get("fingerprint") or {}).get("version")
-                if format_then != fingerprint.get("version"):
-                    # Same command, older stillroom: its keys mean other rows, so no resume.
+                then, now = (previous.get("fingerprint") or {}).get("version"), fingerprint.get("version")
+                if then != now:  # an older stillroom's keys mean other rows: no resume
                     raise OutputFolderError(
-                        f"{self.root} was written by another stillroom version (run format "
-                        f"{format_then}, now {fingerprint.get('version')}), whose progress this "
-                        "one cannot resume; pass --overwrite to start it again (answers "
-                        "received come from the request cache)"
-                    )
+                        f"{self.root} was written by another stillroom version (run format {then}, "
+                        f"now {now}); pass --overwrite to start it again (answers come from the cache)")
                 raise OutputFolderError(
                     f"{self.root} holds the output of a different run (its pipeline, input or "
                     "seed differ); choose another folder or pass --overwrite to replace it"

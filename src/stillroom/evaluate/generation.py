@@ -4,39 +4,45 @@ Both generators take a batch of prompts and return one :class:`Generation` per p
 is either chat turns (``[{role, content}, ...]``) or raw text that is continued as it is (budget
 forcing needs that: it writes into the assistant's turn).
 
-:class:`TransformersGenerator` renders chat turns with
-:func:`stillroom.train.common.render_prompt` (the chat template with the assistant header), the
-very text SFT trains on, and decodes with a small loop of its own, batched:
+:class:`BackendGenerator` sends requests through :class:`~stillroom.llm.client.LLMClient`
+(retries, the request cache) on one event loop that lives as long as the generator: the
+llama.cpp backend, an OpenAI-compatible server, vLLM, the transformers backend. Chat turns go as
+chat messages (the backend applies its template); raw text needs a backend that takes raw
+prompts. A budget of 0 tokens is answered without a request (an empty text, ``length``).
 
-* prompts are left-padded so every row's next token sits in the last column; the attention
-  mask hides the padding and position ids count from each row's first real token. SmolLM2's
-  pad token is its end-of-turn/EOS token (``<|im_end|>``), harmless here because padding is
-  masked and a row stops at its first EOS, which is never part of the returned text;
-* greedy by default (argmax); with ``temperature > 0`` it samples from softmax(logits / T)
-  within the top_p nucleus, from a torch generator seeded by ``seed``;
-* a row stops at EOS, at a stop string (the text before it is returned) or at its own token
-  budget; finished rows step on padding until the batch ends.
+:class:`TransformersGenerator` is a BackendGenerator over a transformers model already loaded in
+this process (:meth:`stillroom.llm.transformers_backend.TransformersBackend.from_model`), so it
+decodes with that backend's batched loop; no request cache (a checkpoint retrained into the
+same folder would be served its old answers). What it adds:
+
+* chat turns render as :func:`stillroom.train.common.render_prompt` renders them, the very text
+  SFT trains on (the chat template with the assistant header, sent as messages, which the
+  backend renders the same way and tokenizes without adding special tokens; a tokenizer with no
+  template gets the turns' plain text, with its usual special tokens);
+* prompts are sent shortest first, so the backend's batches (``batch_size`` requests) hold
+  prompts of similar lengths, left-padded (the attention mask hides the padding, position ids
+  count from each row's first real token);
+* greedy by default (argmax, batched); with ``temperature > 0`` each prompt samples from
+  softmax(logits / T) within the top_p nucleus with its own generator seeded by ``seed``, alone
+  (so its text does not depend on its neighbours);
+* a row stops at EOS, at a stop string (the text before it is returned; the token count is of
+  that text) or at its own token budget.
 
 We do not call ``model.generate``: it also applies the checkpoint's ``generation_config``
 (top_k, repetition penalties...), which would make "greedy" mean different things for different
 checkpoints, and it gives no per-row budget or finish reason.
-
-:class:`BackendGenerator` sends requests through :class:`~stillroom.llm.client.LLMClient`
-(retries, the request cache) on one event loop that lives as long as the generator: the
-llama.cpp backend, an OpenAI-compatible server, the transformers backend. Chat turns go as chat
-messages (the server applies its template); raw text needs a backend that takes raw prompts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from stillroom.llm.backend import Backend
 from stillroom.llm.types import GenerationParams, Message, Request, RequestFailed
 
 Prompt = list[Message] | str
@@ -88,174 +94,25 @@ def budgets(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
     return values
 
 
-# -- transformers ------------------------------------------------------------------------------
-
-
-class TransformersGenerator:
-    """Batched decoding with a loaded transformers model and its tokenizer."""
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        name: str = "model",
-        batch_size: int = 8,
-        sampling: Sampling = Sampling(),
-    ):
-        import torch
-
-        self.torch = torch
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.name = name
-        self.batch_size = batch_size
-        self.sampling = sampling
-        self.device = next(model.parameters()).device
-        eos = tokenizer.eos_token_id
-        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        ids = [eos] + (extra if isinstance(extra, list) else [extra])
-        self.eos: set[int] = {int(i) for i in ids if i is not None}
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else (eos if eos is not None else 0))
-        # Only the last position's logits are needed to pick a token; a whole prompt's logits
-        # are prompt length x vocabulary floats per row (the LM head is the costliest matmul).
-        forward = inspect.signature(model.forward).parameters
-        self.keep_last: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
-        self.tokens_generated = 0
-        self.seconds = 0.0
-
-    @classmethod
-    def load(
-        cls, model: str | Path | None, *, name: str, batch_size: int = 8, device: str = "cpu",
-        sampling: Sampling = Sampling(),
-    ) -> TransformersGenerator:
-        """Load ``model`` (None = the embedded SmolLM2 GGUF) in float32 with its tokenizer."""
-        from stillroom.train.student import load_model
-
-        loaded, tokenizer = load_model(model)
-        if device != "cpu":
-            loaded = loaded.to(device)
-        return cls(loaded, tokenizer, name=name, batch_size=batch_size, sampling=sampling)
-
-    def render(self, turns: list[Message]) -> str:
-        from stillroom.train.common import render_prompt
-
-        return render_prompt([{"role": m["role"], "content": str(m["content"])} for m in turns],
-                             self.tokenizer)
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """Token ids of a rendered prompt: a chat template's text already holds its special
-        tokens, so none are added; plain text gets the tokenizer's usual ones (e.g. BOS)."""
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
-        return list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
-
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        max_new_tokens: int | Sequence[int],
-        stop: Sequence[str] = (),
-    ) -> list[Generation]:
-        limits = budgets(max_new_tokens, len(prompts))
-        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
-        encoded = [self.encode_prompt(text) for text in texts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding
-        results: list[Generation | None] = [None] * len(prompts)
-        started = time.perf_counter()
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            outs = self._decode([encoded[i] for i in chunk], [limits[i] for i in chunk],
-                                tuple(s for s in stop if s), seed=self.sampling.seed + start)
-            for index, out in zip(chunk, outs, strict=True):
-                results[index] = out
-                self.tokens_generated += out.tokens
-        self.seconds += time.perf_counter() - started
-        return [r for r in results if r is not None]
-
-    def _decode(
-        self, prompts: list[list[int]], limits: list[int], stop: tuple[str, ...], seed: int
-    ) -> list[Generation]:
-        torch = self.torch
-        width = max(len(ids) for ids in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt_ids in enumerate(prompts):
-            input_ids[row, width - len(prompt_ids):] = torch.tensor(prompt_ids, dtype=torch.long)
-            mask[row, width - len(prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
-        generator = None
-        if self.sampling.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
-        ids: list[list[int]] = [[] for _ in prompts]
-        finish: list[str | None] = [None if limit > 0 else "length" for limit in limits]
-        past = None
-        with torch.inference_mode():
-            for _ in range(max(limits, default=0)):
-                if all(f is not None for f in finish):
-                    break
-                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True, **self.keep_last)
-                past = out.past_key_values
-                chosen = self._choose(out.logits[:, -1, :].float(), generator)
-                for row, token in enumerate(chosen):
-                    if finish[row] is not None:
-                        continue
-                    if token in self.eos:
-                        finish[row] = "stop"
-                        continue
-                    ids[row].append(token)
-                    if stop and self._stop_at(ids[row], stop) is not None:
-                        finish[row] = "stop"
-                    elif len(ids[row]) >= limits[row]:
-                        finish[row] = "length"
-                step = [t if f is None else self.pad_id for t, f in zip(chosen, finish, strict=True)]
-                input_ids = torch.tensor(step, dtype=torch.long, device=self.device)[:, None]
-                mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=-1)
-                positions = positions[:, -1:] + 1
-        return [self._result(row_ids, f or "length", stop) for row_ids, f in zip(ids, finish, strict=True)]
-
-    def _choose(self, logits: Any, generator: Any) -> list[int]:
-        torch = self.torch
-        if self.sampling.temperature <= 0:
-            return [int(t) for t in logits.argmax(dim=-1).tolist()]
-        probs = torch.softmax(logits / self.sampling.temperature, dim=-1)
-        if self.sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Keep the most likely tokens until their mass reaches top_p; the first always stays.
-            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= self.sampling.top_p] = 0.0
-            picked = torch.multinomial(sorted_probs, 1, generator=generator)
-            return [int(t) for t in order.gather(-1, picked)[:, 0].tolist()]
-        return [int(t) for t in torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()]
-
-    def _text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    def _stop_at(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
-        text = self._text(ids)
-        found = [at for at in (text.find(s) for s in stop) if at >= 0]
-        return min(found) if found else None
-
-    def _result(self, ids: list[int], finish: str, stop: tuple[str, ...]) -> Generation:
-        text = self._text(ids)
-        cut = self._stop_at(ids, stop) if stop else None
-        if cut is not None:
-            text = text[:cut]
-        return Generation(text=text, tokens=len(ids), finish_reason=finish)
-
-    def close(self) -> None:
-        self.model = None
-
-
 # -- any stillroom backend --------------------------------------------------------------------
 
 
 class BackendGenerator:
-    """Requests to a stillroom backend through an LLMClient, on one private event loop."""
+    """Requests to a stillroom backend through an LLMClient, on one private event loop.
+
+    ``config`` is a backend config (built here, with its retry and concurrency options);
+    ``backend`` a backend already built (then ``concurrency`` requests in flight).
+    """
 
     def __init__(
-        self, config: Any, *, name: str, sampling: Sampling = Sampling(), use_cache: bool = True
+        self,
+        config: Any = None,
+        *,
+        name: str,
+        sampling: Sampling = Sampling(),
+        use_cache: bool = True,
+        backend: Backend | None = None,
+        concurrency: int = 16,
     ):
         from stillroom.llm.cache import RequestCache
         from stillroom.llm.client import LLMClient
@@ -265,11 +122,15 @@ class BackendGenerator:
         self.sampling = sampling
         self.loop = asyncio.new_event_loop()
         self.cache = RequestCache.in_dir() if use_cache else None
-        self.client = LLMClient(
-            config.build(), cache=self.cache, concurrency=config.concurrency, timeout=config.timeout,
-            max_retries=config.max_retries, retry_base_delay=config.retry_base_delay,
-            retry_max_delay=config.retry_max_delay,
-        )
+        if backend is not None:
+            self.client = LLMClient(backend, cache=self.cache, concurrency=concurrency,
+                                    timeout=None)
+        else:
+            self.client = LLMClient(
+                config.build(), cache=self.cache, concurrency=config.concurrency,
+                timeout=config.timeout, max_retries=config.max_retries,
+                retry_base_delay=config.retry_base_delay, retry_max_delay=config.retry_max_delay,
+            )
         self.tokens_generated = 0
         self.seconds = 0.0
 
@@ -292,6 +153,15 @@ class BackendGenerator:
             seed=self.sampling.seed,
         )
 
+    def _request(self, prompt: Prompt, params: GenerationParams) -> Request:
+        if isinstance(prompt, str):
+            return Request(prompt=prompt, params=params)
+        return Request(messages=list(prompt), params=params)
+
+    def _order(self, prompts: Sequence[Prompt]) -> list[int]:
+        """The order requests are sent in (the backend batches them as they come)."""
+        return list(range(len(prompts)))
+
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -299,15 +169,16 @@ class BackendGenerator:
         stop: Sequence[str] = (),
     ) -> list[Generation]:
         limits = budgets(max_new_tokens, len(prompts))
-        requests = [
-            Request(prompt=p, params=self._params(limit, stop)) if isinstance(p, str)
-            else Request(messages=list(p), params=self._params(limit, stop))
-            for p, limit in zip(prompts, limits, strict=True)
-        ]
+        results: list[Generation] = [Generation(text="", tokens=0, finish_reason="length")
+                                     for _ in prompts]
+        asked = [(index, self._request(prompts[index], self._params(limits[index], stop)))
+                 for index in self._order(prompts) if limits[index] > 0]
         started = time.perf_counter()
-        results = self.loop.run_until_complete(self._all(requests))
+        answers = self.loop.run_until_complete(self._all([request for _, request in asked]))
         self.seconds += time.perf_counter() - started
-        self.tokens_generated += sum(r.tokens for r in results)
+        for (index, _), answer in zip(asked, answers, strict=True):
+            results[index] = answer
+        self.tokens_generated += sum(r.tokens for r in answers)
         return results
 
     async def _all(self, requests: list[Request]) -> list[Generation]:
@@ -329,6 +200,83 @@ class BackendGenerator:
             if self.cache is not None:
                 self.cache.close()
             self.loop.close()
+
+
+# -- transformers ------------------------------------------------------------------------------
+
+
+class TransformersGenerator(BackendGenerator):
+    """Batched decoding with a loaded transformers model and its tokenizer, through the
+    transformers backend (see the module)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        batch_size: int = 8,
+        sampling: Sampling = Sampling(),
+    ):
+        from stillroom.llm.transformers_backend import TransformersBackend
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.backend = TransformersBackend.from_model(
+            self.model, tokenizer, name=name, batch_size=batch_size
+        )
+        # Two batches in flight: one decoding while the next gathers, in the order sent.
+        super().__init__(name=name, sampling=sampling, use_cache=False, backend=self.backend,
+                         concurrency=2 * batch_size)
+
+    @classmethod
+    def load(
+        cls, model: str | Path | None, *, name: str, batch_size: int = 8, device: str = "cpu",
+        sampling: Sampling = Sampling(),
+    ) -> TransformersGenerator:
+        """Load ``model`` (None = the embedded SmolLM2 GGUF) in float32 with its tokenizer."""
+        from stillroom.train.student import load_model
+
+        loaded, tokenizer = load_model(model)
+        if device != "cpu":
+            loaded = loaded.to(device)
+        return cls(loaded, tokenizer, name=name, batch_size=batch_size, sampling=sampling)
+
+    @property
+    def templated(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, turns: list[Message]) -> str:
+        from stillroom.train.common import render_prompt
+
+        return render_prompt(_plain_turns(turns), self.tokenizer)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt: a chat template's text already holds its special
+        tokens, so none are added; plain text gets the tokenizer's usual ones (e.g. BOS)."""
+        return list(self.tokenizer(text, add_special_tokens=not self.templated)["input_ids"])
+
+    def _request(self, prompt: Prompt, params: GenerationParams) -> Request:
+        if isinstance(prompt, str):
+            return Request(prompt=prompt, params=params)
+        if self.templated:  # the backend renders them as render_prompt does
+            return Request(messages=_plain_turns(prompt), params=params)
+        return Request(prompt=self.render(prompt), params=params)
+
+    def _order(self, prompts: Sequence[Prompt]) -> list[int]:
+        # Shortest first: a batch then holds prompts of similar lengths (less padding).
+        lengths = [len(self.encode_prompt(p if isinstance(p, str) else self.render(p)))
+                   for p in prompts]
+        return sorted(range(len(prompts)), key=lambda i: lengths[i])
+
+    def close(self) -> None:
+        super().close()
+        self.model = None
+
+
+def _plain_turns(turns: list[Message]) -> list[Message]:
+    return [{"role": m["role"], "content": str(m["content"])} for m in turns]
 
 
 __all__ = [

@@ -60,7 +60,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,19 +69,17 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import resolve_input_path
-from stillroom.data.rows import row_answer
+from stillroom.data.rows import Row, check_prompt, row_answer, row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError, InputError
-from stillroom.generate.lineage import row_id, seed_id_of, with_lineage
 from stillroom.llm.batching import Job, MicroBatcher
+from stillroom.llm.torch_device import device_problem, resolve_device
 from stillroom.pipeline.stage import (
-    Row,
     RowFailure,
     RowStage,
     StageContext,
     pipeline_dir,
     register_stage,
 )
-from stillroom.stages.complete import check_prompt
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Prompt = str | list[dict[str, Any]]
@@ -92,7 +89,6 @@ INSTALL_HINT = "pip install 'stillroom[reward]'"
 # How many batches' worth of waiting texts one worker round takes and sorts by length: more
 # means less padding, fewer means a row waits behind less work.
 POOL_BATCHES = 8
-_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
 class RewardError(ValueError):
@@ -256,8 +252,9 @@ class RewardScorer:
     ):
         if batch_size < 1 or max_length < 1:
             raise ValueError("batch_size and max_length must be at least 1")
-        if not _DEVICE.match(device):
-            raise ValueError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+        problem = device_problem(device)
+        if problem:
+            raise ValueError(f"device {device!r}: {problem}")
         self.folder = check_model_folder(str(model_path), base_dir)
         check_installed()
         self.name = self.folder.name
@@ -299,9 +296,7 @@ class RewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.device)
         # auto: the checkpoint's own dtype on an accelerator; float32 on CPU, where half
         # precision is slow and loses the small differences between completions.
         dtype: Any = self.dtype
@@ -532,8 +527,9 @@ class RewardModel(RowStage):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError("use auto, cpu, cuda, cuda:N or mps")
+        problem = device_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

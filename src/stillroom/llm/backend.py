@@ -48,11 +48,19 @@ class Backend(ABC):
         prompt: list[Message] | str | None,
         completion: str,
         top_logprobs: int | None = None,
+        *,
+        max_length: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Teacher-forced log-probs of ``completion``'s tokens after ``prompt`` (chat messages,
-        raw text, or None): one ``{"token", "id", "logprob"}`` entry per completion token, with
-        ``top_logprobs`` also ``"top_logprobs": [{"token", "id", "logprob"}]``, best first.
-        Only backends with ``supports_scoring`` implement it."""
+        """Teacher-forced log-probs of ``completion``'s tokens after ``prompt`` (chat messages;
+        raw text, read with the tokenizer's default leading special tokens, so ``""`` is only
+        those; or None: after the BOS token): one ``{"token", "id", "logprob"}`` entry per
+        completion token, with ``top_logprobs`` also ``"top_logprobs": [{"token", "id",
+        "logprob"}]``, best first. A first token with nothing before it is left out.
+        ``max_tokens`` scores only the completion's first tokens; ``max_length`` cuts the
+        completion so prompt and completion fit in that many tokens (and in the model); when
+        either cut it, the last entry has ``"truncated": True``. Only backends with
+        ``supports_scoring`` implement it; callers pass the two limits only when set."""
         raise NotImplementedError(f"the {self.kind} backend cannot score a given completion")
 
     async def aclose(self) -> None:  # noqa: B027 - optional: most backends have nothing to free

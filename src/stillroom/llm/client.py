@@ -28,13 +28,14 @@ def score_key(
     prompt: list[Message] | str | None,
     completion: str,
     top_logprobs: int | None,
+    limits: dict[str, int] | None = None,
 ) -> str:
     """The cache key of a scoring call. The ``score`` field keeps it apart from every generate
-    request's key (:func:`stillroom.llm.cache.request_key`), whatever the texts."""
-    payload = {
-        "id": identity,
-        "score": {"prompt": prompt, "completion": completion, "top_logprobs": top_logprobs},
-    }
+    request's key (:func:`stillroom.llm.cache.request_key`), whatever the texts. ``limits``
+    (max_length, max_tokens) join the key only when set, so calls without them keep their keys."""
+    asked: dict[str, Any] = {"prompt": prompt, "completion": completion, "top_logprobs": top_logprobs}
+    asked.update(limits or {})
+    payload = {"id": identity, "score": asked}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -106,15 +107,20 @@ class LLMClient:
         prompt: list[Message] | str | None,
         completion: str,
         top_logprobs: int | None = None,
+        *,
+        max_length: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Teacher-forced log-probs of ``completion`` after ``prompt`` (see ``Backend.score``),
-        with the same cache, concurrency limit, timeout and retries as ``generate``; raises
-        RequestFailed after the retries are spent. The cache key is marked as a score, so it never
-        meets a generate request's. The scored tokens count as prompt tokens in the stats (the
-        model reads them, it writes nothing)."""
+        """Teacher-forced log-probs of ``completion`` after ``prompt`` (see ``Backend.score``,
+        with its ``max_length`` and ``max_tokens``), with the same cache, concurrency limit,
+        timeout and retries as ``generate``; raises RequestFailed after the retries are spent.
+        The cache key is marked as a score, so it never meets a generate request's. The scored
+        tokens count as prompt tokens in the stats (the model reads them, it writes nothing)."""
+        limits = {name: value for name, value in
+                  (("max_length", max_length), ("max_tokens", max_tokens)) if value is not None}
         key = None
         if self.cache is not None:
-            key = score_key(self._identity, prompt, completion, top_logprobs)
+            key = score_key(self._identity, prompt, completion, top_logprobs, limits)
             record = self.cache.get(key)
             if record is not None:
                 self.stats.cache_hits += 1
@@ -122,7 +128,7 @@ class LLMClient:
                 cached: list[dict[str, Any]] = record["entries"]
                 return cached
         entries = await self._send_with_retries_of(
-            lambda: self.backend.score(prompt, completion, top_logprobs)
+            lambda: self.backend.score(prompt, completion, top_logprobs, **limits)
         )
         self.stats.prompt_tokens += len(entries)
         if key is not None:

@@ -25,10 +25,18 @@ What decides a batch:
   would depend on its neighbours. Greedy rows are batched anyway: an argmax flips only on a
   near-tie, which is rare, and a pipeline caches the first answer.
 
+Scoring (:meth:`TransformersBackend.score`, teacher forcing) is pooled: up to
+``SCORE_POOL_BATCHES`` batches' worth of waiting score calls are taken at once, sorted by length
+(longest first) and run ``batch_size`` sequences (and at most ``batch_tokens`` padded tokens) a
+forward pass, left-padded with position ids counted from each row's first real token, with
+logits made only for the scored positions. This is what IFD (:mod:`stillroom.curate.ifd`) and
+the teacher_logprobs stage score through.
+
 A folder's cache identity is its name and a hash of its config.json; a GGUF's is its file name
-and size (as for the llama.cpp backend). Weights retrained into the same folder with the same
-config are therefore not told apart: save each checkpoint under a new name, or run without the
-request cache.
+and size (as for the llama.cpp backend); a model handed over in memory
+(:meth:`TransformersBackend.from_model`) is known by the name it is given. Weights retrained
+into the same folder with the same config are therefore not told apart: save each checkpoint
+under a new name, or run without the request cache.
 """
 
 from __future__ import annotations
@@ -47,10 +55,9 @@ from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.batching import Job, MicroBatcher
 from stillroom.llm.llamacpp import EMBEDDED_MODEL_NAME, embedded_model_path
+from stillroom.llm.torch_device import resolve_device
+from stillroom.llm.transformers_scoring import SCORE_POOL_BATCHES, Prompt, TeacherForcedScoring
 from stillroom.llm.types import BackendError, Completion, Message, Request
-
-Prompt = list[Message] | str | None
-"""Chat messages (the chat template is applied), raw text, or nothing (unconditional)."""
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -113,7 +120,7 @@ def _plain_messages(messages: list[Message]) -> list[Message]:
     return out
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(TeacherForcedScoring, Backend):
     kind = "transformers"
     supports_logprobs = True
     # Decoding is not constrained: LLMClient validates the text against the schema and re-asks.
@@ -129,15 +136,22 @@ class TransformersBackend(Backend):
         dtype: str = "float32",
         batch_size: int = 8,
         max_new_tokens: int = 1024,
+        batch_tokens: int | None = None,
     ):
         folder, gguf_file = locate(model_path)
         super().__init__(EMBEDDED_MODEL_NAME if model_path is None else gguf_file or folder.name)
-        self.folder = folder
+        self.folder: Path | None = folder
         self.gguf_file = gguf_file
         self.device = device
         self.dtype = dtype
+        self._setup(batch_size, batch_tokens, max_new_tokens)
+
+    def _setup(self, batch_size: int, batch_tokens: int | None, max_new_tokens: int) -> None:
         self.batch_size = batch_size
+        # Most padded tokens in one scoring pass (None: batch_size alone bounds it).
+        self.batch_tokens = batch_tokens
         self.max_new_tokens = max_new_tokens
+        self.score_passes = 0  # forward passes made by score(), for a look at the batching
         self._model: Any = None
         self._tokenizer: Any = None
         self._torch: Any = None
@@ -150,9 +164,36 @@ class TransformersBackend(Backend):
         # Job kinds: "batch" (greedy or unseeded), "seeded" (runs alone) or "score".
         self._batcher = MicroBatcher("transformers", self._take_batch, self._run_batch)
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        batch_size: int = 8,
+        batch_tokens: int | None = None,
+        max_new_tokens: int = 1024,
+    ) -> TransformersBackend:
+        """A backend over a causal LM and its tokenizer already in memory (a test, a notebook,
+        a model just loaded or trained); it runs where the weights are. Its cache identity is
+        ``name``: give each model its own name, or use no request cache."""
+        backend = cls.__new__(cls)
+        Backend.__init__(backend, name)
+        backend.folder = None
+        backend.gguf_file = None
+        parameter = next(model.parameters())
+        backend.device = str(parameter.device)
+        backend.dtype = str(parameter.dtype).removeprefix("torch.")
+        backend._setup(batch_size, batch_tokens, max_new_tokens)
+        backend._use(model.eval(), tokenizer, model.config, parameter.device)
+        return backend
+
     def cache_identity(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.kind}
-        if self.gguf_file is not None:
+        if self.folder is None:
+            out.update(model=self.model)
+        elif self.gguf_file is not None:
             path = self.folder / self.gguf_file
             out.update(model=path.name, size=path.stat().st_size)
         else:
@@ -178,12 +219,11 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        assert self.folder is not None  # from_model backends are loaded already
         kwargs: dict[str, Any] = {}
         if self.gguf_file is not None:
             kwargs["gguf_file"] = self.gguf_file
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.device)
         tokenizer = AutoTokenizer.from_pretrained(self.folder, **kwargs)
         # Parsed once here and handed on: given no config, from_pretrained parses a GGUF twice.
         config = AutoConfig.from_pretrained(self.folder, **kwargs)
@@ -192,6 +232,11 @@ class TransformersBackend(Backend):
             self.folder, config=config, dtype=dtype, **kwargs
         )
         model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to oddly
+        self._use(model, tokenizer, config, torch.device(device))
+
+    def _use(self, model: Any, tokenizer: Any, config: Any, device: Any) -> None:
+        """Take a loaded model and tokenizer into use (``device``: where the weights are)."""
+        import torch
 
         eos: set[int] = set()
         for source in (
@@ -209,7 +254,7 @@ class TransformersBackend(Backend):
         self._max_positions = getattr(config, "max_position_embeddings", None)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._torch = torch
-        self._device = torch.device(device)
+        self._device = device
         self._tokenizer = tokenizer
         self._model = model
 
@@ -219,9 +264,12 @@ class TransformersBackend(Backend):
         return await self._batcher.submit(kind, payload)
 
     def _take_batch(self, waiting: list[Job]) -> tuple[list[Job], list[Job]]:
-        """The oldest waiting job and up to batch_size - 1 more of its kind, oldest first."""
+        """The oldest waiting job and up to batch_size - 1 more of its kind, oldest first
+        (scores: up to SCORE_POOL_BATCHES batches' worth, which _score_sync splits)."""
         kind = waiting[0].kind
         limit = 1 if kind == "seeded" else self.batch_size
+        if kind == "score":
+            limit *= SCORE_POOL_BATCHES
         batch: list[Job] = []
         rest: list[Job] = []
         for job in waiting:
@@ -245,7 +293,13 @@ class TransformersBackend(Backend):
         if prompt is None:
             return []
         if isinstance(prompt, str):
-            return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            bos = tokenizer.bos_token_id
+            # A prompt rendered from (or cut from) a chat template may already start with the
+            # BOS text; the tokenizer's own BOS would double it (the vllm backend does the same).
+            if bos is not None and ids[:2] == [bos, bos]:
+                ids = ids[1:]
+            return ids
         try:
             text = tokenizer.apply_chat_template(
                 _plain_messages(prompt), add_generation_prompt=True, tokenize=False
@@ -340,11 +394,12 @@ class TransformersBackend(Backend):
         """One forward pass; only the last ``keep`` positions' logits are made when possible
         (a full prompt's logits are prompt length x vocabulary floats per row)."""
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keeps_logits else {}
+        if past is not None:
+            kwargs["past_key_values"] = past
         out = self._model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=past,
             use_cache=cache,
             **kwargs,
         )
@@ -471,103 +526,6 @@ class TransformersBackend(Backend):
             logprobs=entries if row.top_logprobs is not None else None,
         )
 
-    # -- scoring ---------------------------------------------------------------------------------
-
-    async def score(
-        self, prompt: Prompt, completion: str, top_logprobs: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Teacher-forced log-probs of ``completion``'s tokens following ``prompt``.
-
-        ``prompt`` is chat messages (the chat template with the assistant turn opened is put
-        first), raw text, or None/"" for the completion on its own. One entry per completion
-        token: ``{"token", "id", "logprob"}``; with ``top_logprobs`` K, also ``"top_logprobs"``:
-        the K most likely tokens at that position, ``[{"token", "id", "logprob"}]`` best first,
-        from the same raw (temperature 1) distribution -- the shape a ``complete`` stage stores,
-        so offline KD data can come from any text. With no prompt, the first token is scored
-        after the BOS token, or left out when the model has none (nothing predicts it).
-        Concurrent calls are batched, as requests are.
-        """
-        result: list[dict[str, Any]] = await self._submit(
-            "score", (prompt, completion, top_logprobs)
-        )
-        return result
-
-    def _score_sync(
-        self, pairs: list[tuple[Prompt, str, int | None]]
-    ) -> list[list[dict[str, Any]] | BackendError]:
-        self._load_sync()
-        tokenizer = self._tokenizer
-        results: list[list[dict[str, Any]] | BackendError] = [[] for _ in pairs]
-        rows: list[tuple[int, list[int], list[int], int | None]] = []
-        for index, (prompt, completion, top_logprobs) in enumerate(pairs):
-            try:
-                context = self._prompt_ids(prompt or None)
-            except BackendError as error:
-                results[index] = error
-                continue
-            if not context and tokenizer.bos_token_id is not None:
-                context = [int(tokenizer.bos_token_id)]
-            target = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
-            length = len(context) + len(target)
-            if self._max_positions and length > self._max_positions:
-                results[index] = BackendError(
-                    f"prompt and completion are {length} tokens and {self.model} holds "
-                    f"{self._max_positions}; shorten them",
-                    kind="BadRequestError",
-                    status=400,
-                )
-            elif target:
-                rows.append((index, context, target, top_logprobs))
-        if rows:
-            with self._torch.inference_mode():
-                self._score_rows(rows, results)
-        return results
-
-    def _score_rows(
-        self,
-        rows: list[tuple[int, list[int], list[int], int | None]],
-        results: list[list[dict[str, Any]] | BackendError],
-    ) -> None:
-        torch = self._torch
-        input_ids, mask, positions = self._padded(
-            [context + target for _, context, target, _ in rows]
-        )
-        width = input_ids.shape[1]
-        keep = min(width, max(len(target) for _, _, target, _ in rows) + 1)
-        logits = self._forward(input_ids, mask, positions, keep=keep, cache=False).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        top_k = max((k or 0 for *_, k in rows), default=0)
-        # One topk over the batch's kept window (as _decode does per step), cut per row to its K.
-        top = logprobs.topk(top_k, dim=-1) if top_k else None
-        for i, (index, context, target, k) in enumerate(rows):
-            scored = []
-            for j, token in enumerate(target):
-                if j == 0 and not context:
-                    continue
-                # Token j sits at column width - len(target) + j and is predicted by the column
-                # before it; the kept window starts at column width - keep.
-                column = width - len(target) + j - 1 - (width - keep)
-                entry: dict[str, Any] = {
-                    "token": self._piece(token),
-                    "id": token,
-                    "logprob": float(logprobs[i, column, token]),
-                }
-                if k is not None:
-                    entry["top_logprobs"] = self._alternatives(top, i, column, k)
-                scored.append(entry)
-            results[index] = scored
-
-    def _alternatives(self, top: Any, row: int, column: int, k: int) -> list[dict[str, Any]]:
-        """The ``k`` most likely tokens at one scored position, best first (topk sorts)."""
-        if not k or top is None:
-            return []
-        values = top.values[row, column, :k].tolist()
-        ids = top.indices[row, column, :k].tolist()
-        return [
-            {"token": self._piece(t), "id": t, "logprob": v}
-            for t, v in zip(ids, values, strict=True)
-        ]
-
     async def aclose(self) -> None:
         await self._batcher.aclose()
         self._model = None
@@ -586,6 +544,10 @@ class TransformersConfig(BackendConfig):
     device: str = Field(default="cpu", description='"cpu", "cuda", "cuda:1"... or "auto".')
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(default=8, ge=1, description="Requests decoded together at most.")
+    batch_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Most padded tokens in one scoring pass (bounds memory); none: batch_size alone.",
+    )
     max_new_tokens: int = Field(
         default=1024, ge=1, description="When a request sets no max_tokens."
     )
@@ -596,6 +558,7 @@ class TransformersConfig(BackendConfig):
     _runtime_fields: ClassVar[frozenset[str]] = BackendConfig._runtime_fields | {
         "device",
         "batch_size",
+        "batch_tokens",
     }
 
     @model_validator(mode="before")
@@ -635,4 +598,5 @@ class TransformersConfig(BackendConfig):
             dtype=self.dtype,
             batch_size=self.batch_size,
             max_new_tokens=self.max_new_tokens,
+            batch_tokens=self.batch_tokens,
         )

@@ -353,26 +353,43 @@ class VLLMBackend(Backend):
         return _Prepared(prompt_ids, SamplingParams(**kwargs), request)
 
     def _prepare_score(
-        self, prompt: Prompt, completion: str, top_logprobs: int | None
+        self,
+        prompt: Prompt,
+        completion: str,
+        top_logprobs: int | None,
+        max_length: int | None = None,
+        max_tokens: int | None = None,
     ) -> _Prepared | None:
         from vllm import SamplingParams
 
         self._check_logprobs(top_logprobs)
         tokenizer = self._tokenizer
-        context = self._prompt_ids(prompt or None)
-        if not context and tokenizer.bos_token_id is not None:
+        # Raw text, "" included, is read with the tokenizer's default leading special tokens;
+        # None is the completion alone after the BOS token.
+        context = self._prompt_ids(prompt)
+        if prompt is None and tokenizer.bos_token_id is not None:
             context = [int(tokenizer.bos_token_id)]
         target = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
-        if not target:
-            return None
-        length = len(context) + len(target)
+        cut = False
+        if max_tokens is not None and len(target) > max_tokens:
+            target, cut = target[: max(0, max_tokens)], True
         # The engine must still generate one token after the scored text.
-        if self._max_len and length + 1 > self._max_len:
-            raise self._too_long(length + 1, "prompt and completion (and one generated token) are")
+        limit = self._max_len - 1 if self._max_len else None
+        if max_length is not None:
+            limit = min(limit, max_length) if limit else max_length
+        if limit and len(context) + len(target) > limit:
+            if max_length is None:
+                raise self._too_long(
+                    len(context) + len(target) + 1,
+                    "prompt and completion (and one generated token) are",
+                )
+            target, cut = target[: max(0, limit - len(context))], True
+        if len(target) <= (0 if context else 1):  # nothing to score
+            return None
         params = SamplingParams(
             n=1, temperature=0.0, max_tokens=1, prompt_logprobs=max(1, top_logprobs or 0)
         )
-        return _Prepared(context + target, params, (context, target, top_logprobs))
+        return _Prepared(context + target, params, (context, target, top_logprobs, cut))
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -439,7 +456,7 @@ class VLLMBackend(Backend):
         )
 
     def _scored(self, item: _Prepared, output: Any) -> list[dict[str, Any]]:
-        context, target, k = item.job
+        context, target, k, cut = item.job
         positions = output.prompt_logprobs
         scored = []
         for j, token in enumerate(target):
@@ -447,6 +464,8 @@ class VLLMBackend(Backend):
             if at == 0:  # nothing predicts the first token of a text with no context
                 continue
             scored.append(self._entry(token, positions[at], k))
+        if cut and scored:
+            scored[-1]["truncated"] = True
         return scored
 
     # -- the Backend protocol -------------------------------------------------------------------
@@ -456,12 +475,21 @@ class VLLMBackend(Backend):
         return result
 
     async def score(
-        self, prompt: Prompt, completion: str, top_logprobs: int | None = None
+        self,
+        prompt: Prompt,
+        completion: str,
+        top_logprobs: int | None = None,
+        *,
+        max_length: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
         """Teacher-forced log-probs of ``completion``'s tokens following ``prompt``.
 
         ``prompt`` is chat messages (the chat template with the assistant turn opened is put
-        first), raw text, or None/"" for the completion on its own. One entry per completion
+        first), raw text (with the tokenizer's default leading special tokens: ``""`` is only
+        those), or None for the completion on its own. ``max_length`` and ``max_tokens`` cut the
+        completion as ``Backend.score`` says (the last entry then has ``"truncated": True``);
+        without ``max_length`` a pair the engine cannot hold fails. One entry per completion
         token: ``{"token", "id", "logprob"}``, plus with ``top_logprobs`` the ``"top_logprobs":
         [{"token", "id", "logprob"}]`` most likely tokens at that position, best first (the
         shape a ``complete`` stage stores, so offline KD data can come from any text). With no
@@ -469,7 +497,7 @@ class VLLMBackend(Backend):
         none. Concurrent calls are batched with the requests.
         """
         result: list[dict[str, Any]] = await self._submit(
-            "score", (prompt, completion, top_logprobs)
+            "score", (prompt, completion, top_logprobs, max_length, max_tokens)
         )
         return result
 

@@ -402,7 +402,8 @@ class Executor:
             source = Rows.of(await self._run_gathering_segment(segment, source))
 
     def _context(self, name: str) -> StageContext:
-        return StageContext(name, self.pipeline.seed, self.clients, self.parallel_map())
+        return StageContext(name, self.pipeline.seed, self.clients, self.parallel_map(),
+                            self.cache)
 
     async def _decided(
         self, segment: Segment, source: Rows, skip: set[str]

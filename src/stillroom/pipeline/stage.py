@@ -42,6 +42,7 @@ from stillroom.registry import Registry
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
+    from stillroom.llm.cache import RequestCache
     from stillroom.llm.client import LLMClient
 
 
@@ -94,12 +95,16 @@ class StageContext:
     (MinHash signatures of a million texts): the local executor runs it in this process (the
     builtin ``map``), the Ray executor as Ray tasks across the cluster. ``fn`` and the items must
     pickle (a module-level function or a small object; not a lambda over a big array).
+
+    ``cache`` is the run's request cache (None with ``--no-cache``), for a stage that makes a
+    client of its own (IFD's scoring model) rather than using a pipeline backend's.
     """
 
     stage_name: str
     seed: int
     clients: dict[str, LLMClient] = field(default_factory=dict)
     parallel_map: ParallelMap = map
+    cache: RequestCache | None = None
 
     def client(self, name: str) -> LLMClient:
         return self.clients[name]

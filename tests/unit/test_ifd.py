@@ -23,6 +23,7 @@ from stillroom.curate.ifd_scoring import (
 from stillroom.data.output import OutputFolder
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.config import parse_pipeline_text
+from tests.tiny_models import byte_tokenizer, tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -41,43 +42,19 @@ PAIRS = [
 # -- a tiny causal LM and byte-level tokenizers (no download) ---------------------------------------
 
 
-def _tokenizer(bos: bool) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[char] = len(vocab)
-    inner = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    inner.decoder = decoders.ByteLevel()
-    if bos:  # a Llama-style tokenizer: BOS before plain text
-        inner.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", special_tokens=[("<bos>", 1)]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="<pad>", bos_token="<bos>")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return _tokenizer(bos=False)
+    return byte_tokenizer(bos=False)
 
 
 @pytest.fixture(scope="module")
 def bos_tokenizer() -> Any:
-    return _tokenizer(bos=True)
+    return byte_tokenizer(bos=True)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, max_positions=512)
 
 
 @pytest.fixture(scope="module")

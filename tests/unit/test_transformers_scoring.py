@@ -11,43 +11,21 @@ import pytest
 
 from stillroom.llm.client import LLMClient, score_key
 from stillroom.llm.types import BackendError, RequestFailed
+from tests.tiny_models import byte_tokenizer, tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def _tokenizer(bos: bool) -> Any:
-    """Byte-level tokens; a BOS token is known to both, put before plain text only by one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[char] = len(vocab)
-    inner = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    inner.decoder = decoders.ByteLevel()
-    if bos:
-        inner.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", special_tokens=[("<bos>", 1)]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="<pad>", bos_token="<bos>")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return _tokenizer(bos=False)
+    return byte_tokenizer(bos=False)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> Any:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, max_positions=64)
 
 
 def backend_of(model: Any, tokenizer: Any, **options: Any) -> Any:
@@ -84,7 +62,7 @@ def test_none_is_after_bos_and_empty_text_is_as_the_tokenizer_reads_plain_text(
     assert [e["logprob"] for e in prompted] == pytest.approx(
         logprobs_by_hand(model, ids(tokenizer, "Q:"), target), rel=1e-5)
     assert not any("truncated" in e for e in after_bos + plain + prompted)
-    with_bos = backend_of(model, _tokenizer(bos=True))
+    with_bos = backend_of(model, byte_tokenizer(bos=True))
     (alone,) = asyncio.run(_gather(with_bos.score("", "abc")))
     assert [e["token"] for e in alone] == ["a", "b", "c"]  # after the tokenizer's own BOS
 
@@ -161,7 +139,7 @@ def test_a_scoring_calls_cache_key_holds_its_limits_only_when_set(model: Any, to
 
 
 def test_a_raw_prompt_that_starts_with_the_bos_text_gets_one_bos(model: Any) -> None:
-    backend = backend_of(model, _tokenizer(bos=True))
+    backend = backend_of(model, byte_tokenizer(bos=True))
     assert backend._prompt_ids("<bos>Hi") == backend._prompt_ids("Hi") == [1, *ids(
         backend._tokenizer, "Hi")]
 

@@ -63,6 +63,48 @@ def option_file(spec: str, base_dir: Path | None, *, key: str, what: str) -> Pat
     return path
 
 
+def text_records(
+    spec: str, base_dir: Path | None, keys: tuple[str, ...], *, key: str, what: str
+) -> tuple[Path, bytes, list[dict[str, str]]]:
+    """A stage's file of text records (JSONL, one object a line with exactly ``keys``, each
+    non-empty text, ``id`` unique), such as a principles file: its path, bytes (for a version
+    hash) and records. The first problem is a ConfigError naming the file, line and ``key``;
+    ``what`` names one record in messages ("a principle needs ...")."""
+    path = option_file(spec, base_dir, key=key, what="principles")
+    data = path.read_bytes()
+    records: list[dict[str, str]] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+
+        def bad(message: str, line: int = number) -> ConfigError:
+            return ConfigError(message, path=str(path), line=line, key=key)
+
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise bad(f"not valid JSON ({error})") from None
+        if not isinstance(item, dict):
+            raise bad(f"each line must be a JSON object, got {type(item).__name__}")
+        missing = [name for name in keys if name not in item]
+        if missing:
+            raise bad(f"missing key(s) {missing}; {what} needs {list(keys)}")
+        unknown = sorted(set(item) - set(keys))
+        if unknown:
+            raise bad(f"unknown key(s) {unknown}; {what} has only {list(keys)}")
+        for name in keys:
+            if not isinstance(item[name], str) or not item[name].strip():
+                raise bad(f"`{name}` must be non-empty text")
+        if item["id"] in seen:
+            raise bad(f"id {item['id']!r} is used twice (first on line {seen[item['id']]})")
+        seen[item["id"]] = number
+        records.append(item)
+    if not records:
+        raise ConfigError("the principles file holds no principles", path=str(path), key=key)
+    return path, data, records
+
+
 def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from stillroom.data.readers import option_file
+from stillroom.data.readers import text_records
 from stillroom.data.rows import PromptTemplate
-from stillroom.errors import ConfigError
 
 # -- the principles file ---------------------------------------------------------------------------
 
@@ -47,49 +44,11 @@ def load_preference_principles(spec: str, base_dir: Path | None = None) -> Prefe
 
     Raises ConfigError naming the file and line of the first problem.
     """
-    path = option_file(spec, base_dir, key="principles", what="principles")
-    data = path.read_bytes()
-    principles: list[ComparisonPrinciple] = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        principle = _principle_from_line(line, path, number, seen)
-        seen[principle.id] = number
-        principles.append(principle)
-    if not principles:
-        raise ConfigError(
-            "the principles file holds no principles", path=str(path), key="principles"
-        )
+    path, data, records = text_records(spec, base_dir, PRINCIPLE_KEYS, key="principles",
+                                       what="a comparison principle")
+    principles = [ComparisonPrinciple(item["id"], item["question"].strip()) for item in records]
     version = "preference_principles@" + hashlib.sha256(data).hexdigest()[:8]
     return PreferencePrinciples(tuple(principles), str(path), version)
-
-
-def _principle_from_line(
-    line: bytes, path: Path, number: int, seen: dict[str, int]
-) -> ComparisonPrinciple:
-    def bad(message: str) -> ConfigError:
-        return ConfigError(message, path=str(path), line=number, key="principles")
-
-    try:
-        item = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        raise bad(f"not valid JSON ({error})") from None
-    if not isinstance(item, dict):
-        raise bad(f"each line must be a JSON object, got {type(item).__name__}")
-    missing = [key for key in PRINCIPLE_KEYS if key not in item]
-    if missing:
-        raise bad(f"missing key(s) {missing}; a comparison principle needs {list(PRINCIPLE_KEYS)}")
-    unknown = sorted(set(item) - set(PRINCIPLE_KEYS))
-    if unknown:
-        raise bad(f"unknown key(s) {unknown}; a comparison principle has only "
-                  f"{list(PRINCIPLE_KEYS)}")
-    for key in PRINCIPLE_KEYS:
-        if not isinstance(item[key], str) or not item[key].strip():
-            raise bad(f"`{key}` must be non-empty text")
-    if item["id"] in seen:
-        raise bad(f"id {item['id']!r} is used twice (first on line {seen[item['id']]})")
-    return ComparisonPrinciple(item["id"], item["question"].strip())
 
 
 # -- prompts ---------------------------------------------------------------------------------------

@@ -47,10 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
-from stillroom.data.readers import option_file
+from stillroom.data.readers import text_records
 from stillroom.data.rows import (
     PromptTemplate,
     Row,
@@ -60,7 +59,6 @@ from stillroom.data.rows import (
     seed_id_of,
     with_lineage,
 )
-from stillroom.errors import ConfigError
 from stillroom.llm.types import GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import (
     Dropped,
@@ -96,44 +94,12 @@ def load_constitution(spec: str, base_dir: Path | None = None) -> Constitution:
 
     Raises ConfigError naming the file and line of the first problem.
     """
-    path = option_file(spec, base_dir, key="principles", what="principles")
-    data = path.read_bytes()
-    principles: list[Principle] = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-
-        def bad(message: str, line: int = number) -> ConfigError:
-            return ConfigError(message, path=str(path), line=line, key="principles")
-
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise bad(f"not valid JSON ({error})") from None
-        if not isinstance(item, dict):
-            raise bad(f"each line must be a JSON object, got {type(item).__name__}")
-        missing = [key for key in PRINCIPLE_KEYS if key not in item]
-        if missing:
-            raise bad(f"missing key(s) {missing}; a principle needs {list(PRINCIPLE_KEYS)}")
-        unknown = sorted(set(item) - set(PRINCIPLE_KEYS))
-        if unknown:
-            raise bad(f"unknown key(s) {unknown}; a principle has only {list(PRINCIPLE_KEYS)}")
-        for key in PRINCIPLE_KEYS:
-            if not isinstance(item[key], str) or not item[key].strip():
-                raise bad(f"`{key}` must be non-empty text")
-        if item["id"] in seen:
-            raise bad(f"id {item['id']!r} is used twice (first on line {seen[item['id']]})")
-        seen[item["id"]] = number
-        principles.append(
-            Principle(
-                item["id"], item["critique_request"].strip(), item["revision_request"].strip()
-            )
-        )
-    if not principles:
-        raise ConfigError(
-            "the principles file holds no principles", path=str(path), key="principles"
-        )
+    path, data, records = text_records(spec, base_dir, PRINCIPLE_KEYS, key="principles",
+                                       what="a principle")
+    principles = [
+        Principle(item["id"], item["critique_request"].strip(), item["revision_request"].strip())
+        for item in records
+    ]
     version = "constitution@" + hashlib.sha256(data).hexdigest()[:8]
     return Constitution(tuple(principles), str(path), version)
 

@@ -433,7 +433,7 @@ def test_classification_picks_output_first_and_others_input_first(tmp_path: Path
     assert len(output_first) == 1 and output_first[0].endswith(f"Task: {clf_task}\n")
     assert "Class label:" in output_first[0]
     assert len(input_first) == 1 and input_first[0].endswith(f"Task: {gen_task}\n")
-    assert "Example 1\nInput:" in input_first[0]
+    assert "Example 1\n" in input_first[0] and "Example 2\n" in input_first[0]
     clf_prompts = [p for p in prompts if p.endswith("Is it classification?")]
     assert len(clf_prompts) == 2
     assert clf_prompts[0].startswith(

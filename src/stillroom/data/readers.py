@@ -23,6 +23,7 @@ Row = dict[str, Any]
 BUILTIN_PREFIX = "builtin:"
 _BUILTINS = {
     "self_instruct_seed_tasks": "self_instruct_seed_tasks.jsonl",
+    "self_instruct_instance_demos": "self_instruct_instance_demos.jsonl",
     "personas": "personas.jsonl",
     "constitution": "constitution.jsonl",
     "preference_principles": "preference_principles.jsonl",

@@ -19,11 +19,13 @@ Two stages, faithful to the paper and its reference code (``yizhongw/self-instru
 ``self_instruct_instances`` (row by row, on the generated instructions)
     (a) asks the model, few-shot, whether the task "can be regarded as a classification task with
     finite output labels"; (b) generates instances output-first for classification tasks (a class
-    label, then an input for it) and input-first for the others, few-shot from the seed tasks'
-    own instances, greedily; (c) filters instances: input == output, empty output, input or
-    output ending with ":", a task whose identical inputs have different outputs is dropped whole,
-    at most 5 instances per task. Each surviving instance is a row with ``instruction``, ``input``,
-    ``output``, ``is_classification`` and TRL's ``prompt`` / ``completion``.
+    label, then an input for it) and input-first for the others, greedily, few-shot from the
+    reference template's demo tasks (every label of a classification task with an input each,
+    several examples of the others; ``instance_demos``); (c) filters instances: input ==
+    output, empty output, input or output ending with ":", a task whose identical inputs have
+    different outputs is dropped whole, at most 5 instances per task. Each surviving instance is
+    a row with ``instruction``, ``input``, ``output``, ``is_classification`` and TRL's
+    ``prompt`` / ``completion``.
 
 Nothing is lost silently: every candidate or instance a filter removes is a ``dropped/`` row with
 its reason; a request that fails after retries is a ``failed/`` row. Every row carries lineage
@@ -39,6 +41,8 @@ Where we differ from the reference code, on purpose:
   ``num_instructions`` and record the rest as dropped ("num_instructions reached").
 * the ROUGE-L check gives the plain loop's decisions without its quadratic cost
   (:mod:`stillroom.generate.rouge_pool`).
+* instance generation: see :mod:`stillroom.generate.self_instruct_instances` (our prompt
+  headers, seed tasks as the classification question's demos).
 
 This module holds the ``self_instruct`` stage; ``self_instruct_instances`` is in
 :mod:`stillroom.generate.self_instruct_instances`, and the prompt texts and answer parsing both

@@ -3,16 +3,41 @@ instances (input, output) for each generated instruction.
 
 Row by row: (a) asks the model, few-shot, whether the task "can be regarded as a classification
 task with finite output labels"; (b) generates instances output-first for classification tasks (a
-class label, then an input for it) and input-first for the others, few-shot from the seed tasks'
-own instances, greedily; (c) filters instances: input == output, empty output, input or output
-ending with ":", a task whose identical inputs have different outputs is dropped whole, at most 5
-instances per task. Each surviving instance is a row with ``instruction``, ``input``, ``output``,
-``is_classification`` and TRL's ``prompt`` / ``completion``; every instance or task a filter
-removes is a ``dropped/`` row with its reason.
+class label, then an input for it) and input-first for the others, greedily; (c) filters
+instances: input == output, empty output, input or output ending with ":", a task whose identical
+inputs have different outputs is dropped whole, at most 5 instances per task. Each surviving
+instance is a row with ``instruction``, ``input``, ``output``, ``is_classification`` and TRL's
+``prompt`` / ``completion``; every instance or task a filter removes is a ``dropped/`` row with
+its reason.
 
-The method as a whole, and where we differ from the reference code, is described in
-:mod:`stillroom.generate.self_instruct` (the first stage, which bootstraps the instructions); the
-prompt texts and the answer parsing are in :mod:`stillroom.generate.self_instruct_prompts`.
+The few-shot demos of (b) show several instances per task, as the reference template
+(``templates/instance_gen_template.py``) does: each classification task with every one of its
+labels, each followed by an input for it ("Class label: Positive" / "Sentence: ..." / "Class
+label: Negative" / ...), and the other tasks with "Example 1", "Example 2", ... By default
+(``instance_demos: builtin:self_instruct_instance_demos``) they are the reference template's own
+16 classification and 11 other tasks, kept as data; the 175 seed tasks cannot serve, as each
+carries one instance (in the released ``data/seed_tasks.jsonl`` too). ``instance_demos`` takes
+your own file of tasks in the seed-task layout (``instruction``, ``is_classification``,
+``instances``; a relative path is read from the pipeline file's folder), or ``null`` for the
+``seed_tasks`` file. ``max_example_chars`` leaves out long demo instances (none by default).
+
+Where we differ from the reference code, on purpose:
+
+* the headers of the two instance prompts are our wording of the reference's instructions; the
+  demos below them are the reference's, word for word, laid out alike (a multi-line output
+  starts on its own line, as four of the reference's five do; instructions and labels lose
+  stray spaces).
+* the classification question's demos are the seed tasks (the first ``classification_examples``,
+  "Yes" and "No" alternating), not the reference's hand-picked list of 31.
+* a demo input without a field name of its own (a seed task's "2+2") is shown as "Input: 2+2",
+  and a leading "Input:" is removed from a generated classification input; the reference keeps
+  field names as written (its demos always have one, "Sentence: ...", and so do our inputs then).
+* an instance a filter removes, a duplicate and one over ``max_instances`` are kept in
+  ``dropped/`` with the reason, in their answer's order (the reference deduplicates with a set).
+
+The method as a whole, and where the first stage differs from the reference code, is described
+in :mod:`stillroom.generate.self_instruct` (the first stage, which bootstraps the instructions);
+the prompt texts and the answer parsing are in :mod:`stillroom.generate.self_instruct_prompts`.
 """
 
 from __future__ import annotations
@@ -20,34 +45,61 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from stillroom.data.rows import PromptTemplate, Row, derived_id, row_id, with_lineage
 from stillroom.errors import ConfigError, InputError
 from stillroom.generate.self_instruct_prompts import (
-    CLASS_LABEL,
     CLASSIFICATION_QUESTION,
     INPUT_FIRST_HEADER,
     METHOD,
     OUTPUT_FIRST_HEADER,
     check_prompt_format,
+    input_first_demo,
+    output_first_demo,
     parse_input_first,
     parse_output_first,
     prompt_line,
 )
 from stillroom.llm.types import Completion, GenerationParams, Request
-from stillroom.pipeline.stage import Dropped, RowStage, StageContext, register_stage
+from stillroom.pipeline.stage import (
+    Dropped,
+    RowStage,
+    StageContext,
+    pipeline_dir,
+    register_stage,
+)
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
 
 
-def _seed_example_fits(task: Row, max_chars: int) -> bool:
-    instances = task.get("instances") or []
-    if not instances or not str(task.get("instruction", "")).strip():
-        return False
-    first = instances[0]
-    return len(first.get("input", "")) + len(first.get("output", "")) <= max_chars
+def _labelled(task: Row) -> bool:
+    """A task the classification question can show: an instruction and a boolean label."""
+    return bool(str(task.get("instruction") or "").strip()) and isinstance(
+        task.get("is_classification"), bool
+    )
+
+
+def demo_instances(task: Row, max_chars: int | None) -> list[tuple[str, str]]:
+    """The (input, output) instances a demo shows for ``task``: every instance with an output, in
+    file order. An instance longer than ``max_chars`` (input + output) is left out; for a
+    classification task that would hide one of its labels, so the task gets none (and is not
+    shown)."""
+    pairs = []
+    for instance in task.get("instances") or []:
+        if not isinstance(instance, dict):
+            continue
+        given = str(instance.get("input") or "").strip()
+        output = str(instance.get("output") or "").strip()
+        if output:
+            pairs.append((given, output))
+    if max_chars is None:
+        return pairs
+    fitting = [(given, output) for given, output in pairs if len(given) + len(output) <= max_chars]
+    if task.get("is_classification") and len(fitting) < len(pairs):
+        return []
+    return fitting
 
 
 @register_stage
@@ -59,19 +111,29 @@ class SelfInstructInstances(RowStage):
     backend: str = Field(default="default", description="Backend name; default = embedded model.")
     seed_tasks: str = Field(
         default="builtin:self_instruct_seed_tasks",
-        description="Tasks with instances and is_classification, the few-shot examples.",
+        description="Tasks with is_classification: the few-shot examples of the classification "
+        "question (and of instance generation when instance_demos is null).",
+    )
+    instance_demos: str | None = Field(
+        default="builtin:self_instruct_instance_demos",
+        description="Tasks with several instances each (instruction, is_classification, "
+        "instances), the few-shot demos of instance generation; default: the reference "
+        "code's demos. null: the seed_tasks file's.",
     )
     classification_examples: int = Field(
         default=30, ge=2, description="Few-shot tasks for the classification question (paper: 31)."
     )
     output_first_examples: int = Field(
-        default=16, ge=1, description="Few-shot classification tasks (paper: 16)."
+        default=16, ge=1, description="Few-shot classification tasks (reference template: 16)."
     )
     input_first_examples: int = Field(
-        default=12, ge=1, description="Few-shot other tasks (paper: 12)."
+        default=12, ge=1, description="Few-shot other tasks (reference template: 11)."
     )
-    max_example_chars: int = Field(
-        default=400, ge=1, description="Skip seed tasks whose instance is longer than this."
+    max_example_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="Leave out demo instances longer than this (input + output characters); "
+        "a classification task is then left out whole. None: all (the reference).",
     )
     trust_row_label: bool = Field(
         default=True,
@@ -99,6 +161,13 @@ class SelfInstructInstances(RowStage):
     # Built from the seed tasks on first use; rebuilt when a field they depend on changes.
     _templates: dict[str, PromptTemplate] | None = PrivateAttr(default=None)
     _templates_key: tuple[Any, ...] = PrivateAttr(default=())
+    # A relative seed_tasks / instance_demos path is read from the pipeline file's folder.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _remember_pipeline_dir(self, info: ValidationInfo) -> SelfInstructInstances:
+        self._base_dir = pipeline_dir(info) or self._base_dir
+        return self
 
     def backend_names(self) -> set[str]:
         return {self.backend}
@@ -121,20 +190,22 @@ class SelfInstructInstances(RowStage):
 
     # -- templates ----------------------------------------------------------------------------
 
-    def _load_seed_tasks(self) -> list[Row]:
+    def _load_tasks(self, spec: str, key: str) -> list[Row]:
         from stillroom.data.readers import iter_rows, resolve_input_path
 
         try:
-            path = resolve_input_path(self.seed_tasks)
+            path = resolve_input_path(spec, self._base_dir)
             return [row for _, row in iter_rows(Path(path))]
         except InputError as error:
-            raise ConfigError(f"seed_tasks: {error}", key="seed_tasks") from error
+            raise ConfigError(str(error), key=key) from error
 
     def templates(self) -> dict[str, PromptTemplate]:
-        """The three few-shot templates, built once from the seed tasks (in file order, so the
-        prompt prefix is the same for every row and a backend can reuse its evaluation)."""
+        """The three few-shot templates, built once from the seed tasks and the instance demos
+        (in file order, so the prompt prefix is the same for every row and a backend can reuse
+        its evaluation)."""
         key = (
             self.seed_tasks,
+            self.instance_demos,
             self.classification_examples,
             self.output_first_examples,
             self.input_first_examples,
@@ -142,16 +213,14 @@ class SelfInstructInstances(RowStage):
         )
         if self._templates is not None and self._templates_key == key:
             return self._templates
-        tasks = [
-            t for t in self._load_seed_tasks() if _seed_example_fits(t, self.max_example_chars)
-        ]
-        labelled = [t for t in tasks if isinstance(t.get("is_classification"), bool)]
+        seeds = self._load_tasks(self.seed_tasks, "seed_tasks")
+        labelled = [t for t in seeds if _labelled(t)]
         yes = [t for t in labelled if t["is_classification"]]
         no = [t for t in labelled if not t["is_classification"]]
         if not yes or not no:
             raise ConfigError(
-                f"seed_tasks {self.seed_tasks!r} needs classification and other tasks with an "
-                f"instance of at most {self.max_example_chars} characters",
+                f"seed_tasks {self.seed_tasks!r} needs tasks with an instruction and "
+                "is_classification true, and others with false",
                 key="seed_tasks",
             )
         # Alternate the answers so neither "Yes" nor "No" dominates the end of the prompt.
@@ -165,22 +234,33 @@ class SelfInstructInstances(RowStage):
                 f"Task: {prompt_line(task['instruction'])}\nIs it classification? {answer}\n\n"
             )
 
+        # Several instances per demo task, as the reference template shows them: every label of
+        # a classification task with an input for each, several examples of the others.
+        if self.instance_demos is None:
+            demo_key, demo_tasks = "seed_tasks", seeds
+        else:
+            demo_key = "instance_demos"
+            demo_tasks = self._load_tasks(self.instance_demos, demo_key)
+        demos: dict[bool, list[tuple[str, list[tuple[str, str]]]]] = {True: [], False: []}
+        for task in filter(_labelled, demo_tasks):
+            instances = demo_instances(task, self.max_example_chars)
+            if instances:
+                demos[task["is_classification"]].append((task["instruction"], instances))
+        if not demos[True] or not demos[False]:
+            limit = ""
+            if self.max_example_chars is not None:
+                limit = f" of at most {self.max_example_chars} characters"
+            raise ConfigError(
+                f"{demo_key} {getattr(self, demo_key)!r} needs classification and other tasks "
+                f"(is_classification true and false) with instances{limit}",
+                key=demo_key,
+            )
         output_first = OUTPUT_FIRST_HEADER + "\n\n"
-        for task in yes[: self.output_first_examples]:
-            instance = task["instances"][0]
-            output_first += f"Task: {prompt_line(task['instruction'])}\n"
-            output_first += f"{CLASS_LABEL} {instance['output'].strip()}\n"
-            if instance.get("input", "").strip():
-                output_first += f"Input: {instance['input'].strip()}\n"
-            output_first += "\n"
-
+        for demo in demos[True][: self.output_first_examples]:
+            output_first += output_first_demo(*demo)
         input_first = INPUT_FIRST_HEADER + "\n\n"
-        for task in no[: self.input_first_examples]:
-            instance = task["instances"][0]
-            input_first += f"Task: {prompt_line(task['instruction'])}\n"
-            if instance.get("input", "").strip():
-                input_first += f"Example 1\nInput: {instance['input'].strip()}\n"
-            input_first += f"Output: {instance['output'].strip()}\n\n"
+        for demo in demos[False][: self.input_first_examples]:
+            input_first += input_first_demo(*demo)
 
         def template(name: str, prefix: str, question: str) -> PromptTemplate:
             # Braces in the seed texts are literal, not placeholders.

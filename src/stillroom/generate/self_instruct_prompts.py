@@ -5,9 +5,12 @@
 * Instruction generation: the header and numbered list a prompt shows
   (:func:`encode_instruction_prompt`) and the candidate instructions in a continuation of that
   list (:func:`parse_instructions`).
-* Instance generation: the question and headers of the few-shot prompts, and the (input, output)
-  pairs in an output-first (:func:`parse_output_first`) or input-first
-  (:func:`parse_input_first`) answer.
+* Instance generation: the question and headers of the few-shot prompts, one demo task as the
+  prompts show it (:func:`output_first_demo`: every class label with its input;
+  :func:`input_first_demo`: "Example 1", "Example 2", ... as the reference template lays them
+  out), and the (input, output) pairs in an output-first (:func:`parse_output_first`) or
+  input-first (:func:`parse_input_first`) answer, split as the reference's
+  ``parse_instances_for_classification_task`` / ``parse_instances_for_generation_task`` split.
 """
 
 from __future__ import annotations
@@ -95,10 +98,55 @@ INPUT_FIRST_HEADER = (
 )
 
 _EXAMPLE_SPLIT = re.compile(r"Example\s?\d*\.?")
+# An input that already opens with its own field name ("Sentence: ...", "Credit card statement:
+# ...", "Input 2 - List: ..."), as the reference demos write them. A colon right after a word is
+# required, so a raw analogy such as "Night : Day" is not taken for one.
+_FIELD_NAME = re.compile(r"^[A-Z][\w'\u2019 -]{0,40}\w:")
 _OUTPUT_FIELD = re.compile(r"Output\s*\d*\s*:")
 _INPUT_FIELD = re.compile(r"Input\s*\d*\s*:")
 _INPUT_PREFIX = re.compile(r"^Input\s*\d*\s*:")
 CLASS_LABEL = "Class label:"
+
+
+def _shown_input(given: str) -> str:
+    """An instance's input as a demo shows it: as written when it names its own field (the
+    reference demos' "Sentence: ..."), else after "Input:" so that the model can tell a bare
+    input (a seed task's "2+2") from the label or example header above it."""
+    given = given.strip()
+    return given if _FIELD_NAME.match(given) else f"Input: {given}"
+
+
+def _shown_output(output: str) -> str:
+    # The reference template starts a multi-line output (a list, code) on its own line.
+    output = output.strip()
+    return f"Output:\n{output}" if "\n" in output else f"Output: {output}"
+
+
+def output_first_demo(instruction: str, instances: list[tuple[str, str]]) -> str:
+    """One classification task of the output-first prompt: the task, then each of its (input,
+    label) instances as "Class label: <label>" followed by the input (none when it is empty)."""
+    lines = [f"Task: {prompt_line(instruction)}"]
+    for given, label in instances:
+        lines.append(f"{CLASS_LABEL} {label.strip()}")
+        if given.strip():
+            lines.append(_shown_input(given))
+    return "\n".join(lines) + "\n\n"
+
+
+def input_first_demo(instruction: str, instances: list[tuple[str, str]]) -> str:
+    """One task of the input-first prompt: "Example 1", "Example 2", ... each with its input and
+    "Output:"; a task with one instance and no input shows only "Output:", as the reference
+    template does."""
+    lines = [f"Task: {prompt_line(instruction)}"]
+    if len(instances) == 1 and not instances[0][0].strip():
+        lines.append(_shown_output(instances[0][1]))
+    else:
+        for number, (given, output) in enumerate(instances, 1):
+            lines.append(f"Example {number}")
+            if given.strip():
+                lines.append(_shown_input(given))
+            lines.append(_shown_output(output))
+    return "\n".join(lines) + "\n\n"
 
 
 def split_input_output(text: str) -> tuple[str, str]:

@@ -2,79 +2,71 @@
 
 An answer is Markdown; the code verified is the last Python (or untagged) fenced block as a
 CommonMark renderer shows it, so that what a reader takes for the answer is what is checked
-(``docs/sandbox.md``, "Which block of an answer is verified"). Standard library only; used by
-:class:`~stillroom.verify.code.CodeVerifier` for both kinds of tests.
+(``docs/sandbox.md``, "Which block of an answer is verified"). The Markdown is read by
+markdown-it-py (a CommonMark-conformant parser, already installed with ``rich``) rather than by
+hand: where a fence opens and closes depends on rules a line-by-line reader gets wrong (a
+closing fence indented four spaces or more is code, not a fence; a tab counts as four columns;
+fences sit inside list items and block quotes; an HTML comment block hides what is in it). Used
+by :class:`~stillroom.verify.code.CodeVerifier` for both kinds of tests.
+
+Compared with open-r1's reward code (``src/open_r1/rewards.py``, ``extract_code``), which takes
+the last match of the regular expression ```` ```python\\n(.*?)``` ````: it also judges the last
+block (a draft-then-fix answer on its fix), but it accepts only the exact tag ``python`` (not an
+untagged fence, ``py``, ``python3``, ``Python`` or ``~~~``), closes a block at the first ``` even
+inside a string or a longer fence, sees blocks hidden in HTML comments or nested in other
+fences, and gives "" when there is no block; we give the whole text, so that an answer that is
+bare code is still run.
 """
 
 from __future__ import annotations
 
-import re
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
-_FENCE_OPEN = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$")
-_FENCE_CLOSE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*$")
-_PYTHON_TAGS = ("python", "py", "python3")
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+
+# Info-string tags (first word, any case) whose block is Python; "" is an untagged fence.
+PYTHON_TAGS = ("", "python", "py", "python3")
+
+
+@lru_cache(maxsize=1)
+def _parser() -> MarkdownIt:
+    # Imported on first use: only a code verifier needs it, and building it takes ~0.2 s.
+    from markdown_it import MarkdownIt
+
+    # The "commonmark" preset: the spec's rules only, raw HTML recognized (so that comments
+    # hide what is in them, as a renderer does). No extensions that could change block structure.
+    parser = MarkdownIt("commonmark")
+    parser.parse("")  # builds its rule caches now, not in two verifier threads at once
+    return parser
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """Every fenced code block of ``text`` as a CommonMark renderer shows it, in order, as (tag,
+    code): the tag is the first word of the info string, lower-cased ("" when untagged); the code
+    is the block's text with its fence's indentation removed. Blocks in list items and block
+    quotes count; a block left open runs to the end of its container."""
+    blocks = []
+    # The token stream is flat: blocks nested in lists and quotes appear in document order.
+    for token in _parser().parse(text):
+        if token.type == "fence":
+            words = token.info.split()
+            blocks.append((words[0].lower() if words else "", token.content))
+    return blocks
 
 
 def extract_code(text: str) -> str:
-    """The code of an answer: the LAST fenced block tagged ``python``, ``py`` or ``python3`` or
-    not tagged at all, read the way a Markdown renderer (CommonMark) shows it; the whole text
-    when there is no such block.
+    """The code of an answer: the LAST fenced block tagged ``python``, ``py`` or ``python3`` (any
+    case) or not tagged at all, read the way a Markdown renderer (CommonMark) shows it; the whole
+    text when there is no such block.
 
-    What the reader sees is what is verified: HTML comments (``<!-- ... -->``, outside code
-    blocks) hide what is in them, fences in other languages (````text``, ````markdown``) are
-    skipped with everything in them, a block closes only at a bare fence of its own kind at
-    least as long as the one that opened it (so ``````python`` with a ```````` line inside a
-    string is one block), CRLF line endings are read as LF, and a block left open runs to the
-    end of the text."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the text's final newline ends its last line; it is not a line of its own
-    blocks: list[str] = []
-    in_comment = False
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if in_comment:
-            end = line.find("-->")
-            if end < 0:
-                continue
-            in_comment = _opens_comment(line[end + 3 :])
-            continue
-        opened = _FENCE_OPEN.match(line)
-        if opened and not (opened.group(2)[0] == "`" and "`" in opened.group(3)):
-            indent, fence, info = opened.groups()
-            body: list[str] = []
-            while i < len(lines):
-                closed = _FENCE_CLOSE.match(lines[i])
-                i += 1
-                if closed and closed.group(1)[0] == fence[0] and len(closed.group(1)) >= len(fence):
-                    break
-                body.append(_dedent(lines[i - 1], len(indent)))
-            tag = info.strip().split()[0].lower() if info.strip() else ""
-            if tag in ("", *_PYTHON_TAGS):
-                blocks.append("".join(b + "\n" for b in body))
-            continue
-        in_comment = _opens_comment(line)
+    What the reader sees is what is verified: HTML comment blocks (``<!-- ... -->``) hide what is
+    in them, fences in other languages (````text``, ````bash``, ````markdown`` with a Python
+    example inside) are skipped with everything in them, a block closes only at a bare fence of
+    its own kind at least as long as the one that opened it and indented less than four spaces
+    (so ``````python`` with a ```````` line inside a string is one block, and so is a block
+    whose docstring holds an indented ```` ``` ```` line), ``~~~`` fences count, CRLF line endings
+    are read as LF, and a block left open runs to the end of the text."""
+    blocks = [code for tag, code in code_blocks(text) if tag in PYTHON_TAGS]
     return blocks[-1] if blocks else text
-
-
-def _opens_comment(text: str) -> bool:
-    """Whether ``text`` (outside a code block) leaves an HTML comment open."""
-    while True:
-        start = text.find("<!--")
-        if start < 0:
-            return False
-        end = text.find("-->", start + 4)
-        if end < 0:
-            return True
-        text = text[end + 3 :]
-
-
-def _dedent(line: str, width: int) -> str:
-    """``line`` without up to ``width`` leading spaces (the indentation of its fence)."""
-    strip = 0
-    while strip < width and strip < len(line) and line[strip] in " \t":
-        strip += 1
-    return line[strip:]

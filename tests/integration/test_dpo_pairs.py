@@ -79,3 +79,52 @@ def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]  # a working causal LM, not just weights
+
+
+@pytest.mark.timeout(300)
+def test_principle_preference_soft_labels_reach_dpo(tmp_path: Path) -> None:
+    """The real principle_preference stage on the embedded model writes the pairs (Parquet, with
+    its ``preference`` record); train dpo reads their soft labels by default, oriented to chosen."""
+    from stillroom.feedback.principle_preference import PrinciplePreference
+    from stillroom.llm.llamacpp import LlamaCppConfig
+    from stillroom.train.dpo import build_trainer
+
+    rows = [
+        {"id": "egg", "prompt": "How do I boil an egg?",
+         "completions": ["Put the egg in boiling water for nine minutes, then cool it.",
+                         "Eggs are stupid. Figure it out yourself."]},
+        {"id": "paris", "prompt": "What is the capital of France?",
+         "completions": ["I will not tell you.", "The capital of France is Paris."]},
+    ]
+    pipeline = Pipeline([PrinciplePreference()], input=rows,
+                        backends={"default": LlamaCppConfig(n_ctx=512)})
+    pipeline.run(tmp_path / "pairs", progress=False, max_failure_rate=1.0)
+    written = OutputFolder(tmp_path / "pairs").read_rows("data")
+    assert written, "the embedded judge dropped every pair"
+    (tmp_path / "student").mkdir()
+    _tiny_student(tmp_path / "student")
+    (tmp_path / "dpo.yaml").write_text(
+        "student: student\ndata: pairs\noutput_dir: run\nmax_steps: 1\nbatch_size: 2\n"
+        "max_length: 128\n", encoding="utf-8")
+    trainer, facts = build_trainer(load_dpo_config(tmp_path / "dpo.yaml"))
+    assert facts["soft_labelled_pairs"] == len(written) and facts["loss"] == "cdpo"
+    expected = [max(r["preference"]["p_first"], 1 - r["preference"]["p_first"]) for r in written]
+    assert trainer.train_dataset["p_chosen"] == pytest.approx(expected)
+    assert expected == pytest.approx([r["p_chosen"] for r in written])  # the stage's own p
+    assert all(0.5 < p < 1 for p in expected)  # real soft labels, not hard ones
+
+
+def _tiny_student(folder: Path) -> None:
+    from stillroom.llm.transformers_backend import locate
+
+    source, gguf = locate(None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

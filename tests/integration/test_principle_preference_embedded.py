@@ -51,5 +51,5 @@ def test_soft_labels_from_the_embedded_model_in_both_orders(tmp_path: Path) -> N
         assert sorted([row["chosen"], row["rejected"]]) == sorted(candidates)
         first_wins = row["preference"]["p_first"] > 0.5
         assert row["chosen"] == candidates[0 if first_wins else 1]
-        assert 0.5 < row["score_chosen"] < 1
-        assert row["score_rejected"] == pytest.approx(1 - row["score_chosen"])
+        assert 0.5 < row["p_chosen"] < 1
+        assert "score_chosen" not in row  # a probability is not written where ratings go

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,173 @@ def test_cli_smoke(tmp_path: Path, student_dir: Path) -> None:
     write_rows(tmp_path, [GOOD, {**GOOD, "id": "z", "rejected": "yes"}])
     bad = CliRunner().invoke(app, ["train", "dpo", str(tmp_path / "dpo.yaml")])
     assert bad.exit_code == 2 and "id 'z'" in bad.output
+
+
+# -- soft labels (Constitutional AI's principle_preference): cDPO -----------------------------------
+
+
+SOFT = [1.0, 0.7, 0.5]
+
+
+def soft_rows(n: int = 16) -> list[dict[str, Any]]:
+    """Pairs as principle_preference writes them: ``preference.p_first`` is the probability that
+    the *first* candidate is better; the chosen one is the first when p_first > 0.5. Every other
+    row has its candidates the other way round (p_first < 0.5), so p(chosen) = 1 - p_first; and
+    ``score_chosen`` is a decoy that must not be read."""
+    rows = []
+    for i, row in enumerate(pair_rows(n=n)):
+        p = SOFT[i % 3]
+        p_first = p if i % 2 == 0 or p == 0.5 else 1 - p
+        rows.append({**row, "score_chosen": 9.0, "score_rejected": 2.0,
+                     "preference": {"principle_id": "p1", "p_first": p_first, "orders": []}})
+    return rows
+
+
+def soft_config(tmp_path: Path, student: Path, rows: list[dict[str, Any]], **extra: Any) -> Any:
+    write_rows(tmp_path, rows)
+    return parse_dpo_config(config_text(student, **extra), str(tmp_path / "dpo.yaml"), tmp_path)
+
+
+def test_cdpo_loss_is_the_formula() -> None:
+    from stillroom.train.dpo_soft import cdpo_loss
+
+    h = torch.tensor([-1.5, 0.0, 0.4, 2.0], dtype=torch.float64, requires_grad=True)
+    p = torch.tensor([1.0, 0.5, 0.7, 0.2], dtype=torch.float64)
+    beta = 0.3
+    got = cdpo_loss(h, p, beta)
+    for k in range(4):  # by hand, in float64
+        s = 1 / (1 + math.exp(-beta * float(h[k].detach())))
+        by_hand = -float(p[k]) * math.log(s) - (1 - float(p[k])) * math.log(1 - s)
+        assert float(got[k].detach()) == pytest.approx(by_hand, rel=1e-12)
+    got.sum().backward()
+    # d/dh = beta * (sigmoid(beta h) - p): zero at p = 0.5, h = 0
+    expected = beta * (torch.sigmoid(beta * h.detach()) - p)
+    assert torch.allclose(h.grad, expected, rtol=1e-12, atol=0)
+    assert h.grad[1] == 0
+
+
+def test_soft_label_loss_equals_the_formula_by_hand(
+    tmp_path: Path, student_dir: Path, other_dir: Path, tokenizer: Any
+) -> None:
+    from trl import DPOTrainer
+
+    beta = 0.5
+    config = soft_config(tmp_path, student_dir, soft_rows(), reference=str(other_dir), beta=beta)
+    trainer, facts = build_trainer(config)
+    assert facts["soft_labelled_pairs"] == 16 and facts["loss"] == "cdpo"
+    policy = transformers.AutoModelForCausalLM.from_pretrained(student_dir)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(other_dir)
+    margins = margins_of(policy, reference, tokenizer, [0, 1, 2])
+    assert abs(margins).min() > 0.05  # policy and reference really differ
+    for i in range(3):  # p = 1, 0.7 (from p_first 0.3), 0.5
+        p = SOFT[i % 3]
+        batch = trainer.data_collator([trainer.train_dataset[i]])
+        assert batch["p_chosen"].tolist() == [pytest.approx(p)]
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, batch)
+        h = margins[i]
+        expected = -p * F.logsigmoid(beta * h) - (1 - p) * F.logsigmoid(-beta * h)
+        assert float(loss) == pytest.approx(float(expected), abs=1e-4)
+        if p == 1.0:  # plain DPO: TRL's own sigmoid loss on the same batch
+            without = {k: v for k, v in batch.items() if k != "p_chosen"}
+            with torch.no_grad():
+                trl_loss = DPOTrainer.compute_loss(trainer, trainer.model, without)
+            assert float(loss) == pytest.approx(float(trl_loss), abs=1e-5)
+    # a batch of several pairs is their mean, each with its own p
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    p = torch.tensor(SOFT)
+    expected = (-p * F.logsigmoid(beta * margins[:3])
+                - (1 - p) * F.logsigmoid(-beta * margins[:3])).mean()
+    assert float(loss) == pytest.approx(float(expected), abs=1e-4)
+    logged = trainer._metrics["train" if trainer.model.training else "eval"]["rewards/margins"]
+    assert logged[-1] == pytest.approx(float(beta * margins[:3].mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
+def test_p_one_half_with_equal_log_ratios_has_zero_gradient(
+    tmp_path: Path, student_dir: Path, lora: Any
+) -> None:
+    # the default reference is a copy of the student, or with LoRA the student without its
+    # (zero-initialised) adapters: every margin is 0 before training
+    trainer, facts = build_trainer(soft_config(tmp_path, student_dir, soft_rows(), lora=lora))
+    assert facts["reference"].startswith("student with LoRA" if lora else "frozen copy")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in (2, 5)])
+    assert batch["p_chosen"].tolist() == [0.5, 0.5]
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch).backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert grads and max(float(g.abs().max()) for g in grads) < 1e-7
+    trainer.model.zero_grad()
+    batch["p_chosen"] = torch.tensor([1.0, 1.0])  # hard labels: DPO pushes
+    trainer.compute_loss(trainer.model, batch).backward()
+    assert max(float(p.grad.abs().max()) for p in trainer.model.parameters()
+               if p.grad is not None) > 1e-4
+
+
+def test_soft_labels_are_used_by_default_and_not_when_switched_off(
+    tmp_path: Path, student_dir: Path
+) -> None:
+    from trl import DPOTrainer
+
+    trainer, facts = build_trainer(soft_config(tmp_path, student_dir, soft_rows()))
+    assert type(trainer).__name__ == "SoftLabelDPOTrainer"
+    assert trainer.train_dataset["p_chosen"] == pytest.approx([SOFT[i % 3] for i in range(16)])
+    # the Trainer's own data loader keeps the column (it drops columns it does not know)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "p_chosen" in batch and batch["p_chosen"].shape == (4,)
+
+    trainer, facts = build_trainer(soft_config(tmp_path, student_dir, soft_rows(),
+                                               soft_labels=False))
+    assert type(trainer) is DPOTrainer and facts["soft_labelled_pairs"] == 0
+    assert facts["loss"] == "sigmoid" and "p_chosen" not in trainer.train_dataset.column_names
+
+
+def test_ratings_only_pairs_train_as_before(tmp_path: Path, student_dir: Path) -> None:
+    from trl import DPOTrainer
+
+    rows = [{**row, "score_chosen": 8.5, "score_rejected": 3.0} for row in pair_rows()]
+    trainer, facts = build_trainer(soft_config(tmp_path, student_dir, rows))
+    assert type(trainer) is DPOTrainer and facts["soft_labelled_pairs"] == 0
+    assert "p_chosen" not in trainer.train_dataset.column_names
+    # and naming the ratings as the soft label is refused
+    with pytest.raises(ConfigError) as caught:
+        parse_dpo_config("data: d\nsoft_label_column: score_chosen\n", "dpo.yaml")
+    assert caught.value.key == "soft_label_column" and "ratings" in str(caught.value)
+
+
+def test_soft_label_problems_are_named(tmp_path: Path, student_dir: Path) -> None:
+    rows = soft_rows()
+    rows[3]["preference"]["p_first"] = 1.5
+    with pytest.raises(InputError, match=r"row 3 \(id 'p3'\).*p_first.*\[0, 1\]"):
+        build_trainer(soft_config(tmp_path, student_dir, rows))
+    with pytest.raises(ConfigError, match="soft_labels: false") as caught:
+        build_trainer(soft_config(tmp_path, student_dir, soft_rows(), loss_type="ipo"))
+    assert caught.value.key == "loss_type"
+    # a column named in the config holds p(chosen) itself
+    rows = [{**row, "p": 0.8} for row in pair_rows()]
+    trainer, facts = build_trainer(soft_config(tmp_path, student_dir, rows, soft_label_column="p"))
+    assert facts["soft_labelled_pairs"] == 16
+    assert trainer.train_dataset["p_chosen"] == pytest.approx([0.8] * 16)
+
+
+def test_cli_trains_soft_labels_and_switches_them_off(tmp_path: Path, student_dir: Path) -> None:
+    write_rows(tmp_path, soft_rows())
+    (tmp_path / "dpo.yaml").write_text(config_text(student_dir, max_steps=1, save_steps=10,
+                                                   batch_size=2))
+    result = CliRunner().invoke(app, ["train", "dpo", str(tmp_path / "dpo.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 steps on 16 pairs, 16 with soft labels (cDPO)" in result.output
+    record = json.loads((tmp_path / "run" / "final" / TRAIN_FILE).read_text())
+    assert record["loss"] == "cdpo" and len(record["margins"]) == 1
+    assert record["config"]["soft_labels"] is True
+
+    (tmp_path / "off.yaml").write_text(config_text(student_dir, max_steps=1, save_steps=10,
+                                                   batch_size=2, output_dir="off"))
+    result = CliRunner().invoke(app, ["train", "dpo", str(tmp_path / "off.yaml"),
+                                      "--no-soft-labels"])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 steps on 16 pairs (" in result.output
+    record = json.loads((tmp_path / "off" / "final" / TRAIN_FILE).read_text())
+    assert record["loss"] == "sigmoid" and record["soft_labelled_pairs"] == 0

@@ -165,7 +165,7 @@ def reference_offline_loss(student: Any, tokenizer: Any, rows: list[dict[str, An
             kd_terms.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)
                                 if pi > 0))
     ce, kd = sum(ce_terms) / len(ce_terms), sum(kd_terms) / len(kd_terms)
-    return (1 - alpha) * ce + alpha * kd
+    return (1 - alpha) * ce + alpha * temperature**2 * kd  # Hinton's T**2 on the KD term
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -347,8 +347,9 @@ def test_online_loss_equals_kd_loss_on_independent_forward_passes(
                                             teacher(**inputs).logits)
         kd = kd_loss(s, t, labels, beta=0.5, temperature=2.0)
         ce = torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]), labels.reshape(-1))
-    assert float(loss) == pytest.approx(float(0.6 * ce + 0.4 * kd), rel=1e-5)
-    assert kd > 0 and trainer._parts["kd_loss"] == [pytest.approx(float(kd), rel=1e-5)]
+    # the KD term carries T**2 = 4 (Hinton et al. 2015), and is logged with it
+    assert float(loss) == pytest.approx(float(0.6 * ce + 0.4 * 4 * kd), rel=1e-5)
+    assert kd > 0 and trainer._parts["kd_loss"] == [pytest.approx(float(4 * kd), rel=1e-5)]
 
 
 def test_on_policy_batches_run_and_have_gradients(
@@ -379,6 +380,118 @@ def test_on_policy_batches_run_and_have_gradients(
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert trainer._parts["on_policy"] == [1.0] and trainer._parts["ce_loss"] == []
+
+
+# -- temperatures: T**2 on every KD path, sampling at its own temperature ------------------------------
+
+
+def fixed_example() -> tuple[Any, Any, Any]:
+    """Student and teacher logits (2 sequences x 5 positions x 6 tokens, float64) and labels with a
+    prompt position and a padded one: a fixed tiny example, in the unshifted layout of one
+    forward pass."""
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 5, 6, generator=g, dtype=torch.float64) * 2
+    teacher = torch.randn(2, 5, 6, generator=g, dtype=torch.float64) * 3
+    labels = torch.tensor([[IGNORE, IGNORE, 2, 4, 1], [IGNORE, 3, 0, 5, IGNORE]])
+    return student, teacher, labels
+
+
+def recipe_kd_gradient(path: str, beta: float, temperature: float) -> Any:
+    """The gradient, w.r.t. the student's logits at the kept positions, of the KD term the trainer
+    trains: ``KDTrainer.kd_term`` itself, given the fixed example's teacher online (a stand-in
+    module returning the fixed logits) or offline (its T = 1 log-probs stored over the whole
+    vocabulary, so the tail bucket is empty and the top-k loss is the dense forward KL)."""
+    from types import SimpleNamespace
+
+    from stillroom.train.kd_trainer import KDSettings, trainer_class
+
+    student, teacher, labels = fixed_example()
+    student.requires_grad_(True)
+    settings = KDSettings(mode=path, beta=beta, temperature=temperature)
+    inputs: dict[str, Any] = {}
+    if path == "online":
+        owner = SimpleNamespace(kd=settings, teacher=lambda **_: SimpleNamespace(logits=teacher))
+    else:
+        owner = SimpleNamespace(kd=settings, teacher=None)
+        ids = torch.arange(6).expand(2, 5, 6)
+        # stored top-k are indexed by the token they score: position i holds the distribution
+        # that predicted token i, i.e. the teacher logits of position i - 1
+        stored = torch.log_softmax(torch.cat([teacher[:, :1], teacher[:, :-1]], dim=1), dim=-1)
+        inputs = {"teacher_ids": ids, "teacher_logprobs": stored}
+    shifted_labels, shifted_student = shift_for_next_token(labels, student)
+    term = trainer_class().kd_term(owner, shifted_student, {}, inputs, shifted_labels)
+    term.backward()
+    return student.grad[:, :-1][shifted_labels != IGNORE]
+
+
+def hand_gradient(divergence: str, temperature: float) -> Any:
+    """The gradient of ``T**2 * D(p_T, q_T)`` per kept token over N kept tokens, by hand:
+    forward KL ``T * (q_T - p_T) / N``; reverse KL ``T * q_T * (log q_T - log p_T - KL(q_T||p_T))
+    / N`` (d/dz of softmax(z / T) brings the 1 / T that T**2 turns into T)."""
+    student, teacher, labels = fixed_example()
+    keep = labels[:, 1:] != IGNORE
+    q = torch.softmax(student[:, :-1][keep] / temperature, dim=-1)
+    p = torch.softmax(teacher[:, :-1][keep] / temperature, dim=-1)
+    n = int(keep.sum())
+    if divergence == "forward":
+        return temperature * (q - p) / n
+    kl = (q * (q.log() - p.log())).sum(-1, keepdim=True)
+    return temperature * q * (q.log() - p.log() - kl) / n
+
+
+@pytest.mark.parametrize(("path", "beta", "divergence"),
+                         [("online", 0.0, "forward"), ("offline", 0.0, "forward"),
+                          ("online", 1.0, "reverse")])
+def test_kd_gradients_carry_t_squared(path: str, beta: float, divergence: str) -> None:
+    for temperature in (1.0, 2.0):
+        got = recipe_kd_gradient(path, beta, temperature)
+        assert torch.allclose(got, hand_gradient(divergence, temperature), rtol=1e-9, atol=1e-12)
+    # the ratio of gradient norms T=2 : T=1 is what the formula predicts; without T**2 it was 4x less
+    ratio = recipe_kd_gradient(path, beta, 2.0).norm() / recipe_kd_gradient(path, beta, 1.0).norm()
+    predicted = hand_gradient(divergence, 2.0).norm() / hand_gradient(divergence, 1.0).norm()
+    assert float(ratio) == pytest.approx(float(predicted), rel=1e-9)
+
+
+def test_jsd_gradient_is_t_squared_times_the_divergence_gradient() -> None:
+    """The generalized JSD (beta 0.5): the trained term's gradient is exactly T**2 times that of
+    the JSD written out by hand, at T = 2."""
+    student, teacher, labels = fixed_example()
+    student.requires_grad_(True)
+    keep = labels[:, 1:] != IGNORE
+    log_q = torch.log_softmax(student[:, :-1][keep] / 2.0, dim=-1)
+    log_p = torch.log_softmax(teacher[:, :-1][keep] / 2.0, dim=-1)
+    m = 0.5 * log_p.exp() + 0.5 * log_q.exp()
+    jsd = 0.5 * (log_p.exp() * (log_p - m.log())).sum(-1) \
+        + 0.5 * (log_q.exp() * (log_q - m.log())).sum(-1)
+    jsd.mean().backward()
+    by_hand = student.grad[:, :-1][keep]
+    assert torch.allclose(recipe_kd_gradient("online", 0.5, 2.0), 4 * by_hand, rtol=1e-9,
+                          atol=1e-12)
+
+
+def test_on_policy_samples_use_the_sampling_temperature(
+    tmp_path: Path, student_dir: Path, teacher_dir: Path
+) -> None:
+    write_rows(tmp_path, base_rows())
+    trainer, _ = build_trainer(make_config(tmp_path, student_dir, mode="online",
+                                           teacher=str(teacher_dir), alpha=1.0, temperature=2.0,
+                                           lambda_on_policy=1.0, sampling_temperature=0.7,
+                                           max_new_tokens=3))
+    seen = []
+    generate = trainer.model.generate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["generation_config"])
+        return generate(*args, **kwargs)
+
+    trainer.model.generate = recording
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    trainer.on_policy_batch(trainer.model, batch)
+    assert [(c.temperature, c.do_sample, c.top_k, c.top_p) for c in seen] == [(0.7, True, 0, 1.0)]
+    assert trainer.kd.temperature == 2.0  # the loss keeps its own
+    # the default is GKD's / TRL's 0.9
+    assert make_config(tmp_path, student_dir, mode="online", teacher="embedded",
+                       lambda_on_policy=0.5).sampling_temperature == 0.9
 
 
 # -- training, resume, config, CLI -------------------------------------------------------------------
@@ -427,6 +540,9 @@ def test_training_lowers_the_kd_loss_saves_and_resumes(
         ("mode: offline\ndata: d.jsonl\nalpha: 1.5\n", "alpha", 3),
         ("mode: offline\ndata: d.jsonl\ntemperature: 0\n", "temperature", 3),
         ("mode: offline\ndata: d.jsonl\nlogprob_column: x\n", "logprob_column", 3),
+        ("mode: online\nteacher: embedded\ndata: d\nsampling_temperature: 0.7\n",
+         "sampling_temperature", 4),
+        ("mode: offline\ndata: d\nsampling_temperature: 0.7\n", "sampling_temperature", 3),
     ],
 )
 def test_config_errors_name_the_key(text: str, key: str, line: int | None) -> None:

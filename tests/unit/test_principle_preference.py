@@ -169,8 +169,8 @@ def test_the_soft_label_averages_both_orders_mapped_to_the_same_response(tmp_pat
     q_order2 = soft(-0.7, -0.9)  # GOOD shown as B: p(B) = e^-0.7 / (e^-0.7 + e^-0.9)
     expected = (q_order1 + q_order2) / 2
     assert row["chosen"] == GOOD and row["rejected"] == BAD and row["prompt"] == "How do I boil egg 0?"
-    assert row["score_chosen"] == pytest.approx(expected) and expected > 0.5
-    assert row["score_rejected"] == pytest.approx(1 - expected)
+    assert row["p_chosen"] == pytest.approx(expected) and expected > 0.5
+    assert "score_chosen" not in row and "score_rejected" not in row  # ratings, not probabilities
     preference = row["preference"]
     assert preference["p_first"] == pytest.approx(expected) and preference["mode"] == "logprobs"
     first, second = preference["orders"]
@@ -194,7 +194,7 @@ def test_the_second_candidate_can_win(tmp_path: Path) -> None:
     expected_first = soft(-2.0, -0.1)  # same in both orders: an unbiased judge
     assert row["preference"]["p_first"] == pytest.approx(expected_first)
     assert (row["chosen"], row["rejected"]) == (GOOD, BAD)
-    assert row["score_chosen"] == pytest.approx(1 - expected_first) and row["score_chosen"] > 0.5
+    assert row["p_chosen"] == pytest.approx(1 - expected_first) and row["p_chosen"] > 0.5
 
 
 def test_letter_variants_are_summed() -> None:
@@ -227,7 +227,7 @@ def test_min_confidence_drops_a_weak_preference(tmp_path: Path) -> None:
     assert folder.read_rows("data") == []
     assert "below min_confidence 0.1" in folder.read_rows("dropped")[0]["drop_reason"]
     kept = run(PrinciplePreference(min_confidence=0.04), pair_rows(1), tmp_path / "kept")
-    assert kept.read_rows("data")[0]["score_chosen"] == pytest.approx(p)
+    assert kept.read_rows("data")[0]["p_chosen"] == pytest.approx(p)
 
 
 def test_a_letter_missing_from_the_top_k_is_bounded(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_a_letter_missing_from_the_top_k_is_bounded(tmp_path: Path) -> None:
     assert first["bounded"] is True and second["bounded"] is False
     assert first["p_a"] == pytest.approx(soft(-0.05, -4.0))  # B stands at the smallest listed
     expected = (soft(-0.05, -4.0) + soft(-0.2, -1.7)) / 2
-    assert row["score_chosen"] == pytest.approx(expected) and row["chosen"] == GOOD
+    assert row["p_chosen"] == pytest.approx(expected) and row["chosen"] == GOOD
 
 
 def test_neither_letter_among_the_top_tokens_fails_the_row(tmp_path: Path) -> None:
@@ -261,7 +261,7 @@ def test_chat_logprobs_skip_a_leading_parenthesis(tmp_path: Path) -> None:
     assert all(call.prompt is None and call.messages is not None for call in backend.calls)
     assert all(question_text(call).endswith(CHAT.text.rsplit("\n", 1)[1]) for call in backend.calls)
     assert {o["label_source"] for o in row["preference"]["orders"]} == {"chat_logprobs"}
-    assert row["score_chosen"] == pytest.approx(soft(-0.3, -1.2)) and row["chosen"] == GOOD
+    assert row["p_chosen"] == pytest.approx(soft(-0.3, -1.2)) and row["chosen"] == GOOD
     assert row["metadata"]["principle_preference"]["template"] == CHAT.version
 
 
@@ -280,7 +280,7 @@ def test_text_mode_hard_labels_when_the_orders_agree(tmp_path: Path) -> None:
     row = run(PrinciplePreference(), pair_rows(1, first=BAD, second=GOOD), tmp_path / "out",
               TextOnlyConfig(max_retries=0)).read_rows("data")[0]
     assert (row["chosen"], row["rejected"]) == (GOOD, BAD)
-    assert row["score_chosen"] == 1.0 and row["score_rejected"] == 0.0
+    assert row["p_chosen"] == 1.0
     assert row["preference"]["mode"] == "text" and row["preference"]["p_first"] == 0.0
     assert [(o["p_a"], o["label_source"]) for o in row["preference"]["orders"]] == [
         (0.0, "text"), (1.0, "text")]

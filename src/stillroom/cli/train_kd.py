@@ -18,7 +18,24 @@ def kd(
     config: Annotated[Path, typer.Argument(help="KD config YAML (mode, student, data, teacher, ...).")],
 ) -> None:
     """Knowledge distillation, online (teacher in the loop) or offline (stored top-k logprobs);
-    saves OUTPUT_DIR/final."""
+    saves OUTPUT_DIR/final.
+
+    Loss: (1 - alpha) * CE + alpha * T^2 * KD at T = `temperature`.
+
+    \b
+    Which settings give which method (mode: online):
+    word-level KD: beta 0, lambda_on_policy 0 (the defaults). Supervised:
+      forward KL on the data's fixed completions, nothing sampled.
+      mode: offline is the same from stored top-k logprobs.
+    GKD: alpha 1, lambda_on_policy 0.5 (GKD's lmbda, the fraction of
+      batches the student samples), beta 0.5 (generalized JSD: 0 forward
+      KL, 1 reverse KL), temperature 1, sampling_temperature 0.9 (TRL's
+      GKD defaults).
+    on-policy reverse KL: alpha 1, lambda_on_policy 1, beta 1: every
+      batch sampled by the student, KL(student || teacher) on it.
+
+    sampling_temperature (default 0.9) is the on-policy samples' only.
+    """
     check_config_file(config, "KD config")
     import json
 

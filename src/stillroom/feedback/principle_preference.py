@@ -47,8 +47,10 @@ config error, raised before any request):
 
 Output, in the format TRL's ``DPOTrainer`` reads: ``prompt`` (the text, or the conversation for a
 row with ``messages``: then ``chosen`` and ``rejected`` are one-message assistant lists),
-``chosen`` and ``rejected`` (the preferred response first), ``score_chosen`` (the probability that
-``chosen`` is better, >= 0.5) and ``score_rejected`` (1 minus that); plus ``preference``:
+``chosen`` and ``rejected`` (the preferred response first), ``p_chosen`` (the probability that
+``chosen`` is better, >= 0.5: the soft label ``stillroom train dpo`` trains on by default; it is
+not written as ``score_chosen``/``score_rejected``, which other stages fill with ratings that are
+not probabilities); plus ``preference``:
 ``{principle_id, p_first, orders: [{shown, p_a, p_b, label_source, bounded, answer}], mode}``,
 where ``p_first`` is the averaged probability that the first candidate is better and ``shown`` says
 which candidate was (A) and which (B). ``metadata[<stage>]`` holds the lineage.
@@ -439,8 +441,7 @@ class PrinciplePreference(RowStage):
         out["prompt"] = prompt
         out["chosen"] = answer_cell(chosen, conversational)
         out["rejected"] = answer_cell(rejected, conversational)
-        out["score_chosen"] = p_first if first_wins else 1.0 - p_first
-        out["score_rejected"] = 1.0 - out["score_chosen"]
+        out["p_chosen"] = p_first if first_wins else 1.0 - p_first  # a probability, not a rating
         out["preference"] = preference
         return lineage(out, labels)
 

@@ -11,6 +11,10 @@ Usage::
     beta: 0.1                        # strength of the pull towards the reference (Zephyr, TRL)
     loss_type: sigmoid               # sigmoid (DPO) | ipo | hinge | robust | ... (TRL's names)
     max_prompt_length: null          # tokens; a longer rendered prompt keeps its last N tokens
+    soft_labels: true                # pairs that carry a soft label train with cDPO (see below);
+                                     # false (or --no-soft-labels): every pair is a hard label
+    soft_label_column: null          # null: principle_preference's `p_chosen`; or a
+                                     # column holding P(chosen is better) (never score_chosen)
     output_dir: out/student-dpo
     learning_rate: 1e-6              # TRL's default for DPO; LoRA usually wants ~10x more
     max_steps: null                  # a number overrides epochs
@@ -60,6 +64,22 @@ the tokenizer's EOS (``<|im_end|>`` for SmolLM2) to each answer, so the student 
 exactly as SFT teaches it. TRL tokenizes prompt and prompt + answer and masks the prompt: only
 answer tokens (and the EOS) enter the log-probabilities.
 
+Soft labels (:mod:`stillroom.train.dpo_soft`). Constitutional AI's ``principle_preference``
+stage labels each pair with the probability ``p`` that its chosen answer is better. When the pairs
+carry such labels, DPO uses them by default: the loss per pair is conservative DPO's (cDPO,
+Mitchell 2023) with a per-pair label smoothing of ``1 - p``::
+
+    -p * log sigmoid(beta * h) - (1 - p) * log sigmoid(-beta * h)
+
+where ``h`` is the margin inside the DPO loss above; ``p = 1`` is the DPO loss exactly. Why cDPO
+and not robust DPO, and why not TRL's ``label_smoothing`` (its sigmoid loss ignores it in TRL
+1.16, and it is one number): see that module. ``soft_labels: false`` (or ``stillroom train dpo
+--no-soft-labels``) trains every pair as a hard label, as before. A row without a label counts as
+``p = 1``; a label that is not a number in [0, 1] is an InputError naming the row. Ratings in
+``score_chosen``/``score_rejected`` (``preference_pairs``, UltraFeedback's 1-10 scale) are never
+read as probabilities: such files train exactly as before. Soft labels need ``loss_type:
+sigmoid`` (another loss with soft-labelled pairs is refused; set ``soft_labels: false``).
+
 Lengths: TRL 1.16 has no prompt limit of its own. ``max_prompt_length`` keeps the *end* of a
 longer rendered prompt (the question's end and the assistant header the answer follows).
 ``max_length`` then cuts prompt + answer at the end, so an answer can lose its last tokens and
@@ -68,7 +88,8 @@ refuse to train when none is left).
 
 Outputs, in ``output_dir``: ``checkpoint-N/`` every ``save_steps`` steps (resumed with ``resume:
 true``), and ``final/`` with the model (LoRA merged), the tokenizer and ``stillroom_train.json``:
-config, format, rows, pairs trained, prompts clipped, the reference used, steps, first/final
+config, format, rows, pairs trained, prompts clipped, the reference used, the loss (``sigmoid``,
+``cdpo`` with soft labels, or the ``loss_type``), the pairs with a soft label, steps, first/final
 loss, the curves ``losses``, ``margins`` (mean reward margin) and ``accuracies`` as
 [[step, value], ...], and the training seconds.
 """
@@ -80,7 +101,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, InputError
@@ -100,6 +121,7 @@ from stillroom.train.common import (
     save_final,
     trainer_arguments,
 )
+from stillroom.train.dpo_soft import RATING_COLUMNS, SOFT_LABEL, soft_dpo_trainer_class, soft_label
 
 PairFormat = Literal["auto", "prompt_chosen_rejected", "conversational"]
 # TRL 1.16's loss names that need no option beyond beta (exo_pair needs label smoothing > 0).
@@ -119,6 +141,18 @@ class DPORunConfig(RunConfig):
     loss_type: LossType = "sigmoid"
     reference: str | None = None
     max_prompt_length: int | None = Field(default=None, ge=1)
+    soft_labels: bool = True
+    soft_label_column: str | None = Field(default=None, min_length=1)
+
+    @field_validator("soft_label_column")
+    @classmethod
+    def _not_ratings(cls, value: str | None) -> str | None:
+        if value in RATING_COLUMNS:
+            raise ValueError(f"`{value}` holds ratings in preference_pairs output (e.g. "
+                             "UltraFeedback's 1-10), not the probability that chosen is better; "
+                             "name a column holding that probability, or leave the key out to "
+                             "read principle_preference's `p_chosen`")
+        return value
 
     @model_validator(mode="after")
     def _check_dpo(self) -> DPORunConfig:
@@ -229,6 +263,22 @@ def check_pairs(
     return pairs
 
 
+def soft_labels_of(rows: list[Row], config: DPORunConfig,
+                   source: Path | None = None) -> list[float | None]:
+    """Each row's soft label (None: none) when ``soft_labels`` is on; all None when it is off.
+    A label that is not a probability is an InputError naming the row."""
+    if not config.soft_labels:
+        return [None] * len(rows)
+    labels = []
+    for index, row in enumerate(rows):
+        try:
+            labels.append(soft_label(row, config.soft_label_column))
+        except ValueError as problem:
+            raise InputError(f"{_where(index, row)}: {problem} (set `soft_labels: false` to "
+                             "train hard labels)", path=str(source) if source else None) from None
+    return labels
+
+
 def clip_prompt(text: str, tokenizer: Any, limit: int | None) -> tuple[str, bool]:
     """``text`` keeping its last ``limit`` tokens, cut at a token's first character, and whether
     it was cut."""
@@ -243,7 +293,7 @@ def clip_prompt(text: str, tokenizer: Any, limit: int | None) -> tuple[str, bool
 
 def to_text_pairs(
     pairs: list[dict[str, Any]], tokenizer: Any, max_prompt_length: int | None = None
-) -> tuple[list[dict[str, str]], int]:
+) -> tuple[list[dict[str, Any]], int]:
     """TRL's text preference rows (rendered prompt, chosen, rejected) and how many prompts were
     clipped to ``max_prompt_length``."""
     out, clipped = [], 0
@@ -289,11 +339,22 @@ def build_trainer(config: DPORunConfig) -> tuple[Any, dict[str, Any]]:
     rows = read_rows(config)
     fmt = detect_format(rows, config.format)
     pairs = check_pairs(rows, fmt, config.path(config.data))
+    labels = soft_labels_of(rows, config, config.path(config.data))
+    soft = sum(label is not None for label in labels)
+    if soft and config.loss_type != "sigmoid":
+        raise ConfigError(
+            f"{soft} pairs carry soft labels, which train with cDPO, the soft-label form of "
+            f"`loss_type: sigmoid`; set `soft_labels: false` to train `{config.loss_type}` on "
+            "hard labels", key="loss_type",
+        )
     model, tokenizer = load_student(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     reference, reference_name = load_reference(config, model, tokenizer)
     texts, clipped = to_text_pairs(pairs, tokenizer, config.max_prompt_length)
+    if soft:
+        for text, label in zip(texts, labels, strict=True):
+            text[SOFT_LABEL] = 1.0 if label is None else label  # no label: a hard one
     args = DPOConfig(
         **trainer_arguments(config),
         max_length=config.max_length,
@@ -304,16 +365,18 @@ def build_trainer(config: DPORunConfig) -> tuple[Any, dict[str, Any]]:
         gradient_checkpointing=None,  # type: ignore[arg-type]  # TRL's default is True
         activation_checkpointing=False,
     )
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args,
-                         train_dataset=Dataset.from_list(texts), processing_class=tokenizer,
-                         peft_config=peft_config(config))
+    trainer_type = soft_dpo_trainer_class() if soft else DPOTrainer
+    trainer = trainer_type(model=model, ref_model=reference, args=args,
+                           train_dataset=Dataset.from_list(texts), processing_class=tokenizer,
+                           peft_config=peft_config(config))
     trained = len(trainer.train_dataset)  # type: ignore[arg-type]  # a Dataset: TRL maps it
     if trained == 0:
         raise InputError(f"every prompt is at least max_length ({config.max_length}) tokens, so "
                          "no answer token is left; raise max_length or set max_prompt_length",
                          path=str(config.path(config.data)))
     return trainer, {"rows": len(rows), "format": fmt, "pairs_trained": trained,
-                     "prompts_clipped": clipped, "reference": reference_name}
+                     "prompts_clipped": clipped, "reference": reference_name,
+                     "loss": "cdpo" if soft else config.loss_type, "soft_labelled_pairs": soft}
 
 
 def _last(curve: list[list[float]]) -> float | None:
@@ -362,6 +425,7 @@ __all__ = [
     "load_dpo_config",
     "load_reference",
     "parse_dpo_config",
+    "soft_labels_of",
     "to_text_pairs",
     "train_dpo",
 ]

@@ -1,5 +1,6 @@
 """The KD training step (:mod:`stillroom.train.kd` builds it from the config): training examples,
-padded batches, and the transformers ``Trainer`` whose loss is ``(1 - alpha) * CE + alpha * KD``.
+padded batches, and the transformers ``Trainer`` whose loss is ``(1 - alpha) * CE + alpha * KD``
+(KD = ``T**2`` times the divergence at temperature T, :func:`scaled_kd`).
 
 * :class:`Example`: one sequence, its labels (-100 on the prompt) and, offline, the teacher's
   top-k per position; :class:`KDCollator` pads a batch of them into tensors.
@@ -7,6 +8,7 @@ padded batches, and the transformers ``Trainer`` whose loss is ``(1 - alpha) * C
 * :func:`trainer_class`: ``KDTrainer``, defined on first use (torch is imported then, not when
   this module is): its loss runs the online teacher or reads the stored top-k, and it draws
   on-policy (GKD) batches the student completes itself.
+* :func:`scaled_kd`: the KD term as trained, the divergence at temperature T times ``T**2``.
 """
 
 from __future__ import annotations
@@ -78,10 +80,24 @@ class KDSettings:
     mode: str
     alpha: float = 0.5
     beta: float = 0.0
-    temperature: float = 1.0
+    temperature: float = 1.0  # the loss's: both distributions are softened by it
     lambda_on_policy: float = 0.0
     max_new_tokens: int = 64
     seed: int = 0
+    sampling_temperature: float = 0.9  # the on-policy samples' (GKD/TRL sample at 0.9)
+
+
+def scaled_kd(divergence: Any, temperature: float) -> Any:
+    """The KD term as the recipe trains it: ``T**2`` times the divergence at temperature T.
+
+    Softening both sides by T scales the divergence's gradient with respect to the student's
+    logits by about ``1/T**2`` (exactly ``(q_T - p_T) / T`` for the forward KL, and ``q_T - p_T``
+    itself shrinks like ``1/T`` as T grows). Hinton et al. (2015) multiply by ``T**2`` so that
+    changing T does not change how much the KD term weighs against the CE it is mixed with; every
+    KD path here (forward KL, reverse KL, the generalized JSD, offline top-k) gets the factor.
+    At T = 1 it is 1, so GKD's setting (loss at T = 1) is unchanged.
+    """
+    return divergence * temperature**2
 
 
 def trainer_class() -> type:
@@ -103,7 +119,7 @@ def _define_trainer() -> type:  # noqa: C901 - one class, its methods are small
     from stillroom.train.losses import kd_loss, shift_for_next_token, topk_kd_loss
 
     class KDTrainer(Trainer):  # type: ignore[misc]
-        """A transformers ``Trainer`` whose loss is ``(1 - alpha) * CE + alpha * KD``."""
+        """A transformers ``Trainer`` whose loss is ``(1 - alpha) * CE + alpha * T**2 * KD_T``."""
 
         # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation.
         loss_is_scaled_for_ga = False
@@ -146,14 +162,16 @@ def _define_trainer() -> type:  # noqa: C901 - one class, its methods are small
                 with torch.no_grad():
                     teacher = self.teacher(**forward).logits[:, :-1]
                 vocab = min(student.shape[-1], teacher.shape[-1])  # padded embedding rows differ
-                return kd_loss(student[..., :vocab], teacher[..., :vocab], labels,
-                               beta=self.kd.beta, temperature=self.kd.temperature)
+                divergence = kd_loss(student[..., :vocab], teacher[..., :vocab], labels,
+                                     beta=self.kd.beta, temperature=self.kd.temperature)
+                return scaled_kd(divergence, self.kd.temperature)
             teacher_ids = inputs["teacher_ids"][:, 1:]
             # Only positions with teacher data count for KD (the EOS usually has none).
             scored = (teacher_ids >= 0).any(dim=-1)
             kd_labels = torch.where(scored, labels, IGNORE_INDEX)
-            return topk_kd_loss(student, teacher_ids, inputs["teacher_logprobs"][:, 1:], kd_labels,
-                                temperature=self.kd.temperature)
+            divergence = topk_kd_loss(student, teacher_ids, inputs["teacher_logprobs"][:, 1:],
+                                      kd_labels, temperature=self.kd.temperature)
+            return scaled_kd(divergence, self.kd.temperature)
 
         # -- on-policy batches (GKD) --
 
@@ -173,7 +191,7 @@ def _define_trainer() -> type:  # noqa: C901 - one class, its methods are small
             student = self.accelerator.unwrap_model(model)
             eos = tokenizer.eos_token_id
             settings = GenerationConfig(
-                do_sample=True, temperature=self.kd.temperature, top_k=0, top_p=1.0,
+                do_sample=True, temperature=self.kd.sampling_temperature, top_k=0, top_p=1.0,
                 max_new_tokens=self.kd.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
             )
@@ -228,5 +246,6 @@ __all__ = [
     "Example",
     "KDCollator",
     "KDSettings",
+    "scaled_kd",
     "trainer_class",
 ]

@@ -21,7 +21,8 @@ labels; an all-masked batch gives 0, still attached to the graph), ``"sum"`` sum
 Temperature divides both sides' logits before the softmax. Only :func:`hinton_loss` multiplies
 by ``T**2`` (Hinton et al. 2015: soft-target gradients scale as ``1/T**2``, so the factor keeps
 them comparable with the hard-label CE it is mixed with); the pure divergences are returned as
-defined, as TRL's GKD loss does. Half-precision inputs are computed in float32; float64 stays
+defined, as TRL's GKD loss does, and the KD recipe (``stillroom train kd``) multiplies them by
+``T**2`` itself (:func:`stillroom.train.kd_trainer.scaled_kd`). Half-precision inputs are computed in float32; float64 stays
 float64.
 
 Usage in a training step::

@@ -63,6 +63,8 @@ def test_the_raw_prefix_tokenizes_as_the_start_of_the_chat_prompt() -> None:
         chat_tokens, _ = backend._prompt(model, Request(messages=messages))
         raw_tokens, _ = backend._prompt(model, Request(prompt=prequery.prefix))
         assert chat_tokens[: len(raw_tokens)] == raw_tokens
+        # The prefix opens with <|im_start|>, the model's BOS: once, never doubled.
+        assert raw_tokens[0] == model.token_bos() != raw_tokens[1]
     finally:
         asyncio.run(backend.aclose())
 
@@ -92,6 +94,10 @@ def test_magpie_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
         assert row["prompt"].strip() and row["completion"].strip()
         assert TEMPLATE_MARKER.search(row["prompt"]) is None
         assert len(row["prompt"].split()) >= stage.min_words
+        assert "\n" not in row["prompt"]  # the reference's early stop at the newline
+        # 12 answer tokens: an unfinished answer is kept and flagged, never passed off as whole.
+        finish = row["metadata"]["magpie"]["response_finish_reason"]
+        assert row["response_truncated"] is (finish == "length")
     for row in dropped:
         assert_lineage(row, "magpie", "magpie")
         assert row["drop_reason"].startswith(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stillroom.generate.magpie import PRESETS, Magpie, PreQuery
 from stillroom.llm import LLMClient, TransformersBackend, TransformersConfig, backends
 from stillroom.llm.llamacpp import embedded_model_path
 from stillroom.llm.types import Completion, GenerationParams, Request
@@ -120,6 +121,24 @@ async def test_stop_strings_cut_the_text(backend: TransformersBackend) -> None:
     assert stopped.finish_reason == "stop"
     assert 0 < stopped.completion_tokens < full.completion_tokens
     assert len(stopped.logprobs or []) == stopped.completion_tokens
+
+
+async def test_a_magpie_prefix_is_read_as_written_and_stops_at_the_newline(
+    backend: TransformersBackend,
+) -> None:
+    # The embedded model's template text, cut before the user's words: the prompt ids are the
+    # text's own (its first token is <|im_start|>, the tokenizer's BOS: never a second one).
+    prefix = PRESETS["smollm2"].plain
+    tokenizer = backend._tokenizer
+    ids = backend._prompt_ids(prefix)
+    assert ids == list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    assert ids.count(tokenizer.bos_token_id) == prefix.count(tokenizer.bos_token or "\0")
+    stops = Magpie().instruction_stops(PreQuery(prefix, "<|im_end|>", "t"))
+    asked = await backend.generate(
+        Request(prompt=prefix, params=GenerationParams(temperature=0, max_tokens=16,
+                                                       stop=tuple(stops)))
+    )
+    assert "\n" not in asked.text and "assistant" not in asked.text
 
 
 async def test_max_tokens_ends_with_length(backend: TransformersBackend) -> None:

@@ -215,10 +215,11 @@ def test_budget_cap_stops_thinking_and_forces_the_answer() -> None:
     assert forced.tokens == 18
 
 
-def test_budget_floor_appends_wait_up_to_max_waits() -> None:
+def test_budget_max_waits_alone_appends_exactly_that_many_waits() -> None:
+    # s1's thinking_n_ignore: the end is ignored N times whatever the length. Before the fix,
+    # max_waits did nothing without a min_thinking_tokens above the length spent.
     generator = ScriptedGenerator(lambda prompt: (3, True))  # always stops after 3 tokens
-    options = BudgetForcing(max_thinking_tokens=100, min_thinking_tokens=50, max_waits=2,
-                            max_answer_tokens=8)
+    options = BudgetForcing(max_thinking_tokens=100, max_waits=2, max_answer_tokens=8)
     [forced] = budget_force(generator, ["P"], options, max_new_tokens=64)
     assert forced.waits == 2 and not forced.capped and forced.thinking_tokens == 9
     budgets = [call[1] for call in generator.calls]
@@ -230,11 +231,56 @@ def test_budget_floor_appends_wait_up_to_max_waits() -> None:
     assert "</think>" not in forced.thinking
 
 
+def test_budget_defaults_append_no_wait() -> None:
+    generator = ScriptedGenerator(lambda prompt: (3, True))
+    [forced] = budget_force(generator, ["P"], BudgetForcing(), max_new_tokens=64)
+    assert forced.waits == 0 and forced.thinking_tokens == 3 and len(generator.calls) == 2
+
+
+def test_budget_floor_alone_extends_until_it_is_reached() -> None:
+    generator = ScriptedGenerator(lambda prompt: (3, True))
+    options = BudgetForcing(max_thinking_tokens=100, min_thinking_tokens=10)
+    [forced] = budget_force(generator, ["P"], options, max_new_tokens=64)
+    assert forced.waits == 3 and forced.thinking_tokens == 12 and not forced.capped
+
+
+def test_budget_max_waits_then_the_floor() -> None:
+    # Long rounds: both waits are spent although the floor is passed after the first round.
+    long = ScriptedGenerator(lambda prompt: (20, True))
+    options = BudgetForcing(max_thinking_tokens=100, min_thinking_tokens=10, max_waits=2)
+    [forced] = budget_force(long, ["P"], options, max_new_tokens=64)
+    assert forced.waits == 2 and forced.thinking_tokens == 60
+    # Short rounds: the floor goes on after the two waits until 10 tokens are spent.
+    short = ScriptedGenerator(lambda prompt: (2, True))
+    [forced] = budget_force(short, ["P"], options, max_new_tokens=64)
+    assert forced.waits == 4 and forced.thinking_tokens == 10
+
+
+@pytest.mark.parametrize("options", [
+    BudgetForcing(max_thinking_tokens=10, max_waits=50),
+    BudgetForcing(max_thinking_tokens=10, min_thinking_tokens=10),
+    BudgetForcing(max_thinking_tokens=10, min_thinking_tokens=10, max_waits=50),
+])
+def test_budget_cap_always_wins(options: BudgetForcing) -> None:
+    generator = ScriptedGenerator(lambda prompt: (4, True))
+    [forced] = budget_force(generator, ["P"], options, max_new_tokens=64)
+    assert forced.capped and forced.thinking_tokens == 10 and forced.waits == 2
+    assert [call[1] for call in generator.calls[:-1]] == [[10], [6], [2]]
+
+
+def test_budget_floor_stops_when_the_model_writes_nothing() -> None:
+    # No cap could end a floor that never gains a token: one empty round ends the thinking.
+    generator = ScriptedGenerator(lambda prompt: (0, True))
+    options = BudgetForcing(min_thinking_tokens=10, max_waits=1)
+    [forced] = budget_force(generator, ["P"], options, max_new_tokens=64)
+    assert forced.waits == 1 and forced.thinking_tokens == 0 and len(generator.calls) == 3
+
+
 def test_budget_floor_stops_extending_once_reached_and_batches_rounds() -> None:
     # Prompt A stops after 6 tokens each time, B after 30: with a floor of 10, A is extended
     # once (6 + 6 >= 10), B never; both answer in one batch.
     generator = ScriptedGenerator(lambda prompt: (6, True) if prompt.startswith("A") else (30, True))
-    options = BudgetForcing(min_thinking_tokens=10, max_waits=5, think_start="",
+    options = BudgetForcing(min_thinking_tokens=10, think_start="",
                             answer_prefix="Answer:", wait="\nWait,")
     forced = budget_force(generator, ["A", "B"], options, max_new_tokens=40)
     assert [f.waits for f in forced] == [1, 0]

@@ -116,7 +116,8 @@ def test_the_raw_prompt_is_exactly_the_templates_prefix_with_its_default_system(
     assert raw.prompt == DEFAULT_PREFIX
     assert raw.messages is None
     assert raw.params.temperature == 1.0 and raw.params.top_p == 1.0
-    assert raw.params.stop == ("<|im_end|>",)
+    # The end of turn, then the reference's early stops (gen_ins.py: "\n" and "assistant").
+    assert raw.params.stop == ("<|im_end|>", "\n", "assistant")
     [chat] = chat_requests(backend)
     assert chat.messages == [{"role": "user", "content": INSTRUCTION}]
     assert chat.params.temperature == 0.0  # the answer is greedy
@@ -192,7 +193,7 @@ def test_a_preset_sends_its_prefix_even_to_a_backend_that_cannot_render(
     [row] = run(tmp_path, stage, empty_rows(1), ScriptedConfig())["data"]
     [raw] = raw_requests(backend)
     assert raw.prompt == prefix
-    assert raw.params.stop == (stop,)
+    assert raw.params.stop == (stop, "\n", "assistant")
     expected = PromptTemplate(f"magpie.{preset}", prefix).version
     assert row["metadata"]["magpie"]["template"] == expected
 
@@ -203,7 +204,7 @@ def test_an_explicit_template_is_sent_as_written(tmp_path: Path) -> None:
     [row] = run(tmp_path, stage, empty_rows(1), ScriptedConfig())["data"]
     [raw] = raw_requests(backend)
     assert raw.prompt == "### User:\n"
-    assert raw.params.stop is None  # an unknown template's end of turn is unknown
+    assert raw.params.stop == ("\n", "assistant")  # an unknown template's end is unknown
     assert row["metadata"]["magpie"]["template"].startswith("magpie.explicit@")
 
 
@@ -364,3 +365,131 @@ def test_presets_hold_a_system_slot() -> None:
     for name, preset in PRESETS.items():
         assert "{system}" in preset.with_system, name
         assert preset.end_of_turn, name
+
+
+# -- the reference's early stops and truncated answers ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "stops"),
+    [
+        ({"stop_at_newline": False, "stop_at_assistant": False}, ("<|im_end|>",)),
+        ({"stop_at_assistant": False}, ("<|im_end|>", "\n")),
+        ({"stop": ["###"]}, ("###", "\n", "assistant")),
+        ({"stop": ["\n"], "stop_at_assistant": False}, ("\n",)),
+    ],
+)
+def test_early_stops_can_be_turned_off_and_add_to_explicit_stops(
+    tmp_path: Path, options: dict[str, Any], stops: tuple[str, ...]
+) -> None:
+    backend = use(instruction_then_answer(INSTRUCTION))
+    run(tmp_path, Magpie(**options), empty_rows(1))
+    [raw] = raw_requests(backend)
+    assert raw.params.stop == stops
+
+
+@pytest.mark.parametrize(
+    ("options", "kept"),
+    [
+        ({}, "Name three rivers in Peru."),  # cut at the newline, as the reference does
+        ({"stop_at_newline": False}, "Name three rivers in Peru.\nUse a list."),
+    ],
+)
+def test_an_instruction_is_cut_at_the_newline_unless_turned_off(
+    tmp_path: Path, options: dict[str, Any], kept: str
+) -> None:
+    # The scripted backend ignores stop strings, as a server may: the cleaning cuts too.
+    use(instruction_then_answer("Name three rivers in Peru.\nUse a list."))
+    [row] = run(tmp_path, Magpie(**options), empty_rows(1))["data"]
+    assert row["prompt"] == kept
+
+
+def test_an_instruction_is_cut_where_a_skipped_assistant_header_left_its_word(
+    tmp_path: Path,
+) -> None:
+    use(instruction_then_answer("Name three rivers in Peru.assistant\n\nThe Amazon,"))
+    [row] = run(tmp_path, Magpie(), empty_rows(1))["data"]
+    assert row["prompt"] == "Name three rivers in Peru."
+
+
+class CutAnswerBackend(TemplatedBackend):
+    """Answers that ran into max_tokens: finish_reason "length" (instructions end normally)."""
+
+    async def generate(self, request: Request) -> Any:
+        done = await super().generate(request)
+        if request.messages is not None and "cut" in str(request.messages[-1]["content"]):
+            done.finish_reason = "length"
+        return done
+
+
+def test_a_truncated_answer_is_kept_and_flagged_by_default(tmp_path: Path) -> None:
+    # The reference keeps every answer (gen_res.py never reads finish_reason); the flag says
+    # which ones are unfinished instead of passing them off as complete.
+    use(lambda request, attempt: f"Tell me a story, row {request.params.seed % 2 and 'cut'} now"
+        if request.prompt is not None else "Once upon a", CutAnswerBackend)
+    stage = Magpie()
+    assert "response_truncated" in stage.generated_columns()
+    out = run(tmp_path, stage, empty_rows(8))
+    assert out["dropped"] == [] and len(out["data"]) == 8
+    flags = {row["prompt"]: row["response_truncated"] for row in out["data"]}
+    assert flags and all(flag is ("cut" in prompt) for prompt, flag in flags.items())
+    assert True in flags.values() and False in flags.values()
+    for row in out["data"]:
+        expected = "length" if row["response_truncated"] else "stop"
+        assert row["metadata"]["magpie"]["response_finish_reason"] == expected
+
+
+def test_a_truncated_answer_is_dropped_with_its_reason_when_asked(tmp_path: Path) -> None:
+    use(lambda request, attempt: "Tell me a long story, cut short"
+        if request.prompt is not None else "Once upon a", CutAnswerBackend)
+    stage = Magpie(truncated_response="drop", response_max_tokens=5)
+    assert "response_truncated" not in stage.generated_columns()
+    out = run(tmp_path, stage, empty_rows(2))
+    assert out["data"] == [] and len(out["dropped"]) == 2
+    for row in out["dropped"]:
+        assert row["drop_reason"] == "response cut off at response_max_tokens (5)"
+        assert row["completion"] == "Once upon a"
+        assert row["metadata"]["magpie"]["step"] == "response"
+
+
+# -- one BOS on the transformers backend ----------------------------------------------------------
+
+
+def test_a_pre_query_prefix_holding_the_bos_text_reaches_the_model_with_one_bos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Llama-3-like case on the tiny model: the prefix starts with the BOS text, as the
+    template renders it, and the tokenizer also adds BOS (and here an EOS after the text) by
+    default. The model must see exactly one BOS, and nothing after the prefix."""
+    pytest.importorskip("torch")
+    from tokenizers import processors
+
+    from stillroom.llm.transformers_backend import TransformersBackend, TransformersConfig
+    from tests.tiny_models import byte_tokenizer, tiny_llama
+
+    tokenizer = byte_tokenizer(bos=True)
+    # A post-processor that also appends a special token (like add_eos_token=True).
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <pad>", special_tokens=[("<bos>", 1), ("<pad>", 0)]
+    )
+    folder = tmp_path / "tiny"
+    tiny_llama(tokenizer, 256).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    seen: list[list[int]] = []
+    original = TransformersBackend._prompt_ids
+
+    def spy(self: Any, prompt: Any) -> list[int]:
+        ids = original(self, prompt)
+        if isinstance(prompt, str):
+            seen.append(ids)
+        return ids
+
+    monkeypatch.setattr(TransformersBackend, "_prompt_ids", spy)
+    prefix = "<bos><|user|>\n"
+    stage = Magpie(pre_query_template=prefix, max_tokens=4, min_words=1, response_max_tokens=2)
+    config = TransformersConfig(model=str(folder))
+    Pipeline([stage], input=empty_rows(1), backends={"default": config}).run(
+        tmp_path / "out", progress=False
+    )
+    plain = list(tokenizer("<|user|>\n", add_special_tokens=False)["input_ids"])
+    assert seen == [[1, *plain]]  # one BOS, the prefix as written, no trailing special token

@@ -6,21 +6,29 @@ reasoning model thinks, at inference, with no training.
       think_end: "</think>"         # the end-of-thinking delimiter
       answer_prefix: "Final Answer:"
       max_thinking_tokens: 512      # cap: stop thinking here and make the model answer
-      min_thinking_tokens: 128      # floor: if it stops earlier, append `wait` and go on
+      max_waits: 2                  # ignore the end of thinking this many times (s1's num_ignore)
+      min_thinking_tokens: 0        # floor: also ignore it while fewer tokens were spent
       wait: "Wait"
-      max_waits: 2                  # extend at most this many times
       max_answer_tokens: null       # default: generation.max_new_tokens
 
 The method, per prompt (all prompts of a round are decoded as one batch):
 
 1. The model continues ``prompt + think_start`` with ``think_end`` as a stop string, for at most
    the tokens left of ``max_thinking_tokens`` (``generation.max_new_tokens`` when no cap is set).
-2. It stops by itself (it wrote ``think_end``, which is cut off, or its EOS): when fewer than
-   ``min_thinking_tokens`` were spent and ``max_waits`` is not used up, the delimiter is
-   suppressed (never written into the text) and ``wait`` is appended (after a newline unless the
-   thinking already ends in white space); the model continues from there (step 1 again).
-   Otherwise thinking ends.
+2. It stops by itself (it wrote ``think_end``, which is cut off, or its EOS). The end is
+   ignored (the delimiter is never written into the text, ``wait`` is appended and the model
+   continues from there: step 1 again) when either
+
+   * fewer than ``max_waits`` waits were appended so far: the first ``max_waits`` ends are
+     ignored whatever the length, as s1's ``thinking_n_ignore`` does; or
+   * fewer than ``min_thinking_tokens`` were spent (and the last round wrote at least one
+     token): the floor goes on extending after ``max_waits`` is used up.
+
+   Otherwise thinking ends. The defaults (``max_waits: 0``, ``min_thinking_tokens: 0``) append
+   nothing; s1's "Wait" runs are ``max_waits: 1, 2, 4, 6``.
 3. The budget runs out: thinking is cut there (s1's "forcefully end the thinking process").
+   The cap always wins: no wait is appended once it is reached, so neither knob can loop
+   forever.
 4. Answer: ``think_end``, a newline and ``answer_prefix`` are appended, and the model writes the
    answer (up to ``max_answer_tokens``, until EOS).
 
@@ -28,7 +36,11 @@ The answer, ``answer_prefix`` included, is what a verifier checks; the thinking 
 beside it. Token counts are the generator's (tokens generated, so a re-tokenized continuation
 may differ by a token or two at each seam). s1 suppresses the end-of-thinking token inside the
 sampler; stopping at the delimiter and continuing the text is the same thing for a model that
-takes raw text, and works with any backend that accepts raw prompts.
+takes raw text, and works with any backend that accepts raw prompts. Differences from s1's code:
+``wait`` goes after a newline unless the thinking ends in white space (s1 appends it right after
+the text), and each round may use only what is left of the cap (s1 lets each round run to the
+cap and cuts the total afterwards). s1's separate ``min_tokens_thinking`` (suppress the end token
+inside the sampler, no wait string) is not offered; ``min_thinking_tokens`` appends ``wait``.
 """
 
 from __future__ import annotations
@@ -70,6 +82,15 @@ def _append_wait(thinking: str, wait: str) -> str:
     return thinking + "\n" + wait
 
 
+def _ignore_end(state: Forced, options: BudgetForcing, *, wrote: int) -> bool:
+    """Whether the model's end of thinking is ignored (the cap is checked before this)."""
+    if state.waits < options.max_waits:
+        return True
+    # The floor is bounded by the cap only if every round spends a token: a model that ends at
+    # once after the wait would otherwise be asked again for ever.
+    return state.thinking_tokens < options.min_thinking_tokens and wrote > 0
+
+
 def budget_force(
     generator: Generator,
     prompts: Sequence[str],
@@ -98,7 +119,7 @@ def budget_force(
                 state.errors.append(out.error or "request failed")
             elif out.finish_reason == "length" or state.thinking_tokens >= cap:
                 state.capped = True
-            elif state.thinking_tokens < options.min_thinking_tokens and state.waits < options.max_waits:
+            elif _ignore_end(state, options, wrote=out.tokens):
                 state.thinking = _append_wait(state.thinking, options.wait)
                 state.waits += 1
                 still.append(i)

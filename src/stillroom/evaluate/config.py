@@ -51,9 +51,17 @@ class BudgetForcing(BaseModel):
     think_end: str = Field(default="</think>", min_length=1)
     answer_prefix: str = "Final Answer:"
     max_thinking_tokens: int | None = Field(default=None, ge=1)
-    min_thinking_tokens: int = Field(default=0, ge=0)
+    min_thinking_tokens: int = Field(
+        default=0, ge=0,
+        description="Floor: ignore the end of thinking (append `wait`) while fewer tokens were "
+        "spent, after max_waits too; bounded by max_thinking_tokens.",
+    )
     wait: str = Field(default="Wait", min_length=1)
-    max_waits: int = Field(default=1, ge=0, description="How many times thinking is extended.")
+    max_waits: int = Field(
+        default=0, ge=0,
+        description="Ignore the end of thinking (append `wait`) this many times, whatever the "
+        "length (s1's thinking_n_ignore); 0: only the floor extends.",
+    )
     max_answer_tokens: int | None = Field(
         default=None, ge=1, description="Default: generation.max_new_tokens."
     )

@@ -10,8 +10,18 @@ The instruction request is a RAW prompt holding exactly what the model's chat te
 before the user's text (its *pre-query prefix*): for ChatML without a system prompt
 ``<|im_start|>user\\n``; for SmolLM2, whose template inserts its own default system prompt when
 none is given, that system turn too. It is sampled at temperature 1.0 and top_p 1.0 (the paper's
-settings) and stops at the template's end-of-turn marker. The answer goes through the ordinary
-chat path, greedily (temperature 0, as in the paper).
+settings) and stops at the template's end-of-turn marker and, as the reference's ``gen_ins.py``
+does by default, at the first newline (``stop_at_newline``, its ``--early_stopping``) and at the
+word ``assistant`` (``stop_at_assistant``, its ``stop_tokens_assistant``: an answer that begins
+right after a header the model skipped). Both are on by default; the newline stop keeps
+instructions to one line, so turn it off for multi-line tasks (code, data to work on). The answer
+goes through the ordinary chat path, greedily (temperature 0, as in the paper).
+
+An answer that runs into ``response_max_tokens`` (finish_reason ``length``) is unfinished. The
+reference keeps it (``gen_res.py`` never looks at the finish reason); here it is kept too but
+flagged, ``response_truncated: true`` on the row (``truncated_response: flag``, the default), or
+moved to ``dropped/`` with its reason (``truncated_response: drop``). An *instruction* that runs
+into ``max_tokens`` is dropped (``drop_truncated``), where the reference keeps whatever text came.
 
 The prefix is found by rendering the backend's chat template around a sentinel user message and
 cutting at the sentinel, so any template works and nothing is hard-coded per model. A backend that
@@ -100,6 +110,10 @@ PRESETS: dict[str, Preset] = {
 TEMPLATE_MARKER = re.compile(
     r"<\|[A-Za-z0-9_.:-]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]|</?s>|<bos>|<eos>"
 )
+# The reference (magpie-align/magpie, configs/model_configs.json) adds this stop string to every
+# model's instruction request (its `stop_tokens_assistant`). Matched as written, so it also ends an
+# instruction that merely uses the word; stop_at_assistant turns it off.
+ASSISTANT_STOP = "assistant"
 _ROLE_HEADER = re.compile(r"^\s*(?:user|assistant|system|human|gpt)\s*:?\s*$", re.IGNORECASE)
 
 
@@ -211,7 +225,18 @@ class Magpie(RowStage):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Instruction; paper: 1.0.")
     max_tokens: int = Field(default=256, ge=1, description="Instruction length cap.")
     stop: list[str] | None = Field(
-        default=None, description="Instruction stop strings; default: the end-of-turn marker."
+        default=None, description="Instruction stop strings; default: the end-of-turn marker. "
+        "stop_at_newline and stop_at_assistant add theirs to these."
+    )
+    stop_at_newline: bool = Field(
+        default=True,
+        description="End the instruction at its first newline (the reference's early stopping, "
+        "on by default there); turn off for multi-line instructions.",
+    )
+    stop_at_assistant: bool = Field(
+        default=True,
+        description=f"End the instruction at {ASSISTANT_STOP!r}, as the reference does for every "
+        "model (an answer that starts after a skipped assistant header).",
     )
     min_words: int = Field(default=3, ge=1, description="Drop shorter instructions.")
     drop_truncated: bool = Field(
@@ -220,6 +245,11 @@ class Magpie(RowStage):
     response_temperature: float = Field(default=0.0, ge=0, le=2, description="Paper: greedy.")
     response_top_p: float | None = Field(default=None, gt=0, le=1)
     response_max_tokens: int | None = Field(default=1024, ge=1)
+    truncated_response: Literal["flag", "drop"] = Field(
+        default="flag",
+        description="An answer cut at response_max_tokens: flag keeps the row (as the reference "
+        "does) with response_truncated: true; drop moves it to dropped/ with the reason.",
+    )
     seed: int | None = Field(
         default=None, description="Mixed into each row's seed; default: the pipeline seed alone."
     )
@@ -236,7 +266,20 @@ class Magpie(RowStage):
         return {self.backend, self.response_backend or self.backend}
 
     def generated_columns(self) -> list[str]:
-        return ["prompt", "completion"]
+        flag = ["response_truncated"] if self.truncated_response == "flag" else []
+        return ["prompt", "completion", *flag]
+
+    def instruction_stops(self, prequery: PreQuery) -> list[str]:
+        """The instruction request's stop strings: ``stop`` (default: the end-of-turn marker),
+        then the newline and the assistant word when those switches are on."""
+        stops = list(self.stop) if self.stop is not None else (
+            [prequery.end_of_turn] if prequery.end_of_turn else []
+        )
+        extras = (("\n", self.stop_at_newline), (ASSISTANT_STOP, self.stop_at_assistant))
+        for extra, wanted in extras:
+            if wanted and extra not in stops:
+                stops.append(extra)
+        return stops
 
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
         backend_class = configs[self.backend].backend_class()
@@ -299,9 +342,7 @@ class Magpie(RowStage):
     async def process(self, row: Row, ctx: StageContext) -> list[Row | Dropped]:
         client = ctx.client(self.backend)
         prequery = await self.prequery(client.backend)
-        stops = list(self.stop) if self.stop is not None else (
-            [prequery.end_of_turn] if prequery.end_of_turn else []
-        )
+        stops = self.instruction_stops(prequery)
         seed = self.row_seed(row, ctx)
         asked = await client.generate(
             Request(
@@ -346,6 +387,9 @@ class Magpie(RowStage):
         lineage["response_model"] = answer.model or client.backend.model
         lineage["response_finish_reason"] = answer.finish_reason
         out["completion"] = answer.text
+        truncated = answer.finish_reason == "length"
+        if self.truncated_response == "flag":
+            out["response_truncated"] = truncated
         if self.messages:
             out["messages"] = [
                 *self._system_messages(),
@@ -355,6 +399,10 @@ class Magpie(RowStage):
         done = with_lineage(out, ctx.stage_name, step="response", **lineage)
         if not answer.text.strip():
             return [Dropped(done, f"empty response (finish_reason={answer.finish_reason})")]
+        if truncated and self.truncated_response == "drop":
+            limit = self.response_max_tokens
+            at = f"response_max_tokens ({limit})" if limit else "the backend's max_tokens"
+            return [Dropped(done, f"response cut off at {at}")]
         return [done]
 
     def _system_messages(self) -> list[Message]:

@@ -120,6 +120,20 @@ def _plain_messages(messages: list[Message]) -> list[Message]:
     return out
 
 
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The ids ``tokenizer`` puts before plain text when it adds special tokens (its BOS, if
+    any), found by tokenizing a probe both ways: a post-processor may also add ids after the
+    text (an EOS), which a prompt to be continued must not end with."""
+    probe = "a"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    bos = tokenizer.bos_token_id  # the probe merged with a special token: assume a plain BOS
+    return [int(bos)] if bos is not None and full[:1] == [bos] else []
+
+
 class TransformersBackend(TeacherForcedScoring, Backend):
     kind = "transformers"
     supports_logprobs = True
@@ -154,6 +168,7 @@ class TransformersBackend(TeacherForcedScoring, Backend):
         self.score_passes = 0  # forward passes made by score(), for a look at the batching
         self._model: Any = None
         self._tokenizer: Any = None
+        self._leading: list[int] = []  # what the tokenizer adds before raw text (a BOS)
         self._torch: Any = None
         self._device: Any = None
         self._eos: set[int] = set()
@@ -256,6 +271,7 @@ class TransformersBackend(TeacherForcedScoring, Backend):
         self._torch = torch
         self._device = device
         self._tokenizer = tokenizer
+        self._leading = leading_special_ids(tokenizer)
         self._model = model
 
     # -- micro-batching on the event loop --------------------------------------------------------
@@ -293,12 +309,15 @@ class TransformersBackend(TeacherForcedScoring, Backend):
         if prompt is None:
             return []
         if isinstance(prompt, str):
-            ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-            bos = tokenizer.bos_token_id
-            # A prompt rendered from (or cut from) a chat template may already start with the
-            # BOS text; the tokenizer's own BOS would double it (the vllm backend does the same).
-            if bos is not None and ids[:2] == [bos, bos]:
-                ids = ids[1:]
+            # Raw text is read as written, plus the tokenizer's leading special tokens (its BOS)
+            # unless the text already starts with them: a prompt rendered from (or cut from) a
+            # chat template holds the template's BOS text, and a second BOS would change what
+            # the model sees (Magpie's reference tokenizes its pre-query text without special
+            # tokens). Nothing is added after the text: an EOS there would end it.
+            ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            leading = self._leading
+            if leading and ids[: len(leading)] != leading:
+                ids = [*leading, *ids]
             return ids
         try:
             text = tokenizer.apply_chat_template(

@@ -11,6 +11,14 @@ same schema described in the prompt and their answer is read leniently: JSON any
 whose result must still satisfy the schema. An answer neither reading accepts is re-asked with
 what was wrong, up to ``max_reasks`` times; then the row fails with the last raw answer in its
 reason. No path leaves a judgment empty or ``None``.
+
+Every judge schema is bounded (strings have ``maxLength``, lists ``maxItems``), and when decoding
+is constrained the request's ``max_tokens`` is raised to at least the longest answer the schema
+allows (:func:`~stillroom.llm.structured.json_length_bound`). Under a grammar a lower limit cannot
+make an answer shorter, only cut a long one off before its JSON closes (a small model that repeats
+"1.1.1..." fills every string to its bound), and a grammar ends the answer itself as soon as the
+JSON is complete, so the higher limit costs nothing otherwise. To get shorter answers, lower the
+judge's ``rationale_chars``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,12 @@ from typing import Any, Literal
 
 from stillroom.data.rows import Row, is_conversation, prompt_text, row_answer, without_answer
 from stillroom.llm.client import LLMClient
-from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
+from stillroom.llm.structured import (
+    StructuredOutputError,
+    json_length_bound,
+    parse_structured,
+    reask_messages,
+)
 from stillroom.llm.types import Completion, GenerationParams, Message, Request
 from stillroom.pipeline.stage import RowFailure
 
@@ -30,6 +43,7 @@ StructuredMode = Literal["auto", "schema", "prompt"]
 TextReader = Callable[[str], Any]
 
 _RAW_LIMIT = 1500
+_MAX_TOKENS_CAP = 8192  # past this a bound says more about rationale_chars than about the answer
 
 
 @dataclass(slots=True)
@@ -62,8 +76,13 @@ async def ask_judge(
 ) -> Judgment:
     """One judgment that satisfies ``schema``; raises RequestFailed or RowFailure otherwise."""
     if uses_schema(client, structured):
+        # Raises UnboundedSchema for a schema a grammar could follow forever (a bug in a judge).
+        longest = json_length_bound(schema)
+        max_tokens = max(params.max_tokens or 0, min(longest, _MAX_TOKENS_CAP))
         request = Request(
-            messages=messages, params=replace(params, json_schema=schema), sample=sample
+            messages=messages,
+            params=replace(params, json_schema=schema, max_tokens=max_tokens),
+            sample=sample,
         )
         # The client validates against the schema and re-asks; after that it raises
         # RequestFailed(kind InvalidStructuredOutput) carrying the raw answer.

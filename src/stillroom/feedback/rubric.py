@@ -7,6 +7,7 @@ default, or a rubric file of your own).
       # rubric: rubrics/concise.yaml # or your own (below); relative to the pipeline file
       reference_column: reference    # optional: a reference answer shown to the judge
       column: auto                   # auto: `completions` (a list) when present, else `completion`
+      # preset: mt_bench             # FastChat's exact MT-Bench grading instead (below)
 
 Single-answer grading (Zheng et al. 2023) asks the judge for a score on a fixed scale, one answer
 at a time, after a short explanation; for questions with a right answer (math, reasoning) it shows
@@ -28,7 +29,19 @@ A bad rubric file fails the pipeline before any request, naming the file, line a
 Output: for a ``completion`` column, ``score`` (an integer on the scale) and ``rationale``; for a
 ``completions`` list, ``ratings`` (one integer per completion, aligned, so ``preference_pairs``
 binarizes them) and ``rationales``. Every completion is graded in its own request. An answer that
-does not parse is re-asked, then the row fails with the raw answer in its reason.
+does not parse is re-asked, then the row fails with the raw answer in its reason. The judge answers
+JSON whose rationale is at most ``rationale_chars`` long, and ``max_tokens`` defaults to the
+longest answer that schema allows, so a grammar-constrained answer always closes.
+
+``preset: mt_bench`` reproduces FastChat's MT-Bench single-answer grading exactly instead (see
+:mod:`stillroom.feedback.mt_bench`): FastChat's own prompts (``single-v1``; ``single-v1-multi-turn``
+for a row whose conversation is user, assistant, user, graded on the second answer; their
+``single-math-v1`` variants when ``reference_column`` holds a reference: a text, or two texts for
+two turns; null means none, as for MT-Bench's questions outside math, reasoning and coding),
+temperature 0, 2048 tokens, the score read as the first ``[[x]]`` (else ``[x]``), ``rationale`` the
+whole judgment. No JSON is asked for and nothing is re-asked; a judgment without a score fails its
+row where FastChat would record -1. ``rubric``, ``temperature`` and ``max_tokens`` cannot be
+changed with it: the point is scores that compare with published ones.
 """
 
 from __future__ import annotations
@@ -62,6 +75,7 @@ from stillroom.data.rows import (
     with_lineage,
 )
 from stillroom.errors import ConfigError
+from stillroom.feedback import mt_bench
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
@@ -73,7 +87,8 @@ from stillroom.feedback.judging import (
     schema_prompt,
     transcript,
 )
-from stillroom.llm.types import GenerationParams, Message, RequestFailed
+from stillroom.llm.structured import json_length_bound
+from stillroom.llm.types import GenerationParams, Message, Request, RequestFailed
 from stillroom.pipeline.config import _line_of
 from stillroom.pipeline.stage import (
     RowFailure,
@@ -237,6 +252,10 @@ def grade_prompt(rubric: Rubric, instruction: str, answer: str, reference: str |
     return "\n\n".join(parts)
 
 
+def _is_grade(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 SYSTEM_PROMPT = "You are an impartial judge who grades AI assistants' answers against a rubric."
 
 
@@ -247,8 +266,15 @@ class RubricJudge(RowStage):
     rubric: str | None = Field(default=None, description="A rubric file; default: 1-10 grading.")
     reference_column: str | None = Field(default=None, description="A reference answer column.")
     column: Literal["auto", "completion", "completions"] = "auto"
+    preset: Literal["mt_bench"] | None = Field(
+        default=None, description="mt_bench: FastChat's exact MT-Bench single-answer grading."
+    )
     temperature: float = Field(default=0.0, ge=0, le=2)
-    max_tokens: int = Field(default=512, ge=16)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Default: the longest answer the JSON schema allows (2048 for mt_bench).",
+    )
     rationale_chars: int = Field(default=600, ge=20, le=4000)
     seed: int | None = None
     structured: StructuredMode = "auto"
@@ -258,6 +284,17 @@ class RubricJudge(RowStage):
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo) -> RubricJudge:
+        if self.preset == "mt_bench":
+            if self.rubric is not None:
+                raise ValueError("preset mt_bench grades with FastChat's own prompts; leave "
+                                 "`rubric` out or drop the preset")
+            fixed = {"temperature": mt_bench.TEMPERATURE, "max_tokens": mt_bench.MAX_TOKENS}
+            for key, value in fixed.items():
+                if key in self.model_fields_set and getattr(self, key) != value:
+                    raise ValueError(
+                        f"preset mt_bench fixes {key} ({value}, as FastChat grades); leave "
+                        f"`{key}` out or drop the preset"
+                    )
         if self.rubric is not None:
             self._rubric = load_rubric(self.rubric, pipeline_dir(info))
         return self
@@ -269,6 +306,8 @@ class RubricJudge(RowStage):
     def identity(self) -> dict[str, Any]:
         out = super().identity()
         out["rubric_version"] = self._rubric.version  # an edited rubric is another run
+        if self.preset == "mt_bench":
+            out["rubric_version"] = [p.version for p in mt_bench.judge_prompts().values()]
         return out
 
     def backend_names(self) -> set[str]:
@@ -279,12 +318,12 @@ class RubricJudge(RowStage):
 
     def summarize(self, rows: list[Row]) -> dict[str, Any]:
         """How many answers were graded and their mean grade on the rubric's scale."""
-        grades: list[int] = []
+        grades: list[float] = []
         for row in rows:
-            if isinstance(row.get("score"), int):
+            if _is_grade(row.get("score")):
                 grades.append(row["score"])
             elif isinstance(row.get("ratings"), list):
-                grades.extend(g for g in row["ratings"] if isinstance(g, int))
+                grades.extend(g for g in row["ratings"] if _is_grade(g))
         if not grades:
             return {}
         scale = self._rubric.scale
@@ -315,13 +354,60 @@ class RubricJudge(RowStage):
             for index, text in enumerate(value):
                 if not isinstance(text, str) or not text.strip():
                     return f"`completions[{index}]` is missing, empty or not text"
+        if self.preset == "mt_bench":
+            return self._mt_bench_problem(row)
         if self.reference_column is not None:
             reference = row.get(self.reference_column)
             if not isinstance(reference, str) or not reference.strip():
                 return f"`{self.reference_column}` (reference_column) is missing or empty"
         return None
 
+    def _mt_bench_problem(self, row: Row) -> str | None:
+        turns = mt_bench.conversation(row)
+        if isinstance(turns, str):
+            return turns
+        if self.reference_column is None:
+            return None
+        if self.reference_column not in row:
+            return (f"`{self.reference_column}` (reference_column) is not a column of this row; "
+                    f"it has {sorted(row)}")
+        return mt_bench.reference_problem(
+            row[self.reference_column], self.reference_column, len(turns[0])
+        )
+
+    async def _grade_mt_bench(
+        self, row: Row, answer: str, sample: int, ctx: StageContext
+    ) -> Judgment:
+        turns = mt_bench.conversation(row)
+        assert not isinstance(turns, str)  # check_row passed
+        reference = row.get(self.reference_column) if self.reference_column is not None else None
+        prompt, messages = mt_bench.judge_request(*turns, answer, reference)
+        completion = await ctx.client(self.backend).generate(
+            Request(
+                messages=messages,
+                params=GenerationParams(
+                    temperature=mt_bench.TEMPERATURE,
+                    max_tokens=mt_bench.MAX_TOKENS,
+                    seed=self.seed if self.seed is not None else ctx.seed,
+                ),
+                sample=sample,
+            )
+        )
+        score = mt_bench.fastchat_score(completion.text)
+        if score is None:
+            text = completion.text
+            shown = text if len(text) <= 1500 else text[:1500] + "..."
+            raise RowFailure(
+                f"grade of answer {sample}: no [[rating]] or [rating] in the judgment (FastChat "
+                f"records -1 and leaves it out); judgment: {shown!r}",
+                kind="UnparseableJudgment",
+            )
+        value = {"rating": score, "rationale": completion.text, "prompt": prompt.name}
+        return Judgment(value, completion, answers=1)
+
     async def _grade(self, row: Row, answer: str, sample: int, ctx: StageContext) -> Judgment:
+        if self.preset == "mt_bench":
+            return await self._grade_mt_bench(row, answer, sample, ctx)
         reference = row[self.reference_column] if self.reference_column is not None else None
         messages: list[Message] = [
             {"role": "system", "content": SYSTEM_PROMPT},
@@ -330,13 +416,16 @@ class RubricJudge(RowStage):
                 "content": grade_prompt(self._rubric, transcript(row), answer, reference),
             },
         ]
+        schema = grade_schema(self._rubric, self.rationale_chars)
         return await ask_judge(
             ctx.client(self.backend),
             messages,
-            schema=grade_schema(self._rubric, self.rationale_chars),
+            schema=schema,
             params=GenerationParams(
                 temperature=self.temperature,
-                max_tokens=self.max_tokens,
+                # Room for the longest answer the schema allows: a constrained answer that
+                # degenerates into repetition still closes its JSON.
+                max_tokens=self.max_tokens or json_length_bound(schema),
                 seed=self.seed if self.seed is not None else ctx.seed,
             ),
             sample=sample,
@@ -364,7 +453,11 @@ class RubricJudge(RowStage):
             if isinstance(result, BaseException):
                 raise result
         judged: list[Judgment] = list(results)  # type: ignore[arg-type]
-        grades = [int(j.value["rating"]) for j in judged]
+        grades: list[Any] = [
+            # MT-Bench keeps the score as FastChat reads it (7.5 stays 7.5).
+            j.value["rating"] if self.preset == "mt_bench" else int(j.value["rating"])
+            for j in judged
+        ]
         rationales = [j.value["rationale"] for j in judged]
         key = row_key(row)
         out = dict(row)
@@ -373,15 +466,22 @@ class RubricJudge(RowStage):
             out["ratings"], out["rationales"] = grades, rationales
         else:
             out["score"], out["rationale"] = grades[0], rationales[0]
+        if self.preset == "mt_bench":
+            names = sorted({j.value["prompt"] for j in judged})
+            step, template = "mt_bench", ",".join(
+                mt_bench.judge_prompts()[name].version for name in names
+            )
+        else:
+            step, template = self._rubric.name, self._rubric.version
         return with_lineage(
             out,
             ctx.stage_name,
             method="rubric_judge",
-            step=self._rubric.name,
+            step=step,
             parent_id=row_id(row),
             seed_id=seed_id_of(row) or key,
             model=ctx.client(self.backend).backend.model,
-            template=self._rubric.version,
+            template=template,
             scale=[self._rubric.scale.min, self._rubric.scale.max],
             with_reference=self.reference_column is not None,
             answers=[j.answers for j in judged],

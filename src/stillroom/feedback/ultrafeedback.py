@@ -6,8 +6,10 @@
       shuffle: true            # show the completions in a random order (mapped back)
       temperature: 0
       rationale_chars: 400     # the longest rationale the judge may write per text
-      max_tokens: null         # default: room for every text's rationale
+      max_tokens: null         # default: the longest answer the JSON schema allows
       structured: auto         # auto | schema | prompt (see stillroom.feedback.judging)
+      reference_column: null   # optional: a column of world knowledge / reference answers
+      reference_aspects: [truthfulness]   # the aspects whose prompt shows it
 
 As in UltraFeedback (Cui et al. 2023), each aspect is its own request, and the judge sees all of a
 prompt's completions at once, so it rates them against each other on one scale. The completions
@@ -27,6 +29,22 @@ stage writes). Output, each list aligned with ``completions``:
 * ``hallucination_types`` (with truthfulness): the kinds of hallucination found, ``["none"]``
   when there are none; ``informativeness_types`` (with helpfulness): which kinds of
   informativeness the text achieves.
+
+World knowledge (``reference_column``): the released annotation code
+(``src/data_annotation/annotate_preference.py`` in OpenBMB/UltraFeedback) gives the truthfulness
+aspect a "World Knowledge" section after the texts: TruthfulQA's correct and incorrect answers,
+FLAN's answer, a note that the question rests on a false premise for FalseQA, and "No additional
+world knowledge for reference." for every other subset. Name the column that holds it and the
+truthfulness prompt gets the same section in the same place (after the texts, before the answer
+format); ``reference_aspects`` may add helpfulness, for which the released templates also have a
+with-knowledge variant that the annotation script does not use. A null or empty value shows the
+released code's "No additional world knowledge for reference."; a list of texts is shown one per
+line. A row without the column at all is bad input (most likely a misspelt name): when the judge
+reads the pipeline's input this stops the run before any request, naming the key and the row;
+later in a pipeline that row fails with the reason. Deliberate difference: without
+``reference_column`` there is no such section at all (the released code always shows one for
+truthfulness, with the placeholder when it has nothing), so existing pipelines ask what they
+asked before.
 
 ``metadata[<stage>]`` records the judge model, the rubric version of each aspect, the order each
 aspect's request showed the completions in, and how many answers each aspect took.
@@ -53,6 +71,7 @@ from stillroom.feedback.judging import (
     transcript,
 )
 from stillroom.feedback.ultrafeedback_rubric import ASPECTS, NOT_APPLICABLE, SYSTEM_PROMPT, Aspect
+from stillroom.llm.structured import json_length_bound
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
 from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
@@ -100,8 +119,37 @@ def aspect_schema(aspect: Aspect, n_texts: int, rationale_chars: int) -> dict[st
     }
 
 
-def aspect_prompt(aspect: Aspect, instruction: str, shown: list[str]) -> str:
-    """The user message for one aspect: rubric, instruction, the texts, the answer format."""
+NO_WORLD_KNOWLEDGE = "No additional world knowledge for reference."
+"""What the released annotation code shows for a prompt that has no world knowledge."""
+
+
+def world_knowledge(value: Any) -> str:
+    """A reference cell as the text of the "World knowledge" section."""
+    if isinstance(value, list):
+        value = "\n".join(str(item) for item in value if str(item).strip())
+    if value is None or not str(value).strip():
+        return NO_WORLD_KNOWLEDGE
+    return str(value).strip()
+
+
+def reference_problem(row: Row, column: str) -> str | None:
+    """What keeps ``row[column]`` from being shown as world knowledge, if anything."""
+    if column not in row:
+        return (f"`{column}` (reference_column) is not a column of this row; it has "
+                f"{sorted(row)}")
+    value = row[column]
+    if value is None or isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return None
+    return f"`{column}` (reference_column) must be text, a list of texts or null"
+
+
+def aspect_prompt(
+    aspect: Aspect, instruction: str, shown: list[str], reference: str | None = None
+) -> str:
+    """The user message for one aspect: rubric, instruction, the texts, the world knowledge
+    (when given), the answer format."""
     scale = "\n".join(f"{value}: {text}" for value, text in enumerate(aspect.levels, start=1))
     parts = [
         f"# Rate the texts: {aspect.title}",
@@ -115,6 +163,12 @@ def aspect_prompt(aspect: Aspect, instruction: str, shown: list[str]) -> str:
     parts.append(f"## Instruction\n{instruction}")
     texts = "\n\n".join(f"### Text {i}\n{text}" for i, text in enumerate(shown, start=1))
     parts.append(f"## Texts ({len(shown)})\n{texts}")
+    if reference is not None:
+        # Where the released template puts it: after the texts, marked as an outside resource.
+        parts.append(
+            "## World knowledge\nExternal knowledge about this instruction, for reference; it "
+            f"is not part of the instruction.\n{reference}"
+        )
     entry = '{"rationale": "<why, in one or two sentences>", '
     if aspect.types:
         entry += '"types": [<categories>], '
@@ -191,13 +245,30 @@ class UltraFeedbackJudge(RowStage):
     max_tokens: int | None = Field(
         default=None,
         ge=16,
-        description="Tokens per aspect answer; default: enough for every text's rationale.",
+        description="Tokens per aspect answer; default: the longest answer the schema allows.",
     )
     rationale_chars: int = Field(default=400, ge=20, le=4000)
     seed: int | None = Field(default=None, description="Request seed; default: the pipeline seed.")
     structured: StructuredMode = "auto"
     max_reasks: int = Field(default=2, ge=0, le=10)
     completions_column: str = "completions"
+    reference_column: str | None = Field(
+        default=None,
+        description="A column of world knowledge / reference answers (UltraFeedback's "
+        "'World Knowledge'), shown for reference_aspects.",
+    )
+    reference_aspects: list[str] = Field(
+        default_factory=lambda: ["truthfulness"],
+        description="Aspects whose prompt shows the reference (the released code: truthfulness).",
+    )
+
+    @field_validator("reference_aspects")
+    @classmethod
+    def _known_reference_aspects(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in ASPECTS]
+        if unknown:
+            raise ValueError(f"unknown aspect(s) {unknown}; choose from {list(ASPECTS)}")
+        return value
 
     @field_validator("aspects")
     @classmethod
@@ -227,6 +298,8 @@ class UltraFeedbackJudge(RowStage):
         for index, text in enumerate(completions):
             if not isinstance(text, str) or not text.strip():
                 return f"`{self.completions_column}[{index}]` is empty or not text"
+        if self.reference_column is not None:
+            return reference_problem(row, self.reference_column)
         return None
 
     def summary_columns(self) -> list[str]:
@@ -257,18 +330,20 @@ class UltraFeedbackJudge(RowStage):
             ctx.rng(key, aspect).shuffle(order)
         return order
 
-    def answer_tokens(self, n_texts: int) -> int:
-        """``max_tokens``, or by default room for ``n_texts`` full rationales: a rationale of
-        ``rationale_chars`` characters is at most about half as many tokens (degenerate text such
-        as "1.1.1." runs near 2 characters a token), plus the JSON around it."""
+    def answer_tokens(self, aspect: Aspect, n_texts: int) -> int:
+        """``max_tokens``, or by default the longest answer the aspect's schema allows
+        (:func:`~stillroom.llm.structured.json_length_bound`: every rationale full, one token per
+        character), so a grammar-constrained answer that degenerates into repetition ("1.1.1.")
+        still closes its JSON instead of being cut off."""
         if self.max_tokens is not None:
             return self.max_tokens
-        return min(8192, 128 + n_texts * (self.rationale_chars // 2 + 32))
+        schema = aspect_schema(aspect, n_texts, self.rationale_chars)
+        return min(8192, json_length_bound(schema))
 
-    def params(self, ctx: StageContext, n_texts: int) -> GenerationParams:
+    def params(self, ctx: StageContext, aspect: Aspect, n_texts: int) -> GenerationParams:
         return GenerationParams(
             temperature=self.temperature,
-            max_tokens=self.answer_tokens(n_texts),
+            max_tokens=self.answer_tokens(aspect, n_texts),
             seed=self.seed if self.seed is not None else ctx.seed,
         )
 
@@ -277,15 +352,18 @@ class UltraFeedbackJudge(RowStage):
     ) -> Judgment:
         completions = row[self.completions_column]
         shown = [completions[index] for index in order]
+        reference = None
+        if self.reference_column is not None and aspect.name in self.reference_aspects:
+            reference = world_knowledge(row[self.reference_column])
         messages: list[Message] = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": aspect_prompt(aspect, transcript(row), shown)},
+            {"role": "user", "content": aspect_prompt(aspect, transcript(row), shown, reference)},
         ]
         return await ask_judge(
             ctx.client(self.backend),
             messages,
             schema=aspect_schema(aspect, len(shown), self.rationale_chars),
-            params=self.params(ctx, len(shown)),
+            params=self.params(ctx, aspect, len(shown)),
             read_text=read_plain_text(aspect, len(shown)),
             structured=self.structured,
             max_reasks=self.max_reasks,
@@ -351,6 +429,7 @@ class UltraFeedbackJudge(RowStage):
             model=client.backend.model,
             template=",".join(a.version() for a in aspects),
             aspects=list(self.aspects),
+            with_reference=self.reference_column is not None,
             shown_order=orders,
             answers={name: j.answers for name, j in judgments.items()},
             prompt_tokens=sum(j.completion.prompt_tokens for j in judgments.values()),

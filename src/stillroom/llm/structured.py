@@ -43,6 +43,7 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
 
     validator = jsonschema.Draft202012Validator(schema)
     problem = "no JSON value found"
+    found = False
     for candidate in _candidates(text):
         try:
             value = json.loads(candidate)
@@ -51,6 +52,9 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
         if not errors:
             return value
+        if found:  # the first JSON found is the answer's whole; a later one is a piece of it
+            continue
+        found = True
         first = errors[0]
         where = "/".join(str(part) for part in first.path) or "(root)"
         problem = f"JSON does not match the schema at {where}: {first.message}"
@@ -72,3 +76,62 @@ def reask_messages(
             ),
         },
     ]
+
+
+class UnboundedSchema(ValueError):
+    """A schema whose JSON has no longest form: a grammar built from it can run away."""
+
+
+_NUMBER_CHARS = 40  # llama.cpp's grammar: at most 16 integral, 16 decimal and 3+ exponent digits
+
+
+def json_length_bound(schema: dict[str, Any], where: str = "(root)") -> int:
+    """The most characters a JSON value matching ``schema`` can take, counting one character per
+    string character, plus one optional space after every token of structure (llama.cpp's
+    grammar allows one there). Every token a model writes is at least one character, so with
+    ``max_tokens`` at this bound a grammar-constrained answer always finishes, even one that
+    degenerates into repetition ("1.1.1.1...") until each string is full. A string written with
+    escapes (``\\u00e9``) or byte-level tokens can still need more: such an answer is cut off and
+    fails its row with the reason, it never runs forever.
+
+    Raises UnboundedSchema naming the first part without a bound: a string without
+    ``maxLength``, an array without ``maxItems``, a number without ``minimum`` and ``maximum``,
+    an object that allows properties it does not list.
+    """
+    if "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        return max(len(json.dumps(value)) for value in values) + 1
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return max(
+                json_length_bound(option, f"{where}/{key}/{index}")
+                for index, option in enumerate(schema[key])
+            )
+    kind = schema.get("type")
+    if kind == "string":
+        if "maxLength" not in schema:
+            raise UnboundedSchema(f"{where}: a string without maxLength")
+        return int(schema["maxLength"]) + 3
+    if kind in ("integer", "number"):
+        if "minimum" not in schema or "maximum" not in schema:
+            raise UnboundedSchema(f"{where}: a {kind} without minimum and maximum")
+        if kind == "integer":
+            return max(len(str(schema["minimum"])), len(str(schema["maximum"]))) + 1
+        return _NUMBER_CHARS
+    if kind == "boolean":
+        return 6
+    if kind == "null":
+        return 5
+    if kind == "array":
+        if "maxItems" not in schema:
+            raise UnboundedSchema(f"{where}: an array without maxItems")
+        item = json_length_bound(schema.get("items", {}), f"{where}/items")
+        return 2 + int(schema["maxItems"]) * (item + 2) + 1
+    if kind == "object":
+        if schema.get("additionalProperties", True) is not False:
+            raise UnboundedSchema(f"{where}: an object without additionalProperties: false")
+        total = 3
+        for name, part in schema.get("properties", {}).items():
+            total += len(json.dumps(name)) + 4 + json_length_bound(part, f"{where}/{name}")
+        return total
+    raise UnboundedSchema(f"{where}: no bound known for {schema!r}")

@@ -5,7 +5,7 @@ distill it into a smaller student; from a laptop CPU (an embedded small model) t
 (any OpenAI-compatible server) with the same pipeline file.
 """
 
-from stillroom import generate, llm, stages  # noqa: E402,F401  (registers the built-in backends and stages)
+from stillroom import llm, stages  # noqa: E402,F401  (registers the built-in backends, declares the stages)
 from stillroom.pipeline.pipeline import Pipeline, RunOptions, RunResult  # noqa: E402
 from stillroom.pipeline.stage import (  # noqa: E402
     AllRowsFilter,

@@ -6,6 +6,7 @@ point names a module that is imported once, and whose import registers what it d
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -33,6 +34,8 @@ class Registry(Generic[T]):
     def __init__(self, what: str):
         self.what = what
         self._items: dict[str, T] = {}
+        # Declared names whose module is not imported yet (see `declare`).
+        self._declared: dict[str, str] = {}
         self.version = 0
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -41,13 +44,31 @@ class Registry(Generic[T]):
             if existing is not None and existing is not item:
                 raise ValueError(f"{self.what} {name!r} is already registered by {existing!r}")
             self._items[name] = item
+            self._declared.pop(name, None)
             self.version += 1
             return item
 
         return decorator
 
+    def declare(self, name: str, module: str) -> None:
+        """Make ``name`` known before its module is imported: the module (whose import registers
+        the name) is imported the first time the name is looked up. The built-in stages are
+        declared this way so that a verb pays only for the stages it uses: importing all of them
+        (numpy, pydantic models of every stage) was most of the command line's start-up."""
+        if name not in self._items:
+            self._declared[name] = module
+
+    def _import_declared(self, name: str) -> None:
+        module = self._declared.get(name)
+        if module is None:
+            return
+        importlib.import_module(module)
+        if name not in self._items:
+            raise ValueError(f"importing {module} did not register {self.what} {name!r}")
+
     def get(self, name: str) -> T:
         load_plugins()
+        self._import_declared(name)
         try:
             return self._items[name]
         except KeyError:
@@ -56,4 +77,6 @@ class Registry(Generic[T]):
 
     def items(self) -> dict[str, T]:
         load_plugins()
+        for name in list(self._declared):
+            self._import_declared(name)
         return dict(self._items)

@@ -109,8 +109,10 @@ def test_a_collapsed_run_warns_in_summary_card_and_report(tmp_path: Path) -> Non
         + f" (request {last_user(request)})"
     )
     out = tmp_path / "out"
+    # "always": by default a run this short (under a minute) skips the sentence model.
     result = Pipeline([Complete(name="teacher")], input=rows(30),
-                      backends={"default": ScriptedConfig()}).run(out, progress=False)
+                      backends={"default": ScriptedConfig()}).run(
+                          out, progress=False, diversity_embeddings="always")
     measures = result.summary["diversity"]["teacher"]["completion"]
     assert measures["texts"] == 30 and measures["embedding_model"] == diversity.EMBEDDING_MODEL
     assert measures["exact_duplicate_share"] == 0.0  # the model, not string equality, finds them
@@ -146,3 +148,27 @@ def test_the_cli_prints_warnings_and_no_embeddings_skips_the_model(
     inspected = subprocess.run([STILLROOM, "inspect", str(out)], capture_output=True, text=True,
                                timeout=120)
     assert inspected.returncode == 0
+
+
+def test_a_short_cli_run_skips_the_model_by_default_and_still_warns(
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path
+) -> None:
+    # The end-of-run cost of issue 16: a run of seconds must not spend more loading torch.
+    base_url, _ = echo_server()
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": "Say sorry."}) + "\n" for _ in range(25)))
+    out = tmp_path / "out"
+    code = (
+        "import sys; from stillroom.cli.main import app; sys.argv[0] = 'stillroom'\n"
+        "try:\n    app()\nfinally:\n"
+        "    print('TORCH_LOADED', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "complete", str(source), "-o", str(out),
+         "--base-url", base_url, "--model", "m", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH_LOADED False" in result.stderr
+    assert "run (under 60 s)" in result.stdout
+    assert "exact duplicate share 100.0%" in result.stderr

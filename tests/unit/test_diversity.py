@@ -18,6 +18,7 @@ import pytest
 
 from stillroom import Pipeline
 from stillroom.data.output import OutputFolder
+from stillroom.errors import ConfigError
 from stillroom.report import diversity
 from stillroom.report.card import render_card
 from stillroom.report.html import render_report
@@ -144,6 +145,24 @@ def test_texts_of_flattens_lists_and_skips_nulls_and_blanks() -> None:
     assert diversity.texts_of(values) == ["a", "b", "c", "d"]
 
 
+def test_texts_of_takes_every_answer_of_list_and_message_cells() -> None:
+    def turn(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]
+
+    values = [
+        ["first of n", "second of n"],  # `completions`: n answers per row, each a text
+        turn("a conversational answer"),  # one message list: its final assistant turn
+        [turn("one of n conversations"), turn("another"), None],  # a list of message lists
+        [{"role": "assistant", "content": [{"type": "text", "text": "in parts"}]}],
+        [{"role": "user", "content": "no answer"}],  # a message list with no assistant turn
+        None,
+    ]
+    assert diversity.texts_of(values) == [
+        "first of n", "second of n", "a conversational answer", "one of n conversations",
+        "another", "in parts",
+    ]
+
+
 # -- one set and its warnings -----------------------------------------------------------------
 
 
@@ -180,8 +199,13 @@ def test_each_threshold_fires_alone() -> None:
                              ("near_duplicate_share", 0.5, "near-duplicate")]:
         (warning,) = diversity.collapse_warnings("s", "c", {**base, key: value})
         assert word in warning
-    # exact duplicates count only when near-duplicates were not measured
-    assert diversity.collapse_warnings("s", "c", {**base, "exact_duplicate_share": 0.5}) == []
+    # exact duplicates (over every text) warn unless the near-duplicate share already does: the
+    # embedding sample may hold too few copies' twins to see them
+    (warning,) = diversity.collapse_warnings("s", "c", {**base, "exact_duplicate_share": 0.5})
+    assert "exact duplicate share 50.0%" in warning
+    both = {**base, "exact_duplicate_share": 0.5, "near_duplicate_share": 0.5}
+    (warning,) = diversity.collapse_warnings("s", "c", both)
+    assert "near-duplicate" in warning
     no_model = {**base, "mean_cosine_distance": None, "near_duplicate_share": None}
     (warning,) = diversity.collapse_warnings("s", "c", {**no_model, "exact_duplicate_share": 0.5})
     assert "exact duplicate share 50.0%" in warning
@@ -231,6 +255,33 @@ def test_an_embedding_error_does_not_fail_the_measure(monkeypatch: pytest.Monkey
     assert metrics["distinct_2"] is not None
 
 
+def test_the_model_embeds_a_bounded_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def counting(texts: Sequence[str]) -> np.ndarray:
+        seen.append(len(texts))
+        return fake_encode(texts)
+
+    monkeypatch.setattr(diversity, "encode", counting)
+    metrics = diversity.measure(varied_texts(3000))
+    assert seen == [diversity.MAX_EMBEDDED_TEXTS]  # one call, on the embedding sample only
+    assert (metrics["texts"], metrics["sampled"], metrics["embedded"]) == (
+        3000, diversity.MAX_TEXTS, diversity.MAX_EMBEDDED_TEXTS)
+    assert diversity.measure(["x"] * 10)["embedded"] == 0
+
+
+def test_copied_pairs_the_embedding_sample_misses_still_warn(fake_model: None) -> None:
+    # 4,000 texts, half of them in copied pairs: 500 embedded texts hold few pairs whole.
+    texts = varied_texts(3000)
+    texts += texts[:1000]
+    metrics = diversity.measure(texts)
+    assert metrics["exact_duplicate_share"] == 0.5
+    assert metrics["near_duplicate_share"] < diversity.NEAR_DUPLICATE_SHARE_MAX
+    warnings = diversity.collapse_warnings("s", "c", metrics)
+    assert any("exact duplicate share 50.0%" in w for w in warnings)
+    assert not any("near-duplicate" in w for w in warnings)
+
+
 # -- in a run: summary, marker, card, report --------------------------------------------------
 
 
@@ -249,7 +300,8 @@ def test_a_run_reports_diversity_in_summary_card_report_and_marker(
     out = tmp_path / "out"
     pipeline = Pipeline([Complete(name="answer")], input=rows(30),
                         backends={"default": ScriptedConfig()})
-    result = pipeline.run(out, progress=False)
+    # "always": a run this short skips the model by default (see the next test).
+    result = pipeline.run(out, progress=False, diversity_embeddings="always")
     measures = result.summary["diversity"]["answer"]["completion"]
     assert measures["texts"] == 30 and measures["near_duplicate_share"] == 1.0
     warnings = result.summary["warnings"]
@@ -311,3 +363,98 @@ def test_card_and_report_render_a_missing_measure_with_its_reason() -> None:
     assert "`gen.completions`: not computed: turned off (--no-embeddings)" in card
     report = render_report(summary, {"name": "t"}, [], [])
     assert "gen.completions: not computed: turned off (--no-embeddings)" in report
+
+
+def refuse_to_embed(texts: Sequence[str]) -> np.ndarray:
+    raise AssertionError("the model must not be loaded")
+
+
+def test_a_short_run_skips_the_model_by_default_and_still_warns(
+    tmp_path: Path, collapsed_backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(diversity, "encode", refuse_to_embed)
+    result = Pipeline([Complete(name="answer")], input=rows(30),
+                      backends={"default": ScriptedConfig()}).run(tmp_path / "out", progress=False)
+    measures = result.summary["diversity"]["answer"]["completion"]
+    assert measures["mean_cosine_distance"] is None and measures["embedded"] == 0
+    assert "s run (under 60 s)" in measures["embedding_note"]
+    assert "'always'" in measures["embedding_note"]
+    # The text measures still catch a set of copies.
+    assert any("exact duplicate share 100.0%" in w for w in result.summary["warnings"])
+
+
+def test_a_long_run_measures_embeddings_by_default(
+    tmp_path: Path, fake_model: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stillroom.pipeline import finish
+    from stillroom.pipeline.run_types import RunOptions
+
+    fakes.CURRENT.clear()
+    fakes.CURRENT["default"] = ScriptedBackend(script=lambda request, attempt: "Same answer.")
+    pipeline = Pipeline([Complete(name="answer")], input=rows(30),
+                        backends={"default": ScriptedConfig()})
+    out = tmp_path / "out"
+    pipeline.run(out, progress=False, diversity_embeddings=False)
+    plan, folder = pipeline, OutputFolder(out)
+    long_run = finish.measure_diversity(folder, plan, RunOptions(), run_seconds=61.0)
+    assert long_run["answer"]["completion"]["near_duplicate_share"] == 1.0
+    short = finish.measure_diversity(folder, plan, RunOptions(), run_seconds=59.0)
+    assert short["answer"]["completion"]["near_duplicate_share"] is None
+    forced = finish.measure_diversity(folder, plan, RunOptions(diversity_embeddings="always"),
+                                      run_seconds=1.0)
+    assert forced["answer"]["completion"]["near_duplicate_share"] == 1.0
+    with pytest.raises(ConfigError, match="diversity_embeddings"):
+        RunOptions(diversity_embeddings="auto")  # type: ignore[arg-type]
+
+
+def test_answers_a_later_stage_kept_only_as_completion_are_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quickstart's case: rejection_sample writes `completions` (a list column), a later
+    stage keeps only `completion`; before, the card said 0 texts of `completions`."""
+    from stillroom.pipeline.stage import FunctionStage
+    from stillroom.verify.rejection import RejectionSample
+
+    monkeypatch.setattr(diversity, "encode", refuse_to_embed)
+    fakes.CURRENT.clear()
+    fakes.CURRENT["default"] = ScriptedBackend(
+        script=lambda request, attempt: f"answer {fakes.last_user(request)}")
+    teacher = RejectionSample(name="teacher", prompt_template=None, verifier="exact",
+                              verifier_options={"reference_column": "answer"}, k=1,
+                              max_samples=1)
+    given = [{**row, "answer": f"answer {row['prompt']}"} for row in rows(25)]
+
+    def keep_answer(row: dict[str, Any]) -> dict[str, Any]:
+        return {key: row[key] for key in ("id", "prompt", "completion")}
+
+    kept_only = Pipeline([teacher, FunctionStage.wrap(keep_answer, name="student_rows")],
+                         input=given, backends={"default": ScriptedConfig()})
+    result = kept_only.run(tmp_path / "kept", progress=False)
+    assert list(result.summary["diversity"]["teacher"]) == ["completion"]
+    measures = result.summary["diversity"]["teacher"]["completion"]
+    assert measures["texts"] == 25 and measures["distinct_1"] is not None
+
+    # Where the list column is still there, each of its answers counts.
+    listed = Pipeline([RejectionSample(name="teacher", prompt_template=None, verifier="exact",
+                                       verifier_options={"reference_column": "answer"}, k=1,
+                                       max_samples=1)],
+                      input=given, backends={"default": ScriptedConfig()})
+    result = listed.run(tmp_path / "listed", progress=False)
+    assert result.summary["diversity"]["teacher"]["completions"]["texts"] == 25
+
+    # `messages` rows: the answer is the final assistant turn, and is found there.
+    chats = [{"id": row["id"], "answer": row["answer"],
+              "messages": [{"role": "user", "content": row["prompt"]}]} for row in given]
+    in_messages = Pipeline([teacher, FunctionStage.wrap(
+        lambda row: {key: row[key] for key in ("id", "messages")}, name="student_rows")],
+        input=chats, backends={"default": ScriptedConfig()})
+    result = in_messages.run(tmp_path / "messages", progress=False)
+    assert result.summary["diversity"]["teacher"]["completion"]["texts"] == 25
+
+    # A column removed with no answer left to measure is reported as absent, not as 0 texts
+    # that merely fell short of the model's minimum.
+    gone = Pipeline([teacher, FunctionStage.wrap(lambda row: {"id": row["id"]}, name="ids")],
+                    input=given, backends={"default": ScriptedConfig()})
+    measures = gone.run(tmp_path / "gone", progress=False).summary["diversity"]["teacher"]
+    assert measures["completions"]["texts"] == 0
+    assert "not in data/" in measures["completions"]["embedding_note"]

@@ -113,9 +113,16 @@ def test_redact_is_fast_on_long_texts_without_secrets(registered: str) -> None:
     import time
 
     text = "an ordinary answer, nothing secret in it. " * 100_000  # 4.2 MB
+    # Against a baseline measured here (no wall time asserted): a Python loop that only visits
+    # each character. Redaction that walked the text a character at a time, doing work at each
+    # (as it once did: 3 s and more), cost about 50 such loops; with compiled patterns it is 3-4.
+    started = time.perf_counter()
+    for _ in text:
+        pass
+    walk = time.perf_counter() - started
     started = time.perf_counter()
     assert secrets.redact(text) == text
-    assert time.perf_counter() - started < 1.0  # 3 s and more when walked a character at a time
+    assert time.perf_counter() - started < 10 * walk
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,33 @@ def test_no_module_over_700_lines() -> None:
     long = {str(path.relative_to(PACKAGE)): lines for path in modules()
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"split these (over {MAX_LINES} lines): {long}"
+
+
+def test_every_registered_stage_is_declared_where_it_is_defined() -> None:
+    """The built-in stages are imported only when used (stillroom.stages.BUILTIN_STAGES): every
+    class the source registers with ``@register_stage`` must be in that table, under its module,
+    or a pipeline file naming it would not find it."""
+    from stillroom.stages import BUILTIN_STAGES
+
+    registered: dict[str, str] = {}
+    for path in modules():
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(d, ast.Name) and d.id == "register_stage" for d in node.decorator_list):
+                registered[node.name] = module
+    assert len(registered) >= 20  # the scan itself found the stages
+    assert registered == {cls: module for module, cls in BUILTIN_STAGES.values()}
+
+
+def test_a_declared_stage_is_imported_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, stillroom\n"
+            "assert 'stillroom.curate.dedup' not in sys.modules\n"
+            "from stillroom.pipeline.stage import stages\n"
+            "assert stages.get('dedup').__module__ == 'stillroom.curate.dedup'\n"
+            "from stillroom.stages import Verify\n"
+            "assert 'verify' in stages.items() and len(stages.items()) >= 20\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -105,3 +105,19 @@ def backend_config(
         raise ConfigError(f"backend {kind!r} has no option(s) {sorted(unknown)}", key=sorted(unknown)[0])
     # A bad value stays a ValidationError: the CLI names the flag that gave it (friendly_errors).
     return config_class(kind=kind, **fields)
+
+
+def with_concurrency(
+    backends: Mapping[str, BackendConfig], concurrency: int | None
+) -> dict[str, BackendConfig]:
+    """Every backend with ``concurrency`` requests in flight (None: each keeps its own).
+
+    What ``--concurrency`` means on every verb. It is left out of a backend's identity (see
+    :class:`BackendConfig`), so a run resumed with another value still resumes.
+    """
+    if concurrency is None:
+        return dict(backends)
+    if concurrency < 1:
+        raise ConfigError("must be at least 1", key="concurrency")
+    return {name: config.model_copy(update={"concurrency": concurrency})
+            for name, config in backends.items()}

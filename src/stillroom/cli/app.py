@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -32,7 +32,47 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
+# A table piped to a file (or read by a program) is not cut to rich's default of 80 columns when
+# stdout is no terminal: long reasons and model names stay whole, one row a line. Tables size
+# their columns to their content, so a wide limit adds no padding.
+PIPED_WIDTH = 100_000
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from stillroom.version import __version__
+
+        typer.echo(f"stillroom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _start(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print the version and exit."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v",
+                     help="Also show the progress bars, logs and warnings of transformers, torch, "
+                          "datasets, sentence-transformers and vLLM (hidden by default). Give it "
+                          "before the verb: stillroom -v run ..."),
+    ] = False,
+) -> None:
+    """Synthetic data and distillation for LLM post-training."""
+    # Before any verb imports those libraries (every verb imports them lazily).
+    if not verbose:
+        from stillroom.cli.quiet import quiet_libraries
+
+        ctx.call_on_close(quiet_libraries())
+    for console in (out, err):
+        if not console.is_terminal:
+            console.width = PIPED_WIDTH
 
 
 def friendly_errors(command: F) -> F:

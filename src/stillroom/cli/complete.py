@@ -11,6 +11,8 @@ from stillroom.cli.app import app, friendly_errors, option_flags, print_result
 from stillroom.cli.options import (
     AddressOption,
     CacheDir,
+    ConcurrencyOption,
+    EmbeddingsOption,
     ExecutorOption,
     FlushRows,
     FlushSeconds,
@@ -22,6 +24,7 @@ from stillroom.cli.options import (
     OutOption,
     Overwrite,
     WorkersOption,
+    diversity_embeddings,
     executor_options,
     run_options,
 )
@@ -40,11 +43,11 @@ def complete(
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)] = None,
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Requests in flight.")] = None,
+    concurrency: ConcurrencyOption = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Completions per row (n > 1 writes `completions`).")] = 1,
-    temperature: Annotated[float | None, typer.Option("--temperature", "-t", min=0.0)] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature, 0 to 2; 0 always picks the likeliest token (default: the backend's, 1.0 for the local ones).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: sample only from the likeliest tokens that together hold this probability (default: the backend's, 1.0 = all tokens).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens in each completion (default: the backend's limit).")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Run seed (each sample's request seed derives from it).")] = 0,
     top_logprobs: Annotated[int | None, typer.Option("--top-logprobs", min=0, max=20, help="Keep each token's top-K logprobs.")] = None,
@@ -60,11 +63,7 @@ def complete(
     limit: Limit = None,
     flush_rows: FlushRows = 1000,
     flush_seconds: FlushSeconds = 10.0,
-    no_embeddings: Annotated[
-        bool,
-        typer.Option("--no-embeddings",
-                     help="Skip the embedding diversity measures (no sentence model is loaded)."),
-    ] = False,
+    embeddings: EmbeddingsOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     workers: WorkersOption = None,
@@ -101,6 +100,6 @@ def complete(
         **executor_options(executor, address, workers, gpus_per_worker),
         **run_options(overwrite, no_cache, cache_dir, max_failure_rate, no_progress, limit,
                       flush_rows, flush_seconds),
-        diversity_embeddings=not no_embeddings,
+        diversity_embeddings=diversity_embeddings(embeddings),
     )
     print_result(result, [stage])

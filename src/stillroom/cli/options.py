@@ -41,6 +41,14 @@ WorkersOption = Annotated[
     typer.Option("--workers", min=1, help="Ray workers (actors), each with its own backends "
                  "(default: one per CPU of the cluster, or per GPU set a local engine needs)."),
 ]
+# One meaning on every verb that sends requests (run, complete): requests in flight per backend.
+ConcurrencyOption = Annotated[
+    int | None,
+    typer.Option("--concurrency", "-c", min=1,
+                 help="Requests in flight per backend, in place of each backend's own "
+                      "`concurrency`; with --executor ray, per worker (the number of workers is "
+                      "--workers)."),
+]
 GpusPerWorker = Annotated[
     float | None,
     typer.Option("--gpus-per-worker", min=0.0, help="GPUs given to each Ray worker "
@@ -76,3 +84,20 @@ def run_options(
         "flush_rows": flush_rows,
         "flush_seconds": flush_seconds,
     }
+
+
+# Three states, because the default is decided at the end of a run: the sentence model is loaded
+# only when the run took long enough that loading it costs little beside it (pipeline.finish).
+EmbeddingsOption = Annotated[
+    bool | None,
+    typer.Option("--embeddings/--no-embeddings",
+                 help="Embedding diversity measures at the end of the run: --embeddings measures "
+                      "them whatever the run took; --no-embeddings never loads the sentence "
+                      "model; by default a run under a minute skips them (distinct-n and exact "
+                      "duplicates are measured either way)."),
+]
+
+
+def diversity_embeddings(flag: bool | None) -> bool | str:
+    """The ``diversity_embeddings`` run option for ``--embeddings/--no-embeddings``."""
+    return True if flag is None else ("always" if flag else False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -31,26 +32,81 @@ def reason_kind(reason: str) -> str:
     return _NUMBER.sub("#", head) + (" of ..." if sep else "")
 
 
-def _reasons(folder: OutputFolder, kind: str, column: str) -> dict[str, int]:
-    """Rows per "stage: reason"; when reasons name rows or scores (a dedup drops one row "as a
-    duplicate of" each of thousands of others), grouped by :func:`reason_kind` so the table stays
-    one line per kind of reason."""
-    stages = folder.read_column(kind, "stage")
-    reasons = folder.read_column(kind, column)
+# Row ids shown per reason (by `inspect` and at the end of a run), so a user can find the rows.
+EXAMPLES_PER_REASON = 3
+
+
+def _reason_entries(folder: OutputFolder, kind: str, column: str) -> Iterator[tuple[Any, Any, str]]:
+    """(stage, reason, where) for every row of ``kind``, a shard at a time; ``where`` is the
+    row's ``id`` as the folder stores it, or, for a row without one, its shard and position
+    (``dropped/part-00000.parquet row 3``), which is also enough to find it."""
+    import pyarrow.parquet as pq
+
+    for path in folder.shard_paths(kind):
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        wanted = [name for name in ("stage", column, "id") if name in names]
+        table = parquet.read(columns=wanted) if wanted else None
+        # Read per shard, not per folder: a shard without a column must not shift the rest.
+        columns = [table.column(name).to_pylist() if table is not None and name in wanted
+                   else [None] * parquet.metadata.num_rows for name in ("stage", column, "id")]
+        for position, (stage, reason, row_id) in enumerate(zip(*columns, strict=True)):
+            yield stage, reason, (str(row_id) if row_id is not None
+                                  else f"{kind}/{path.name} row {position}")
+
+
+def _reasons(folder: OutputFolder, kind: str, column: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Rows per "stage: reason", and the ids of the first few rows of each reason; when reasons
+    name rows or scores (a dedup drops one row "as a duplicate of" each of thousands of others),
+    grouped by :func:`reason_kind` so the table stays one line per kind of reason."""
     counter: Counter[str] = Counter()
-    for stage, reason in zip(stages, reasons, strict=False):
-        counter[f"{stage}: {reason}"] += 1
+    examples: dict[str, list[str]] = {}
+    for stage, reason, where in _reason_entries(folder, kind, column):
+        key = f"{stage}: {reason}"
+        counter[key] += 1
+        shown = examples.setdefault(key, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append(where)
     if len(counter) > MAX_DISTINCT_REASONS:
+        # A kind's examples are those of its first reasons (a few rows of it, if not its very
+        # first three).
         grouped: Counter[str] = Counter()
-        for stage, reason in zip(stages, reasons, strict=False):
-            grouped[f"{stage}: {reason_kind(str(reason))}"] += 1
-        counter = grouped
-    # The card, report and `inspect` show these: each distinct reason is redacted (after
-    # counting, so a million dropped rows cost a redaction per distinct reason, not per row).
+        grouped_examples: dict[str, list[str]] = {}
+        for key, count in counter.items():
+            stage, _, reason = key.partition(": ")
+            kind_key = f"{stage}: {reason_kind(reason)}"
+            grouped[kind_key] += count
+            shown = grouped_examples.setdefault(kind_key, [])
+            shown.extend(examples[key][:EXAMPLES_PER_REASON - len(shown)])
+        counter, examples = grouped, grouped_examples
+    # The card, report and `inspect` show these: each distinct reason (and each example id) is
+    # redacted (after counting, so a million dropped rows cost a redaction per distinct reason,
+    # not per row).
     redacted: Counter[str] = Counter()
+    redacted_examples: dict[str, list[str]] = {}
     for reason, count in counter.items():
-        redacted[redact(reason)] += count
-    return dict(redacted.most_common())
+        key = redact(reason)
+        redacted[key] += count
+        shown = redacted_examples.setdefault(key, [])
+        shown.extend(redact(where) for where in examples[reason][:EXAMPLES_PER_REASON - len(shown)])
+    ordered = dict(redacted.most_common())
+    return ordered, {reason: redacted_examples[reason] for reason in ordered}
+
+
+def backend_costs(backends: dict[str, dict[str, Any]],
+                  config: dict[str, Any] | None) -> dict[str, float | None]:
+    """What each backend's tokens cost, from the run config's ``input_price``/``output_price``
+    (see :func:`stillroom.report.card.cost_of`); None for a backend with no price set."""
+    from stillroom.report.card import cost_of
+
+    configs = (config or {}).get("backends") or {}
+    return {name: cost_of(stats, configs.get(name)) for name, stats in backends.items()}
+
+
+def folder_costs(root: Any, backends: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """:func:`backend_costs` with the config a finished run stored in ``root`` (all None for a
+    run that is not finished: its prices are kept only in its completion record)."""
+    return backend_costs(backends, _completion_record(OutputFolder(root)).get("config"))
 
 
 def _session_stats(folder: OutputFolder) -> list[dict[str, Any]]:
@@ -90,12 +146,21 @@ def summarize(folder: OutputFolder) -> dict[str, Any]:
             seconds += float(session["ended"]) - float(session["started"])
     finished = counts["data"] + counts["failed"]
     record = _completion_record(folder)
+    failures, failure_ids = _reasons(folder, "failed", "error_type")
+    drops, drop_ids = _reasons(folder, "dropped", "drop_reason")
+    backend_stats = {name: stats.as_dict() for name, stats in backends.items()}
     return {
         "counts": counts,
         "failure_rate": counts["failed"] / finished if finished else 0.0,
-        "failures_by_reason": _reasons(folder, "failed", "error_type"),
-        "drops_by_reason": _reasons(folder, "dropped", "drop_reason"),
-        "backends": {name: stats.as_dict() for name, stats in backends.items()},
+        "failures_by_reason": failures,
+        "drops_by_reason": drops,
+        # reason -> the ids of its first few rows (see _reason_entries), keyed as above.
+        "failure_ids_by_reason": failure_ids,
+        "drop_ids_by_reason": drop_ids,
+        "backends": backend_stats,
+        # backend -> cost (None: no price set); known once the run is complete (the prices are
+        # in its completion record's config).
+        "costs": backend_costs(backend_stats, record.get("config")),
         "stages": {name: dict(counter) for name, counter in stages.items()},
         "sessions": [
             {
@@ -125,5 +190,5 @@ def failure_examples(folder: OutputFolder, limit: int = 5) -> list[dict[str, Any
     before errors were redacted, or by a backend that quoted a key, must not show it again)."""
     out = []
     for row in folder.read_rows("failed", limit=limit):
-        out.append({key: row.get(key) for key in ("stage", "error_type", "attempts", "error")})
+        out.append({key: row.get(key) for key in ("id", "stage", "error_type", "attempts", "error")})
     return redact_value(out)

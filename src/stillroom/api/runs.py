@@ -9,13 +9,13 @@ from typing import Any
 from stillroom.data.output import OutputFolder
 from stillroom.errors import OutputFolderError
 from stillroom.llm.backend import BackendConfig
-from stillroom.pipeline.inputs import InputConfig
+from stillroom.pipeline.inputs import InputSpec
 from stillroom.pipeline.pipeline import Pipeline, RunResult
 from stillroom.pipeline.stage import Stage
 from stillroom.report.summary import failure_examples, summarize
 
 Row = dict[str, Any]
-Input = str | os.PathLike[str] | list[Row] | InputConfig
+Input = InputSpec
 StageLike = Stage | Callable[..., Any]
 
 
@@ -31,7 +31,9 @@ def run_stage(
 ) -> RunResult:
     """Run ``stage`` (or several stages, in order) on ``input`` into the folder ``out``.
 
-    ``input`` is a file or folder, a list of rows, or an :class:`InputConfig` (a mix); ``name``
+    ``input`` is a file or folder, rows in memory (a list of dicts or a ``datasets.Dataset``:
+    fingerprinted by content, so the same rows resume and other rows are a different run), or
+    an :class:`InputConfig` (a mix); ``name``
     titles the run's card; ``run_options`` are :class:`~stillroom.pipeline.pipeline.RunOptions`
     (``overwrite``, ``progress``, ``limit``, ``executor``, ...). What each stage measured is in
     ``result.summary["stage_results"]``, under the stage's name in the pipeline.

@@ -10,7 +10,7 @@ card, the report and the CLI's one-line result show. ``run_options`` are those o
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from pydantic import BaseModel
 
@@ -21,11 +21,13 @@ from stillroom.curate.dedup import Dedup
 from stillroom.curate.heuristics import HeuristicFilter
 from stillroom.curate.ifd import IFDFilter
 from stillroom.curate.select import Select, check_input_columns
-from stillroom.pipeline.inputs import InputConfig
+from stillroom.pipeline.inputs import InputConfig, rows_in_memory
 from stillroom.stages.complete import Complete
 from stillroom.verify.stage import Verify
 
 if TYPE_CHECKING:
+    import datasets
+
     from stillroom.curate.decontaminate import ShortItems
     from stillroom.curate.dedup import Method
     from stillroom.curate.heuristics import (
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from stillroom.pipeline.pipeline import RunResult
 
 Row = dict[str, Any]
-Input = str | os.PathLike[str] | list[Row]
+Input: TypeAlias = "str | os.PathLike[str] | list[Row] | datasets.Dataset"
 Out = str | os.PathLike[str]
 
 
@@ -61,13 +63,16 @@ def complete(
     top_logprobs: int | None = None,
     system: str | None = None,
     prompt_template: str | None = None,
+    json_schema: dict[str, Any] | type[BaseModel] | None = None,
     **run_options: Any,
 ) -> RunResult:
     """Answer every row's ``prompt`` or ``messages`` with ``backend`` (default: the embedded
-    model); ``seed`` is the run's, each request's seed derives from it."""
+    model); ``seed`` is the run's, each request's seed derives from it. ``json_schema`` (a dict
+    or a pydantic model class) asks for JSON that fits it (see :mod:`stillroom.stages.complete`)."""
     stage = build_stage(
         Complete, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop,
         top_logprobs=top_logprobs, system=system, prompt_template=prompt_template,
+        json_schema=json_schema,
     )
     return run_stage(stage, input, out, backends=None if backend is None else {"default": backend},
                      seed=seed, name="stillroom complete", **run_options)
@@ -154,7 +159,9 @@ def select(
     })
     if embed is not None:
         stage.use_embedder(embed)
-    check_input_columns(stage, input)
+    in_memory = rows_in_memory(input)  # a Dataset as plain rows, whatever its format
+    check_input_columns(stage, cast("str | os.PathLike[str] | list[Row]",
+                                    input if in_memory is None else in_memory))
     return run_stage(stage, input, out, name="stillroom select", **run_options)
 
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import pickle
@@ -223,6 +225,11 @@ def pickle_spec(spec: WorkerSpec) -> bytes:
     }
     by_value = [sys.modules[name] for name in modules
                 if name in sys.modules and name != "__main__" and not name.startswith("stillroom.")]
+    # The workers get their rows in batches, never from the input: without it, rows given in
+    # memory (a list, a Dataset) do not travel whole to every actor inside its spec.
+    pipeline = copy.copy(spec.pipeline)
+    pipeline.input = None
+    spec = dataclasses.replace(spec, pipeline=pipeline)
     for module in by_value:
         cloudpickle.register_pickle_by_value(module)
     try:

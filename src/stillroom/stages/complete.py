@@ -33,6 +33,25 @@ A row is answered only when every one of its ``n`` samples is: a sample that fai
 or came back empty, sends the whole row to ``failed/`` (the samples that did succeed stay in the
 request cache, so a rerun asks only for the missing ones). ``data/`` never holds an empty answer.
 
+``json_schema`` asks for a JSON answer that fits a schema: a dict (a JSON Schema), or, from Python,
+a pydantic model class (``Complete(json_schema=Answer)``). The row gets the parsed value in
+``<output_column>_json`` beside the text (``Answer.model_validate(row["completion_json"])`` turns
+it back into the model). A model class is turned into its ``model_json_schema()`` in the strict
+form OpenAI's structured outputs require (what the ``openai`` SDK itself sends for a model: every
+object closed with ``additionalProperties: false``, every property required, optional ones as
+``anyOf [..., null]``), because the OpenAI-compatible backend asks with ``strict: true``; the same
+schema constrains llama.cpp's grammar and vLLM, and nested models stay ``$defs``/``$ref``, which
+those and the validator resolve. The stage keeps only that dict, so the run's config,
+fingerprint and card hold plain JSON, and the class's name is the schema's ``title``.
+
+An answer is checked against the schema the way a dict schema's is (one that misses it is asked
+again with the error, then fails its row). The class's own validators (``field_validator``, ...),
+which no JSON Schema carries, are not run: the class is not kept, because a stage must pickle to
+Ray's workers, and a pydantic class defined in a script does not reliably do so (cloudpickle
+rebuilds it by value, which fails with ``KeyError: 'type'`` for a module that uses
+``from __future__ import annotations``; compare pydantic issue #13085). Validate
+``completion_json`` with the class after the run where those validators matter.
+
 ``prompt_template`` is checked when the stage is built: a template with an unbalanced brace, no
 ``{column}`` field, or a positional field (``{}``, ``{0}``) is a validation error then, not a
 failure at the first request.
@@ -43,7 +62,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from stillroom.data.rows import (
     Message,
@@ -105,8 +124,23 @@ class Complete(RowStage):
     stop: list[str] | None = None
     seed: int | None = Field(default=None, description="Request seed; default: the pipeline seed.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the answer must fit (from Python: a pydantic model)."
+    )
     output_column: str = Field(default="completion", description="`completions` when n > 1.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_from_model(cls, data: Any) -> Any:
+        """``json_schema=SomeModel``: the model's strict JSON schema (see the module docstring)."""
+        model = data.get("json_schema") if isinstance(data, dict) else None
+        if isinstance(model, BaseModel):
+            raise ValueError(
+                f"json_schema got an instance of {type(model).__name__}; pass the class itself"
+            )
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return {**data, "json_schema": strict_schema(model)}
+        return data
 
     @field_validator("prompt_template")
     @classmethod
@@ -203,6 +237,25 @@ class Complete(RowStage):
         }
         out["metadata"] = metadata
         return out
+
+
+def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema in the strict form OpenAI's structured outputs accept, made by the
+    ``openai`` SDK's own helper (a dependency already) rather than by hand: its rules
+    (``additionalProperties: false`` everywhere, all properties required, a ``$ref`` with
+    siblings inlined) are OpenAI's to keep current. A model it cannot express is a ConfigError
+    naming ``json_schema``."""
+    import openai
+
+    try:
+        schema = openai.pydantic_function_tool(model)["function"].get("parameters")
+    except Exception as error:  # the SDK raises plain errors for what strict mode cannot hold
+        raise ConfigError(
+            f"the model {model.__name__} has no strict JSON schema: {error}", key="json_schema"
+        ) from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"the model {model.__name__} gave no JSON schema", key="json_schema")
+    return schema
 
 
 def _all_answered(results: list[Completion | BaseException]) -> list[Completion]:

@@ -219,7 +219,8 @@ def _run_pipeline(workflow: Workflow, step: Step, model: Any, root: Path,
     folder = root / step.name
     pipeline = Pipeline(list(model.stages), input=model.input, backends=dict(model.backends),
                         seed=model.seed, name=model.name or step.name,
-                        description=model.description, base_dir=workflow.base_dir)
+                        description=model.description, base_dir=workflow.base_dir,
+                        card=getattr(model, "card", None))
     output = OutputFolder(folder)
     if output.is_complete() and not run_options.get("overwrite") \
             and output.holds_run(_fingerprint(pipeline, folder, run_options)):

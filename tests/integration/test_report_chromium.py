@@ -36,14 +36,29 @@ def _headless(browser: str, *args: str, home: Path) -> subprocess.CompletedProce
     )
 
 
+# A lineage cell with no place to break: before, it pushed the lineage table off the page.
+LONG_MODEL = "org/" + "VeryLongModelName_" * 12
+
+
 def grade(row: dict[str, Any]) -> Any:
     """A filter and a scorer with no model: enough rows, drops and failures to draw."""
+    from stillroom.data.lineage import with_lineage
+
     number = int(row["id"][1:])
     if number % 7 == 0:
         return Drop("too short")
     if number % 11 == 0:
         raise RowFailure("the scorer gave up", kind="ScorerError")
-    return {**row, "completion": " ".join(["word"] * (number % 40 + 1)), "score": number % 5 + 1}
+    out = {**row, "completion": " ".join(["word"] * (number % 40 + 1)), "score": number % 5 + 1}
+    return with_lineage(out, "grade", method="grading", step="score", parent_id=None,
+                        seed_id=None, model=LONG_MODEL, template="grade@1")
+
+
+# Run in a copy of the page (the report itself has no scripts): how wide the page is laid out.
+_MEASURE = (
+    "<script>document.body.setAttribute('data-widths', document.documentElement.scrollWidth"
+    " + ' ' + window.innerWidth)</script></body>"
+)
 
 
 @pytest.mark.integration
@@ -68,6 +83,19 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(re.findall(r"<rect ", page)) > 20
     assert "function: too short" in page or "too short" in page
     assert f"{result.counts['data']} out" in page  # the funnel's label for the last stage
+    assert LONG_MODEL in page and 'class="x-tick"' in page
+
+    # Nothing runs off the page, even in a narrow window: long cells wrap, wide tables scroll
+    # inside their box.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", _MEASURE))
+    measured = _headless(browser, "--dump-dom", "--window-size=760,1200", probe.as_uri(),
+                         home=tmp_path)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    found = re.search(r'data-widths="(\d+) (\d+)"', measured.stdout)
+    assert found, measured.stdout[-2000:]
+    page_width, window_width = int(found.group(1)), int(found.group(2))
+    assert 0 < page_width <= window_width, (page_width, window_width)
 
     shot = tmp_path / "report.png"
     screenshot = _headless(

@@ -178,7 +178,7 @@ class LLMClient:
                 self.limiter.release(ok=ok)
             if ok:
                 stats.responses += 1
-                stats.busy_seconds += time.perf_counter() - started
+                stats.add_request(time.perf_counter() - started)  # request and wall seconds
                 return result
             stats.errors[error.kind] += 1
             too_long = error.retry_after is not None and error.retry_after > self.retry_max_delay

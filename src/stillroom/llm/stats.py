@@ -1,10 +1,50 @@
-"""Counters one backend keeps while a run goes: requests, tokens, retries, failures by kind."""
+"""Counters one backend keeps while a run goes: requests, tokens, retries, failures by kind, and
+how long requests took, both summed over requests and as wall time.
+
+Two kinds of seconds, kept apart because requests run concurrently:
+
+* **request seconds** (``busy_seconds``): the latency of every successful attempt, summed. 200
+  requests in flight for 100 s add up to 20,000 request seconds.
+* **wall seconds** (``wall_seconds``): how long requests were in flight, from the start of the
+  first successful attempt to the end of the last. Each process keeps one such span per session
+  (``spans``, wall-clock ``time.time()`` values, so spans from other sessions and processes
+  compare); spans are merged as a union of intervals. Overlapping spans (the Ray workers of one
+  session) count once; disjoint ones (a run resumed later) add up, so a resumed run's wall time is
+  the sum of its sessions' spans and the pause between them counts for nothing. A span runs from a
+  session's first request to its last, so an idle stretch between two stages that use the same
+  backend in one session counts as wall time.
+
+``first_started`` and ``last_finished`` are the earliest start and latest end over all spans.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# Figures computed from ``spans`` (see :meth:`BackendStats.as_dict`): never summed when merging.
+DERIVED = ("first_started", "last_finished", "wall_seconds")
+
+
+def union(spans: list[list[float]]) -> list[list[float]]:
+    """Intervals ``[start, end]`` merged where they overlap, in order of start."""
+    merged: list[list[float]] = []
+    for start, end in sorted((float(s), float(e)) for s, e in spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def wall_of(spans: list[list[float]] | None) -> float | None:
+    """Seconds covered by the union of ``spans``; None when there are none (a run recorded before
+    spans were kept, or a backend that answered nothing)."""
+    if not spans:
+        return None
+    return sum(end - start for start, end in union(spans))
 
 
 @dataclass
@@ -20,19 +60,54 @@ class BackendStats:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
-    busy_seconds: float = 0.0  # summed latency of successful attempts
+    busy_seconds: float = 0.0  # request seconds: summed latency of successful attempts
     errors: Counter[str] = field(default_factory=Counter)  # by SDK-style kind, every attempt
+    # [first start, last end] of successful attempts, wall clock: one per session and process.
+    spans: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._live: list[float] | None = None  # this process's span, extended by add_request
+
+    def add_request(self, seconds: float, now: float | None = None) -> None:
+        """A successful attempt that took ``seconds`` and ended ``now`` (wall clock)."""
+        end = time.time() if now is None else now
+        start = end - seconds
+        self.busy_seconds += seconds
+        live = self._live
+        if live is None:
+            self._live = [start, end]
+            self.spans.append(self._live)
+        else:
+            if start < live[0]:
+                live[0] = start
+            if end > live[1]:
+                live[1] = end
+
+    @property
+    def wall_seconds(self) -> float | None:
+        return wall_of(self.spans)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["errors"] = dict(self.errors)
+        out["spans"] = union(self.spans)
+        out["first_started"] = out["spans"][0][0] if out["spans"] else None
+        out["last_finished"] = max((end for _, end in out["spans"]), default=None)
+        out["wall_seconds"] = self.wall_seconds
         return out
 
     def add(self, other: dict[str, Any]) -> None:
-        """Accumulate a dict produced by :meth:`as_dict` (from an earlier session)."""
+        """Accumulate a dict produced by :meth:`as_dict` (from an earlier session, or a worker
+        of this one). Counters add up; spans merge as a union, so a worker's cumulative spans
+        added again and again count once."""
         for name, value in other.items():
             if name == "errors":
                 self.errors.update(value)
+            elif name == "spans":
+                self.spans = union([*self.spans, *(value or [])])
+                self._live = None  # the union made new intervals; a new request starts a new one
+            elif name in DERIVED or not hasattr(self, name):
+                continue
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(self, name, getattr(self, name) + value)
             elif value and not getattr(self, name):

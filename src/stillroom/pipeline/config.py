@@ -9,6 +9,7 @@
       - type: complete
         backend: teacher
         n: 2
+    card: {license: cc-by-4.0, language: en}   # optional: the dataset card's header
 
 The accepted stage ``type``s and backend ``kind``s are whatever is registered (built-ins and
 plugins), so the schema is assembled from the registries when a file is read.
@@ -29,6 +30,48 @@ from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig, backends
 from stillroom.pipeline.inputs import InputConfig
 from stillroom.pipeline.stage import Stage, stages
+
+
+class CardConfig(BaseModel):
+    """``card:``: what the dataset card's YAML header says that a run cannot know. Every key is
+    optional; one left out is left out of the header (the card says it is not set) rather than
+    guessed. Values are the Hub's (https://huggingface.co/docs/hub/datasets-cards)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    license: str | None = Field(
+        default=None, description="The data's licence as a Hub licence id, e.g. apache-2.0, cc-by-4.0, other."
+    )
+    license_name: str | None = Field(default=None, description="With `license: other`: its name.")
+    license_link: str | None = Field(default=None, description="With `license: other`: where it is.")
+    language: str | list[str] | None = Field(
+        default=None, description="ISO 639-1 code(s) of the text, e.g. en."
+    )
+    task_categories: str | list[str] | None = Field(
+        default=None, description="Hub task categories; default text-generation for answer data."
+    )
+    source_datasets: list[str] | None = Field(
+        default=None, description="Hub ids of the datasets the input came from."
+    )
+    pretty_name: str | None = Field(default=None, description="Display name; default `name:`.")
+    tags: list[str] | None = Field(
+        default=None, description="Tags added to synthetic and stillroom."
+    )
+
+
+def card_config(card: CardConfig | dict[str, Any] | None) -> CardConfig | None:
+    """``Pipeline(card=...)``: a CardConfig, or a dict of its keys (a ConfigError naming the key
+    when one is wrong)."""
+    if card is None or isinstance(card, CardConfig):
+        return card
+    try:
+        return CardConfig.model_validate(card)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(["card", *(str(part) for part in first["loc"])])
+        message = ("unknown key" if first["type"] == "extra_forbidden"
+                   else pydantic_message(first["msg"]))
+        raise ConfigError(message, key=key) from None
 
 
 def _union(classes: Sequence[type[BaseModel]], discriminator: str) -> Any:
@@ -54,6 +97,7 @@ def pipeline_file_model() -> type[BaseModel]:
             "input": (str | InputConfig | None, None),
             "backends": (dict[str, backend_type], {}),
             "stages": (list[stage_type], Field(min_length=1)),
+            "card": (CardConfig | None, None),
         }
         _model_cache[key] = create_model(
             "PipelineFile", __config__=ConfigDict(extra="forbid"), **fields
@@ -161,6 +205,8 @@ def _owner(section: Any, parent: Any) -> type[BaseModel] | None:
             return stages.get(parent["type"])
         if section == "backends" and isinstance(parent.get("kind"), str):
             return backends.get(parent["kind"])
+        if section == "card":
+            return CardConfig
     except ConfigError:
         return None
     return None
@@ -294,5 +340,5 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> tuple[BaseModel, Path]:
     return model, base_dir
 
 
-__all__ = ["InputConfig", "check_has_input", "load_pipeline_file", "parse_pipeline_text",
+__all__ = ["CardConfig", "InputConfig", "check_has_input", "load_pipeline_file", "parse_pipeline_text",
            "read_config_file", "BackendConfig", "Stage"]

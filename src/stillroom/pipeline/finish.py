@@ -36,11 +36,19 @@ def _stage_text(path: Path, text: str) -> tuple[Path, Path]:
 def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
     """The pipeline as it ran, for the card, report and completion record. Backends hold no key
     (only the name of its environment variable; a URL with credentials is refused), and the
-    whole is redacted besides: a stage option or ``extra_body`` may still hold a secret."""
-    return redact_value({
+    whole is redacted besides: a stage option or ``extra_body`` may still hold a secret.
+
+    Besides the pipeline's own keys it holds facts of the run (``input`` as read, ``rows_read``,
+    ``mix``, ``stage_backends``) and ``rerun_input``, the ``input:`` that reads the same rows
+    again; the card writes a pipeline file from the pipeline's keys only (see
+    :func:`stillroom.report.card.pipeline_file`), checked here to parse (``rerun_problem`` says
+    why it would not)."""
+    card = getattr(pipeline, "card", None)
+    config = redact_value({
         "name": pipeline.name,
         "description": pipeline.description,
         "input": source.description,
+        "rerun_input": rerun_input(pipeline, source),
         "rows_read": source.count,
         **({"mix": source.mix_report} if source.mix_report else {}),
         "seed": pipeline.seed,
@@ -52,33 +60,93 @@ def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
             {"name": name, **stage.model_dump(mode="json", exclude_none=True)}
             for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
         ],
+        "stage_backends": {
+            name: sorted(stage.backend_names())
+            for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
+        },
+        **({"card": card.model_dump(mode="json", exclude_none=True)} if card is not None else {}),
     })
+    problem = _rerun_problem(config, pipeline.base_dir)
+    if problem:
+        config["rerun_problem"] = problem
+    return config
+
+
+def rerun_input(pipeline: PipelinePlan, source: InputSource) -> Any:
+    """The ``input:`` of a pipeline file that reads the same rows: absolute paths (the card's
+    file may be saved anywhere), the limit the run read with; None for rows given in Python."""
+    from stillroom.pipeline.inputs import InputConfig
+
+    limit = {"limit": source.limit} if source.limit else {}
+    if source.mix is not None:
+        spec = source.mix.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        for item in spec["mix"]:
+            item.setdefault("name", item["path"])  # the label rows and the card give it
+            item["path"] = str(Path(pipeline.base_dir, item["path"]))
+        return {**spec, **limit}
+    if source.path is not None:
+        return {"path": str(source.path), **limit} if limit else str(source.path)
+    if isinstance(pipeline.input, InputConfig) and pipeline.input.rows is not None:
+        return {"rows": pipeline.input.rows, **limit}
+    return None
+
+
+def _rerun_problem(config: dict[str, Any], base_dir: Path) -> str | None:
+    """Why the card's pipeline file would not rerun this run, or None when it parses."""
+    import yaml
+
+    from stillroom.errors import ConfigError
+    from stillroom.pipeline.config import parse_pipeline_text
+    from stillroom.report.card import pipeline_file
+
+    if config.get("rerun_input") is None:
+        return "the input rows were given in Python: put a file under `input:` to rerun it"
+    try:
+        parse_pipeline_text(yaml.safe_dump(pipeline_file(config)), "the card's pipeline", base_dir)
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def measure_diversity(
-    folder: OutputFolder, pipeline: PipelinePlan, options: RunOptions
+    folder: OutputFolder, pipeline: PipelinePlan, options: RunOptions,
+    run_seconds: float | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Diversity of every column a stage wrote with a model, as it stands in ``data/``.
 
     Measured once here and kept in the completion marker, so ``inspect`` reads it back instead
-    of loading the embedding model again.
+    of loading the embedding model again. The embedding measures follow
+    ``options.diversity_embeddings``: ``"always"``; ``False``, never; ``True`` (the default),
+    unless this session ran for less than ``AUTO_EMBEDDINGS_MIN_RUN_SECONDS`` (``run_seconds``),
+    where the model would cost more than the run. A column a later stage removed from ``data/``
+    is measured where its texts still are (``completions`` -> the answer) or reported absent.
     """
-    from stillroom.report.diversity import measure, texts_of
+    from stillroom.report.diversity import AUTO_EMBEDDINGS_MIN_RUN_SECONDS, measure, texts_of
 
+    embeddings, skipped_because = bool(options.diversity_embeddings), None
+    if (options.diversity_embeddings is True and run_seconds is not None
+            and run_seconds < AUTO_EMBEDDINGS_MIN_RUN_SECONDS):
+        embeddings = False
+        skipped_because = (
+            f"a {run_seconds:.0f} s run (under {AUTO_EMBEDDINGS_MIN_RUN_SECONDS:.0f} s), where "
+            "the sentence model would cost more than the run; --embeddings (Python: "
+            "diversity_embeddings='always') measures them whatever the run took")
+    present = _data_columns(folder)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     by_column: dict[str, dict[str, Any]] = {}  # two stages writing one column: measure it once
     for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
-        for column in stage.generated_columns():
+        for generated in stage.generated_columns():
+            column = _where_measured(generated, present)
             if column not in by_column:
-                texts = texts_of(_answers(folder, column))
-                if options.progress:  # the embedding model can take a while: say so
-                    from rich.console import Console
-
-                    Console(stderr=True).print(
-                        f"measuring diversity of {name}.{column} ({len(texts):,} texts)",
-                        highlight=False,
-                    )
-                by_column[column] = measure(texts, embeddings=options.diversity_embeddings)
+                found = _in_data(column, present)
+                texts = texts_of(_answers(folder, column)) if found else []
+                status = _progress(options.progress, name, column, texts, embeddings)
+                with status:
+                    by_column[column] = measure(texts, embeddings=embeddings,
+                                                skipped_because=skipped_because)
+                if not found and present:  # with no shard at all, no column is "removed"
+                    by_column[column]["embedding_note"] = (
+                        "not computed: the column is not in data/ (a later stage removed it)")
             results.setdefault(name, {})[column] = by_column[column]
     return results
 
@@ -94,6 +162,52 @@ def _answers(folder: OutputFolder, column: str) -> list[Any]:
         row[column] if row[column] is not None else row_answer(row)
         for row in folder.read_columns("data", [column, "messages"])
     ]
+
+
+# A list column whose first text a stage also writes as the row's answer (rejection_sample's and
+# majority_vote's ``completions``): when a later stage kept only the answer (the quickstart keeps
+# ``completion``), the answers are still measured, under the answer's column.
+_ANSWER_OF_LIST = {"completions": "completion"}
+
+
+def _where_measured(column: str, present: set[str]) -> str:
+    fallback = _ANSWER_OF_LIST.get(column)
+    if not _in_data(column, present) and fallback is not None and _in_data(fallback, present):
+        return fallback
+    return column
+
+
+def _in_data(column: str, present: set[str]) -> bool:
+    """Whether ``data/`` holds ``column``'s texts (the answer may live in ``messages``)."""
+    from stillroom.data.rows import ANSWER_COLUMN
+
+    return column in present or (column == ANSWER_COLUMN and "messages" in present)
+
+
+def _data_columns(folder: OutputFolder) -> set[str]:
+    """The columns of ``data/``'s shards (their schemas only)."""
+    return {name for path in folder.shard_paths("data") for name in pq.read_schema(path).names}
+
+
+def _progress(progress: bool, stage: str, column: str, texts: list[str], embeddings: bool) -> Any:
+    """What the terminal shows while a column is measured: a line, and a spinner on stderr while
+    the sentence model loads and embeds (seconds), so the end of a run is not a silent wait."""
+    from contextlib import nullcontext
+
+    if not progress:
+        return nullcontext()
+    from rich.console import Console
+
+    from stillroom.report.diversity import MAX_EMBEDDED_TEXTS, MIN_TEXTS
+
+    console = Console(stderr=True)
+    console.print(f"measuring diversity of {stage}.{column} ({len(texts):,} texts)",
+                  highlight=False)
+    embedded = min(len(texts), MAX_EMBEDDED_TEXTS)
+    if not embeddings or embedded < MIN_TEXTS:
+        return nullcontext()
+    return console.status(f"embedding {embedded:,} texts of {stage}.{column} with "
+                          "all-MiniLM-L6-v2 (--no-embeddings skips this)")
 
 
 def stage_results(
@@ -200,7 +314,7 @@ def finish_run(
     summary = write_card_and_report(
         folder,
         run_config(pipeline, source),
-        measure_diversity(folder, pipeline, options),
+        measure_diversity(folder, pipeline, options, run_seconds=time.time() - started),
         stage_results(folder, pipeline, measured),
         complete=True,
     )

@@ -13,6 +13,12 @@
     result = pipeline.run("out/")
 
 The same pipeline written as YAML runs with ``stillroom run pipeline.yaml -o out/``.
+
+``input`` may also be rows in memory: a list of dicts or a ``datasets.Dataset`` (one split). They
+keep what a file input promises: checked before any request (a bad row is a ConfigError naming
+its index), fingerprinted by content (rerun with the same rows: it resumes; other rows: refused
+as a different run unless ``overwrite=True``), ``limit`` and the Ray executor work the same.
+``result.dataset`` reads the rows of ``data/`` back as a ``datasets.Dataset``.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stillroom.data.rows import Row
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig
 from stillroom.llm.llamacpp import LlamaCppConfig
-from stillroom.pipeline.config import InputConfig, load_pipeline_file
+from stillroom.pipeline.config import CardConfig, InputConfig, card_config, load_pipeline_file
+from stillroom.pipeline.inputs import InputSpec, not_an_input, rows_in_memory
 from stillroom.pipeline.run_types import RunOptions, RunResult
 from stillroom.pipeline.stage import FunctionStage, Stage
 
@@ -42,13 +48,14 @@ class Pipeline:
         self,
         stages: Sequence[Stage | Callable[..., Any]],
         *,
-        input: str | os.PathLike[str] | InputConfig | list[Row] | None = None,
+        input: InputSpec = None,
         backends: dict[str, BackendConfig] | None = None,
         seed: int = 0,
         name: str | None = None,
         description: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         source_file: str | os.PathLike[str] | None = None,
+        card: CardConfig | dict[str, Any] | None = None,
     ):
         if not stages:
             raise ConfigError("a pipeline needs at least one stage", key="stages")
@@ -58,6 +65,10 @@ class Pipeline:
         for index, stage in enumerate(self.stages):
             if not isinstance(stage, Stage):
                 raise ConfigError(f"stage {index} is not a Stage or a function", key="stages")
+        if rows_in_memory(input) is None and not isinstance(
+            input, (str, os.PathLike, InputConfig, type(None))
+        ):
+            raise not_an_input(input)
         self.input = input
         self.backends: dict[str, BackendConfig] = dict(backends or {})
         self.seed = seed
@@ -65,6 +76,8 @@ class Pipeline:
         self.description = description
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         self.source_file = Path(source_file) if source_file is not None else None
+        # What the dataset card's header says that a run cannot know (licence, language...).
+        self.card = card_config(card)
         self.stage_names = stage_names(self.stages)
         self._check_backends()
 
@@ -81,6 +94,7 @@ class Pipeline:
             description=data.description,
             base_dir=base_dir,
             source_file=path,
+            card=data.card,
         )
 
     def _check_backends(self) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from stillroom.errors import ConfigError
 
 if TYPE_CHECKING:
+    import datasets
+
     from stillroom.llm.backend import BackendConfig
     from stillroom.pipeline.inputs import InputConfig
     from stillroom.pipeline.stage import Row, Stage
@@ -23,7 +25,7 @@ class PipelinePlan(Protocol):
 
     stages: list[Stage]
     stage_names: list[str]
-    input: str | os.PathLike[str] | InputConfig | list[Row] | None
+    input: str | os.PathLike[str] | InputConfig | list[Row] | datasets.Dataset | None
     base_dir: Path
     seed: int
     name: str | None
@@ -51,8 +53,9 @@ class RunOptions:
     flush_seconds: float = 10.0
     limit: int | None = None
     # Measure the embedding diversity of generated columns at the end (loads a small sentence
-    # model, needs the `embed` extra); the text measures are reported either way.
-    diversity_embeddings: bool = True
+    # model, needs the `embed` extra); the text measures are reported either way. True: unless
+    # the run took under a minute (the model would cost more than the run); "always"; False.
+    diversity_embeddings: bool | Literal["always"] = True
     # Where rows are processed: "local" (this process, one asyncio loop) or "ray" (a pool of Ray
     # actors; see stillroom.pipeline.ray_executor). Neither is part of the run's identity: a run
     # started on one resumes on the other into the same output folder.
@@ -63,6 +66,9 @@ class RunOptions:
     gpus_per_worker: float | None = None  # None: what the pipeline's local engines need
 
     def __post_init__(self) -> None:
+        if self.diversity_embeddings not in (True, False, "always"):
+            raise ConfigError(f"diversity_embeddings must be true, false or 'always', not "
+                              f"{self.diversity_embeddings!r}", key="diversity_embeddings")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown executor {self.executor!r}: use local or ray", key="executor")
         ray_only = {"ray_address": self.ray_address, "workers": self.workers,
@@ -102,3 +108,42 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.failure_rate <= self.max_failure_rate
+
+    @property
+    def dataset(self) -> datasets.Dataset:
+        """The rows of ``data/`` as a ``datasets.Dataset``, every shard in row order (the order
+        ``stillroom inspect`` and ``OutputFolder.read_rows`` give). Read from disk at each access,
+        not kept: it is what the folder holds now. An empty ``data/`` gives an empty Dataset."""
+        return read_dataset(self.out, "data")
+
+    @property
+    def failed(self) -> datasets.Dataset:
+        """The rows of ``failed/`` (each with its ``stage``, ``error`` and ``error_type``), read
+        from disk like :attr:`dataset`."""
+        return read_dataset(self.out, "failed")
+
+    @property
+    def dropped(self) -> datasets.Dataset:
+        """The rows of ``dropped/`` (each with its ``stage`` and ``drop_reason``), read from disk
+        like :attr:`dataset`."""
+        return read_dataset(self.out, "dropped")
+
+
+def read_dataset(out: Path, kind: str) -> datasets.Dataset:
+    """The Parquet shards of ``out/kind`` as one in-memory Arrow-backed Dataset.
+
+    Read with pyarrow and wrapped, rather than ``Dataset.from_parquet``, which would copy the
+    rows into the Hugging Face cache first. Shards are given one schema at the end of a run; an
+    unfinished run's may still differ (a column all null in one shard), which the concatenation
+    promotes."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stillroom.data.output import OutputFolder
+
+    tables = [pq.read_table(path) for path in OutputFolder(out).shard_paths(kind)]
+    if not tables:
+        return datasets.Dataset(pa.table({}))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    return datasets.Dataset(table.replace_schema_metadata(None))

@@ -1,6 +1,15 @@
 """The dataset card, ``OUT/README.md``: what was made, how, from what, and what was lost.
 
-Its YAML header lets the Hugging Face Hub (and ``load_dataset(OUT)``) find the Parquet shards.
+Its YAML header is ``huggingface_hub``'s :class:`~huggingface_hub.DatasetCardData`, so it holds
+the keys the Hub expects: ``configs`` (so the Hub and ``load_dataset(OUT)`` find the Parquet
+shards), ``size_categories`` (from the row count, in the Hub's buckets), ``task_categories``,
+``tags``, and what only the user knows (``license``, ``language``, ``source_datasets``,
+``pretty_name``) from the pipeline file's ``card:`` key. A key nobody set is left out of the
+header and the card says it is not set: nothing is guessed. The models that wrote the data have
+no field in the Hub's dataset card spec (``base_model`` is a model card key), so they are named in
+the card's text. The card ends with a pipeline file that reruns the run (:func:`pipeline_file`)
+and how to upload the folder without its private ``.stillroom/`` state (:data:`UPLOAD_IGNORE`).
+
 Nothing secret goes in: backends are described by kind, model and the *name* of their key's
 environment variable, never the key, and everything the card quotes (the config, reasons,
 warnings) passes :func:`stillroom.secrets.redact_value` first, in case a secret got in anyway.
@@ -85,6 +94,18 @@ def format_figure(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}"
     return str(value)
+
+
+SECONDS_NOTE = (
+    "Wall seconds: from the first request's start to the last answer's end, per session, summed "
+    "over sessions (a pause between sessions does not count). Request seconds: every request's "
+    "time, summed: with many requests in flight at once it is many times the wall time."
+)
+
+
+def seconds_text(value: float | None) -> str:
+    """Seconds to one place; "-" when not measured (a run recorded before wall time was kept)."""
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def stage_result_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -175,24 +196,149 @@ def _distillation(distillation: dict[str, Any] | None) -> list[str]:
     return parts
 
 
+# The keys of a pipeline file (see stillroom.pipeline.config); the rest of a run's config is
+# facts of the run (rows_read, mix, ...), which a pipeline file refuses as unknown keys.
+PIPELINE_KEYS = ("name", "description", "seed", "input", "backends", "stages", "card")
+# What an upload leaves out: the run's private state (lock, commit log, sessions, completion
+# record) and the temporary files of a card being written. Patterns as huggingface_hub's
+# upload_folder(ignore_patterns=...) and `hf upload --exclude` match them (fnmatch on the path
+# relative to the folder, where `*` also matches `/`).
+UPLOAD_IGNORE = [".stillroom/*", "*.tmp"]
+# The Hub's size_categories buckets (huggingface_hub.DatasetCardData's docstring).
+_SIZE_BUCKETS = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M",
+                 "100M<n<1B", "1B<n<10B", "10B<n<100B", "100B<n<1T"]
+# Columns that hold model answers: such data trains text generation.
+_ANSWER_COLUMNS = ("completion", "completions", "messages", "chosen")
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket for ``rows`` rows: n<1K, 1K<n<10K, ..., n>1T."""
+    index = 0
+    while index < len(_SIZE_BUCKETS) and rows >= 1000 * 10**index:
+        index += 1
+    return _SIZE_BUCKETS[index] if index < len(_SIZE_BUCKETS) else "n>1T"
+
+
+def pipeline_file(config: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline file that reruns the run: the pipeline's own keys of ``config`` (see
+    :data:`PIPELINE_KEYS`), with ``input`` as the run read it (``rerun_input``: absolute paths
+    and the limit). A config recorded before ``rerun_input`` existed has no input here."""
+    out: dict[str, Any] = {}
+    for key in PIPELINE_KEYS:
+        value = config.get("rerun_input") if key == "input" else config.get(key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def card_data(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> Any:
+    """The card's YAML header as ``huggingface_hub.DatasetCardData``."""
+    from huggingface_hub import DatasetCardData
+
+    card = config.get("card") or {}
+    tags = ["synthetic", "stillroom"]
+    tags += [tag for tag in card.get("tags") or [] if tag not in tags]
+    tasks = card.get("task_categories")
+    if tasks is None and any(column in columns for column in _ANSWER_COLUMNS):
+        tasks = ["text-generation"]
+    return DatasetCardData(
+        pretty_name=card.get("pretty_name") or config.get("name"),
+        license=card.get("license"),
+        license_name=card.get("license_name"),
+        license_link=card.get("license_link"),
+        language=card.get("language"),
+        task_categories=tasks,
+        size_categories=[size_category(summary["counts"]["data"])],
+        source_datasets=card.get("source_datasets"),
+        tags=tags,
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+    )
+
+
+def _about(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    """Licence, language and sources as set in ``card:``, or said to be not set; the models
+    that answered (as the backends reported them: an embedded model has no ``model:`` key)."""
+    card = config.get("card") or {}
+
+    def said(key: str) -> str:
+        value = card.get(key)
+        if value is None:
+            return f"not set (`card: {{{key}: ...}}` in the pipeline file)"
+        return ", ".join(value) if isinstance(value, list) else str(value)
+
+    backends = {**(config.get("backends") or {}), **(summary.get("backends") or {})}
+    models = sorted({str(b.get("model")) for b in backends.values() if b.get("model")})
+    lines = [
+        f"- License: {said('license')}",
+        f"- Language: {said('language')}",
+        f"- Source datasets: {said('source_datasets')}",
+        f"- Input: {config.get('input') or 'unknown'}",
+        "- Written by: " + (", ".join(f"`{m}`" for m in models) if models else "no pipeline backend")
+        + (" (the models' terms of use may bear on how this data may be used)" if models else ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rerun(config: dict[str, Any]) -> list[str]:
+    """The pipeline file that reruns the run, and what stops it from doing so, if anything."""
+    text = yaml.safe_dump(pipeline_file(config), sort_keys=False, allow_unicode=True)
+    parts = ["```yaml\n" + text + "```\n"]
+    if config.get("rerun_problem"):
+        parts.append(f"\nThis file does not rerun the run as it stands: {config['rerun_problem']}.\n")
+    elif "rerun_input" not in config:
+        parts.append("\nThis run was recorded without its input; add `input:` to rerun it.\n")
+    else:
+        parts.append(
+            "\nSaved as `pipeline.yaml`, `stillroom run pipeline.yaml -o NEW_OUT` runs it again "
+            "(paths are as on the machine that made it; keys come from environment variables "
+            "named under `api_key_env`). The run itself read "
+            f"{config.get('rows_read', 0):,} rows.\n"
+        )
+    return parts
+
+
+def _upload() -> str:
+    excludes = " ".join(f'--exclude "{pattern}"' for pattern in UPLOAD_IGNORE)
+    return (
+        "`.stillroom/` is this run's private state (lock, commit log, sessions, completion "
+        "record): leave it out of an upload. From the folder that holds this card:\n\n"
+        "```\n"
+        f"hf upload USER/NAME . . --repo-type dataset {excludes}\n"
+        "```\n\n"
+        "or in Python `huggingface_hub.HfApi().upload_folder(folder_path=\".\", "
+        f"repo_id=\"USER/NAME\", repo_type=\"dataset\", ignore_patterns={UPLOAD_IGNORE!r})`. "
+        "`failed/` and `dropped/` go along unless excluded too (they hold the prompts of rows "
+        "that failed or were filtered out); the Hub reads only `data/`.\n"
+    )
+
+
+def upload_files(root: Any) -> list[str]:
+    """The files an upload of the folder ``root`` with :data:`UPLOAD_IGNORE` sends, as
+    ``huggingface_hub``'s ``upload_folder`` picks them (every file under the folder, relative
+    POSIX paths, filtered by ``filter_repo_objects``), without touching the network."""
+    from pathlib import Path
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    folder = Path(root)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*") if p.is_file())
+    return list(filter_repo_objects(files, ignore_patterns=UPLOAD_IGNORE))
+
+
 def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[str]) -> str:
     summary, config, columns = redact_value((summary, config, columns))
     counts = summary["counts"]
-    header = {
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}
-        ],
-        "tags": ["synthetic", "stillroom"],
-    }
     name = config.get("name") or "stillroom dataset"
     parts = [
-        "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n",
+        "---\n" + card_data(summary, config, columns).to_yaml() + "\n---\n",
         f"# {name}\n",
         f"Made by stillroom {__version__} on "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.\n",
     ]
     if config.get("description"):
         parts.append(f"{config['description']}\n")
+    parts.append(_about(summary, config))
     parts.append("## Counts\n")
     parts.append(
         _table(
@@ -210,10 +356,11 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append(
         _table(
             ["backend", "kind", "model", "requests", "cache hits", "retries", "prompt tokens",
-             "completion tokens", "failed requests", "cost"],
+             "completion tokens", "failed requests", "wall seconds", "request seconds", "cost"],
             [
                 [name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
                  s["prompt_tokens"], s["completion_tokens"], s["failed_requests"],
+                 seconds_text(s.get("wall_seconds")), seconds_text(s.get("busy_seconds")),
                  "-" if costs[name] is None else f"{costs[name]:,.4f}"]
                 for name, s in summary["backends"].items()
             ],
@@ -222,7 +369,8 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append(
         "\nTokens count what the backends reported for requests sent in these sessions; answers "
         "served from the request cache are counted under cache hits and cost nothing. Cost uses "
-        "each backend's `input_price` and `output_price` (per million tokens) when set.\n"
+        "each backend's `input_price` and `output_price` (per million tokens) when set. "
+        f"{SECONDS_NOTE}\n"
     )
     if config.get("mix"):
         parts.append("\n## Data mix\n")
@@ -253,10 +401,12 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append("\n## Columns\n")
     parts.append(", ".join(f"`{c}`" for c in columns) + "\n" if columns else "_no rows_\n")
     parts.append("\n## Pipeline\n")
-    parts.append("```yaml\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True) + "```\n")
+    parts.extend(_rerun(config))
     parts.append(
         "\nLoad it with `datasets.load_dataset(\"parquet\", data_dir=\"data\")`. Rows whose "
         "requests failed are in `failed/` (with `error`, `stage`, `attempts`), rows a filter "
         "removed in `dropped/` (with `drop_reason`, `stage`).\n"
     )
+    parts.append("\n## Uploading\n")
+    parts.append(_upload())
     return "\n".join(parts)

@@ -3,7 +3,9 @@
 It shows counts, timings, token use and cost, the funnel of rows through the stages, histograms
 of text lengths and scores, each stage's results (pass@k, ratings, win rates), the lineage, the
 diversity of generated columns (with collapse warnings), and failures and drops by reason, with a
-few example rows. Every value from the data is HTML-escaped; plots are inline SVG. Everything
+few example rows. Time is shown two ways, never mixed: wall seconds (how long requests were in
+flight) and request seconds (every request's time summed; see :mod:`stillroom.llm.stats`). Long
+table cells wrap and a table too wide for the page scrolls inside its own box. Every value from the data is HTML-escaped; plots are inline SVG. Everything
 quoted (config, reasons, failed rows' errors, example rows) passes
 :func:`stillroom.secrets.redact_value` first, so no key a server echoed ends up on the page.
 """
@@ -13,9 +15,18 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+from collections import Counter
 from typing import Any
 
-from stillroom.report.card import MIX_HEADER, cost_of, mix_rows, stage_result_rows
+from stillroom.llm.stats import wall_of
+from stillroom.report.card import (
+    MIX_HEADER,
+    SECONDS_NOTE,
+    cost_of,
+    mix_rows,
+    seconds_text,
+    stage_result_rows,
+)
 from stillroom.report.plots import funnel_svg, histogram_svg, measure_bars_svg
 from stillroom.secrets import redact_value
 from stillroom.version import __version__
@@ -27,13 +38,22 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;bor
 .muted{color:#666}.cards{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}
 .card{border:1px solid #ddd;border-radius:8px;padding:.7rem 1rem;min-width:9rem}
 .card b{display:block;font-size:1.5rem}.bad{color:#b3261e}.ok{color:#1e7b34}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.5rem 0;font-size:14px}
 th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.long{overflow-wrap:anywhere;word-break:break-word;min-width:14rem}
+th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .bar{background:#4a7dbd;height:.8rem;display:inline-block;vertical-align:middle}
 figure.plot{display:inline-block;margin:.3rem 1rem .3rem 0}svg text{fill:#1d2327}
-pre{background:#f7f7f7;padding:.6rem;overflow:auto;max-height:16rem;font-size:12.5px;white-space:pre-wrap}
+pre{background:#f7f7f7;padding:.6rem;overflow:auto;max-height:16rem;font-size:12.5px;white-space:pre-wrap;
+overflow-wrap:anywhere}svg{max-width:100%;height:auto}
 """
+
+
+# A cell longer than this may break anywhere (a model path, a template id): it wraps instead of
+# widening its table. Shorter cells break only between words, and a table still wider than the
+# page scrolls inside its box.
+LONG_CELL = 40
 
 
 def _e(value: Any) -> str:
@@ -56,11 +76,15 @@ def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = 
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="n">{_num(c)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
+            f'<td class="n">{_num(c)}</td>' if i in numeric
+            else f'<td class="long">{_e(c)}</td>' if len(str(c)) > LONG_CELL
+            else f"<td>{_e(c)}</td>"
             for i, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    # Long cells wrap (the CSS breaks even unbroken text); a table still too wide for the page
+    # scrolls inside its box instead of pushing the page wider.
+    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
 def _reason_table(reasons: dict[str, int], total: int) -> str:
@@ -68,12 +92,28 @@ def _reason_table(reasons: dict[str, int], total: int) -> str:
     for reason, count in reasons.items():
         width = int(200 * count / total) if total else 0
         rows.append(
-            f'<tr><td>{_e(reason)}</td><td class="n">{count:,}</td>'
+            f'<tr><td class="long">{_e(reason)}</td><td class="n">{count:,}</td>'
             f'<td><span class="bar" style="width:{width}px"></span></td></tr>'
         )
     if not rows:
         return '<p class="muted">none</p>'
-    return f"<table><tr><th>stage: reason</th><th>rows</th><th></th></tr>{''.join(rows)}</table>"
+    return ('<div class="scroll"><table><tr><th>stage: reason</th><th>rows</th><th></th></tr>'
+            f'{"".join(rows)}</table></div>')
+
+
+def stage_wall_seconds(summary: dict[str, Any], config: dict[str, Any]) -> dict[str, float | None]:
+    """Wall seconds per stage, where they can be told apart: the union of the spans (see
+    :mod:`stillroom.llm.stats`) of the backends a stage uses when no other stage uses them. The
+    executor times rows, not stages, so a stage sharing a backend (or using none) gets none."""
+    uses = config.get("stage_backends") or {}
+    users = Counter(name for names in uses.values() for name in names)
+    walls: dict[str, float | None] = {}
+    for stage, names in uses.items():
+        if names and all(users[name] == 1 for name in names):
+            spans = [span for name in names
+                     for span in (summary["backends"].get(name) or {}).get("spans") or []]
+            walls[stage] = wall_of(spans)
+    return walls
 
 
 def _cost_text(cost: float | None) -> str:
@@ -211,19 +251,23 @@ def render_report(
     backend_rows = []
     for name, s in summary["backends"].items():
         busy = s.get("busy_seconds") or 0.0
+        wall = s.get("wall_seconds")
         backend_rows.append(
             [
                 name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
                 s["failed_requests"], s["prompt_tokens"], s["completion_tokens"],
                 s["completion_tokens"] / seconds if seconds else 0.0,
+                seconds_text(wall), seconds_text(busy),
+                busy / wall if wall else "-",
                 busy / s["responses"] if s["responses"] else 0.0,
                 ", ".join(f"{k}: {v}" for k, v in (s.get("errors") or {}).items()) or "-",
                 _cost_text(cost_of(s, (config.get("backends") or {}).get(name))),
             ]
         )
+    walls = stage_wall_seconds(summary, config)
     stage_rows = [
         [name, s.get("rows_in", 0), s.get("rows_out", 0), s.get("dropped", 0), s.get("failed", 0),
-         s.get("seconds", 0.0)]
+         seconds_text(walls.get(name)), s.get("seconds", 0.0)]
         for name, s in summary["stages"].items()
     ]
     session_rows = []
@@ -259,18 +303,24 @@ def render_report(
         "<h2>Backends: requests and tokens</h2>",
         _table(
             ["backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
-             "prompt tokens", "completion tokens", "completion tok/s", "mean latency s", "errors by kind",
-             "cost"],
+             "prompt tokens", "completion tokens", "completion tok/s", "wall seconds",
+             "request seconds", "mean in flight", "mean latency s", "errors by kind", "cost"],
             backend_rows,
-            numeric={3, 4, 5, 6, 7, 8, 9, 10},
+            numeric={3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
         ),
+        f'<p class="muted">{_e(SECONDS_NOTE)} Mean in flight: request seconds / wall seconds.</p>'
+        if backend_rows else "",
         *(["<h2>Data mix</h2>", _table(MIX_HEADER, mix_rows(config["mix"]))]
           if config.get("mix") else []),
         *_distillation_section(summary.get("distillation")),
         "<h2>Stages</h2>",
         funnel_svg(int(config.get("rows_read") or 0), list(summary["stages"].items())),
-        _table(["stage", "rows in", "rows out", "dropped", "failed", "busy seconds"], stage_rows,
-               numeric={1, 2, 3, 4, 5}),
+        _table(["stage", "rows in", "rows out", "dropped", "failed", "wall seconds",
+                "row seconds (summed)"], stage_rows, numeric={1, 2, 3, 4, 5, 6}),
+        '<p class="muted">Wall seconds: the wall seconds of the backends only this stage uses '
+        "(see above); - where the stage shares its backend or uses none. Row seconds: the time "
+        "each row spent in the stage, summed over rows, so rows processed at once add up: not "
+        "the time the stage took.</p>",
         *_distribution_sections(summary.get("distributions")),
         *(
             ["<h2>Stage results</h2>",

@@ -1,7 +1,9 @@
 """What the report plots: text lengths, scores, the funnel of rows, and a lineage summary.
 
 The numbers are gathered from ``data/`` at the end of a run (:func:`gather`) and kept in the
-summary; :func:`histogram_svg` and :func:`funnel_svg` draw them as inline SVG.
+summary; :func:`histogram_svg` and :func:`funnel_svg` draw them as inline SVG. A histogram's x axis
+is labelled with a few round values (:func:`nice_ticks`: steps of 1, 2 or 5 times a power of
+ten), its y axis with counts, and each bar with its count where the count fits.
 
 The plots are drawn by hand rather than with matplotlib or a JavaScript library because the
 report must be one self-contained file that opens offline with scripts off, and a histogram or a
@@ -171,41 +173,88 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:,.2f}"
 
 
+def nice_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """At most ``most`` round tick values (steps of 1, 2 or 5 times a power of ten) from
+    ``low`` to ``high`` inclusive: what a person would write on an axis."""
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        return [low]
+    span = high - low
+    for step_power in range(math.floor(math.log10(span / most)) - 1,
+                            math.ceil(math.log10(span)) + 2):
+        for mantissa in (1, 2, 5):
+            step = mantissa * 10.0**step_power
+            first = math.ceil(low / step - 1e-9)
+            last = math.floor(high / step + 1e-9)
+            if last - first + 1 <= most:
+                # round() drops float noise (0.30000000000000004) from the labels.
+                return [round(index * step, 12) for index in range(first, last + 1)]
+    return [low, high]
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Ticks as text with as many decimals as their step needs (0, 200, 400; 0.2, 0.4)."""
+    step = min((b - a for a, b in zip(ticks, ticks[1:], strict=False)), default=1.0) or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return [f"{tick:,.{decimals}f}" for tick in ticks]
+
+
+def _text_fits(text: str, width: float, font: float) -> bool:
+    return len(text) * font * 0.6 <= width  # about 0.6 em per digit in a sans-serif font
+
+
 def histogram_svg(title: str, stats: dict[str, Any], unit: str = "") -> str:
-    """A labelled histogram: bars, the value range under them, the largest count beside them."""
+    """A labelled histogram: bars with their counts above them (where a count fits its bar;
+    every bar has it as a tooltip), an x axis of round values with ticks, a y axis of counts."""
     counts: list[int] = stats["counts"]
     edges: list[float] = stats["edges"]
-    width, height, left, bottom, top = 360, 150, 44, 34, 22
-    plot_w, plot_h = width - left - 8, height - bottom - top
+    width, height, left, bottom, top, right = 380, 172, 48, 44, 30, 12
+    plot_w, plot_h = width - left - right, height - bottom - top
+    low, high = edges[0], edges[-1]
     peak = max(counts) or 1
+    y_ticks = [t for t in nice_ticks(0, peak, 4) if float(t).is_integer()] or [0]
+    y_top = max(peak, y_ticks[-1])
     bar_w = plot_w / len(counts)
-    bars = []
+    base = top + plot_h
+    parts = []
+    for tick in y_ticks:
+        y = base - plot_h * tick / y_top
+        parts.append(
+            f'<line x1="{left - 3}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+            f'stroke="#e4e4e4"/><text x="{left - 5}" y="{y + 4:.1f}" font-size="10" '
+            f'text-anchor="end" class="y-tick">{tick:,.0f}</text>'
+        )
     for index, count in enumerate(counts):
-        h = plot_h * count / peak
+        h = plot_h * count / y_top
         x = left + index * bar_w
         label = f"{_fmt(edges[index])}–{_fmt(edges[index + 1])}: {count:,}"
-        bars.append(
-            f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{max(bar_w - 2, 1):.1f}" '
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{base - h:.1f}" width="{max(bar_w - 2, 1):.1f}" '
             f'height="{h:.1f}" fill="#4a7dbd"><title>{html.escape(label)}</title></rect>'
         )
-    low, high = stats["min"], stats["max"]
+        if count and _text_fits(f"{count:,}", bar_w + 2, 9):
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{base - h - 2:.1f}" font-size="9" '
+                f'text-anchor="middle" class="count">{count:,}</text>'
+            )
+    parts.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#888"/>')
+    x_ticks = nice_ticks(low, high, 7)
+    for tick, text in zip(x_ticks, tick_labels(x_ticks), strict=True):
+        x = left + plot_w * (tick - low) / (high - low) if high > low else left + plot_w / 2
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#888"/>'
+            f'<text x="{x:.1f}" y="{base + 15}" font-size="10" text-anchor="middle" '
+            f'class="x-tick">{html.escape(text)}</text>'
+        )
     caption = (
-        f"n {stats['n']:,} · median {_fmt(stats['median'])} · mean {_fmt(stats['mean'])}"
-        + (f" {unit}" if unit else "")
+        f"n {stats['n']:,} · min {_fmt(stats['min'])} · median {_fmt(stats['median'])} · "
+        f"mean {_fmt(stats['mean'])} · max {_fmt(stats['max'])}" + (f" {unit}" if unit else "")
     )
     return (
         f'<figure class="plot"><svg role="img" aria-label="{html.escape(title)}" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
         f'<text x="{left}" y="14" font-size="13" font-weight="600">{html.escape(title)}</text>'
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="#888"/>'
-        + "".join(bars)
-        + f'<text x="{left - 4}" y="{top + 10}" font-size="11" text-anchor="end">{peak:,}</text>'
-        f'<text x="{left - 4}" y="{top + plot_h}" font-size="11" text-anchor="end">0</text>'
-        f'<text x="{left}" y="{top + plot_h + 14}" font-size="11">{html.escape(_fmt(low))}</text>'
-        f'<text x="{left + plot_w}" y="{top + plot_h + 14}" font-size="11" text-anchor="end">'
-        f"{html.escape(_fmt(high))}</text>"
-        f'<text x="{left}" y="{height - 4}" font-size="11" fill="#555">{html.escape(caption)}</text>'
+        + "".join(parts)
+        + f'<text x="{left}" y="{height - 4}" font-size="11" fill="#555">{html.escape(caption)}</text>'
         "</svg></figure>"
     )
 

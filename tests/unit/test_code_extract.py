@@ -133,3 +133,34 @@ def test_the_verifier_runs_a_block_whose_docstring_shows_a_fence() -> None:
         {"completion": docstring, "tests": "assert add(1, 2) == 3\nassert add(2, 2) == 4\n"}
     )
     assert verdict.passed, verdict.reason
+
+
+@pytest.mark.parametrize("info", ["python:main.py", "{.python}", "{python}", "python {.class}",
+                                  "{.python .numberLines}", "Python title=fix.py"])
+def test_attribute_syntaxes_of_the_python_tag_are_python(info: str) -> None:
+    # Before, only the first word was compared with the tags, so these final blocks were
+    # skipped and the draft before them was verified.
+    answer = f"```python\nprint('draft')\n```\nFixed:\n```{info}\nprint('fix')\n```\n"
+    assert extract_code(answer) == "print('fix')\n"
+
+
+def test_a_nul_byte_is_not_turned_into_code_python_would_run() -> None:
+    # CommonMark replaces NUL with U+FFFD; Python refuses source with NUL: the text is kept whole.
+    answer = "```python\ns = 'a\x00b'\nprint(len(s))\n```\n"
+    assert "\x00" in extract_code(answer)
+    assert "\ufffd" not in extract_code(answer)
+
+
+def test_hostile_inline_markup_is_not_parsed() -> None:
+    import time
+
+    text = "![" * 500_000 + "\n```python\nprint(1)\n```\n"
+    plain = "ab" * 500_000 + "\n```python\nprint(1)\n```\n"
+    extract_code(plain)  # the parser built
+    started = time.perf_counter()
+    assert extract_code(plain) == "print(1)\n"
+    baseline = time.perf_counter() - started
+    started = time.perf_counter()
+    assert extract_code(text) == "print(1)\n"
+    # Against plain text of the same size measured here: inline parsing made it ~1000x slower.
+    assert time.perf_counter() - started < 20 * baseline + 0.05

@@ -480,6 +480,21 @@ def test_soft_label_problems_are_named(tmp_path: Path, student_dir: Path) -> Non
     trainer, facts = build_trainer(soft_config(tmp_path, student_dir, rows, soft_label_column="p"))
     assert facts["soft_labelled_pairs"] == 16
     assert trainer.train_dataset["p_chosen"] == pytest.approx([0.8] * 16)
+    # a number type numpy gives is a number too
+    import numpy as np
+
+    from stillroom.train.dpo_soft import soft_label
+
+    assert soft_label({"p": np.float32(0.75)}, "p") == pytest.approx(0.75)
+    # a column no pair has is a typo, not "all hard labels"
+    with pytest.raises(InputError, match="soft_label_column: q.*no pair has"):
+        build_trainer(soft_config(tmp_path, student_dir, rows, soft_label_column="q"))
+    # ratings in any spelling, and a column that would not be read, are refused
+    with pytest.raises(ConfigError, match="holds ratings"):
+        build_trainer(soft_config(tmp_path, student_dir, rows, soft_label_column="Score_Chosen"))
+    with pytest.raises(ConfigError, match="would not be read"):
+        build_trainer(soft_config(tmp_path, student_dir, rows, soft_label_column="p",
+                                  soft_labels=False))
 
 
 def test_cli_trains_soft_labels_and_switches_them_off(tmp_path: Path, student_dir: Path) -> None:

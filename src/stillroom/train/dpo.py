@@ -147,7 +147,7 @@ class DPORunConfig(RunConfig):
     @field_validator("soft_label_column")
     @classmethod
     def _not_ratings(cls, value: str | None) -> str | None:
-        if value in RATING_COLUMNS:
+        if value is not None and value.lower() in RATING_COLUMNS:
             raise ValueError(f"`{value}` holds ratings in preference_pairs output (e.g. "
                              "UltraFeedback's 1-10), not the probability that chosen is better; "
                              "name a column holding that probability, or leave the key out to "
@@ -156,6 +156,9 @@ class DPORunConfig(RunConfig):
 
     @model_validator(mode="after")
     def _check_dpo(self) -> DPORunConfig:
+        if not self.soft_labels and self.soft_label_column is not None:
+            raise ValueError("`soft_label_column` is set but `soft_labels` is false: the column "
+                             "would not be read; leave one of them out")
         if self.reference is not None and not self.reference.strip():
             raise ValueError("`reference` is empty; leave it out (a copy of the student), or "
                              "use `embedded` or a path")
@@ -276,6 +279,11 @@ def soft_labels_of(rows: list[Row], config: DPORunConfig,
         except ValueError as problem:
             raise InputError(f"{_where(index, row)}: {problem} (set `soft_labels: false` to "
                              "train hard labels)", path=str(source) if source else None) from None
+    column = config.soft_label_column
+    if column is not None and rows and not any(column in row for row in rows):
+        # A column named on purpose that no pair has is a typo, not "every pair is a hard label".
+        raise InputError(f"`soft_label_column: {column}`: no pair has that column",
+                         path=str(source) if source else None)
     return labels
 
 

@@ -45,6 +45,7 @@ instead. A row without a label is a hard label, ``p = 1``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from stillroom.data.rows import Row
@@ -73,7 +74,7 @@ def soft_label(row: Row, column: str | None) -> float | None:
         value, where = row.get(column), f"`{column}`"
         if value is None:
             return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
             or not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{where} must be a probability in [0, 1], got {value!r}")
     return max(float(value), 1.0 - float(value)) if column is None else float(value)

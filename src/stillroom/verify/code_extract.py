@@ -20,14 +20,18 @@ bare code is still run.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
 
-# Info-string tags (first word, any case) whose block is Python; "" is an untagged fence.
+# Info-string tags (any case) whose block is Python; "" is an untagged fence.
 PYTHON_TAGS = ("", "python", "py", "python3")
+# The language of an info string, as renderers and their attribute syntaxes write it: "python",
+# "python title=x", "python:main.py", "{.python}", "{python}", "{.python .numberLines}".
+_LANGUAGE = re.compile(r"\s*\{?\s*\.?([A-Za-z0-9_+#-]*)")
 
 
 @lru_cache(maxsize=1)
@@ -38,21 +42,25 @@ def _parser() -> MarkdownIt:
     # The "commonmark" preset: the spec's rules only, raw HTML recognized (so that comments
     # hide what is in them, as a renderer does). No extensions that could change block structure.
     parser = MarkdownIt("commonmark")
+    # Only block structure decides where a fence is; inline parsing (links, emphasis) is not
+    # needed, and on hostile text ("![" a million times) it took seconds per answer.
+    parser.disable(["inline", "text_join"])
     parser.parse("")  # builds its rule caches now, not in two verifier threads at once
     return parser
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
     """Every fenced code block of ``text`` as a CommonMark renderer shows it, in order, as (tag,
-    code): the tag is the first word of the info string, lower-cased ("" when untagged); the code
+    code): the tag is the info string's language, lower-cased ("" when untagged; ``python`` for
+    ``python:main.py``, ``{.python}`` or ``python title=x``); the code
     is the block's text with its fence's indentation removed. Blocks in list items and block
     quotes count; a block left open runs to the end of its container."""
     blocks = []
     # The token stream is flat: blocks nested in lists and quotes appear in document order.
     for token in _parser().parse(text):
         if token.type == "fence":
-            words = token.info.split()
-            blocks.append((words[0].lower() if words else "", token.content))
+            match = _LANGUAGE.match(token.info)
+            blocks.append((match.group(1).lower() if match else "", token.content))
     return blocks
 
 
@@ -68,5 +76,10 @@ def extract_code(text: str) -> str:
     (so ``````python`` with a ```````` line inside a string is one block, and so is a block
     whose docstring holds an indented ```` ``` ```` line), ``~~~`` fences count, CRLF line endings
     are read as LF, and a block left open runs to the end of the text."""
+    if "\x00" in text:
+        # Python refuses source holding a NUL byte, but the Markdown parser turns NUL into
+        # U+FFFD (as CommonMark says), which would let such code run: the whole text, NUL kept,
+        # is what is checked, and fails as Python fails it.
+        return text
     blocks = [code for tag, code in code_blocks(text) if tag in PYTHON_TAGS]
     return blocks[-1] if blocks else text

@@ -8,8 +8,12 @@ card and report, the session log) passes :func:`redact` first. ``redact`` remove
 * the value of every environment variable whose name says it holds a secret (``*_API_KEY``,
   ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``), so a key the code never asked for is covered too,
 * a long enough piece of any of those (a server that echoes ``sk-abc1...`` or the key's tail),
-* credentials written into a URL (``https://user:key@host``) and ``Bearer``/``x-api-key`` values,
+* credentials written into a URL (``https://user:key@host``, ``?key=...``, ``&token=...``) and
+  ``Bearer``/``x-api-key`` values,
 * strings shaped like the common providers' keys (``sk-...``, ``sk-ant-...``, ``hf_...``).
+
+:func:`redact_value` (for the config, summaries and rows written whole) masks besides every value
+under a key named like a secret (``extra_body: {password: ...}``), whatever it looks like.
 
 Written by hand: no library we use does redaction of known values over free text.
 """
@@ -48,6 +52,31 @@ _NAMED_VALUE = re.compile(
 # "Bearer abc1..." on its own: the scheme as HTTP writes it, and a value with a digit in it, so
 # "Basic information" is prose, not a credential.
 _AUTH_SCHEME = re.compile(r"(?P<name>\b(?:Bearer|Basic)\s+)(?P<value>(?=\S*\d)[A-Za-z0-9._~+/=\-]{8,})")
+# A secret in a URL's query string ("http://host/v1?key=abc", "&access_token=...", a signed
+# URL's "&X-Amz-Signature=..."): a parameter named (or ending) like a secret, whatever its value's
+# length, up to the next "&", "#", space or quote. Only after "?", "&" or ";", so prose is left.
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;](?:[A-Za-z0-9_.\-]*?[_.\-])?"
+    r"(?:api[_-]?key|key|token|sig|signature|secret|password|passwd|pwd|credential|auth)=)"
+    r"(?P<value>[^&#\s\"'<>]+)",
+    re.IGNORECASE,
+)
+# Dict keys whose value is a secret whatever it looks like ("extra_body: {api_key: abc}",
+# "headers: {Authorization: ...}"): compared lowercased with "-" read as "_". Whole names only:
+# "api_key_env" names a variable, "max_tokens" and "eos_token" are settings, not secrets.
+_SECRET_KEYS = frozenset({
+    "api_key", "apikey", "key", "token", "access_token", "refresh_token", "id_token",
+    "auth_token", "bearer_token", "session_token", "secret", "secret_key", "api_secret",
+    "password", "passwd", "pwd", "authorization", "proxy_authorization", "auth", "credential",
+    "credentials", "private_key", "client_secret", "x_api_key", "x_auth_token", "access_key",
+    "secret_access_key", "sig", "signature",
+})
+# ... and names ending like one ("openai_api_key", "hf_token" is left: "eos_token" is a setting).
+_SECRET_KEY_SUFFIX = re.compile(
+    r"_(?:api_?key|secret|secret_key|password|passwd|access_token|auth_token|private_key"
+    r"|client_secret|access_key)$"
+)
+
 _KEY_SHAPES = re.compile(
     r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{12,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
     r"|xox[baprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{30,})"
@@ -129,6 +158,8 @@ def _redact(text: str, secrets: list[str]) -> str:
         text = _NAMED_VALUE.sub(lambda m: f"{m['name']}{MASK}", text)
     if "Bearer" in text or "Basic" in text:
         text = _AUTH_SCHEME.sub(lambda m: f"{m['name']}{MASK}", text)
+    if "=" in text and ("?" in text or "&" in text or ";" in text):
+        text = _QUERY_SECRET.sub(lambda m: f"{m['name']}{MASK}", text)
     if any(hint in text for hint in _SHAPE_HINTS):
         text = _KEY_SHAPES.sub(MASK, text)
     return text
@@ -141,24 +172,68 @@ def redact(text: str) -> str:
     return _redact(text, known())
 
 
+def secret_key(name: Any) -> bool:
+    """Whether a dict key names a secret (``api_key``, ``Authorization``, ``x-api-key``...)."""
+    if not isinstance(name, str):
+        return False
+    normal = name.strip().lower().replace("-", "_")
+    return normal in _SECRET_KEYS or bool(_SECRET_KEY_SUFFIX.search(normal))
+
+
 def redact_value(value: Any) -> Any:
     """``value`` with :func:`redact` applied to every string inside it: dict keys and values,
-    lists, tuples and sets, at any depth (a reason table is keyed by its reasons)."""
+    lists, tuples and sets, at any depth (a reason table is keyed by its reasons).
+
+    A value under a key named like a secret (see :func:`secret_key`) is masked whole, whatever
+    it looks like: ``extra_body: {password: hunter2hunter2}`` holds no pattern ``redact`` knows,
+    and the key is not in the environment. Its strings are masked at any depth below it (a
+    ``credentials: {user: .., pass: ..}``), a number right under it too (None and booleans are
+    kept); the shape of a container is kept (a column named ``key`` keeps its table of figures)."""
     return _redact_value(value, known())
+
+
+def _masked(value: Any) -> Any:
+    """Every secret a value under a secret's name holds, masked: strings at any depth."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return MASK if value else value
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_masked(item) for item in value))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(_masked(item) for item in value)
+    return value  # numbers inside a container: figures, not secrets
 
 
 def _redact_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         return _redact(value, secrets) if value else value
     if isinstance(value, dict):
+        # A model's token with its logprob ({"token": "Hello", "logprob": -0.1}, rows of
+        # teacher_logprobs shown in the report) is text, not a credential.
+        model_token = "logprob" in value
         return {
-            _redact_value(key, secrets): _redact_value(item, secrets) for key, item in value.items()
+            _redact_value(key, secrets): (
+                _under_secret_key(item)
+                if secret_key(key) and not (model_token and key == "token")
+                else _redact_value(item, secrets)
+            )
+            for key, item in value.items()
         }
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
         return type(value)(*(_redact_value(item, secrets) for item in value))
     if isinstance(value, (list, tuple, set, frozenset)):
         return type(value)(_redact_value(item, secrets) for item in value)
     return value
+
+
+def _under_secret_key(value: Any) -> Any:
+    # A number right under the name (a numeric password YAML read as an int) is masked too.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return MASK
+    return _masked(value)
 
 
 def url_credentials(url: str) -> bool:

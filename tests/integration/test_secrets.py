@@ -277,3 +277,65 @@ def test_a_base_url_without_http_is_refused_before_any_request(
                   "--base-url", "127.0.0.1:8000/v1", "--no-progress"], base_env(isolated_cache))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "http://127.0.0.1:8000/v1" in result.stderr and not out.exists()
+
+
+# -- secrets a pipeline file or a stage puts in the run itself -----------------------------------
+
+QUERY_KEY = "QzX9secretQueryKey77"
+BODY_KEY = "Zq8SecretInBody4242"
+BODY_PASSWORD = "hunter2hunter2x"
+ENV_SECRET = "Zz9EnvSecretValue1234"
+SCRIPT = """\
+import os
+import sys
+
+from stillroom import Drop, Pipeline
+from stillroom.llm import OpenAIConfig
+from stillroom.stages import Complete
+
+
+def gate(row):
+    # A filter's reason (and a failure) quoting a secret from the environment.
+    if row["n"] == 0:
+        return Drop(f"refused by upstream: key {os.environ['MY_API_KEY']} is rate limited")
+    if row["n"] == 1:
+        raise RuntimeError(f"upstream said key {os.environ['MY_API_KEY']} is rate limited")
+    return row
+
+
+base_url, source, out = sys.argv[1:]
+backend = OpenAIConfig(model="echo", base_url=base_url, api_key_env="MY_API_KEY",
+                       extra_body={"api_key": "%s", "password": "%s"})
+Pipeline([gate, Complete()], input=source, backends={"default": backend}).run(
+    out, progress=False, diversity_embeddings=False)
+"""
+
+
+def test_secrets_in_extra_body_a_url_query_and_a_drop_reason_are_written_nowhere(
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path, isolated_cache: Path
+) -> None:
+    """Red-team findings 1 and 2: a backend's extra_body and base_url query were written in plain
+    text to the card, report, run.json and complete.json; a drop reason to dropped/. A real run
+    against the echo server; every file of the output folder is searched."""
+    base_url, _ = echo_server()
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT % (BODY_KEY, BODY_PASSWORD))
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"n": i, "prompt": f"question {i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(script), f"{base_url}?key={QUERY_KEY}", str(source), str(out)],
+        capture_output=True, text=True, env=base_env(isolated_cache, MY_API_KEY=ENV_SECRET),
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for expected in ("README.md", "report.html", ".stillroom/run.json", ".stillroom/complete.json"):
+        assert expected in written
+    for kind in ("data", "dropped", "failed"):
+        assert any(name.startswith(f"{kind}/") and name.endswith(".parquet") for name in written), kind
+    found = {secret: leaks(secret, [out], result.stdout + result.stderr)
+             for secret in (QUERY_KEY, BODY_KEY, BODY_PASSWORD, ENV_SECRET)}
+    assert found == {secret: [] for secret in found}
+    # What explains the run is kept: the reason, masked where the key was.
+    dropped = pq.read_table(next((out / "dropped").glob("*.parquet"))).to_pylist()
+    assert dropped[0]["drop_reason"] == "refused by upstream: key *** is rate limited"

@@ -113,16 +113,24 @@ def test_redact_is_fast_on_long_texts_without_secrets(registered: str) -> None:
     import time
 
     text = "an ordinary answer, nothing secret in it. " * 100_000  # 4.2 MB
+
+    def best_of_three(work) -> float:  # the least disturbed of three tries, on a shared machine
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    def walk() -> None:
+        for _ in text:
+            pass
+
     # Against a baseline measured here (no wall time asserted): a Python loop that only visits
     # each character. Redaction that walked the text a character at a time, doing work at each
-    # (as it once did: 3 s and more), cost about 50 such loops; with compiled patterns it is 3-4.
-    started = time.perf_counter()
-    for _ in text:
-        pass
-    walk = time.perf_counter() - started
-    started = time.perf_counter()
+    # (as it once did: 3 s and more), cost 50-150 such loops; with compiled patterns, 3-10.
     assert secrets.redact(text) == text
-    assert time.perf_counter() - started < 10 * walk
+    assert best_of_three(lambda: secrets.redact(text)) < 25 * best_of_three(walk)
 
 
 @pytest.mark.parametrize(
@@ -356,3 +364,97 @@ def test_variables_that_say_where_a_secret_is_do_not_mangle_text(monkeypatch: py
     text = "base_url https://pipelines.example.com/v1 read from /home/alice/data.jsonl"
     assert redact(text) == text
     assert "K7MDENG" not in redact("echoed: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+
+
+# -- secrets under a secret's name, in URL queries, in drop reasons -------------------------------
+
+
+@pytest.mark.parametrize("name", ["api_key", "API-Key", "apikey", "key", "token", "access_token",
+                                  "secret", "Password", "passwd", "Authorization", "auth",
+                                  "credential", "credentials", "private_key", "client_secret",
+                                  "x-api-key", "X_API_KEY", "openai_api_key"])
+def test_a_value_under_a_secret_named_key_is_masked_whatever_it_is(name: str) -> None:
+    """extra_body: {password: hunter2hunter2x} holds nothing redact() knows by shape or value:
+    only its key says it is a secret (red-team finding 1)."""
+    value = {"extra_body": {name: "hunter2hunter2x", "nested": [{name: 12345678}]}}
+    redacted = secrets.redact_value(value)
+    assert "hunter2hunter2x" not in json.dumps(redacted)
+    assert redacted["extra_body"][name] == secrets.MASK
+    assert redacted["extra_body"]["nested"][0][name] == secrets.MASK  # a numeric password too
+
+
+def test_everything_below_a_secret_named_key_is_masked_and_its_shape_kept() -> None:
+    redacted = secrets.redact_value({"credentials": {"user": "alice-the-user", "pass": "pw-9f8e7d6c5b",
+                                                      "tries": 3, "list": ["one-secret-value"]}})
+    assert redacted == {"credentials": {"user": "***", "pass": "***", "tries": 3, "list": ["***"]}}
+
+
+def test_settings_named_near_a_secret_are_kept() -> None:
+    value = {"api_key_env": "OPENAI_API_KEY", "max_tokens": 64, "eos_token": "</s>",
+             "keys": ["prompt"], "monkey": "banana-banana", "auth": None,
+             # a model's tokens with their logprobs (teacher_logprobs rows in the report)
+             "logprobs": [{"token": "Hello", "logprob": -0.1, "id": 7}]}
+    assert secrets.redact_value(value) == value
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("http://127.0.0.1:8000/v1?key=QzX9secretQueryKey77", "QzX9secretQueryKey77"),
+        ("https://h.example.com/v1?model=m&token=abc", "abc"),
+        ("https://h.example.com/v1?api_key=Zq8SecretInQuery&x=1", "Zq8SecretInQuery"),
+        ("https://h.example.com/v1?ACCESS_TOKEN=t0k3nValue#top", "t0k3nValue"),
+        ("https://bucket.example.com/o?X-Amz-Signature=f00dfeed&X-Amz-Date=1", "f00dfeed"),
+        ("https://blob.example.com/c?sv=2020&sig=Zm9vYmFy%3D", "Zm9vYmFy%3D"),
+        ("error calling https://h/v1?signature=s1gnatureVal: timeout", "s1gnatureVal"),
+    ],
+)
+def test_secrets_in_a_url_query_are_masked(url: str, secret: str) -> None:
+    redacted = secrets.redact(url)
+    assert secret not in redacted and "=***" in redacted
+
+
+def test_other_url_query_parameters_are_kept() -> None:
+    url = "https://h.example.com/v1?model=m&max_tokens=5&monkey=1&page=2#key=frag"
+    assert secrets.redact(url) == url
+
+
+def test_run_config_masks_extra_body_and_url_query_secrets(tmp_path: Path) -> None:
+    """pipeline/finish.py run_config: what the card, report and complete.json show of a run."""
+    from stillroom import Pipeline
+    from stillroom.pipeline.finish import run_config
+    from stillroom.pipeline.inputs import InputSource
+    from stillroom.stages import Complete
+
+    backend = OpenAIConfig(model="m", base_url="http://127.0.0.1:9/v1?key=QzX9secretQueryKey77",
+                           extra_body={"api_key": "Zq8SecretInBody4242", "password": "hunter2hunter2x",
+                                       "top_k": 5})
+    plan = Pipeline([Complete(backend="echo")], input=[{"prompt": "p"}], backends={"echo": backend})
+    source = InputSource(plan.input, plan.base_dir, None, plan.seed)
+    text = json.dumps(run_config(plan, source))
+    for value in ("QzX9secretQueryKey77", "Zq8SecretInBody4242", "hunter2hunter2x"):
+        assert value not in text
+    assert '"top_k": 5' in text and "?key=***" in text
+
+
+def test_run_identity_is_computed_from_the_real_config() -> None:
+    """Masking changes what run.json shows, not which run it is: two runs that differ only in a
+    masked value are different runs (their answers differ), and the same run is recognized."""
+    from stillroom.data.commit_log import fingerprint_digest, same_run, stored_fingerprint
+
+    first = {"backends": {"b": {"extra_body": {"password": "first-password-1"}}}}
+    second = {"backends": {"b": {"extra_body": {"password": "other-password-2"}}}}
+    assert stored_fingerprint(first) == stored_fingerprint(second)  # both show ***
+    assert fingerprint_digest(first) != fingerprint_digest(second)
+    record = {"fingerprint": stored_fingerprint(first), "digest": fingerprint_digest(first)}
+    assert same_run(record, first) and not same_run(record, second)
+
+
+def test_dropped_row_redacts_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop reason is free text like an error: a filter may quote a secret (finding 2)."""
+    from stillroom.pipeline.executor import dropped_row
+
+    monkeypatch.setenv("MY_API_KEY", KEY)
+    row = dropped_row({"prompt": "p"}, "gate", f"refused: key {KEY} is rate limited")
+    assert leaks(json.dumps(row)) == []
+    assert row["drop_reason"] == "refused: key *** is rate limited" and row["stage"] == "gate"

@@ -45,7 +45,7 @@ from stillroom.data.rows import Row
 from stillroom.errors import RunAbort
 from stillroom.llm.cache import RequestCache
 from stillroom.llm.client import LLMClient
-from stillroom.llm.stats import BackendStats
+from stillroom.llm.stats import BackendStats, wall_now
 from stillroom.llm.types import RequestFailed
 from stillroom.pipeline.finish import finish_run
 from stillroom.pipeline.inputs import InputSource
@@ -100,7 +100,9 @@ def failed_row(row: Row, stage: str, error: BaseException) -> Row:
 
 def dropped_row(row: Row, stage: str, reason: str) -> Row:
     out = dict(row)
-    out.update({"drop_reason": reason, "stage": stage})
+    # Like an error, a reason is free text a stage builds (a filter may quote a header, a
+    # server's answer or the environment): it goes to disk in dropped/, so it is redacted too.
+    out.update({"drop_reason": redact(reason), "stage": stage})
     return out
 
 
@@ -275,7 +277,7 @@ class Executor:
         # Figures the all-rows filters measured over their rows in this session (see
         # RowDecisions.figures): the run's stage results prefer them to reading rows back.
         self.measured: dict[str, dict[str, Any] | None] = {}
-        self.started = time.time()
+        self.started = wall_now()  # with "ended": monotonic between the two (llm.stats)
         self.source = InputSource(pipeline.input, pipeline.base_dir, options.limit, pipeline.seed)
         self.rows = RowProcessor(pipeline.seed, self.clients, self.stage_stats)
 
@@ -373,7 +375,7 @@ class Executor:
                     "status": status,
                     "notes": self.state.notes,
                     "started": self.started,
-                    "ended": time.time(),
+                    "ended": wall_now(),
                     "counts": dict(self.session_counts),
                     "executor": self.executor_record(),
                     **self.stats_record(),

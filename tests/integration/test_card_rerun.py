@@ -42,8 +42,13 @@ backends:
 stages:
   - type: complete
     backend: echo
+  - type: decontaminate
+    against: bench.jsonl
 card: {{license: mit, language: en}}
 """)
+    # Read from the pipeline's folder: the card's file must name it absolute to rerun elsewhere
+    # (before, it kept `bench.jsonl` and still said it reruns).
+    (made / "bench.jsonl").write_text('{"question": "nothing like these prompts at all"}\n')
     first = subprocess.run([STILLROOM, "run", str(made / "p.yaml"), "-o", str(tmp_path / "out"),
                             "--no-embeddings"], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -54,6 +59,7 @@ card: {{license: mit, language: en}}
     # Before, the embedded YAML carried `rows_read` (a run fact) and the run failed on it.
     text = re.search(r"## Pipeline\n\n```yaml\n(.*?)```", card, re.S).group(1)
     assert "rows_read" not in text
+    assert str(made / "bench.jsonl") in text
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "pipeline.yaml").write_text(text)

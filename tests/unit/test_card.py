@@ -156,3 +156,73 @@ def test_the_documented_upload_leaves_stillroom_state_out(tmp_path: Path) -> Non
     assert ".stillroom/lock" in list(filter_repo_objects(everything))  # without the patterns
     card = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"ignore_patterns={UPLOAD_IGNORE!r}" in card.replace('"', "'")
+
+
+def test_a_relative_stage_path_is_written_absolute_and_reruns_elsewhere(tmp_path: Path) -> None:
+    """A stage option read from the pipeline's folder (a benchmark here) is written absolute:
+    before, the card kept `against: bench.jsonl`, said it reruns, and failed elsewhere."""
+    from tests import fakes
+
+    fakes.CURRENT.clear()
+    pipeline = _write_run(tmp_path, "  - {type: decontaminate, against: bench.jsonl}\n")
+    (tmp_path / "in" / "bench.jsonl").write_text('{"question": "nothing like the prompts"}\n')
+    Pipeline.from_file(pipeline).run(tmp_path / "out", progress=False)
+    card = (tmp_path / "out" / "README.md").read_text()
+    data = yaml.safe_load(_pipeline_yaml(card))
+    assert data["stages"][1]["against"] == [str(tmp_path / "in" / "bench.jsonl")]
+    assert "Saved as `pipeline.yaml` anywhere" in card
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pipeline.yaml").write_text(_pipeline_yaml(card))
+    fakes.CURRENT.clear()
+    again = Pipeline.from_file(elsewhere / "pipeline.yaml").run(tmp_path / "out2", progress=False)
+    assert again.counts["data"] == 5
+
+
+def test_the_rerun_check_reads_the_file_from_another_folder(tmp_path: Path) -> None:
+    """A path still relative to the pipeline's folder is noticed (before, the check parsed with
+    that folder and passed), and the card then says which folder to save the file in."""
+    from stillroom.pipeline.finish import _rerun_problem
+    from stillroom.report.card import _rerun
+
+    (tmp_path / "bench.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "in.jsonl").write_text('{"prompt": "x"}\n')
+    config = {"name": "n", "rerun_input": str(tmp_path / "in.jsonl"), "backends": {},
+              "stages": [{"type": "decontaminate", "against": ["bench.jsonl"]}]}
+    assert _rerun_problem(config, tmp_path) is None
+    problem = _rerun_problem(config)
+    assert problem and "no such benchmark file" in problem
+    text = "".join(_rerun({**config, "rows_read": 1, "rerun_folder": str(tmp_path)}))
+    assert f"Saved as `pipeline.yaml` in `{tmp_path}`" in text
+    assert "anywhere" not in text
+
+
+def test_options_that_are_names_stay_names(tmp_path: Path) -> None:
+    from stillroom.pipeline.finish import _absolute_options
+
+    (tmp_path / "text").write_text("")
+    (tmp_path / "bench.jsonl").write_text("")
+    options = {"type": "text", "column": "text", "text_column": "text", "backend": "text",
+               "against": ["bench.jsonl", "builtin:x", "~/b.jsonl", "/abs/b.jsonl"],
+               "note": "not a file", "stop": [".", "./", "\n\n"]}
+    assert _absolute_options(options, tmp_path) == {
+        **options, "against": [str(tmp_path / "bench.jsonl"), "builtin:x", "~/b.jsonl",
+                               "/abs/b.jsonl"]}
+
+
+def test_rerun_input_keeps_builtin_names_and_expands_home(tmp_path: Path) -> None:
+    """Before, a mix source `builtin:personas` or `~/x.jsonl` came out as FOLDER/builtin:personas
+    and FOLDER/~/x.jsonl."""
+    from stillroom.pipeline.finish import rerun_input
+    from stillroom.pipeline.inputs import InputConfig, InputSource
+
+    class Plan:
+        base_dir = tmp_path
+        input = None
+
+    config = InputConfig(mix=[{"path": "builtin:personas", "kind": "real"},
+                              {"path": "~/syn.jsonl", "kind": "synthetic", "share": 0.3},
+                              {"path": "local.jsonl", "kind": "synthetic", "share": 0.2}])
+    spec = rerun_input(Plan, InputSource(config, tmp_path))
+    assert [item["path"] for item in spec["mix"]] == [
+        "builtin:personas", str(Path("~/syn.jsonl").expanduser()), str(tmp_path / "local.jsonl")]

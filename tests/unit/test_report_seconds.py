@@ -135,3 +135,25 @@ def test_long_table_cells_wrap_and_wide_tables_scroll_in_their_box() -> None:
     lineage = page[page.index("<h2>Lineage</h2>"):]
     assert lineage.split("</h2>", 1)[1].lstrip().startswith('<div class="scroll"><table>')
     assert f'<td class="long">{long_name} (1)</td>' in lineage and "<td>m (1)</td>" in lineage
+
+
+def test_a_clock_step_during_a_run_does_not_stretch_the_wall_seconds(monkeypatch) -> None:
+    import itertools
+    import time
+
+    import stillroom.llm.stats as stats_module
+
+    calls = itertools.count()
+
+    class SteppingClock:  # the wall clock jumps an hour ahead after two readings (NTP, suspend)
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return time.time() + (3600 if next(calls) >= 2 else 0)
+
+    monkeypatch.setattr(stats_module, "time", SteppingClock())
+    stats = stats_module.BackendStats()
+    for _ in range(5):
+        stats.add_request(0.001)
+    assert stats.wall_seconds is not None and 0 <= stats.wall_seconds < 60

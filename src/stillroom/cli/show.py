@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,34 @@ from rich.markup import escape
 from rich.table import Table
 
 from stillroom.secrets import redact_value
+
+# Bidirectional controls: an RTL override (U+202E) in a reason makes the terminal show the rest
+# of the line reversed, so text that is not what it looks like.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: Any) -> str:
+    """``text`` with control characters (ESC, NUL, C1) and bidirectional controls written as
+    escapes (``\\x1b``, ``\\u202e``): reasons, ids and rows come from models and user data, and
+    raw in a terminal they would move the cursor, recolour, or reverse what follows.
+    ``--json`` keeps them as they are (JSON escapes them itself)."""
+    text = str(text)
+    if text.isprintable():  # the common case, and fast
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if char in _BIDI or unicodedata.category(char) == "Cc":
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def _cell(text: Any) -> str:
+    """A table cell of text from the run: control characters escaped, and rich markup too
+    (a reason such as "stages[0] ..." is text, not markup)."""
+    return escape(visible(text))
 
 
 def _counts_table(counts: dict[str, int], failure_rate: float) -> Table:
@@ -43,9 +72,9 @@ def _reasons_table(title: str, reasons: dict[str, int],
         table.add_column("example rows")
     for reason, count in list(reasons.items())[:limit]:
         # escape: a reason such as "stages[0] ..." is text, not rich markup.
-        cells = [escape(reason), f"{count:,}"]
+        cells = [_cell(reason), f"{count:,}"]
         if examples is not None:
-            cells.append(escape(", ".join(examples.get(reason) or [])))
+            cells.append(_cell(", ".join(str(e) for e in examples.get(reason) or [])))
         table.add_row(*cells)
     return table
 
@@ -62,7 +91,7 @@ def _backends_table(backends: dict[str, dict[str, Any]],
         table.add_column(name, justify="left" if name in ("backend", "model") else "right")
     for name, stats in backends.items():
         cells = [
-            escape(name), escape(str(stats.get("model"))), f"{stats.get('requests_sent', 0):,}",
+            _cell(name), _cell(stats.get("model")), f"{stats.get('requests_sent', 0):,}",
             f"{stats.get('cache_hits', 0):,}", f"{stats.get('retries', 0):,}",
             f"{stats.get('prompt_tokens', 0):,}", f"{stats.get('completion_tokens', 0):,}",
         ]
@@ -98,7 +127,7 @@ def _stages_table(stages: dict[str, dict[str, Any]]) -> Table | None:
     for name in ("stage", "rows in", "rows out", "dropped", "failed"):
         table.add_column(name, justify="left" if name == "stage" else "right")
     for name, figures in stages.items():
-        table.add_row(name, *(f"{figures.get(key, 0):,}"
+        table.add_row(_cell(name), *(f"{figures.get(key, 0):,}"
                               for key in ("rows_in", "rows_out", "dropped", "failed")))
     return table
 
@@ -116,7 +145,7 @@ def _print_diversity(console: Console, diversity: dict[str, dict[str, dict[str, 
         for column, m in columns.items():
             distance, near = m.get("mean_cosine_distance"), m.get("near_duplicate_share")
             table.add_row(
-                stage, column, f"{m['texts']:,}",
+                _cell(stage), _cell(column), f"{m['texts']:,}",
                 "n/a" if m.get("distinct_2") is None else f"{m['distinct_2']:.3f}",
                 f"{m['exact_duplicate_share']:.1%}",
                 "n/a" if distance is None else f"{distance:.3f}",
@@ -126,13 +155,13 @@ def _print_diversity(console: Console, diversity: dict[str, dict[str, dict[str, 
                 notes.add(m["embedding_note"])
     console.print(table)
     for note in sorted(notes):
-        console.print(f"embedding measures {note}", highlight=False, markup=False)
+        console.print(f"embedding measures {visible(note)}", highlight=False, markup=False)
 
 
 def show_result(console: Console, result: Any) -> None:
     from stillroom.report.summary import folder_costs
 
-    console.print(f"[bold]{escape(str(result.out))}[/]  ({result.seconds:,.1f} s this session)")
+    console.print(f"[bold]{_cell(result.out)}[/]  ({result.seconds:,.1f} s this session)")
     console.print(_counts_table(result.counts, result.failure_rate))
     summary = redact_value(getattr(result, "summary", None) or {})
     # The prices are in the completion record the run has just written.
@@ -161,7 +190,7 @@ def _print_stage_results(console: Console, results: dict[str, dict[str, Any]]) -
     for name in ("stage", "figure", "value"):
         table.add_column(name, justify="right" if name == "value" else "left")
     for row in stage_result_rows(results):
-        table.add_row(*row)
+        table.add_row(*(_cell(cell) for cell in row))
     console.print(table)
 
 
@@ -169,7 +198,7 @@ def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> 
     # Everything shown is redacted: failed rows' errors, reasons, warnings and the sample rows.
     summary = redact_value(summary)
     state = "complete" if summary["complete"] else "[yellow]incomplete[/] (rerun its command to resume)"
-    console.print(f"[bold]{escape(str(folder))}[/]: {state}")
+    console.print(f"[bold]{_cell(folder)}[/]: {state}")
     console.print(_counts_table(summary["counts"], summary["failure_rate"]))
     costs = summary.get("costs") or {}
     for table in (
@@ -186,12 +215,12 @@ def show_inspection(console: Console, folder: Path, summary: dict[str, Any]) -> 
     _print_stage_results(console, summary.get("stage_results") or {})
     _print_diversity(console, summary.get("diversity") or {})
     for warning in summary.get("warnings") or []:
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+        console.print(f"[bold yellow]warning:[/] {_cell(warning)}", highlight=False)
     for example in summary.get("failure_examples", [])[:3]:
         text = json.dumps(example, ensure_ascii=False, default=str)[:400]
-        console.print(f"[red]failed[/] {escape(text)}", highlight=False)
+        console.print(f"[red]failed[/] {_cell(text)}", highlight=False)
     for row in summary["samples"]:
-        text = json.dumps(row, ensure_ascii=False, default=str)
+        text = visible(json.dumps(row, ensure_ascii=False, default=str))
         console.print(text if len(text) <= 600 else text[:600] + " ...", highlight=False, markup=False)
 
 

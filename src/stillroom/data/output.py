@@ -566,15 +566,9 @@ class OutputFolder:
     # -- sessions and completion -----------------------------------------------------------
 
     def read_sessions(self) -> list[dict[str, Any]]:
-        if not self.sessions_log.exists():
-            return []
-        out = []
-        for line in self.sessions_log.read_bytes().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue
-        return out
+        from stillroom.data.sessions import read_sessions  # damaged lines: see there
+
+        return read_sessions(self.sessions_log)
 
     def record_session(self, session: dict[str, Any]) -> None:
         append_line(self.sessions_log, orjson.dumps(redact_value(session), default=str))

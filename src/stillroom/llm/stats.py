@@ -28,6 +28,17 @@ from typing import Any
 DERIVED = ("first_started", "last_finished", "wall_seconds")
 
 
+# The wall clock of this process, advanced by the monotonic clock: spans must compare across
+# sessions (so wall-clock based), but a clock step during a run (NTP, a suspended laptop, a user
+# setting the time) must not stretch a span to an hour or make it negative.
+_WALL_ANCHOR = (time.time(), time.monotonic())
+
+
+def wall_now() -> float:
+    wall, mono = _WALL_ANCHOR
+    return wall + (time.monotonic() - mono)
+
+
 def union(spans: list[list[float]]) -> list[list[float]]:
     """Intervals ``[start, end]`` merged where they overlap, in order of start."""
     merged: list[list[float]] = []
@@ -70,7 +81,7 @@ class BackendStats:
 
     def add_request(self, seconds: float, now: float | None = None) -> None:
         """A successful attempt that took ``seconds`` and ended ``now`` (wall clock)."""
-        end = time.time() if now is None else now
+        end = wall_now() if now is None else now
         start = end - seconds
         self.busy_seconds += seconds
         live = self._live
@@ -100,15 +111,31 @@ class BackendStats:
         """Accumulate a dict produced by :meth:`as_dict` (from an earlier session, or a worker
         of this one). Counters add up; spans merge as a union, so a worker's cumulative spans
         added again and again count once."""
+        # The dict may come from a hand-edited sessions log: a value of the wrong type is
+        # skipped (never added to a counter, never made a span), so it cannot crash a summary.
         for name, value in other.items():
             if name == "errors":
-                self.errors.update(value)
+                if isinstance(value, dict):
+                    self.errors.update({k: v for k, v in value.items() if _is_number(v)})
             elif name == "spans":
-                self.spans = union([*self.spans, *(value or [])])
+                self.spans = union([*self.spans, *_valid_spans(value)])
                 self._live = None  # the union made new intervals; a new request starts a new one
-            elif name in DERIVED or not hasattr(self, name):
+            elif name in DERIVED or name.startswith("_") or not hasattr(self, name):
                 continue
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            elif isinstance(getattr(self, name), str):
+                if isinstance(value, str) and value and not getattr(self, name):
+                    setattr(self, name, value)
+            elif _is_number(value):
                 setattr(self, name, getattr(self, name) + value)
-            elif value and not getattr(self, name):
-                setattr(self, name, value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _valid_spans(value: Any) -> list[list[float]]:
+    """The ``[start, end]`` pairs of ``value``; anything else in it is left out."""
+    if not isinstance(value, list):
+        return []
+    return [span for span in value
+            if isinstance(span, (list, tuple)) and len(span) == 2 and all(map(_is_number, span))]

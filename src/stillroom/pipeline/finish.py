@@ -57,7 +57,8 @@ def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
             for name, config in pipeline.used_backends().items()
         },
         "stages": [
-            {"name": name, **stage.model_dump(mode="json", exclude_none=True)}
+            {"name": name, **_absolute_options(
+                stage.model_dump(mode="json", exclude_none=True), pipeline.base_dir)}
             for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
         ],
         "stage_backends": {
@@ -66,10 +67,49 @@ def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
         },
         **({"card": card.model_dump(mode="json", exclude_none=True)} if card is not None else {}),
     })
-    problem = _rerun_problem(config, pipeline.base_dir)
-    if problem:
+    problem = _rerun_problem(config)
+    if problem and _rerun_problem(config, pipeline.base_dir) is None:
+        # Some option is still read from the pipeline's folder (a path we could not tell from
+        # other text): the card says where the file must be saved rather than claim it reruns
+        # from anywhere.
+        config["rerun_folder"] = str(pipeline.base_dir)
+    elif problem:
         config["rerun_problem"] = problem
     return config
+
+
+_NAME_KEYS = {"type", "name", "backend", "backends", "judge_backend"}
+
+
+def _absolute_options(options: Any, base_dir: Path | None) -> Any:
+    """A stage's dumped options with every relative path that names a file or folder in
+    ``base_dir`` written absolute. Stages read such paths (a benchmark, a rubric, principles, a
+    model folder) from the pipeline file's folder, and the card's file may be saved anywhere;
+    which option is a path differs per stage, so any string that names an existing entry there
+    is taken as one (``_rerun_problem`` then checks the file from an empty folder)."""
+    if isinstance(options, dict):
+        # A column, backend or type is a name, never a path, even where a file shares it.
+        return {key: value if key in _NAME_KEYS or "column" in key
+                else _absolute_options(value, base_dir) for key, value in options.items()}
+    if isinstance(options, list):
+        return [_absolute_options(value, base_dir) for value in options]
+    if base_dir is None or not isinstance(options, str) or not _relative_path(options):
+        return options
+    try:
+        candidate = Path(base_dir, options)
+        return str(candidate.resolve()) if candidate.exists() else options
+    except (OSError, ValueError):  # not a possible path (a NUL, too long): plain text
+        return options
+
+
+def _relative_path(text: str) -> bool:
+    """Whether ``text`` could be a relative path the pipeline's folder resolves (not a
+    ``builtin:`` name, ``~`` path or URL, which mean the same from any folder)."""
+    from stillroom.data.readers import BUILTIN_PREFIX
+
+    # "." or "/" would name the folder itself: a stop sequence or separator, not a path.
+    return bool(text.strip(" ./")) and "\n" not in text and not (
+        text.startswith((BUILTIN_PREFIX, "~")) or "://" in text or Path(text).is_absolute())
 
 
 def rerun_input(pipeline: PipelinePlan, source: InputSource) -> Any:
@@ -82,7 +122,7 @@ def rerun_input(pipeline: PipelinePlan, source: InputSource) -> Any:
         spec = source.mix.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
         for item in spec["mix"]:
             item.setdefault("name", item["path"])  # the label rows and the card give it
-            item["path"] = str(Path(pipeline.base_dir, item["path"]))
+            item["path"] = _rerun_path(item["path"], pipeline.base_dir)
         return {**spec, **limit}
     if source.path is not None:
         return {"path": str(source.path), **limit} if limit else str(source.path)
@@ -91,8 +131,22 @@ def rerun_input(pipeline: PipelinePlan, source: InputSource) -> Any:
     return None
 
 
-def _rerun_problem(config: dict[str, Any], base_dir: Path) -> str | None:
-    """Why the card's pipeline file would not rerun this run, or None when it parses."""
+def _rerun_path(path: str, base_dir: Path) -> str:
+    """A mix source's path as the input reader resolves it (``~`` expanded, relative to the
+    pipeline's folder); a ``builtin:`` name stays a name, which means the same anywhere."""
+    from stillroom.data.readers import BUILTIN_PREFIX, resolve_input_path
+
+    if str(path).startswith(BUILTIN_PREFIX):
+        return str(path)
+    return str(resolve_input_path(path, base_dir))
+
+
+def _rerun_problem(config: dict[str, Any], base_dir: Path | None = None) -> str | None:
+    """Why the card's pipeline file would not rerun this run, or None when it parses. Checked
+    from an empty folder unless ``base_dir`` is given: the card's file is saved elsewhere than
+    the pipeline's folder, so a path still read from there must not pass unnoticed."""
+    import tempfile
+
     import yaml
 
     from stillroom.errors import ConfigError
@@ -101,8 +155,13 @@ def _rerun_problem(config: dict[str, Any], base_dir: Path) -> str | None:
 
     if config.get("rerun_input") is None:
         return "the input rows were given in Python: put a file under `input:` to rerun it"
+    text = yaml.safe_dump(pipeline_file(config))
     try:
-        parse_pipeline_text(yaml.safe_dump(pipeline_file(config)), "the card's pipeline", base_dir)
+        if base_dir is not None:
+            parse_pipeline_text(text, "the card's pipeline", base_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="stillroom-rerun-") as elsewhere:
+                parse_pipeline_text(text, "the card's pipeline", Path(elsewhere))
     except ConfigError as error:
         return str(error)
     return None

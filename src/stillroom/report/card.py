@@ -288,9 +288,17 @@ def _rerun(config: dict[str, Any]) -> list[str]:
         parts.append(f"\nThis file does not rerun the run as it stands: {config['rerun_problem']}.\n")
     elif "rerun_input" not in config:
         parts.append("\nThis run was recorded without its input; add `input:` to rerun it.\n")
+    elif config.get("rerun_folder"):
+        # An option is still read relative to the pipeline's folder: say where to save it.
+        parts.append(
+            f"\nSaved as `pipeline.yaml` in `{config['rerun_folder']}` (the folder of the "
+            "pipeline that made this run: a path in its options is read from there), "
+            "`stillroom run pipeline.yaml -o NEW_OUT` runs it again. The run itself read "
+            f"{config.get('rows_read', 0):,} rows.\n"
+        )
     else:
         parts.append(
-            "\nSaved as `pipeline.yaml`, `stillroom run pipeline.yaml -o NEW_OUT` runs it again "
+            "\nSaved as `pipeline.yaml` anywhere, `stillroom run pipeline.yaml -o NEW_OUT` runs it again "
             "(paths are as on the machine that made it; keys come from environment variables "
             "named under `api_key_env`). The run itself read "
             f"{config.get('rows_read', 0):,} rows.\n"

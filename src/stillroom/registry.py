@@ -43,6 +43,11 @@ class Registry(Generic[T]):
             existing = self._items.get(name)
             if existing is not None and existing is not item:
                 raise ValueError(f"{self.what} {name!r} is already registered by {existing!r}")
+            declared = self._declared.get(name)
+            if declared is not None and getattr(item, "__module__", None) != declared:
+                # A declared built-in not imported yet: a plugin taking its name would shadow it
+                # now and make its own module fail to import later.
+                raise ValueError(f"{self.what} {name!r} is already registered by {declared}")
             self._items[name] = item
             self._declared.pop(name, None)
             self.version += 1
@@ -62,7 +67,15 @@ class Registry(Generic[T]):
         module = self._declared.get(name)
         if module is None:
             return
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            # A broken dependency of one module (a missing shared library, an uninstalled extra)
+            # is named with the stage that needs it, not as a bare ImportError of the command.
+            raise ConfigError(
+                f"{self.what} {name!r} cannot be used: importing its module {module} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
         if name not in self._items:
             raise ValueError(f"importing {module} did not register {self.what} {name!r}")
 
@@ -75,8 +88,14 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items)) or "none"
             raise ConfigError(f"unknown {self.what} {name!r}; known: {known}") from None
 
+    def names(self) -> set[str]:
+        """Every name known, declared ones included, without importing any declared module."""
+        load_plugins()
+        return set(self._items) | set(self._declared)
+
     def items(self) -> dict[str, T]:
         load_plugins()
         for name in list(self._declared):
             self._import_declared(name)
-        return dict(self._items)
+        # By name: the order must not depend on which modules happened to be imported first.
+        return dict(sorted(self._items.items()))

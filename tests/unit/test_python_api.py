@@ -271,3 +271,99 @@ def test_rows_in_memory_do_not_travel_to_every_ray_worker_in_its_spec() -> None:
     spec = pickle.loads(blob)
     assert spec.pipeline.input is None and built.input is data
     assert spec.pipeline.stages[0].json_schema["title"] == "Solution"
+
+
+# -- rows in memory: the fingerprint -----------------------------------------------------------------
+
+
+def _digest_in_a_process(hash_seed: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    code = ("from stillroom.pipeline.inputs import _rows_digest; "
+            "print(_rows_digest([{'prompt': 'p', 'tags': {'alpha', 'beta', 'gamma', 'delta'}}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": hash_seed})
+    return done.stdout.strip()
+
+
+def test_a_set_has_one_digest_in_every_process_and_is_written_sorted(tmp_path: Path) -> None:
+    # A set's order follows PYTHONHASHSEED: its str() made a resume of the same rows refused.
+    assert len({_digest_in_a_process(seed) for seed in ("1", "2", "3", "4")}) == 1
+    out = tmp_path / "out"
+    pipeline([Complete()], [{"prompt": "p", "tags": {"c", "a", "b"}}]).run(out, progress=False)
+    assert read(out)[0]["tags"] == ["a", "b", "c"]  # what the digest encodes
+
+
+def test_numpy_arrays_are_fingerprinted_and_written_whole(
+    tmp_path: Path, fresh_backend: ScriptedBackend
+) -> None:
+    import numpy as np
+
+    first, second = np.zeros(2000), np.zeros(2000)
+    second[1000] = 7.0  # str() elides the middle: both printed the same
+    out = tmp_path / "out"
+    pipeline([Complete()], [{"prompt": "p", "emb": first}]).run(out, progress=False)
+    with pytest.raises(OutputFolderError):
+        pipeline([Complete()], [{"prompt": "p", "emb": second}]).run(out, progress=False)
+    grid = np.arange(4, dtype=np.int32).reshape(2, 2)
+    pipeline([Complete()], [{"prompt": "p", "emb": second, "grid": grid, "n": np.int64(3)}]).run(
+        out, progress=False, overwrite=True)
+    row = read(out)[0]
+    assert row["emb"][1000] == 7.0 and row["grid"] == [[0, 1], [2, 3]] and row["n"] == 3
+
+
+def test_nan_and_none_are_different_rows_and_json_rows_keep_their_digest() -> None:
+    import hashlib
+
+    import orjson
+
+    from stillroom.pipeline.inputs import _rows_digest
+
+    assert _rows_digest([{"x": float("nan")}]) != _rows_digest([{"x": None}])
+    assert _rows_digest([{"x": [float("inf")]}]) != _rows_digest([{"x": [float("-inf")]}])
+    plain = [{"prompt": "p", "n": 1, "f": 0.5, "l": [None, True], "m": {"b": "x", "a": {}}}]
+    expected = hashlib.sha256(orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert _rows_digest(plain) == expected  # a resume of a run made before keeps working
+    assert _rows_digest(plain) == _rows_digest(datasets.Dataset.from_list(plain))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (object(), "got object in row 1 (at 'v')"),
+        ({1: "x"}, "got a dict key of type int (1) in row 1 (at 'v'); a dict's keys must be text"),
+        ([{"ok": 1}, {"deep": {object()}}], "got object in row 1 (at 'v[1].deep{}')"),
+    ],
+)
+def test_a_value_that_is_not_json_like_is_a_config_error_naming_its_row(
+    tmp_path: Path, fresh_backend: ScriptedBackend, value: Any, message: str
+) -> None:
+    data = [{"prompt": "fine"}, {"prompt": "a", "v": value}]
+    with pytest.raises(ConfigError) as caught:
+        pipeline([Complete()], data).run(tmp_path / "out", progress=False)
+    assert "rows given in memory must hold JSON-like values" in str(caught.value)
+    assert message in str(caught.value)
+    assert fresh_backend.calls == [] and not (tmp_path / "out").exists()
+
+
+# -- api.select with the inputs a Pipeline takes -----------------------------------------------------
+
+
+def test_select_takes_an_input_config_and_a_tuple(tmp_path: Path) -> None:
+    from stillroom.api import select
+    from stillroom.pipeline.inputs import InputConfig
+
+    data = [{"prompt": f"p{i}", "completion": f"c{i}", "score": float(i)} for i in range(6)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in data))
+    quality = {"column": "score", "min": 2}
+    options: dict[str, Any] = {"progress": False, "overwrite": True}
+    result = select(InputConfig(path=str(path), limit=4), tmp_path / "a", quality=quality,
+                    **options)
+    assert result.counts == {"data": 2, "failed": 0, "dropped": 2}
+    assert select(tuple(data), tmp_path / "b", quality=quality, **options).counts["data"] == 4
+    with pytest.raises(ConfigError, match="'nope' is not in"):
+        select(InputConfig(path=str(path), limit=4), tmp_path / "c",
+               quality={"column": "nope", "min": 2}, **options)

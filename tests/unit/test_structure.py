@@ -108,3 +108,24 @@ def test_a_declared_stage_is_imported_on_first_use() -> None:
             "from stillroom.stages import Verify\n"
             "assert 'verify' in stages.items() and len(stages.items()) >= 20\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_plugin_cannot_take_the_name_of_a_declared_stage() -> None:
+    import subprocess
+    import sys
+
+    code = ("import stillroom\n"
+            "from typing import Literal\n"
+            "from stillroom.pipeline.stage import RowStage, register_stage, stages\n"
+            "try:\n"
+            "    @register_stage\n"
+            "    class Mine(RowStage):\n"
+            "        type: Literal['dedup'] = 'dedup'\n"
+            "except ValueError as e:\n"
+            "    assert 'stillroom.curate.dedup' in str(e), e\n"
+            "else:\n"
+            "    raise SystemExit('a plugin replaced the built-in dedup')\n"
+            "from stillroom.stages import Dedup\n"
+            "assert stages.get('dedup') is Dedup\n"
+            "assert list(stages.items()) == sorted(stages.items())\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,6 +9,7 @@ card, the report and the CLI's one-line result show. ``run_options`` are those o
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -16,14 +17,11 @@ from pydantic import BaseModel
 
 from stillroom.api.options import WHOLE, build_stage
 from stillroom.api.runs import run_stage
-from stillroom.curate.decontaminate import Decontaminate
-from stillroom.curate.dedup import Dedup
-from stillroom.curate.heuristics import HeuristicFilter
-from stillroom.curate.ifd import IFDFilter
-from stillroom.curate.select import Select, check_input_columns
 from stillroom.pipeline.inputs import InputConfig, rows_in_memory
-from stillroom.stages.complete import Complete
-from stillroom.verify.stage import Verify
+
+# Each verb imports its own stage's module, inside the verb: importing all of them here made
+# every command (``stillroom run`` included, which imports this package) pay for every stage's
+# dependencies, and fail with a bare ImportError when one of them is broken.
 
 if TYPE_CHECKING:
     import datasets
@@ -45,7 +43,7 @@ if TYPE_CHECKING:
     from stillroom.pipeline.pipeline import RunResult
 
 Row = dict[str, Any]
-Input: TypeAlias = "str | os.PathLike[str] | list[Row] | datasets.Dataset"
+Input: TypeAlias = "str | os.PathLike[str] | list[Row] | datasets.Dataset | InputConfig"
 Out = str | os.PathLike[str]
 
 
@@ -69,6 +67,8 @@ def complete(
     """Answer every row's ``prompt`` or ``messages`` with ``backend`` (default: the embedded
     model); ``seed`` is the run's, each request's seed derives from it. ``json_schema`` (a dict
     or a pydantic model class) asks for JSON that fits it (see :mod:`stillroom.stages.complete`)."""
+    from stillroom.stages.complete import Complete
+
     stage = build_stage(
         Complete, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop,
         top_logprobs=top_logprobs, system=system, prompt_template=prompt_template,
@@ -98,6 +98,8 @@ def heuristic_filter(
     Each check takes ``True`` (its defaults), ``False`` (off), or its options (a dict or the
     check's model). Bad options raise ConfigError before anything is read.
     """
+    from stillroom.curate.heuristics import HeuristicFilter
+
     stage = build_stage(
         HeuristicFilter, prompt_column=prompt_column, completion_column=completion_column,
         empty=empty, unfinished=unfinished, length=length, refusal=refusal,
@@ -124,6 +126,8 @@ def ifd_filter(
 ) -> RunResult:
     """Keep the rows of ``input`` with the highest IFD below ``max_ifd`` (Superfiltering, see
     :mod:`stillroom.curate.ifd`)."""
+    from stillroom.curate.ifd import IFDFilter
+
     stage = build_stage(
         IFDFilter, model=None if model is None else str(model), top_fraction=top_fraction,
         top_k=top_k, max_ifd=max_ifd, max_length=max_length, format=format,
@@ -152,6 +156,8 @@ def select(
     embedding model (texts -> one vector per text). Bad options, and columns the options name
     that no input row holds, raise ConfigError before the run starts.
     """
+    from stillroom.curate.select import Select, check_input_columns
+
     steps = {"quality": quality, "difficulty": difficulty, "diversity": diversity}
     stage = build_stage(Select, size=size, seed=seed, **{
         name: step.model_dump(exclude_unset=True) if isinstance(step, BaseModel) else step
@@ -159,10 +165,29 @@ def select(
     })
     if embed is not None:
         stage.use_embedder(embed)
-    in_memory = rows_in_memory(input)  # a Dataset as plain rows, whatever its format
-    check_input_columns(stage, cast("str | os.PathLike[str] | list[Row]",
-                                    input if in_memory is None else in_memory))
+    rows_to_check = _rows_to_check(input)
+    if rows_to_check is not None:
+        check_input_columns(stage, rows_to_check)
     return run_stage(stage, input, out, name="stillroom select", **run_options)
+
+
+def _rows_to_check(input: Any) -> str | os.PathLike[str] | list[Row] | None:
+    """What :func:`select` checks its columns against before the run: the file, or the rows
+    given (a Dataset as plain rows, whatever its format); of an InputConfig, the rows of its
+    ``path`` up to its ``limit``. None for ``{rows: N}`` or a mix, whose rows exist only once the
+    run starts: the stage checks the rows it receives then. (An InputConfig used to be iterated
+    as if it were rows, an AttributeError.)"""
+    if isinstance(input, InputConfig):
+        if input.path is None:
+            return None
+        if input.limit is None:
+            return input.path
+        from stillroom.data.readers import iter_rows, resolve_input_path
+
+        read = iter_rows(resolve_input_path(input.path))
+        return [row for _, row in itertools.islice(read, input.limit)]
+    in_memory = rows_in_memory(input)
+    return cast("str | os.PathLike[str] | list[Row]", input if in_memory is None else in_memory)
 
 
 def decontaminate(
@@ -180,6 +205,8 @@ def decontaminate(
 ) -> RunResult:
     """Drop the rows of ``input`` that copy an item of the ``against`` benchmarks (n-gram
     overlap, Tulu 3's rule; see :mod:`stillroom.curate.decontaminate`)."""
+    from stillroom.curate.decontaminate import Decontaminate
+
     stage = build_stage(
         Decontaminate, against=[str(spec) for spec in against], bench_columns=bench_columns,
         bench_id_column=bench_id_column, columns=columns, ngram=ngram, threshold=threshold,
@@ -199,6 +226,8 @@ def verify(
     **run_options: Any,
 ) -> RunResult:
     """Check every row with the verifier ``kind`` (``passed`` and ``reason`` on each row)."""
+    from stillroom.verify.stage import Verify
+
     stage = build_stage(Verify, kind=kind, answer_column=answer_column,
                         options=dict(options or {}), drop_failed=drop_failed)
     return run_stage(stage, input, out, name=f"stillroom verify --kind {kind}", **run_options)
@@ -224,6 +253,8 @@ def dedup(
 ) -> RunResult:
     """Drop duplicate rows of ``input``, keeping one per cluster (see
     :mod:`stillroom.curate.dedup`); an option left None takes the stage's default."""
+    from stillroom.curate.dedup import Dedup
+
     stage = build_stage(
         Dedup, method=method, column=column, threshold=threshold, ngram=ngram,
         num_perm=num_perm, bands=bands, rows=rows, verify_jaccard=verify_jaccard,

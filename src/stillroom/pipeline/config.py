@@ -80,13 +80,21 @@ def _union(classes: Sequence[type[BaseModel]], discriminator: str) -> Any:
     return Annotated[Union[tuple(classes)], Field(discriminator=discriminator)]  # noqa: UP007
 
 
-_model_cache: dict[tuple[int, int], type[BaseModel]] = {}
+_model_cache: dict[tuple[frozenset[str] | None, int, int], type[BaseModel]] = {}
 
 
-def pipeline_file_model() -> type[BaseModel]:
-    stage_classes = list(stages.items().values())
+def pipeline_file_model(stage_types: frozenset[str] | None = None) -> type[BaseModel]:
+    """The model of a pipeline file whose stages are of ``stage_types`` (None: any known type).
+
+    Built-in stages are imported on first use (stillroom.stages): a file naming two stage types
+    imports those two, not every stage (and a stage whose dependencies are broken does not stop a
+    pipeline that does not use it)."""
+    if stage_types is None:
+        stage_classes = list(stages.items().values())
+    else:
+        stage_classes = [stages.get(name) for name in sorted(stage_types)]
     backend_classes = list(backends.items().values())
-    key = (stages.version, backends.version)
+    key = (stage_types, stages.version, backends.version)
     if key not in _model_cache:
         backend_type: Any = _union(backend_classes, "kind")
         stage_type: Any = _union(stage_classes, "type")
@@ -254,6 +262,19 @@ def read_yaml_mapping(text: str, path: str, needs: str) -> tuple[yaml.MappingNod
     return root, yaml.safe_load(text)
 
 
+def _named_types(data: dict[str, Any]) -> frozenset[str] | None:
+    """The stage types a file names, when each stage names a known one; else None (the model of
+    every type then explains what is wrong, as pydantic's union does)."""
+    listed = data.get("stages")
+    if not isinstance(listed, list) or not listed:
+        return None
+    types = [s.get("type") if isinstance(s, dict) else None for s in listed]
+    known = stages.names()
+    if not all(isinstance(t, str) and t in known for t in types):
+        return None
+    return frozenset(t for t in types if isinstance(t, str))
+
+
 def parse_pipeline_text(
     text: str, path: str = "<pipeline>", base_dir: Path | None = None
 ) -> tuple[BaseModel, Any]:
@@ -278,7 +299,7 @@ def parse_pipeline_text(
         raise ConfigError("a pipeline file must be a mapping with a `stages:` list", path=path, line=1)
     try:
         context = {"base_dir": base_dir} if base_dir is not None else None
-        return pipeline_file_model().model_validate(data, context=context), data
+        return pipeline_file_model(_named_types(data)).model_validate(data, context=context), data
     except ValidationError as validation:
         problems = []
         first_line, first_key = None, None

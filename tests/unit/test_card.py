@@ -197,15 +197,18 @@ def test_the_rerun_check_reads_the_file_from_another_folder(tmp_path: Path) -> N
     assert "anywhere" not in text
 
 
-def test_options_that_are_names_stay_names(tmp_path: Path) -> None:
+def test_only_declared_path_options_are_written_absolute(tmp_path: Path) -> None:
     from stillroom.pipeline.finish import _absolute_options
 
     (tmp_path / "text").write_text("")
     (tmp_path / "bench.jsonl").write_text("")
+    # Only the options a stage declares as paths are touched: a template or stop string that
+    # happens to name a file in the pipeline's folder stays what it is.
     options = {"type": "text", "column": "text", "text_column": "text", "backend": "text",
+               "template": "text", "stop": ["bench.jsonl", ".", "./", "\n\n"],
                "against": ["bench.jsonl", "builtin:x", "~/b.jsonl", "/abs/b.jsonl"],
-               "note": "not a file", "stop": [".", "./", "\n\n"]}
-    assert _absolute_options(options, tmp_path) == {
+               "note": "not a file"}
+    assert _absolute_options(options, ("against",), tmp_path) == {
         **options, "against": [str(tmp_path / "bench.jsonl"), "builtin:x", "~/b.jsonl",
                                "/abs/b.jsonl"]}
 
@@ -226,3 +229,18 @@ def test_rerun_input_keeps_builtin_names_and_expands_home(tmp_path: Path) -> Non
     spec = rerun_input(Plan, InputSource(config, tmp_path))
     assert [item["path"] for item in spec["mix"]] == [
         "builtin:personas", str(Path("~/syn.jsonl").expanduser()), str(tmp_path / "local.jsonl")]
+
+
+def test_every_stage_that_reads_files_from_the_pipeline_folder_declares_them() -> None:
+    """A stage that resolves an option against the pipeline's folder (pipeline_dir) must list it
+    in path_options, or the card's copy of the pipeline would not rerun elsewhere."""
+    import inspect
+
+    from stillroom.pipeline.stage import stages
+
+    for name, cls in stages.items().items():
+        source = inspect.getsource(inspect.getmodule(cls))
+        if "pipeline_dir(" in source or "_base_dir" in source:
+            assert cls.path_options, f"{name} reads files from the pipeline folder"
+            for option in cls.path_options:
+                assert option in cls.model_fields, (name, option)

@@ -100,7 +100,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -509,6 +509,7 @@ def _percent(coverage: float, threshold: float) -> str:
 @register_stage
 class Decontaminate(RowStage):
     type: Literal["decontaminate"] = "decontaminate"
+    path_options: ClassVar[tuple[str, ...]] = ("against",)
     against: list[str] = Field(
         min_length=1,
         description="Benchmark files or dataset folders (JSONL, Parquet, CSV, datasets); a "

@@ -116,7 +116,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -178,6 +178,7 @@ class IFDFilter(AllRowsStage):
     """Score every row's IFD and keep the top fraction (or count) of those with IFD < 1."""
 
     type: Literal["ifd_filter"] = "ifd_filter"
+    path_options: ClassVar[tuple[str, ...]] = ("model",)
     model: str | None = Field(
         default=None,
         description="A .gguf file or a transformers model folder (relative to the pipeline "

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -144,6 +144,7 @@ def _clip(text: str, limit: int = 300) -> str:
 @register_stage
 class PrinciplePreference(RowStage):
     type: Literal["principle_preference"] = "principle_preference"
+    path_options: ClassVar[tuple[str, ...]] = ("principles",)
     backend: str = Field(default="default", description="Backend of the feedback model.")
     principles: str = Field(
         default="builtin:preference_principles",

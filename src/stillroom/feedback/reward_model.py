@@ -63,7 +63,7 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -503,6 +503,7 @@ def _absent_token(sequences: list[list[int]], vocab_size: int) -> int:
 @register_stage
 class RewardModel(RowStage):
     type: Literal["reward_model"] = "reward_model"
+    path_options: ClassVar[tuple[str, ...]] = ("model",)
     model: str = Field(
         description="Folder of a sequence-classification reward model (num_labels=1), written "
         "by save_pretrained; relative to the pipeline file."

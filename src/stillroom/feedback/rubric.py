@@ -50,7 +50,7 @@ import asyncio
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 import yaml
@@ -262,6 +262,7 @@ SYSTEM_PROMPT = "You are an impartial judge who grades AI assistants' answers ag
 @register_stage
 class RubricJudge(RowStage):
     type: Literal["rubric_judge"] = "rubric_judge"
+    path_options: ClassVar[tuple[str, ...]] = ("rubric",)
     backend: str = Field(default="default", description="Backend name of the judge model.")
     rubric: str | None = Field(default=None, description="A rubric file; default: 1-10 grading.")
     reference_column: str | None = Field(default=None, description="A reference answer column.")

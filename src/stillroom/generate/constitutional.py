@@ -45,7 +45,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
@@ -204,6 +204,7 @@ def _normalized(text: str) -> str:
 @register_stage
 class Constitutional(RowStage):
     type: Literal["constitutional"] = "constitutional"
+    path_options: ClassVar[tuple[str, ...]] = ("principles",)
     backend: str = Field(default="default", description="Backend that critiques and revises.")
     response_backend: str | None = Field(
         default=None, description="Backend for the initial response when a row has none."

@@ -43,7 +43,7 @@ the prompt texts and the answer parsing are in :mod:`stillroom.generate.self_ins
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
@@ -108,6 +108,7 @@ class SelfInstructInstances(RowStage):
     input-first generation, then the paper's instance filters. One row per kept instance."""
 
     type: Literal["self_instruct_instances"] = "self_instruct_instances"
+    path_options: ClassVar[tuple[str, ...]] = ("seed_tasks", "instance_demos")
     backend: str = Field(default="default", description="Backend name; default = embedded model.")
     seed_tasks: str = Field(
         default="builtin:self_instruct_seed_tasks",

@@ -58,7 +58,8 @@ def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
         },
         "stages": [
             {"name": name, **_absolute_options(
-                stage.model_dump(mode="json", exclude_none=True), pipeline.base_dir)}
+                stage.model_dump(mode="json", exclude_none=True), stage.path_options,
+                pipeline.base_dir)}
             for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True)
         ],
         "stage_backends": {
@@ -78,28 +79,26 @@ def run_config(pipeline: PipelinePlan, source: InputSource) -> dict[str, Any]:
     return config
 
 
-_NAME_KEYS = {"type", "name", "backend", "backends", "judge_backend"}
+def _absolute_options(options: dict[str, Any], path_options: tuple[str, ...],
+                      base_dir: Path | None) -> dict[str, Any]:
+    """A stage's dumped options with its path options (``Stage.path_options``: a benchmark, a
+    rubric, principles, a model folder, read from the pipeline file's folder when relative)
+    written absolute where they name an existing file or folder there, so that the card's file
+    reruns wherever it is saved. Only the options a stage declares are touched: text that merely
+    looks like a path (a stop string, a template, a column) is never rewritten."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        if base_dir is None or not isinstance(value, str) or not _relative_path(value):
+            return value
+        try:
+            candidate = Path(base_dir, value)
+            return str(candidate.resolve()) if candidate.exists() else value
+        except (OSError, ValueError):  # not a possible path (a NUL, too long): keep it
+            return value
 
-
-def _absolute_options(options: Any, base_dir: Path | None) -> Any:
-    """A stage's dumped options with every relative path that names a file or folder in
-    ``base_dir`` written absolute. Stages read such paths (a benchmark, a rubric, principles, a
-    model folder) from the pipeline file's folder, and the card's file may be saved anywhere;
-    which option is a path differs per stage, so any string that names an existing entry there
-    is taken as one (``_rerun_problem`` then checks the file from an empty folder)."""
-    if isinstance(options, dict):
-        # A column, backend or type is a name, never a path, even where a file shares it.
-        return {key: value if key in _NAME_KEYS or "column" in key
-                else _absolute_options(value, base_dir) for key, value in options.items()}
-    if isinstance(options, list):
-        return [_absolute_options(value, base_dir) for value in options]
-    if base_dir is None or not isinstance(options, str) or not _relative_path(options):
-        return options
-    try:
-        candidate = Path(base_dir, options)
-        return str(candidate.resolve()) if candidate.exists() else options
-    except (OSError, ValueError):  # not a possible path (a NUL, too long): plain text
-        return options
+    return {key: absolute(value) if key in path_options else value
+            for key, value in options.items()}
 
 
 def _relative_path(text: str) -> bool:

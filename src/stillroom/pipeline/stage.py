@@ -126,6 +126,10 @@ class Stage(BaseModel):
     name: str | None = None
 
     needs_all_rows: ClassVar[bool] = False
+    # Options that name a file or folder read from the pipeline file's folder when relative (a
+    # benchmark, a rubric, a model folder): the card's copy of the pipeline writes them absolute,
+    # so that it reruns from wherever it is saved.
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def check_row(self, row: Row) -> str | None:
         """When this stage reads the pipeline's input: what is wrong with ``row``, if anything.

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from stillroom import Pipeline
-from stillroom.data.output import OutputFolder
 from stillroom.errors import StillroomError
 from stillroom.feedback import mt_bench
 from stillroom.feedback.pairwise import PairwiseJudge, verdict_schema
@@ -25,32 +23,10 @@ from stillroom.llm.structured import UnboundedSchema, json_length_bound
 from stillroom.llm.types import Completion, Request
 from stillroom.pipeline.stage import FunctionStage
 from tests import fakes
-from tests.fakes import ScriptedBackend, ScriptedConfig
+from tests.fakes import ScriptedBackend
 
-
-@pytest.fixture(autouse=True)
-def fresh() -> None:
-    fakes.CURRENT.clear()
-
-
-def use(script: Any) -> ScriptedBackend:
-    backend = ScriptedBackend(script)
-    fakes.CURRENT["default"] = backend
-    return backend
-
-
-def run(stages: list[Any], rows: list[dict[str, Any]], out: Path) -> Any:
-    pipeline = Pipeline(stages, input=rows, backends={"default": ScriptedConfig(max_retries=0)})
-    return pipeline.run(out, progress=False, max_failure_rate=1.0)
-
-
-def read(out: Path, kind: str = "data") -> list[dict[str, Any]]:
-    return OutputFolder(out).read_rows(kind)
-
-
-def user_text(request: Request) -> str:
-    assert request.messages is not None
-    return str(request.messages[-1]["content"])
+# The scripted backend, the runner and the readers of the judges' own tests.
+from tests.unit.test_judges import fresh, read, run, use, user_text  # noqa: E402,F401
 
 
 def aspect_of(request: Request) -> str:

@@ -59,7 +59,7 @@ import asyncio
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from stillroom.data.rows import Row, row_id, row_key, seed_id_of, with_lineage
 from stillroom.feedback.judging import (
@@ -262,23 +262,15 @@ class UltraFeedbackJudge(RowStage):
         description="Aspects whose prompt shows the reference (the released code: truthfulness).",
     )
 
-    @field_validator("reference_aspects")
+    @field_validator("aspects", "reference_aspects")
     @classmethod
-    def _known_reference_aspects(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in ASPECTS]
-        if unknown:
-            raise ValueError(f"unknown aspect(s) {unknown}; choose from {list(ASPECTS)}")
-        return value
-
-    @field_validator("aspects")
-    @classmethod
-    def _known_aspects(cls, value: list[str]) -> list[str]:
+    def _known_aspects(cls, value: list[str], info: ValidationInfo) -> list[str]:
         unknown = [name for name in value if name not in ASPECTS]
         if unknown:
             raise ValueError(f"unknown aspect(s) {unknown}; choose from {list(ASPECTS)}")
         if len(set(value)) != len(value):
-            raise ValueError(f"aspects lists one twice: {value}")
-        if all(ASPECTS[name].allows_not_applicable for name in value):
+            raise ValueError(f"{info.field_name} lists one twice: {value}")
+        if info.field_name == "aspects" and all(ASPECTS[name].allows_not_applicable for name in value):
             raise ValueError(
                 "honesty alone may rate every completion N/A and leave it without a score; "
                 "add another aspect"

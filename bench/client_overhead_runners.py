@@ -16,6 +16,18 @@ import json, sys, time
 _T0 = time.perf_counter()
 """
 
+# The end of the two bare asyncio loops: time `main()`, write the answers, report.
+RUNNER_ASYNC_FINISH = '''
+
+c0, w0 = time.process_time(), time.perf_counter()
+answers = asyncio.run(main())
+t_run, cpu_run = time.perf_counter() - w0, time.process_time() - c0
+with open(cfg["answers"], "w") as f:
+    for p, a in zip(prompts, answers):
+        f.write(json.dumps({"prompt": p, "answer": a}) + "\\n")
+print("BENCH_REPORT " + json.dumps({"t_import": T_IMPORT, "t_run": t_run, "cpu_run": cpu_run}))
+'''
+
 RUNNER_AIOHTTP = RUNNER_PRELUDE + '''
 import asyncio
 import aiohttp
@@ -40,15 +52,7 @@ async def main():
 
         return await asyncio.gather(*(one(p) for p in prompts))
 
-
-c0, w0 = time.process_time(), time.perf_counter()
-answers = asyncio.run(main())
-t_run, cpu_run = time.perf_counter() - w0, time.process_time() - c0
-with open(cfg["answers"], "w") as f:
-    for p, a in zip(prompts, answers):
-        f.write(json.dumps({"prompt": p, "answer": a}) + "\\n")
-print("BENCH_REPORT " + json.dumps({"t_import": T_IMPORT, "t_run": t_run, "cpu_run": cpu_run}))
-'''
+''' + RUNNER_ASYNC_FINISH
 
 RUNNER_OPENAI = RUNNER_PRELUDE + '''
 import asyncio
@@ -75,15 +79,7 @@ async def main():
     finally:
         await client.close()
 
-
-c0, w0 = time.process_time(), time.perf_counter()
-answers = asyncio.run(main())
-t_run, cpu_run = time.perf_counter() - w0, time.process_time() - c0
-with open(cfg["answers"], "w") as f:
-    for p, a in zip(prompts, answers):
-        f.write(json.dumps({"prompt": p, "answer": a}) + "\\n")
-print("BENCH_REPORT " + json.dumps({"t_import": T_IMPORT, "t_run": t_run, "cpu_run": cpu_run}))
-'''
+''' + RUNNER_ASYNC_FINISH
 
 RUNNER_STILLROOM_API = RUNNER_PRELUDE + '''
 import os

@@ -41,7 +41,6 @@ def rated_rows() -> list[dict]:
 
 
 def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
-    from stillroom.llm.transformers_backend import locate
 
     result = Pipeline([PreferencePairs(strategy="best_worst")], input=rated_rows()).run(
         tmp_path / "pairs", progress=False)
@@ -49,17 +48,7 @@ def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
     written = OutputFolder(tmp_path / "pairs").read_rows("data")
     assert written[0]["chosen"][0]["role"] == "assistant"  # TRL's conversational format
 
-    folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "student")
-    tokenizer.save_pretrained(tmp_path / "student")
+    _tiny_student(tmp_path / "student")
 
     (tmp_path / "dpo.yaml").write_text(
         "student: student\ndata: pairs\noutput_dir: run\nmax_steps: 2\nbatch_size: 3\n"

@@ -81,10 +81,25 @@ class Completion:
     cached: bool = False
     # Structured output, when a JSON schema was asked for and the text validated against it.
     parsed: Any = None
+    # The model's reasoning trace, kept apart from ``text`` (the final answer): a server's
+    # ``reasoning_content`` / ``reasoning`` field, Anthropic's thinking blocks, or the inside of
+    # inline ``<think>...</think>`` tags split off the text (see :mod:`stillroom.llm.reasoning`).
+    # None: the model gave no trace (or the backend does not return one).
+    reasoning: str | None = None
+    # How many of ``completion_tokens`` were spent on the trace (0 when unknown or no trace);
+    # ``reasoning_tokens_estimated`` when the count is a share of ``completion_tokens`` by
+    # characters rather than a count the backend reported or a tokenizer made.
+    reasoning_tokens: int = 0
+    reasoning_tokens_estimated: bool = False
+    # False when a trace was begun and never ended (the model ran out of tokens while thinking):
+    # such an answer is no answer (see stillroom.llm.reasoning.TRUNCATED_REASONING).
+    reasoning_ended: bool = True
 
     def to_record(self) -> dict[str, Any]:
-        """The cacheable form (no ``cached`` flag: that is a property of the lookup)."""
-        return {
+        """The cacheable form (no ``cached`` flag: that is a property of the lookup). The trace
+        fields are written only when there is a trace, so records of answers without one keep
+        their old form."""
+        record: dict[str, Any] = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
@@ -92,6 +107,12 @@ class Completion:
             "model": self.model,
             "logprobs": self.logprobs,
         }
+        if self.reasoning is not None or not self.reasoning_ended:
+            record["reasoning"] = self.reasoning
+            record["reasoning_tokens"] = self.reasoning_tokens
+            record["reasoning_tokens_estimated"] = self.reasoning_tokens_estimated
+            record["reasoning_ended"] = self.reasoning_ended
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any], *, cached: bool = False) -> Completion:
@@ -103,6 +124,10 @@ class Completion:
             model=record.get("model", ""),
             logprobs=record.get("logprobs"),
             cached=cached,
+            reasoning=record.get("reasoning"),
+            reasoning_tokens=record.get("reasoning_tokens", 0),
+            reasoning_tokens_estimated=record.get("reasoning_tokens_estimated", False),
+            reasoning_ended=record.get("reasoning_ended", True),
         )
 
 

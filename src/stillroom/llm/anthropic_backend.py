@@ -18,6 +18,14 @@ What the Messages API cannot do, this backend does not pretend to:
 * no logprobs and no raw prompts (``supports_logprobs`` / ``supports_raw_prompt`` are False);
 * a ``json_schema`` is not sent: the text comes back as it is and ``LLMClient`` validates it and
   re-asks with the error.
+
+Extended thinking (``thinking_budget``) sends ``thinking={"type": "enabled", "budget_tokens": N}``.
+The thinking blocks' text becomes the completion's ``reasoning``; ``redacted_thinking`` blocks
+(encrypted by Anthropic) are never kept as text: their tokens are in ``output_tokens`` (and in
+``output_tokens_details.thinking_tokens`` when the API reports it; otherwise the client estimates
+the trace's share by characters, which cannot see redacted blocks). The API's rules for thinking
+(budget at least 1024 and below max_tokens; temperature left at 1; top_p 0.95 to 1) are checked
+before any request: in the config, by ``check_params`` for a stage's parameters, and per request.
 """
 
 from __future__ import annotations
@@ -30,7 +38,13 @@ from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.openai_compat import _is_local, check_base_url
-from stillroom.llm.types import BackendError, Completion, Request, error_for_status
+from stillroom.llm.types import (
+    BackendError,
+    Completion,
+    GenerationParams,
+    Request,
+    error_for_status,
+)
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 
@@ -61,7 +75,36 @@ def _text_of(content: Any) -> str:
     return "".join(parts)
 
 
-def messages_body(model: str, request: Request, max_tokens_default: int) -> dict[str, Any]:
+# Anthropic's floor for budget_tokens (see ThinkingConfigEnabledParam in the SDK).
+MIN_THINKING_BUDGET = 1024
+
+
+def thinking_problem(
+    budget: int, params: GenerationParams, max_tokens: int
+) -> tuple[str, str] | None:
+    """(key, what is wrong) when ``params`` cannot go with extended thinking of ``budget``
+    tokens under the API's rules, or None."""
+    if max_tokens <= budget:
+        return "max_tokens", (
+            f"max_tokens {max_tokens} must exceed the thinking budget {budget} (thinking_budget): "
+            "the trace and the answer share max_tokens"
+        )
+    if params.temperature is not None and params.temperature != 1:
+        return "temperature", (
+            f"temperature {params.temperature:g} cannot be sent with extended thinking "
+            "(thinking_budget): Anthropic allows only the default, 1; unset it"
+        )
+    if params.top_p is not None and not 0.95 <= params.top_p <= 1:
+        return "top_p", (
+            f"top_p {params.top_p:g} cannot be sent with extended thinking (thinking_budget): "
+            "Anthropic allows 0.95 to 1"
+        )
+    return None
+
+
+def messages_body(
+    model: str, request: Request, max_tokens_default: int, thinking_budget: int | None = None
+) -> dict[str, Any]:
     """The keyword arguments of ``messages.create`` for one request."""
     if request.messages is None:
         raise BackendError(
@@ -106,6 +149,12 @@ def messages_body(model: str, request: Request, max_tokens_default: int) -> dict
         )
     if params.stop:
         body["stop_sequences"] = list(params.stop)
+    if thinking_budget is not None:
+        problem = thinking_problem(thinking_budget, params, body["max_tokens"])
+        if problem is not None:
+            # Asking again would be refused again: the request, not the server, is at fault.
+            raise BackendError(problem[1], kind="BadRequestError", status=400, retryable=False)
+        body["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
     # params.seed and request.sample are not sent: the API has no seed. They still go into the
     # cache key (LLMClient), so sample 3 is never served sample 1's answer.
     return body
@@ -114,22 +163,36 @@ def messages_body(model: str, request: Request, max_tokens_default: int) -> dict
 def parse_message(message: Any, model: str) -> Completion:
     """Read the fields we keep from a ``Message`` (an SDK object or its dict form)."""
     data = message if isinstance(message, dict) else message.model_dump()
-    text = "".join(
-        block.get("text", "") for block in data.get("content") or [] if block.get("type") == "text"
-    )
+    blocks = data.get("content") or []
+    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
+    thoughts = [str(block.get("thinking") or "") for block in blocks
+                if block.get("type") == "thinking"]
+    # A redacted block's data is encrypted: never text for a row (see the module docstring),
+    # but it shows that the model thought.
+    redacted = any(block.get("type") == "redacted_thinking" for block in blocks)
+    reasoning = "\n\n".join(t for t in thoughts if t) if thoughts or redacted else None
     usage = data.get("usage") or {}
+    details = usage.get("output_tokens_details") or {}
     # Prompt-cache reads and writes are prompt tokens too; the API counts them apart.
     prompt_tokens = sum(
         int(usage.get(name) or 0)
         for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     )
     stop_reason = data.get("stop_reason")
+    finish_reason = _FINISH_REASONS.get(stop_reason, stop_reason) if stop_reason else None
     return Completion(
         text=text,
-        finish_reason=_FINISH_REASONS.get(stop_reason, stop_reason) if stop_reason else None,
+        finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
+        # Thinking tokens are billed as output tokens and are part of this count.
         completion_tokens=int(usage.get("output_tokens") or 0),
         model=data.get("model") or model,
+        reasoning=reasoning,
+        # Newer API versions count them apart; otherwise LLMClient estimates them.
+        reasoning_tokens=int(details.get("thinking_tokens") or 0) if reasoning is not None else 0,
+        # Cut at max_tokens while thinking: a trace and no answer after it.
+        reasoning_ended=not (reasoning is not None and finish_reason == "length"
+                             and not text.strip()),
     )
 
 
@@ -174,8 +237,10 @@ class AnthropicBackend(Backend):
         base_url: str | None = None,
         api_key_env: str = "ANTHROPIC_API_KEY",
         max_tokens_default: int = 1024,
+        thinking_budget: int | None = None,
     ):
         super().__init__(model)
+        self.thinking_budget = thinking_budget
         # Named explicitly even for the default, so ANTHROPIC_BASE_URL in the environment cannot
         # silently send a run somewhere other than where its config says.
         self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
@@ -185,7 +250,10 @@ class AnthropicBackend(Backend):
 
     def cache_identity(self) -> dict[str, Any]:
         # The default decides the length of every answer that does not set max_tokens.
-        return {**super().cache_identity(), "max_tokens_default": self.max_tokens_default}
+        identity = {**super().cache_identity(), "max_tokens_default": self.max_tokens_default}
+        if self.thinking_budget is not None:  # only when set: older caches keep their keys
+            identity["thinking_budget"] = self.thinking_budget
+        return identity
 
     def _open_client(self) -> Any:
         import anthropic
@@ -207,7 +275,7 @@ class AnthropicBackend(Backend):
         )
 
     async def generate(self, request: Request) -> Completion:
-        body = messages_body(self.model, request, self.max_tokens_default)
+        body = messages_body(self.model, request, self.max_tokens_default, self.thinking_budget)
         import anthropic
 
         if self._client is None:
@@ -247,6 +315,14 @@ class AnthropicConfig(BackendConfig):
     max_tokens_default: int = Field(
         default=1024, ge=1, description="max_tokens when a request sets none (the API needs one)."
     )
+    # After max_tokens_default: its validator compares the two.
+    thinking_budget: int | None = Field(
+        default=None,
+        ge=MIN_THINKING_BUDGET,
+        description="Extended thinking: at most this many tokens of thinking per answer "
+        "(at least 1024, below max_tokens); the thinking blocks become the reasoning column. "
+        "None = no thinking.",
+    )
 
     _runtime_fields: ClassVar[frozenset[str]] = BackendConfig._runtime_fields | {
         "base_url",
@@ -257,6 +333,25 @@ class AnthropicConfig(BackendConfig):
     @classmethod
     def _valid_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         return check_base_url(value, info)
+
+    @field_validator("thinking_budget")
+    @classmethod
+    def _budget_below_default(cls, value: int | None, info: ValidationInfo) -> int | None:
+        default = info.data.get("max_tokens_default")
+        if value is not None and isinstance(default, int) and default <= value:
+            raise ValueError(
+                f"must be below max_tokens_default ({default}): thinking and answer share "
+                "max_tokens; raise max_tokens_default or lower thinking_budget"
+            )
+        return value
+
+    def check_params(self, params: GenerationParams, *, key: str = "params") -> None:
+        if self.thinking_budget is None:
+            return
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_tokens_default
+        problem = thinking_problem(self.thinking_budget, params, max_tokens)
+        if problem is not None:
+            raise ConfigError(problem[1], key=f"{key}.{problem[0]}" if key else problem[0])
 
     def backend_class(self) -> type[Backend]:
         return AnthropicBackend
@@ -274,4 +369,5 @@ class AnthropicConfig(BackendConfig):
             base_url=self.base_url,
             api_key_env=self.api_key_env,
             max_tokens_default=self.max_tokens_default,
+            thinking_budget=self.thinking_budget,
         )

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stillroom.llm.types import Completion, Message, Request
+from stillroom.llm.reasoning import THINK_END, THINK_START, ThinkTags
+from stillroom.llm.types import Completion, GenerationParams, Message, Request
 from stillroom.registry import Registry
 
 
@@ -63,6 +64,12 @@ class Backend(ABC):
         ``supports_scoring`` implement it; callers pass the two limits only when set."""
         raise NotImplementedError(f"the {self.kind} backend cannot score a given completion")
 
+    def count_tokens(self, text: str) -> int | None:
+        """How many tokens ``text`` is in this backend's tokenizer, or None when it has none at
+        hand (a server). The client counts an inline trace's tokens with it, so engines that
+        hold their tokenizer report an exact count instead of an estimate."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional: most backends have nothing to free
         """Release connections, threads or model memory."""
 
@@ -95,6 +102,27 @@ class BackendConfig(BaseModel):
         default=None, ge=0, description="Price per million completion tokens."
     )
 
+    # Inline reasoning traces. They change what a row holds, so they stay in identity(); they are
+    # not part of the request cache key (the cache keeps the backend's text as it came, and the
+    # client splits it on the way out, cached or fresh).
+    think_tags: bool = Field(
+        default=False,
+        description="The model writes its reasoning inline (think_start ... think_end) in its "
+        "text: split it off into the reasoning column; the text after it is the answer.",
+    )
+    think_start: str = Field(
+        default=THINK_START, min_length=1, description="Tag that opens an inline trace."
+    )
+    think_end: str = Field(
+        default=THINK_END, min_length=1, description="Tag that closes an inline trace."
+    )
+    think_opened: bool = Field(
+        default=False,
+        description="The chat template or prompt already opened the trace, so the text starts "
+        "inside it (everything before think_end is the trace; no think_end = an unfinished "
+        "trace, not an answer).",
+    )
+
     _runtime_fields: ClassVar[frozenset[str]] = frozenset(
         {"concurrency", "timeout", "max_retries", "retry_base_delay", "retry_max_delay",
          "input_price", "output_price"}
@@ -103,8 +131,24 @@ class BackendConfig(BaseModel):
     def build(self) -> Backend:
         raise NotImplementedError
 
+    def think(self) -> ThinkTags | None:
+        """How to split inline traces off this backend's answers; None when think_tags is off."""
+        if not self.think_tags:
+            return None
+        return ThinkTags(self.think_start, self.think_end, self.think_opened)
+
+    def check_params(self, params: GenerationParams, *, key: str = "params") -> None:
+        """ConfigError (naming ``key``) when a stage's sampling ``params`` cannot be sent to
+        this backend as configured; stages call it from ``check_backends``, before any request.
+        Most backends take any."""
+
     def identity(self) -> dict[str, Any]:
-        return self.model_dump(exclude=set(self._runtime_fields), exclude_none=True)
+        exclude = set(self._runtime_fields)
+        if not self.think_tags:
+            # Off, the tag options decide nothing; left out so fingerprints of runs made before
+            # they existed stay the same.
+            exclude |= _THINK_FIELDS
+        return self.model_dump(exclude=exclude, exclude_none=True)
 
     # Capabilities, answered before anything is built so a bad pipeline fails early.
     def backend_class(self) -> type[Backend]:
@@ -114,5 +158,7 @@ class BackendConfig(BaseModel):
         """GPUs one built backend occupies (the Ray executor reserves them per worker)."""
         return 0
 
+
+_THINK_FIELDS = frozenset({"think_tags", "think_start", "think_end", "think_opened"})
 
 backends: Registry[type[BackendConfig]] = Registry("backend kind")

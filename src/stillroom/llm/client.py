@@ -9,16 +9,20 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from stillroom.llm.backend import Backend
 from stillroom.llm.cache import RequestCache, request_key
 from stillroom.llm.limiter import AdaptiveLimiter
+from stillroom.llm.reasoning import TRUNCATED_REASONING, ThinkTags, estimate_reasoning_tokens
 from stillroom.llm.stats import BackendStats
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
 from stillroom.llm.types import BackendError, Completion, Message, Request, RequestFailed
+
+if TYPE_CHECKING:
+    from stillroom.llm.backend import BackendConfig
 
 T = TypeVar("T")
 
@@ -40,7 +44,8 @@ def score_key(
 
 
 def _has_text(completion: Completion) -> bool:
-    return bool(completion.text.strip())
+    """An answer: some text, and not a trace that never ended (its text is no answer)."""
+    return completion.reasoning_ended and bool(completion.text.strip())
 
 
 class LLMClient:
@@ -55,8 +60,11 @@ class LLMClient:
         retry_base_delay: float = 1.0,
         retry_max_delay: float = 60.0,
         max_reasks: int = 2,
+        think: ThinkTags | None = None,
     ):
         self.backend = backend
+        # Inline traces to split off every answer (the backend config's think_tags), or None.
+        self.think = think
         self.cache = cache
         self.limiter = AdaptiveLimiter(concurrency)
         self.timeout = timeout
@@ -70,37 +78,112 @@ class LLMClient:
         # not be seeded for a run to be reproducible.
         self._jitter = random.Random()
 
-    async def generate(self, request: Request) -> Completion:
-        """One completion for one request; raises RequestFailed after the retries are spent."""
+    @classmethod
+    def from_config(
+        cls,
+        config: BackendConfig,
+        *,
+        cache: RequestCache | None = None,
+        backend: Backend | None = None,
+        **options: Any,
+    ) -> LLMClient:
+        """A client for ``config`` (built now unless ``backend`` is given) with the config's
+        concurrency, timeout, retries and inline-trace parsing; ``options`` override them."""
+        settings: dict[str, Any] = {
+            "concurrency": config.concurrency,
+            "timeout": config.timeout,
+            "max_retries": config.max_retries,
+            "retry_base_delay": config.retry_base_delay,
+            "retry_max_delay": config.retry_max_delay,
+            "think": config.think(),
+        }
+        settings.update(options)
+        return cls(backend if backend is not None else config.build(), cache=cache, **settings)
+
+    async def generate(self, request: Request, *, split_traces: bool = True) -> Completion:
+        """One completion for one request; raises RequestFailed after the retries are spent.
+
+        ``split_traces=False`` leaves an inline trace in the text even when the config has
+        ``think_tags``: for a caller that continues the text as the model wrote it (budget
+        forcing looks for the closing tag itself). A trace the backend returned apart stays
+        apart either way.
+        """
         if request.params.json_schema is not None:
             return await self._generate_structured(request)
-        return await self._generate_cached(request)
+        return await self._generate_cached(request, split_traces=split_traces)
 
     async def _generate_cached(
-        self, request: Request, accept: Callable[[Completion], bool] | None = None
+        self,
+        request: Request,
+        accept: Callable[[Completion], bool] | None = None,
+        *,
+        split_traces: bool = True,
     ) -> Completion:
         """One completion, from the cache when it holds an acceptable one.
 
-        Only an answer is cached: an empty text (and, with ``accept``, one it refuses, such as
-        JSON that does not fit the schema) is returned to the caller, which fails the row, but
-        not stored, so a rerun asks again instead of being served the same non-answer forever.
+        Only an answer is cached: an empty text, a trace that never ended (and, with
+        ``accept``, one it refuses, such as JSON that does not fit the schema) is returned to
+        the caller, which fails the row, but not stored, so a rerun asks again instead of being
+        served the same non-answer forever.
+
+        The cache keeps the backend's text as it came; inline traces are split off afterwards
+        (:meth:`_read_trace`), for cached and fresh answers alike.
         """
         accept = accept or _has_text
         key = request_key(self._identity, request) if self.cache is not None else None
         if key is not None:
             record = self.cache.get(key)  # type: ignore[union-attr]
             if record is not None:
-                cached = Completion.from_record(record, cached=True)
+                cached = self._read_trace(Completion.from_record(record, cached=True),
+                                          split_traces)
                 if accept(cached):  # a non-answer stored by an older stillroom is asked again
                     stats = self.stats
                     stats.cache_hits += 1
                     stats.cached_prompt_tokens += record.get("prompt_tokens", 0)
                     stats.cached_completion_tokens += record.get("completion_tokens", 0)
+                    stats.cached_reasoning_tokens += cached.reasoning_tokens
                     return cached
         completion = await self._send_with_retries(request)
-        if key is not None and accept(completion):
-            self.cache.put(key, completion.to_record())  # type: ignore[union-attr]
+        record = completion.to_record() if key is not None else None
+        completion = self._read_trace(completion, split_traces)
+        self.stats.reasoning_tokens += completion.reasoning_tokens
+        if completion.reasoning_tokens_estimated:
+            self.stats.estimated_reasoning_tokens += completion.reasoning_tokens
+        if record is not None and accept(completion):
+            self.cache.put(key, record)  # type: ignore[union-attr,arg-type]
         return completion
+
+    def _read_trace(self, completion: Completion, split_traces: bool = True) -> Completion:
+        """``completion`` with its inline trace split off (when the config says the model
+        writes one and the backend did not already return it apart) and its reasoning tokens
+        counted: by the backend's tokenizer when it has one, else estimated by characters."""
+        think = self.think if split_traces else None
+        raw = completion.text
+        if think is not None and completion.reasoning is None:
+            split = think.split(raw)
+            if split.reasoning is not None or not split.ended:
+                completion.text = split.answer
+                completion.reasoning = split.reasoning
+                completion.reasoning_ended = split.ended
+                completion.reasoning_tokens = 0
+                completion.reasoning_tokens_estimated = False
+                if completion.completion_tokens > 0:
+                    counted = self._count_tokens(think.trace_part(raw))
+                    if counted is not None:
+                        completion.reasoning_tokens = min(counted, completion.completion_tokens)
+        if (completion.reasoning and not completion.reasoning_tokens
+                and completion.completion_tokens > 0):
+            completion.reasoning_tokens = estimate_reasoning_tokens(
+                completion.reasoning, completion.text, completion.completion_tokens
+            )
+            completion.reasoning_tokens_estimated = completion.reasoning_tokens > 0
+        return completion
+
+    def _count_tokens(self, text: str) -> int | None:
+        try:
+            return self.backend.count_tokens(text)
+        except Exception:  # noqa: BLE001 - a count is a nicety; the estimate stands in for it
+            return None
 
     async def score(
         self,
@@ -230,6 +313,16 @@ class LLMClient:
 
         for _ in range(self.max_reasks + 1):
             completion = await self._generate_cached(current, accept=fits)
+            if not completion.reasoning_ended:
+                # Re-asking with the same max_tokens would only cut the trace again.
+                raise RequestFailed(
+                    BackendError(
+                        f"the reasoning never ended (finish_reason {completion.finish_reason}): "
+                        "there is no answer after the trace; raise max_tokens",
+                        kind=TRUNCATED_REASONING,
+                    ),
+                    attempts=1,
+                )
             if id(completion) not in verdicts:  # no cache: nobody asked yet
                 fits(completion)
             error = verdicts[id(completion)][1]

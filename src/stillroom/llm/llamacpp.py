@@ -326,6 +326,16 @@ class LlamaCppBackend(Backend):
             logprobs=logprobs,
         )
 
+    def count_tokens(self, text: str) -> int | None:
+        """``text``'s tokens in the loaded model's vocabulary (an inline trace's exact count;
+        tokenizing reads only the vocabulary, so it does not wait for a generation running in the
+        worker thread). None before any model is loaded."""
+        with self._lock:
+            model = next(iter(self._models.values()), None)
+        if model is None:
+            return None
+        return len(model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
     async def aclose(self) -> None:
         self._executor.shutdown(wait=True)
         with self._lock:

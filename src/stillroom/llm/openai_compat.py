@@ -130,23 +130,48 @@ def parse_chat_response(data: dict[str, Any], model: str) -> Completion:
         raise BackendError("response has no choices", kind="APIResponseValidationError")
     choice = choices[0]
     message = choice.get("message")
+    finish_reason = choice.get("finish_reason")
+    reasoning = None
     if message is not None:
         text = message.get("content")
+        reasoning = _reasoning_of(message)
         if text is None and message.get("refusal"):
             raise BackendError(f"refused: {message['refusal']}", kind="ContentRefusal")
+        if text is None and reasoning is not None:
+            text = ""  # all trace, no answer (yet): see reasoning_ended below
     else:
-        text = choice.get("text")
+        text = choice.get("text")  # a raw prompt: traces come inline only (think_tags)
     if text is None:
         raise BackendError("response has no content", kind="APIResponseValidationError")
     usage = data.get("usage") or {}
+    details = usage.get("completion_tokens_details") or {}
     return Completion(
         text=text,
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=finish_reason,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         model=data.get("model") or model,
         logprobs=_parse_logprobs(choice.get("logprobs")),
+        reasoning=reasoning,
+        # When the server does not count them apart, LLMClient estimates them.
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0) if reasoning is not None else 0,
+        # A reasoning parser hands over the trace and an empty or missing content when the
+        # model was cut off at max_tokens before it closed its trace.
+        reasoning_ended=not (reasoning is not None and finish_reason == "length"
+                             and not text.strip()),
     )
+
+
+def _reasoning_of(message: dict[str, Any]) -> str | None:
+    """The trace a reasoning parser put beside the answer: ``reasoning`` (vLLM since it renamed
+    the field, OpenRouter) or ``reasoning_content`` (older vLLM, SGLang, DeepSeek's API). vLLM
+    warns that a client reading only the old name can see it empty while the new one is filled,
+    so the first one with text wins."""
+    for name in ("reasoning", "reasoning_content"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None  # absent, null or empty (servers send those for models that do not think)
 
 
 def _parse_logprobs(logprobs: dict[str, Any] | None) -> list[dict[str, Any]] | None:

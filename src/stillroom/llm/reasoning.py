@@ -78,3 +78,24 @@ def estimate_reasoning_tokens(reasoning: str | None, answer: str, completion_tok
         return 0
     total = len(reasoning) + len(answer)
     return round(completion_tokens * len(reasoning) / total) if total else 0
+
+
+@dataclass(frozen=True)
+class ThinkTags:
+    """How a backend's model writes its trace inline (its config's ``think_*`` options): the
+    client splits every answer with it, fresh or cached, so the cache keeps what the backend
+    returned and a changed parse reuses paid-for answers."""
+
+    start: str = THINK_START
+    end: str = THINK_END
+    opened: bool = False
+
+    def split(self, text: str) -> SplitText:
+        return split_think_tags(text, self.start, self.end, opened=self.opened)
+
+    def trace_part(self, text: str) -> str:
+        """The part of ``text`` the model spent on its trace, tags included (for an exact token
+        count by a tokenizer): up to and including the first ``end``, or all of it when the
+        trace never ended."""
+        head, found, _ = text.partition(self.end) if self.end else (text, "", "")
+        return head + found if found else text

@@ -71,6 +71,14 @@ class BackendStats:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    # The share of completion_tokens spent on reasoning traces (counted or estimated, see
+    # Completion.reasoning_tokens_estimated). A part of completion_tokens, never added to it:
+    # OpenAI, vLLM, SGLang and Anthropic all bill reasoning as output tokens, so the cost
+    # estimate from completion_tokens already includes it.
+    reasoning_tokens: int = 0
+    cached_reasoning_tokens: int = 0
+    # Of reasoning_tokens, those estimated by characters (the card marks them "estimated").
+    estimated_reasoning_tokens: int = 0
     busy_seconds: float = 0.0  # request seconds: summed latency of successful attempts
     errors: Counter[str] = field(default_factory=Counter)  # by SDK-style kind, every attempt
     # [first start, last end] of successful attempts, wall clock: one per session and process.

@@ -545,6 +545,14 @@ class TransformersBackend(TeacherForcedScoring, Backend):
             logprobs=entries if row.top_logprobs is not None else None,
         )
 
+    def count_tokens(self, text: str) -> int | None:
+        """``text``'s tokens in the model's tokenizer (an inline trace's exact count); None
+        before the model is loaded."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            return None
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
     async def aclose(self) -> None:
         await self._batcher.aclose()
         self._model = None

@@ -516,6 +516,14 @@ class VLLMBackend(Backend):
 
         return await asyncio.get_running_loop().run_in_executor(self._worker(), render)
 
+    def count_tokens(self, text: str) -> int | None:
+        """``text``'s tokens in the model's tokenizer (an inline trace's exact count); None
+        before the model is loaded."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            return None
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
     async def aclose(self) -> None:
         await self._batcher.aclose()
         # Dropping the last reference shuts the engine down and frees its GPU memory.

@@ -292,15 +292,8 @@ class Executor:
         if self.options.use_cache:
             cache = self.cache = RequestCache.in_dir(self.options.cache_dir)
         for name, config in self.pipeline.used_backends().items():
-            self.clients[name] = LLMClient(
-                config.build(),
-                cache=cache,
-                concurrency=config.concurrency,
-                timeout=config.timeout,
-                max_retries=config.max_retries,
-                retry_base_delay=config.retry_base_delay,
-                retry_max_delay=config.retry_max_delay,
-            )
+            # from_config: the config's limits and retries, and its inline-trace parsing.
+            self.clients[name] = LLMClient.from_config(config, cache=cache)
 
     def fingerprint(self) -> dict[str, Any]:
         # Version 2: keys of chunks where no row stage runs, and all-rows filters that stream

@@ -162,11 +162,7 @@ class SegmentWorker:
                  else None)
         clients = {}
         for name, config in self.spec.pipeline.used_backends().items():
-            clients[name] = LLMClient(
-                config.build(), cache=cache, concurrency=config.concurrency,
-                timeout=config.timeout, max_retries=config.max_retries,
-                retry_base_delay=config.retry_base_delay, retry_max_delay=config.retry_max_delay,
-            )
+            clients[name] = LLMClient.from_config(config, cache=cache)
         return RowProcessor(self.spec.pipeline.seed, clients, self.stage_stats)
 
     async def _semaphore(self) -> asyncio.Semaphore:

@@ -7,6 +7,27 @@ server. Each request can be appended to a JSON-lines log (to check what a client
 resumed run did not resend answered requests).
 
     python -m stillroom.testing.echo_server --port 8123 --latency-ms 100 [--log requests.jsonl]
+        [--reasoning none|field|inline]
+
+Reasoning traces, for tests of reasoning models (``--reasoning``, or per request a body field
+``"echo_reasoning"``, which an OpenAI-compatible client sends through ``extra_body``): the answer
+follows a trace, ``echo-trace: the user wrote N words: <the user's text>``.
+
+* ``field``: the shape vLLM documents for a server run with ``--reasoning-parser`` ("Reasoning
+  Outputs" in vLLM's docs): the trace in the message's ``reasoning`` field and, under its former
+  name, ``reasoning_content`` (both filled, as vLLM did while it renamed it); the answer in
+  ``content``; ``usage.completion_tokens_details.reasoning_tokens`` counts the trace.
+* ``inline``: what a server without a parser returns: ``<think>trace</think>answer`` in
+  ``content`` (and in ``text`` for a raw ``/completions`` prompt).
+
+Tokens are words here. When a request's ``max_tokens`` is smaller than the trace, the trace is cut
+there and no answer follows (``finish_reason: "length"``; ``content: null`` with ``field``, an
+unclosed ``<think>`` with ``inline``), as a reasoning model cut off while thinking.
+
+``POST /v1/messages`` answers in Anthropic's Messages shape (text blocks, ``stop_reason``,
+``usage.input_tokens``/``output_tokens``), with a ``thinking`` block before the text when the
+request asks for ``thinking: {"type": "enabled", ...}`` (cut as above: ``stop_reason:
+"max_tokens"`` and no text block), so the real ``anthropic`` SDK can be tested against it.
 
 Written by hand, on asyncio streams, because the usual ASGI stacks cost more CPU per request than
 the clients we measure (llm-katan, FastAPI-based, is used for failure injection instead).
@@ -27,17 +48,46 @@ _RESPONSE_HEAD = (
 )
 
 
-def _answer(body: dict[str, Any], created: int) -> dict[str, Any]:
+REASONING_MODES = ("none", "field", "inline")
+
+
+def _user_text(body: dict[str, Any]) -> str:
     messages = body.get("messages")
-    if messages is not None:
-        user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
-    else:
-        user = body.get("prompt", "")
+    if messages is None:
+        return str(body.get("prompt", ""))
+    return str(next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""))
+
+
+def _trace(user: str, max_tokens: Any) -> tuple[str, bool]:
+    """The echo's reasoning trace for ``user``, and whether it ended within ``max_tokens``."""
+    # The trace repeats the user's text, so a test makes a trace longer than any max_tokens (the
+    # Anthropic API's is above 1024 with thinking) by sending a long prompt.
+    words = f"echo-trace: the user wrote {len(user.split())} words: {user}".split()
+    if isinstance(max_tokens, int) and max_tokens < len(words):
+        return " ".join(words[:max_tokens]), False
+    return " ".join(words), True
+
+
+def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict[str, Any]:
+    messages = body.get("messages")
+    user = _user_text(body)
     text = f"echo: {user}"
     words = text.split()
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+    mode = body.get("echo_reasoning", reasoning)
+    if mode == "none":
+        content: str | None = text
+        trace, ended = None, True
+    else:
+        trace, ended = _trace(user, body.get("max_tokens"))
+        content = text if ended else None
+        if mode == "inline":
+            content = f"<think>{trace}</think>{text}" if ended else f"<think>{trace}"
+    used = (len(trace.split()) if trace else 0) + (len(words) if ended else 0)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if ended else "length"}
     if messages is not None:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": content}
+        if mode == "field":
+            choice["message"]["reasoning"] = choice["message"]["reasoning_content"] = trace
         if body.get("logprobs"):
             k = int(body.get("top_logprobs") or 0)
             choice["logprobs"] = {
@@ -54,24 +104,58 @@ def _answer(body: dict[str, Any], created: int) -> dict[str, Any]:
                 ]
             }
     else:
-        choice["text"] = text
+        # A raw prompt has no message to carry a reasoning field: a trace can only be inline.
+        choice["text"] = content if mode == "inline" else text
+    usage: dict[str, Any] = {
+        "prompt_tokens": len(user.split()),
+        "completion_tokens": used,
+        "total_tokens": len(user.split()) + used,
+    }
+    if mode == "field" and messages is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": len(trace.split()) if trace else 0}
     return {
         "id": f"echo-{created}",
         "object": "chat.completion" if messages is not None else "text_completion",
         "created": created,
         "model": body.get("model", "echo"),
         "choices": [choice],
-        "usage": {
-            "prompt_tokens": len(str(user).split()),
-            "completion_tokens": len(words),
-            "total_tokens": len(str(user).split()) + len(words),
-        },
+        "usage": usage,
+    }
+
+
+def _anthropic_answer(body: dict[str, Any], created: int) -> dict[str, Any]:
+    """An Anthropic Messages API response: thinking block(s) when asked for, then the text."""
+    user = _user_text(body)
+    text = f"echo: {user}"
+    thinking = body.get("thinking") or {}
+    blocks: list[dict[str, Any]] = []
+    used, ended = 0, True
+    if thinking.get("type") == "enabled":
+        trace, ended = _trace(user, body.get("max_tokens"))
+        # The signature is opaque to clients; a fixed value stands in for Anthropic's.
+        blocks.append({"type": "thinking", "thinking": trace, "signature": "echo-signature"})
+        used += len(trace.split())
+    if ended:
+        blocks.append({"type": "text", "text": text})
+        used += len(text.split())
+    return {
+        "id": f"msg_echo{created}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", "echo"),
+        "content": blocks,
+        "stop_reason": "end_turn" if ended else "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": len(user.split()), "output_tokens": used},
     }
 
 
 class EchoServer:
-    def __init__(self, latency_ms: float = 0.0, log_path: str | None = None):
+    def __init__(
+        self, latency_ms: float = 0.0, log_path: str | None = None, reasoning: str = "none"
+    ):
         self.latency = latency_ms / 1000.0
+        self.reasoning = reasoning
         self.log_path = log_path
         self._log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         self.requests = 0
@@ -92,7 +176,13 @@ class EchoServer:
                     self._log.write(json.dumps({"t": time.time(), "body": body}) + "\n")
                 if self.latency:
                     await asyncio.sleep(self.latency)
-                payload = json.dumps(_answer(body, int(time.time()))).encode()
+                # The request line's path: "POST /v1/messages HTTP/1.1".
+                path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+                if path.split(b"?", 1)[0].endswith(b"/messages"):
+                    answer = _anthropic_answer(body, int(time.time()))
+                else:
+                    answer = _answer(body, int(time.time()), self.reasoning)
+                payload = json.dumps(answer).encode()
                 head_out = _RESPONSE_HEAD.format(status=200, reason="OK", length=len(payload))
                 writer.write(head_out.encode() + payload)
                 await writer.drain()
@@ -117,6 +207,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--log", default=None, help="append each request body to this JSONL file")
+    parser.add_argument(
+        "--reasoning", choices=REASONING_MODES, default="none",
+        help="answer after a reasoning trace: in the message's reasoning fields (vLLM's shape) "
+        "or inline in <think> tags (a request's echo_reasoning field overrides it)",
+    )
     args = parser.parse_args()
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -124,7 +219,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(EchoServer(args.latency_ms, args.log).serve(args.host, args.port))
+    asyncio.run(EchoServer(args.latency_ms, args.log, args.reasoning).serve(args.host, args.port))
 
 
 if __name__ == "__main__":

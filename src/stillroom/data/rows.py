@@ -52,7 +52,7 @@ without the answer, the answer in a text ``completion``): :func:`row_answer` is 
 from __future__ import annotations
 
 import string
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from stillroom.data.lineage import (
     LINEAGE_KEYS,
@@ -72,6 +72,9 @@ from stillroom.data.row_text import (
     turn_texts,
 )
 from stillroom.data.row_types import Message, Row
+
+if TYPE_CHECKING:
+    from stillroom.llm.types import Completion
 
 ANSWER_COLUMN = "completion"
 """The default answer column; the one whose answer may live in ``messages`` instead."""
@@ -315,6 +318,45 @@ def build_messages(
     return messages
 
 
+# -- reasoning traces ------------------------------------------------------------------------------
+# A trace sits beside the answer, never in it: in ``reasoning`` (``<column>_reasoning`` beside a
+# custom answer column), text for one answer and a list aligned with a list of answers. Written
+# only when some answer has a trace, so rows of models without traces keep their old columns.
+
+
+def has_trace(completions: list[Completion]) -> bool:
+    """Whether any completion carries a reasoning trace (a finished or an unfinished one)."""
+    return any(c.reasoning is not None or not c.reasoning_ended for c in completions)
+
+
+def trace_columns(
+    column: str, completions: list[Completion], many: bool, *, flag: bool
+) -> dict[str, Any]:
+    """The trace column (text, or a list aligned with the samples when ``many``) and, when
+    traces that never ended are kept (``flag``), ``<column>_truncated`` beside it."""
+    traces = [c.reasoning for c in completions]
+    cut = [not c.reasoning_ended for c in completions]
+    out: dict[str, Any] = {column: traces if many else traces[0]}
+    if flag:
+        out[f"{column}_truncated"] = cut if many else cut[0]
+    return out
+
+
+def trace_usage(completions: list[Completion]) -> dict[str, Any]:
+    """Reasoning token figures for a stage's row metadata."""
+    usage: dict[str, Any] = {"reasoning_tokens": sum(c.reasoning_tokens for c in completions)}
+    if any(c.reasoning_tokens_estimated for c in completions):
+        usage["reasoning_tokens_estimated"] = True
+    return usage
+
+
+def truncated_reason(completion: Completion, *, can_flag: bool = True) -> str:
+    """Why a completion whose trace never ended is not an answer (a row failure's reason)."""
+    instead = ", or keep such rows flagged with truncated_reasoning: flag" if can_flag else ""
+    return (f"the reasoning never ended (finish_reason={completion.finish_reason}): a cut "
+            f"trace has no answer after it; raise max_tokens{instead}")
+
+
 __all__ = [
     "ANSWER_COLUMN",
     "LINEAGE_KEYS",
@@ -335,6 +377,7 @@ __all__ = [
     "derived_id",
     "field_column",
     "finish_reasons",
+    "has_trace",
     "is_conversation",
     "last_turn",
     "pair_prompt",
@@ -345,8 +388,39 @@ __all__ = [
     "row_key",
     "seed_id_of",
     "template_columns",
+    "trace_columns",
+    "trace_usage",
+    "truncated_reason",
     "turn_texts",
     "with_answer",
     "with_lineage",
     "without_answer",
 ]
+
+
+def template_problem(template: str) -> str | None:
+    """What makes ``template`` unusable as a ``prompt_template``, if anything: a brace without
+    its pair, a positional field (``{}`` or ``{0}``) where a column name belongs, an unknown
+    conversion, or no ``{column}`` field at all."""
+    import string
+
+    columns: list[str] = []
+    try:
+        for _, field, spec, conversion in string.Formatter().parse(template):
+            if field is None:
+                continue
+            column = field_column(field)
+            if not column or column.isdigit():
+                shown = "{" + field + "}"
+                return (f"{shown} is a positional field; name a column instead, "
+                        "e.g. '{question}'")
+            if conversion not in (None, "r", "s", "a"):
+                return f"{{{field}!{conversion}}} has an unknown conversion (use !r, !s or !a)"
+            if spec and "{" in spec:
+                return f"{{{field}:{spec}}} nests a field in its format spec; it is not supported"
+            columns.append(column)
+    except ValueError as error:  # an unbalanced brace: "Single '}' encountered", ...
+        return f"is not a valid template: {error} (write a literal brace as '{{{{' or '}}}}')"
+    if not columns:
+        return "names no column; use '{column}' fields, e.g. '{question}'"
+    return None

@@ -12,6 +12,12 @@ whose result must still satisfy the schema. An answer neither reading accepts is
 what was wrong, up to ``max_reasks`` times; then the row fails with the last raw answer in its
 reason. No path leaves a judgment empty or ``None``.
 
+A judge is shown the final answer, never the reasoning trace before it (:func:`judged_text`): a
+trace kept apart in a ``reasoning`` column is not read at all, and an inline ``<think>`` trace is
+cut off where the judge's prompt is built, so the row's own columns (``chosen``/``rejected``
+for training) keep what the model wrote. Judging a trace would reward long thinking rather than
+a good answer, and show the judge text the user never sees.
+
 Every judge schema is bounded (strings have ``maxLength``, lists ``maxItems``), and when decoding
 is constrained the request's ``max_tokens`` is raised to at least the longest answer the schema
 allows (:func:`~stillroom.llm.structured.json_length_bound`). Under a grammar a lower limit cannot
@@ -30,6 +36,7 @@ from typing import Any, Literal
 
 from stillroom.data.rows import Row, is_conversation, prompt_text, row_answer, without_answer
 from stillroom.llm.client import LLMClient
+from stillroom.llm.reasoning import final_answer
 from stillroom.llm.structured import (
     StructuredOutputError,
     json_length_bound,
@@ -162,6 +169,19 @@ def check_instruction(row: Row) -> str | None:
         return (f"the row needs a `prompt` (text or a list of messages) or `messages`; it has "
                 f"{sorted(row)}")
     return None
+
+
+# What a judge is shown for an answer whose trace never ended: it holds no answer, and saying so
+# lets the judge rate it as such rather than grade a half-written thought.
+NO_FINAL_ANSWER = "(no final answer: the response's reasoning never ended)"
+
+
+def judged_text(answer: str) -> str:
+    """What a judge is shown of ``answer``: its final answer, without an inline reasoning trace
+    (:func:`stillroom.llm.reasoning.final_answer`); :data:`NO_FINAL_ANSWER` when the trace
+    never ended."""
+    final, _ = final_answer(answer)
+    return NO_FINAL_ANSWER if final is None else final
 
 
 def answer_problem(row: Row, column: str) -> str | None:

@@ -51,6 +51,7 @@ from stillroom.feedback.judging import (
     StructuredMode,
     ask_judge,
     check_instruction,
+    judged_text,
     schema_prompt,
     transcript,
 )
@@ -199,8 +200,8 @@ class PairwiseJudge(RowStage):
             criteria=self.criteria or DEFAULT_CRITERIA,
             instruction=transcript(row),
             reference=reference,
-            answer_a=answer_a,
-            answer_b=answer_b,
+            answer_a=judged_text(answer_a),
+            answer_b=judged_text(answer_b),
             format=schema_prompt(VERDICT_SCHEMA_HINT),
         )
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]

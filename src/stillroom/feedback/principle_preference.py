@@ -92,6 +92,7 @@ from stillroom.data.rows import (
     seed_id_of,
     with_lineage,
 )
+from stillroom.feedback.judging import judged_text
 from stillroom.feedback.principle_preference_labels import (
     FIRST,
     SECOND,
@@ -461,8 +462,8 @@ class PrinciplePreference(RowStage):
             {
                 "conversation": conversation,
                 "question": principle.question,
-                "response_a": candidates[shown[0]],
-                "response_b": candidates[shown[1]],
+                "response_a": judged_text(candidates[shown[0]]),
+                "response_b": judged_text(candidates[shown[1]]),
             }
             for shown in ORDERS
         ]

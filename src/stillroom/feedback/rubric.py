@@ -84,6 +84,7 @@ from stillroom.feedback.judging import (
     ask_judge,
     check_instruction,
     first_number_after,
+    judged_text,
     schema_prompt,
     transcript,
 )
@@ -407,6 +408,7 @@ class RubricJudge(RowStage):
         return Judgment(value, completion, answers=1)
 
     async def _grade(self, row: Row, answer: str, sample: int, ctx: StageContext) -> Judgment:
+        answer = judged_text(answer)  # the final answer, not the trace before it
         if self.preset == "mt_bench":
             return await self._grade_mt_bench(row, answer, sample, ctx)
         reference = row[self.reference_column] if self.reference_column is not None else None

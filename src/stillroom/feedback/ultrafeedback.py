@@ -67,6 +67,7 @@ from stillroom.feedback.judging import (
     StructuredMode,
     ask_judge,
     check_instruction,
+    judged_text,
     schema_prompt,
     transcript,
 )
@@ -343,7 +344,7 @@ class UltraFeedbackJudge(RowStage):
         self, aspect: Aspect, row: Row, order: list[int], ctx: StageContext
     ) -> Judgment:
         completions = row[self.completions_column]
-        shown = [completions[index] for index in order]
+        shown = [judged_text(completions[index]) for index in order]
         reference = None
         if self.reference_column is not None and aspect.name in self.reference_aspects:
             reference = world_knowledge(row[self.reference_column])

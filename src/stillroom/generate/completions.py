@@ -21,13 +21,20 @@ Output, aligned list by list (teacher order, then sample order):
 * ``completions``: the texts;
 * ``completion_sources``: ``{teacher, backend, model, principle, system_prompt_id, sample,
   finish_reason}`` per completion (``principle`` is null with ``principles: none``);
-* ``logprobs``: per completion, only when ``top_logprobs`` is set.
+* ``logprobs``: per completion, only when ``top_logprobs`` is set;
+* ``reasoning``: per completion, the teacher's reasoning trace (None for a completion without
+  one), only when some completion has a trace; ``metadata[<stage>].reasoning_tokens`` counts
+  their tokens.
 
 A sample that fails after its retries, or comes back empty, fails the row (the samples that did
 succeed stay in the request cache, so a rerun asks only for the rest). With ``min_completions: k``
 the row is kept when at least ``k`` samples succeeded: the lists then hold only those, and the
 failed samples with their reasons are in ``metadata[<stage>].failed_samples``. ``completions``
-never holds an empty text.
+never holds an empty text. A sample whose reasoning trace never ended (cut at ``max_tokens``
+while thinking) has no answer and is a failed sample the same way, of kind
+``ReasoningTruncated``: it fails the row, or with ``min_completions`` is left out of the lists
+and listed in ``failed_samples``; neither its partial trace nor an empty answer reaches
+``data/``.
 
 Every request of a row carries a distinct ``sample`` index (its position in the row), so two
 teachers on one backend with the same settings still get separate cache entries and seeds; a
@@ -45,9 +52,13 @@ from stillroom.data.rows import (
     Row,
     check_prompt,
     derived_id,
+    has_trace,
     prompt_messages,
     row_id,
     seed_id_of,
+    trace_columns,
+    trace_usage,
+    truncated_reason,
     with_lineage,
 )
 from stillroom.errors import ConfigError
@@ -58,6 +69,7 @@ from stillroom.generate.principles import (
     check_weights,
     sample_principle,
 )
+from stillroom.llm.reasoning import TRUNCATED_REASONING
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
@@ -218,6 +230,9 @@ class Completions(RowStage):
                 raise result
             if isinstance(result, BaseException):
                 failures.append((position, result))
+            elif not result.reasoning_ended:
+                failures.append((position, RowFailure(
+                    truncated_reason(result, can_flag=False), kind=TRUNCATED_REASONING)))
             elif not result.text.strip():
                 failures.append((position, RowFailure(
                     f"came back empty (finish_reason={result.finish_reason})",
@@ -251,6 +266,9 @@ class Completions(RowStage):
         out["completion_sources"] = sources
         if self.top_logprobs is not None:
             out["logprobs"] = [completion.logprobs for _, completion in kept]
+        answered = [completion for _, completion in kept]
+        if has_trace(answered):
+            out.update(trace_columns("reasoning", answered, True, flag=False))
         models = list(dict.fromkeys(source["model"] for source in sources))
         extra: dict[str, Any] = {
             "teachers": [
@@ -260,6 +278,8 @@ class Completions(RowStage):
             "prompt_tokens": sum(c.prompt_tokens for _, c in kept),
             "completion_tokens": sum(c.completion_tokens for _, c in kept),
         }
+        if has_trace(answered):
+            extra.update(trace_usage(answered))
         if self.min_completions is not None:
             extra["failed_samples"] = [
                 self._failure_record(plan, position, error) for position, error in failures

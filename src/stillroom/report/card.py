@@ -129,6 +129,32 @@ def cost_of(stats: dict[str, Any], backend_config: dict[str, Any] | None) -> flo
     ) / 1e6
 
 
+def has_reasoning(backends: dict[str, dict[str, Any]]) -> bool:
+    """Whether any backend counted reasoning tokens (the usage tables then show them)."""
+    return any(stats.get("reasoning_tokens", 0) or stats.get("cached_reasoning_tokens", 0)
+               for stats in backends.values())
+
+
+def reasoning_tokens_text(stats: dict[str, Any]) -> str:
+    """A backend's reasoning tokens, marked "estimated" when some of them were a share of the
+    completion by characters rather than a count (records from before traces: 0)."""
+    tokens = int(stats.get("reasoning_tokens", 0) or 0)
+    estimated = int(stats.get("estimated_reasoning_tokens", 0) or 0)
+    if not estimated:
+        return f"{tokens:,}"
+    if estimated >= tokens:
+        return f"{tokens:,} (estimated)"
+    return f"{tokens:,} ({estimated:,} estimated)"
+
+
+REASONING_NOTE = (
+    "Reasoning tokens are the part of completion tokens the models spent on their reasoning "
+    "traces (the `reasoning` column); they are billed as output, so the cost already includes "
+    "them. An estimated count is the trace's share of the completion by characters, for "
+    "servers that return a trace without counting it."
+)
+
+
 def _funnel(summary: dict[str, Any], config: dict[str, Any]) -> str:
     rows = [["input", config.get("rows_read", "-"), "", "", ""]]
     for name, s in summary.get("stages", {}).items():
@@ -361,24 +387,27 @@ def render_card(summary: dict[str, Any], config: dict[str, Any], columns: list[s
     parts.append("\n## Models, token use and cost\n")
     backend_configs = config.get("backends") or {}
     costs = {name: cost_of(s, backend_configs.get(name)) for name, s in summary["backends"].items()}
-    parts.append(
-        _table(
-            ["backend", "kind", "model", "requests", "cache hits", "retries", "prompt tokens",
-             "completion tokens", "failed requests", "wall seconds", "request seconds", "cost"],
-            [
-                [name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
-                 s["prompt_tokens"], s["completion_tokens"], s["failed_requests"],
-                 seconds_text(s.get("wall_seconds")), seconds_text(s.get("busy_seconds")),
-                 "-" if costs[name] is None else f"{costs[name]:,.4f}"]
-                for name, s in summary["backends"].items()
-            ],
-        )
-    )
+    reasoning = has_reasoning(summary["backends"])
+    header = ["backend", "kind", "model", "requests", "cache hits", "retries", "prompt tokens",
+              "completion tokens", "failed requests", "wall seconds", "request seconds", "cost"]
+    if reasoning:
+        header.insert(header.index("completion tokens") + 1, "of which reasoning")
+    rows = []
+    for name, s in summary["backends"].items():
+        row = [name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
+               s["prompt_tokens"], s["completion_tokens"], s["failed_requests"],
+               seconds_text(s.get("wall_seconds")), seconds_text(s.get("busy_seconds")),
+               "-" if costs[name] is None else f"{costs[name]:,.4f}"]
+        if reasoning:
+            row.insert(header.index("of which reasoning"), reasoning_tokens_text(s))
+        rows.append(row)
+    parts.append(_table(header, rows))
     parts.append(
         "\nTokens count what the backends reported for requests sent in these sessions; answers "
         "served from the request cache are counted under cache hits and cost nothing. Cost uses "
         "each backend's `input_price` and `output_price` (per million tokens) when set. "
-        f"{SECONDS_NOTE}\n"
+        + (f"{REASONING_NOTE} " if reasoning else "")
+        + f"{SECONDS_NOTE}\n"
     )
     if config.get("mix"):
         parts.append("\n## Data mix\n")

@@ -21,9 +21,12 @@ from typing import Any
 from stillroom.llm.stats import wall_of
 from stillroom.report.card import (
     MIX_HEADER,
+    REASONING_NOTE,
     SECONDS_NOTE,
     cost_of,
+    has_reasoning,
     mix_rows,
+    reasoning_tokens_text,
     seconds_text,
     stage_result_rows,
 )
@@ -248,6 +251,15 @@ def render_report(
         ("wall time", f"{seconds:,.1f} s", ""),
         ("sessions", f"{len(summary['sessions'])}", ""),
     ]
+    reasoning = has_reasoning(summary["backends"])
+    backend_header = [
+        "backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
+        "prompt tokens", "completion tokens", "completion tok/s", "wall seconds",
+        "request seconds", "mean in flight", "mean latency s", "errors by kind", "cost"]
+    backend_numeric = set(range(3, 14))
+    if reasoning:  # beside completion tokens, of which they are a part
+        backend_header.insert(9, "of which reasoning")
+        backend_numeric = {*range(3, 9), *range(10, 15)}
     backend_rows = []
     for name, s in summary["backends"].items():
         busy = s.get("busy_seconds") or 0.0
@@ -256,6 +268,7 @@ def render_report(
             [
                 name, s["kind"], s["model"], s["requests_sent"], s["cache_hits"], s["retries"],
                 s["failed_requests"], s["prompt_tokens"], s["completion_tokens"],
+                *([reasoning_tokens_text(s)] if reasoning else []),
                 s["completion_tokens"] / seconds if seconds else 0.0,
                 seconds_text(wall), seconds_text(busy),
                 busy / wall if wall else "-",
@@ -301,14 +314,11 @@ def render_report(
         f"<p>{total:,} rows written in all.</p>",
         "".join(f'<p class="bad">warning: {_e(w)}</p>' for w in summary.get("warnings") or []),
         "<h2>Backends: requests and tokens</h2>",
-        _table(
-            ["backend", "kind", "model", "requests", "cache hits", "retries", "failed requests",
-             "prompt tokens", "completion tokens", "completion tok/s", "wall seconds",
-             "request seconds", "mean in flight", "mean latency s", "errors by kind", "cost"],
-            backend_rows,
-            numeric={3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
-        ),
-        f'<p class="muted">{_e(SECONDS_NOTE)} Mean in flight: request seconds / wall seconds.</p>'
+        _table(backend_header, backend_rows, numeric=backend_numeric),
+        # The note is Markdown for the card; its code marks mean nothing here.
+        f'<p class="muted">{_e(REASONING_NOTE.replace("`", "")) + " " if reasoning else ""}'
+        f"{_e(SECONDS_NOTE)} "
+        "Mean in flight: request seconds / wall seconds.</p>"
         if backend_rows else "",
         *(["<h2>Data mix</h2>", _table(MIX_HEADER, mix_rows(config["mix"]))]
           if config.get("mix") else []),

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 MAX_VALUES = 100_000
 BINS = 20
 
-TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "completions", "response", "text")
+TEXT_COLUMNS = ("prompt", "completion", "reasoning", "chosen", "rejected", "completions", "response", "text")
 # Numbers that describe quality rather than identity or position.
 SCORE_COLUMNS = (
     "score", "scores", "ratings", "reward", "score_chosen", "score_rejected", "ifd",

@@ -5,6 +5,7 @@
       n: 4                    # completions per row -> `completions` (a list) instead of `completion`
       temperature: 0.7
       top_logprobs: 5         # keep each token's top-5 logprobs in `logprobs` (for distillation)
+      truncated_reasoning: fail  # a trace cut at max_tokens: fail the row (or `flag` it)
 
 Where the answer goes (``n: 1``): in TRL's shape for the row, so that TRL's ``SFTTrainer`` and
 ``stillroom train sft`` both train on it (see ``stillroom.data.rows``):
@@ -31,7 +32,8 @@ write the chosen answer in the row's shape as above; ``preference_pairs`` and th
 
 A row is answered only when every one of its ``n`` samples is: a sample that failed after retries,
 or came back empty, sends the whole row to ``failed/`` (the samples that did succeed stay in the
-request cache, so a rerun asks only for the missing ones). ``data/`` never holds an empty answer.
+request cache, so a rerun asks only for the missing ones). ``data/`` never holds an empty answer
+(but for a cut trace kept flagged, see below).
 
 ``json_schema`` asks for a JSON answer that fits a schema: a dict (a JSON Schema), or, from Python,
 a pydantic model class (``Complete(json_schema=Answer)``). The row gets the parsed value in
@@ -52,6 +54,24 @@ rebuilds it by value, which fails with ``KeyError: 'type'`` for a module that us
 ``from __future__ import annotations``; compare pydantic issue #13085). Validate
 ``completion_json`` with the class after the run where those validators matter.
 
+Reasoning traces. A reasoning model's trace (a server's ``reasoning_content``, Anthropic's
+thinking blocks, inline ``<think>`` tags the backend was told to split) goes into ``reasoning``
+beside the answer, never into it: the trace text for ``n: 1``, a list aligned with
+``completions`` for ``n > 1`` (None for a sample without a trace), and
+``<output_column>_reasoning`` for a custom ``output_column``. The column is written only when
+some sample has a trace, so rows of models without one are as before.
+``metadata[<stage>]`` adds ``reasoning_tokens`` (and ``reasoning_tokens_estimated`` when a
+backend's count was a share of the completion by characters).
+
+A trace that never ended (the model ran out of ``max_tokens`` while thinking) holds no answer.
+By default (``truncated_reasoning: fail``) its row goes to ``failed/`` with kind
+``ReasoningTruncated``, naming the sample and finish reason; raise ``max_tokens`` and rerun.
+``truncated_reasoning: flag`` keeps the row with an empty answer, the partial trace in
+``reasoning`` and ``reasoning_truncated`` (``<output_column>_reasoning_truncated``) true, a
+list per sample for ``n > 1``; the flag column is written on every row that has a trace, so
+filter on it before training. With ``json_schema`` a cut trace always fails its row (the client
+refuses it before any JSON is read).
+
 ``prompt_template`` is checked when the stage is built: a template with an unbalanced brace, no
 ``{column}`` field, or a positional field (``{}``, ``{0}``) is a validation error then, not a
 failure at the first request.
@@ -60,6 +80,7 @@ failure at the first request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -69,43 +90,20 @@ from stillroom.data.rows import (
     Row,
     build_messages,
     check_prompt,
-    field_column,
+    has_trace,
+    template_problem,
+    trace_columns,
+    trace_usage,
+    truncated_reason,
     with_answer,
 )
 from stillroom.errors import ConfigError
+from stillroom.llm.reasoning import TRUNCATED_REASONING
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
-
-
-def template_problem(template: str) -> str | None:
-    """What makes ``template`` unusable as a ``prompt_template``, if anything: a brace without
-    its pair, a positional field (``{}`` or ``{0}``) where a column name belongs, an unknown
-    conversion, or no ``{column}`` field at all."""
-    import string
-
-    columns: list[str] = []
-    try:
-        for _, field, spec, conversion in string.Formatter().parse(template):
-            if field is None:
-                continue
-            column = field_column(field)
-            if not column or column.isdigit():
-                shown = "{" + field + "}"
-                return (f"{shown} is a positional field; name a column instead, "
-                        "e.g. '{question}'")
-            if conversion not in (None, "r", "s", "a"):
-                return f"{{{field}!{conversion}}} has an unknown conversion (use !r, !s or !a)"
-            if spec and "{" in spec:
-                return f"{{{field}:{spec}}} nests a field in its format spec; it is not supported"
-            columns.append(column)
-    except ValueError as error:  # an unbalanced brace: "Single '}' encountered", ...
-        return f"is not a valid template: {error} (write a literal brace as '{{{{' or '}}}}')"
-    if not columns:
-        return "names no column; use '{column}' fields, e.g. '{question}'"
-    return None
 
 
 @register_stage
@@ -128,6 +126,10 @@ class Complete(RowStage):
         default=None, description="JSON Schema the answer must fit (from Python: a pydantic model)."
     )
     output_column: str = Field(default="completion", description="`completions` when n > 1.")
+    truncated_reasoning: Literal["fail", "flag"] = Field(
+        default="fail",
+        description="A trace that never ended: fail the row, or keep it flagged with no answer.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +165,12 @@ class Complete(RowStage):
     def generated_columns(self) -> list[str]:
         return [self.output_column]
 
+    def reasoning_column(self) -> str:
+        """Where the traces go: ``reasoning`` beside the default answer columns."""
+        if self.output_column in ("completion", "completions"):
+            return "reasoning"
+        return f"{self.output_column}_reasoning"
+
     def check_backends(self, configs: dict[str, BackendConfig]) -> None:
         backend_class = configs[self.backend].backend_class()
         if self.top_logprobs is not None and not backend_class.supports_logprobs:
@@ -171,6 +179,13 @@ class Complete(RowStage):
                 "remove top_logprobs or use an OpenAI-compatible, llama.cpp or transformers backend",
                 key="top_logprobs",
             )
+        # Sampling the backend refuses as configured (Anthropic's extended thinking: max_tokens
+        # above the budget, temperature 1) is named here, before any request.
+        configs[self.backend].check_params(
+            GenerationParams(temperature=self.temperature, top_p=self.top_p,
+                             max_tokens=self.max_tokens),
+            key="",
+        )
 
     def check_row(self, row: Row) -> str | None:
         return check_prompt(row, prompt_template=self.prompt_template)
@@ -211,7 +226,7 @@ class Complete(RowStage):
                 results.append(failure)
         else:
             results = await asyncio.gather(*map(client.generate, requests), return_exceptions=True)
-        completions = _all_answered(results)
+        completions = _all_answered(results, flag_truncated=self.truncated_reasoning == "flag")
         texts = [c.text for c in completions]
         keep_logprobs = self.top_logprobs is not None
         if self.n == 1:
@@ -235,6 +250,11 @@ class Complete(RowStage):
             "prompt_tokens": sum(c.prompt_tokens for c in completions),
             "completion_tokens": sum(c.completion_tokens for c in completions),
         }
+        if has_trace(completions):
+            column = self.reasoning_column()
+            out.update(trace_columns(column, completions, self.n > 1,
+                                     flag=self.truncated_reasoning == "flag"))
+            metadata[ctx.stage_name].update(trace_usage(completions))
         out["metadata"] = metadata
         return out
 
@@ -258,8 +278,16 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _all_answered(results: list[Completion | BaseException]) -> list[Completion]:
-    """The completions, or the reason the row fails: a failed request or an empty answer."""
+def truncated_trace(completion: Completion, where: str) -> RowFailure:
+    """The failure of a sample whose trace never ended: it has no answer to keep."""
+    return RowFailure(f"{where}{truncated_reason(completion)}", kind=TRUNCATED_REASONING)
+
+
+def _all_answered(
+    results: list[Completion | BaseException], *, flag_truncated: bool = False
+) -> list[Completion]:
+    """The completions, or the reason the row fails: a failed request, a trace that never ended
+    (unless ``flag_truncated`` keeps it, flagged, with its empty answer) or an empty answer."""
     for sample, result in enumerate(results):
         if isinstance(result, asyncio.CancelledError):
             raise result
@@ -269,6 +297,12 @@ def _all_answered(results: list[Completion | BaseException]) -> list[Completion]
             raise result
         if isinstance(result, BaseException):
             raise result
+        if not result.reasoning_ended:
+            if flag_truncated:
+                # Whatever a backend left after a cut trace is not an answer.
+                results[sample] = dataclasses.replace(result, text="", parsed=None)
+                continue
+            raise truncated_trace(result, f"sample {sample}: " if len(results) > 1 else "")
         if not result.text.strip():
             raise RowFailure(
                 f"sample {sample} came back empty (finish_reason={result.finish_reason})",

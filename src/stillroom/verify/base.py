@@ -12,6 +12,14 @@ A verifier reads its answer column as text. A row may hold its answer in another
 :mod:`stillroom.data.rows`): an assistant message list in ``completion``, or, with no
 ``completion`` column, the final assistant turn of ``messages``. A caller passes
 :meth:`Verifier.answer_row` of such a row, which puts the answer text in the column.
+
+A verifier grades the final answer, never the reasoning trace. A trace a backend returned apart
+is in the row's ``reasoning`` column, which no verifier reads. A trace written inline
+(``<think>...</think>`` before the answer) is cut off by :meth:`Verifier.verify` before the
+check itself (:meth:`Verifier.verify_answer`) sees the text, so every caller (the ``verify``
+stage, rejection sampling, evaluation, RL rewards) grades the same answer part; a trace that was
+opened and never closed holds no answer and is a failed verdict with that reason
+(``details["reasoning_ended"]`` False), never graded as if it were one.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stillroom.data.rows import ANSWER_COLUMN, Row, row_answer
+from stillroom.llm.reasoning import final_answer
 from stillroom.registry import Registry
 
 
@@ -69,9 +78,21 @@ class Verifier(ABC):
                 return f"the row needs a `{column}` column{also} for the {self.name} verifier"
         return None
 
-    @abstractmethod
     def verify(self, row: Row) -> Verdict:
-        """The verdict on ``row[self.answer_column]``."""
+        """The verdict on the final answer in ``row[self.answer_column]``: an inline reasoning
+        trace is cut off first, and a trace that never ended fails (see the module docstring)."""
+        text = row.get(self.answer_column)
+        if isinstance(text, str):
+            answer, why = final_answer(text)
+            if answer is None:
+                return Verdict(False, why, {"reasoning_ended": False})
+            if answer is not text:
+                row = {**row, self.answer_column: answer}
+        return self.verify_answer(row)
+
+    @abstractmethod
+    def verify_answer(self, row: Row) -> Verdict:
+        """The verdict on ``row[self.answer_column]``, which holds no inline trace."""
 
     def reward(self, row: Row) -> float:
         return self.verify(row).reward

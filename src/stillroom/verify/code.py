@@ -174,7 +174,7 @@ class CodeVerifier(Verifier):
             pairs.append((pair["input"], pair["output"]))
         return pairs
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         problem = self.check_row(row)
         if problem:
             raise VerifierInputError(problem)

@@ -102,7 +102,7 @@ class JsonSchemaVerifier(_TextVerifier):
         schema = row[self.schema_column]
         return json.loads(schema) if isinstance(schema, str) else dict(schema)
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         import jsonschema
 
         text = self._text(row)
@@ -167,7 +167,7 @@ class RegexVerifier(_TextVerifier):
         self.mode = mode
         self.strip = strip
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         text = self._text(row)
         if self.strip:
             text = text.strip()
@@ -207,7 +207,7 @@ class LengthVerifier(_TextVerifier):
             raise ConfigError(f"min ({min}) is greater than max ({max})", key="min")
         self.min, self.max, self.unit = min, max, unit
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         text = self._text(row)
         length = len(text.split()) if self.unit == "words" else len(text)
         details = {"length": length, "unit": self.unit}
@@ -258,7 +258,7 @@ class ExactVerifier(_TextVerifier):
             text = text[:-1].rstrip()
         return text.casefold() if self.ignore_case else text
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         text = self._text(row)
         expected = str(row[self.reference_column])
         if self._normal(text) == self._normal(expected):

@@ -143,7 +143,7 @@ class MathVerifier(Verifier):
             return f"`{self.reference_column}` is empty"
         return None
 
-    def verify(self, row: Row) -> Verdict:
+    def verify_answer(self, row: Row) -> Verdict:
         problem = self.check_row(row)
         if problem:
             raise VerifierInputError(problem)

@@ -22,6 +22,13 @@ layout the ``complete`` stage writes, for offline top-k distillation) and
 samples passes goes to ``dropped/`` with every sample's verdict in its metadata. An empty sample
 is a sample that did not pass; a request that failed after its retries fails the row.
 
+Reasoning traces: the verifier grades the final answer only (a trace the backend returned apart
+is never shown to it; an inline ``<think>`` trace is cut off, see :mod:`stillroom.verify.base`),
+and a sample whose trace never ended (cut at ``max_tokens`` while thinking) does not pass. When
+a kept sample has a trace, the row gets ``reasoning`` (the trace of ``completion``) and
+``completions_reasoning`` (one per kept sample, aligned with ``completions``), and the lineage
+metadata ``reasoning_tokens`` over every sample drawn.
+
 With ``pass_at_k`` every row draws all ``max_samples`` samples (no early stop) and gets
 ``pass_at_k`` = {"pass@1": ..., ...}, the unbiased estimator of Chen et al. (2021) from its
 ``n`` samples and ``c`` passes; :func:`pass_at_k_summary` averages it over data AND dropped rows
@@ -40,6 +47,9 @@ vote), and writes ``answer`` (the majority, as the first sample of its group wro
 ``vote_share`` (its votes over ALL samples, those without an answer included), ``votes`` (a
 list of {answer, count}, most votes first) and ``completion`` (the first sample that gave the majority answer). A tie for first
 place, no answer in any sample, or a share under ``min_share`` drops the row with the reason.
+Votes are read from the final answers: an inline ``<think>`` trace is cut off first, and a
+sample whose trace never ended casts no vote. Sampled traces are kept as for
+``rejection_sample``: ``reasoning`` for ``completion``, ``completions_reasoning`` per sample.
 """
 
 from __future__ import annotations
@@ -59,14 +69,17 @@ from stillroom.data.rows import (
     Row,
     build_messages,
     check_prompt,
+    has_trace,
     row_id,
     row_key,
     seed_id_of,
+    trace_usage,
     with_answer,
     with_lineage,
 )
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import BackendConfig
+from stillroom.llm.reasoning import final_answer
 from stillroom.llm.types import Completion, GenerationParams, Request, RequestFailed
 from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 from stillroom.verify import math as math_verifier
@@ -271,6 +284,9 @@ class RejectionSample(_Sampler):
         return self._verifier.check_row({**row, "completion": ""})
 
     async def _verdict(self, row: Row, completion: Completion) -> Verdict:
+        if not completion.reasoning_ended:
+            return Verdict(False, "the reasoning never ended "
+                                  f"(finish_reason={completion.finish_reason}): no answer")
         if not completion.text.strip():
             return Verdict(False, f"empty completion (finish_reason={completion.finish_reason})")
         candidate = {**row, "completion": completion.text}
@@ -318,6 +334,13 @@ class RejectionSample(_Sampler):
             kept_logprobs = [completion.logprobs or [] for completion in passing[: self.k]]
             out["completions_logprobs"] = kept_logprobs
             out["logprobs"] = kept_logprobs[0] if kept_logprobs else None
+        trace_figures: dict[str, Any] = {}
+        if has_trace(passing[: self.k]):
+            traces = [completion.reasoning for completion in passing[: self.k]]
+            out["reasoning"] = traces[0]
+            out["completions_reasoning"] = traces
+        if has_trace(completions):
+            trace_figures = trace_usage(completions)
         if self.pass_at_k is not None:
             out["pass_at_k"] = {
                 f"pass@{value}": pass_at_k(spent, passed_count, value)
@@ -345,6 +368,7 @@ class RejectionSample(_Sampler):
             ],
             prompt_tokens=sum(c.prompt_tokens for c in completions),
             completion_tokens=sum(c.completion_tokens for c in completions),
+            **trace_figures,
         )
         if not kept:
             return [Dropped(out, f"no sample passed the verifier after {spent} samples")]
@@ -368,7 +392,12 @@ def group_final_answers(
     groups: list[tuple[list[Any], str]] = []
     labels: list[int | None] = []
     for text in texts:
-        answer_text, _ = math_verifier._answer_text(text)
+        # The answer part only: an inline trace is cut off, and one that never ended has none.
+        final, _ = final_answer(text)
+        if final is None:
+            labels.append(None)
+            continue
+        answer_text, _ = math_verifier._answer_text(final)
         parsed = parse(answer_text, targets, parsing_timeout=timeout_seconds)
         if not parsed:
             labels.append(None)
@@ -433,7 +462,10 @@ class MajorityVote(_Sampler):
         else:
             completions = await self.sample(ctx, self.messages_for(row), 0, self.n)
             texts = [c.text for c in completions]
-        labels, answers = await asyncio.to_thread(_group_anywhere, texts, self.timeout_seconds)
+        # A sample whose trace never ended has no answer, whatever text a backend left.
+        voting = [text if not completions or completions[i].reasoning_ended else ""
+                  for i, text in enumerate(texts)]
+        labels, answers = await asyncio.to_thread(_group_anywhere, voting, self.timeout_seconds)
         counts = [0] * len(answers)
         for label in labels:
             if label is not None:
@@ -462,6 +494,10 @@ class MajorityVote(_Sampler):
                 reason = f"majority answer {answers[top]!r} has share {share:.2f} < {self.min_share}"
             answer = answers[top]
             out = self.answered(out, texts[labels.index(top)])
+            if has_trace(completions):
+                out["reasoning"] = completions[labels.index(top)].reasoning
+        if has_trace(completions):
+            out["completions_reasoning"] = [c.reasoning for c in completions]
         out["answer"] = answer if reason is None else None
         out["vote_share"] = share
         out["votes"] = votes
@@ -478,6 +514,7 @@ class MajorityVote(_Sampler):
             samples=len(texts),
             answered=sum(1 for label in labels if label is not None),
             equivalence="math-verify",
+            **(trace_usage(completions) if has_trace(completions) else {}),
         )
         if reason is not None:
             return [Dropped(out, reason)]

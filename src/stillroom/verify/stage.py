@@ -8,7 +8,10 @@
 
 Each row gets ``passed`` (bool), ``reason`` (text), ``verify_details`` (what the verifier
 extracted or measured, when it says) and ``metadata[<stage name>] = {kind, passed, reason}``.
-A verdict is not a generation, so no lineage is added and no row id changes. A row the verifier
+A verdict is not a generation, so no lineage is added and no row id changes. The verdict is on
+the final answer: a ``<think>...</think>`` trace written inline before it is cut off first (the
+row keeps its text as it was), a trace that never ended fails with that reason, and a
+``reasoning`` column is never read (see :mod:`stillroom.verify.base`). A row the verifier
 cannot check (no reference answer, malformed tests) is named, with its file and line, before
 anything runs when this is the first stage, and goes to ``failed/`` when it comes from an earlier
 stage.

@@ -41,6 +41,10 @@ takes raw text, and works with any backend that accepts raw prompts. Differences
 the text), and each round may use only what is left of the cap (s1 lets each round run to the
 cap and cuts the total afterwards). s1's separate ``min_tokens_thinking`` (suppress the end token
 inside the sampler, no wait string) is not offered; ``min_thinking_tokens`` appends ``wait``.
+
+The steps per prompt (:func:`start`, :func:`think_step`, :func:`answer_step`) are shared with
+the ``budget_forced`` pipeline stage (:mod:`stillroom.generate.budget_forced`), which runs them
+one row at a time to generate data; :func:`budget_force` runs them over batches here.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stillroom.evaluate.config import BudgetForcing
-from stillroom.evaluate.generation import Generator
+from stillroom.evaluate.generation import Generation, Generator
 
 
 @dataclass(slots=True)
@@ -91,6 +95,57 @@ def _ignore_end(state: Forced, options: BudgetForcing, *, wrote: int) -> bool:
     return state.thinking_tokens < options.min_thinking_tokens and wrote > 0
 
 
+# -- the per-prompt steps: the batched loop below and the ``budget_forced`` pipeline stage
+# (stillroom.generate.budget_forced, one row at a time over an async client) both run these, so
+# the two cannot drift apart.
+
+
+def thinking_cap(options: BudgetForcing, max_new_tokens: int) -> int:
+    """The most tokens thinking may spend in all (``max_new_tokens`` when no cap is set)."""
+    return options.max_thinking_tokens or max_new_tokens
+
+
+def answer_budget(options: BudgetForcing, max_new_tokens: int) -> int:
+    return options.max_answer_tokens or max_new_tokens
+
+
+def answer_tail(options: BudgetForcing) -> str:
+    """What is written after the thinking to make the model answer (step 4)."""
+    return f"{options.think_end}\n{options.answer_prefix}"
+
+
+def start(prompt: str, options: BudgetForcing) -> Forced:
+    """A prompt's state before its first thinking round (``prompt``: the text before the
+    assistant's thinking; the state's ``prompt`` then ends with ``think_start``)."""
+    return Forced(prompt=prompt + options.think_start)
+
+
+def think_step(state: Forced, out: Generation, options: BudgetForcing, cap: int) -> bool:
+    """Take one thinking round's generation into ``state`` (steps 2 and 3); True when the model
+    is to think again (a wait was appended), False when thinking is over (ended, capped, or
+    the request failed: see ``state.errors``)."""
+    state.thinking += out.text
+    state.thinking_tokens += out.tokens
+    if out.finish_reason == "error":
+        state.errors.append(out.error or "request failed")
+    elif out.finish_reason == "length" or state.thinking_tokens >= cap:
+        state.capped = True
+    elif _ignore_end(state, options, wrote=out.tokens):
+        state.thinking = _append_wait(state.thinking, options.wait)
+        state.waits += 1
+        return True
+    return False
+
+
+def answer_step(state: Forced, out: Generation, options: BudgetForcing) -> None:
+    """Take the answer's generation into ``state`` (step 4)."""
+    state.answer = options.answer_prefix + out.text
+    state.answer_tokens = out.tokens
+    state.finish_reason = out.finish_reason
+    if out.finish_reason == "error":
+        state.errors.append(out.error or "request failed")
+
+
 def budget_force(
     generator: Generator,
     prompts: Sequence[str],
@@ -103,43 +158,26 @@ def budget_force(
     ``max_new_tokens`` bounds thinking when no ``max_thinking_tokens`` is set, and the answer
     when no ``max_answer_tokens`` is.
     """
-    cap = options.max_thinking_tokens or max_new_tokens
-    states = [Forced(prompt=prompt + options.think_start) for prompt in prompts]
+    cap = thinking_cap(options, max_new_tokens)
+    states = [start(prompt, options) for prompt in prompts]
     active = list(range(len(states)))
     while active:
         left = [cap - states[i].thinking_tokens for i in active]
         outs = generator.generate([states[i].prompt + states[i].thinking for i in active], left,
                                   stop=(options.think_end,))
-        still = []
-        for i, out in zip(active, outs, strict=True):
-            state = states[i]
-            state.thinking += out.text
-            state.thinking_tokens += out.tokens
-            if out.finish_reason == "error":
-                state.errors.append(out.error or "request failed")
-            elif out.finish_reason == "length" or state.thinking_tokens >= cap:
-                state.capped = True
-            elif _ignore_end(state, options, wrote=out.tokens):
-                state.thinking = _append_wait(state.thinking, options.wait)
-                state.waits += 1
-                still.append(i)
-        active = still
-    answer_budget = options.max_answer_tokens or max_new_tokens
-    tail = f"{options.think_end}\n{options.answer_prefix}"
+        active = [i for i, out in zip(active, outs, strict=True)
+                  if think_step(states[i], out, options, cap)]
+    tail = answer_tail(options)
     ready = [i for i, state in enumerate(states) if not state.errors]
     outs = generator.generate([states[i].prompt + states[i].thinking + tail for i in ready],
-                              answer_budget)
+                              answer_budget(options, max_new_tokens))
     for i, out in zip(ready, outs, strict=True):
-        state = states[i]
-        state.answer = options.answer_prefix + out.text
-        state.answer_tokens = out.tokens
-        state.finish_reason = out.finish_reason
-        if out.finish_reason == "error":
-            state.errors.append(out.error or "request failed")
+        answer_step(states[i], out, options)
     for state in states:
         if state.errors:
             state.finish_reason = "error"
     return states
 
 
-__all__ = ["Forced", "budget_force"]
+__all__ = ["Forced", "answer_budget", "answer_step", "answer_tail", "budget_force", "start",
+           "think_step", "thinking_cap"]

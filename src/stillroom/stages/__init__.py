@@ -13,6 +13,7 @@ from stillroom.pipeline.stage import stages
 # type name -> (module, class). tests/unit/test_structure.py checks this against what importing
 # every module registers, so a new built-in stage that is not listed here fails a test.
 BUILTIN_STAGES: dict[str, tuple[str, str]] = {
+    "budget_forced": ("stillroom.generate.budget_forced", "BudgetForced"),
     "complete": ("stillroom.stages.complete", "Complete"),
     "completions": ("stillroom.generate.completions", "Completions"),
     "constitutional": ("stillroom.generate.constitutional", "Constitutional"),

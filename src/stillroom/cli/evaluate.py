@@ -27,8 +27,10 @@ def eval_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
-    """Held-out accuracy (a verifier), perplexity of teacher answers, judge win rate and a
-    paired test; writes the JSON and prints a table."""
+    """Held-out accuracy (a verifier), perplexity of teacher answers, judge win rate and
+    paired tests; writes the JSON and prints a table. Verdicts grade each answer without its
+    reasoning trace; list one model several times with `thinking: on` / `thinking: off` /
+    `budget_forcing` to compare thinking modes (and `paired_tests` for their pairs)."""
     check_config_file(config, "eval config")
     from stillroom.evaluate import evaluate, load_eval_config
 
@@ -55,8 +57,10 @@ def print_summary(result: dict[str, Any]) -> None:
     for row in rows:
         table.add_row(*row.values())
     console.print(table)
-    test = result.get("paired_test")
-    if test:
+    # Every configured pair (student vs baseline first; then e.g. thinking on vs off); an older
+    # result has only `paired_test`.
+    tests = result.get("paired_tests") or ([result["paired_test"]] if result.get("paired_test") else [])
+    for test in tests:
         a, b = test["models"]
         console.print(
             f"paired test ({test['method']}): {a} vs {b}: b={test['b']}, c={test['c']}, "

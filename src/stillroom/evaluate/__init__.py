@@ -28,12 +28,14 @@ Usage (``stillroom eval eval.yaml -o eval.json``; Python: ``evaluate("eval.yaml"
       models: null                   # default: every other model
       show_reference: true
     paired_test: {a: student, b: baseline}   # default: student vs baseline
+    paired_tests: []                 # more pairs, e.g. [{a: think, b: no_think}]
     budget_forcing: null             # {max_thinking_tokens, min_thinking_tokens, ...}: see .budget
     confidence: 0.95
     cache: true                      # request cache for backend models and the judge
 
-A model entry may also set ``device``, ``batch_size`` and ``budget_forcing`` (``false`` turns
-the top-level one off for it). Every key, model path, backend and every row (the verifier's
+A model entry may also set ``device``, ``batch_size``, ``budget_forcing`` (``false`` turns
+the top-level one off for it) and ``thinking`` (below), with ``think_start``/``think_end``
+(``<think>``/``</think>``), the tags of its inline trace. Every key, model path, backend and every row (the verifier's
 ``check_row``) is checked before any model loads; errors name ``file:line`` and the key.
 
 The methods:
@@ -41,6 +43,28 @@ The methods:
 * **Generation** (:mod:`.generation`): a transformers model renders prompts with
   :func:`stillroom.train.common.render_prompt`, the text SFT trains on, and decodes greedily in
   left-padded batches until EOS or ``max_new_tokens``. A backend model gets chat messages.
+* **Thinking** (reasoning models and students trained on traces): the verifier grades the
+  final answer, never the trace. A trace the backend returned apart (a server's reasoning
+  parser) is kept apart; an inline ``<think>...</think>`` one is split off the text
+  (:func:`stillroom.llm.reasoning.split_think_tags`); a trace that never ended (the token
+  budget ran out while thinking) is a failed verdict with that reason. A model entry's
+  ``thinking: on`` opens the trace after the prompt, ``off`` closes it empty before the answer
+  (``<think>\n\n</think>\n\n``, as Qwen3's template does for ``enable_thinking=False``); a
+  transformers model whose chat template has an ``enable_thinking`` switch is rendered with the
+  switch instead. Backend models need a backend that takes raw prompts and renders its
+  template (llama.cpp, transformers); for an OpenAI-compatible server put the switch in the
+  backend's ``extra_body`` (``{chat_template_kwargs: {enable_thinking: false}}``). ``off`` and
+  budget forcing cannot be combined (budget forcing opens the trace). List one model under
+  several names to compare::
+
+      models:
+        think: {model: out/student-sft/final, thinking: on}
+        no_think: {model: out/student-sft/final, thinking: off}
+        forced: {model: out/student-sft/final, budget_forcing: {max_thinking_tokens: 256}}
+      paired_tests: [{a: think, b: no_think}, {a: forced, b: think}]
+
+  Each model's ``reasoning`` (below) gives its trace lengths; the table gets a ``thinking``
+  column.
 * **Accuracy**: each answer goes through the verifier with the row as reference; every verdict
   and its reason is kept. The interval is Wilson's score interval.
 * **Perplexity** (transformers models): ``exp`` of the mean negative log-likelihood of the
@@ -60,12 +84,18 @@ Output (``eval.json``):
   ``teacher`` (each role's accuracy, null when no model plays it), ``roles``,
   ``heldout_prompts`` (the prompt texts);
 * ``paired_test``: ``{models: [a, b], b, c, p_value, method, n, meaning, accuracy_difference,
-  difference_ci, difference_ci_method}``;
+  difference_ci, difference_ci_method}``; ``paired_tests``: that one first, then each of
+  ``paired_tests``, in the same form;
 * ``models``: per model ``{role, source, accuracy, correct, n, ci, ci_method, failed,
   perplexity, perplexity_detail, win_rate, judge, seconds, load_seconds, tokens,
-  tokens_per_second, budget_forcing}``;
+  tokens_per_second, budget_forcing, reasoning}``; ``reasoning`` (null for a model that
+  wrote no trace and has no ``thinking`` mode): ``{thinking, with_trace, mean_tokens,
+  median_tokens, mean_chars, unended, tokens_estimated}`` over the items with a trace (token
+  figures null for answers read from a column);
 * ``items``: per item ``{id, prompt, answer, reference_completion, outputs: {model: {output,
-  passed, reason, tokens, finish_reason, [answer_nll], [thinking, ...]}}, [judge]}``;
+  passed, reason, tokens, finish_reason, [answer_nll], [thinking, ...], [reasoning,
+  reasoning_tokens, reasoning_chars, reasoning_ended, reasoning_tokens_estimated]}}, [judge]}``; ``output`` is
+  the answer the verifier graded (the trace cut off);
 * ``config`` and ``seconds``.
 
 Importing this package is light (no torch); models load inside :func:`evaluate`.

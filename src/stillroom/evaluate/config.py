@@ -7,7 +7,7 @@ package docstring, :mod:`stillroom.evaluate`, for the file's keys with an exampl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -100,6 +100,14 @@ class ModelSpec(BaseModel):
         default=None,
         description="None: the top-level budget_forcing; false: off; true: the defaults.",
     )
+    thinking: Literal["on", "off"] | None = Field(
+        default=None,
+        description="on: the trace opened (or the template's enable_thinking=True); off: closed "
+        "empty before the answer (or enable_thinking=False); None: the prompt as rendered.",
+    )
+    think_start: str = Field(default="<think>", min_length=1,
+                             description="The tags of the model's inline trace.")
+    think_end: str = Field(default="</think>", min_length=1)
     _backend_config: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -107,6 +115,9 @@ class ModelSpec(BaseModel):
     def _plain_name(cls, data: Any) -> Any:
         if isinstance(data, str):
             return {"model": data}
+        if isinstance(data, dict) and isinstance(data.get("thinking"), bool):
+            # YAML 1.1 reads a bare on/off as a boolean.
+            data = {**data, "thinking": "on" if data["thinking"] else "off"}
         return data
 
     @model_validator(mode="after")
@@ -121,6 +132,8 @@ class ModelSpec(BaseModel):
             raise ValueError("`model` is empty; use `embedded` or a path")
         if self.backend is not None:
             self._backend_config = backend_from_dict(self.backend)
+        if self.thinking is not None and self.column is not None:
+            raise ValueError("thinking: a `column` model's answers are already written")
         return self
 
     @property
@@ -224,6 +237,10 @@ class EvalConfig(BaseModel):
     paired_test: PairedTest | None = Field(
         default=None, description="Default: student vs baseline (or the first two models)."
     )
+    paired_tests: list[PairedTest] = Field(
+        default_factory=list,
+        description="More pairs to test (e.g. thinking on vs off vs budget-forced).",
+    )
     confidence: float = Field(default=0.95, gt=0, lt=1)
     cache: bool = Field(default=True, description="Use the request cache for backends and judge.")
     base_dir: str | None = Field(default=None, exclude=True)
@@ -250,6 +267,15 @@ class EvalConfig(BaseModel):
                 if getattr(self.paired_test, side) not in self.models:
                     raise ValueError(f"paired_test.{side}: no model named "
                                      f"{getattr(self.paired_test, side)!r} (models: {names})")
+        for index, pair in enumerate(self.paired_tests):
+            for side in ("a", "b"):
+                if getattr(pair, side) not in self.models:
+                    raise ValueError(f"paired_tests.{index}.{side}: no model named "
+                                     f"{getattr(pair, side)!r} (models: {names})")
+        for name, spec in self.models.items():
+            if spec.thinking == "off" and self.budget_for(name) is not None:
+                raise ValueError(f"models.{name}.thinking: off closes the trace that budget "
+                                 "forcing opens; set budget_forcing: false for this model")
         if self.judge is not None:
             against = self.judge.against or self.roles.baseline
             if against is None:
@@ -315,6 +341,14 @@ class EvalConfig(BaseModel):
             return self.roles.student, self.roles.baseline
         names = list(self.models)
         return (names[0], names[1]) if len(names) >= 2 else None
+
+    def all_pairs(self) -> list[tuple[str, str]]:
+        """Every pair to test: :meth:`paired_models`, then ``paired_tests`` (each once)."""
+        pairs = [] if (first := self.paired_models()) is None else [first]
+        for pair in self.paired_tests:
+            if (pair.a, pair.b) not in pairs:
+                pairs.append((pair.a, pair.b))
+        return pairs
 
     def metric(self) -> str:
         return f"accuracy ({self.verifier} verifier)"

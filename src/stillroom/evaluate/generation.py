@@ -28,6 +28,13 @@ same folder would be served its old answers). What it adds:
 * a row stops at EOS, at a stop string (the text before it is returned; the token count is of
   that text) or at its own token budget.
 
+Thinking modes (a model entry's ``thinking: on|off``, see :func:`thinking_prompts`): a chat
+template with its own switch (``enable_thinking``, Qwen3's) is rendered with it; otherwise the
+trace is opened (``on``) or closed empty before the answer (``off``: ``<think>\n\n</think>\n\n``,
+the text Qwen3's template writes for ``enable_thinking=False``) in the raw prompt. A trace the
+server parsed out (``Completion.reasoning``) comes back in :attr:`Generation.reasoning`; an
+inline one stays in the text, for the caller to split.
+
 We do not call ``model.generate``: it also applies the checkpoint's ``generation_config``
 (top_k, repetition penalties...), which would make "greedy" mean different things for different
 checkpoints, and it gives no per-row budget or finish reason.
@@ -55,6 +62,12 @@ class Generation:
     tokens: int  # generated tokens (an EOS that ended the text is not counted)
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (the token budget ran out)
     error: str | None = None  # a request that failed after its retries (backends only)
+    # A trace the backend returned apart from the text (a reasoning parser, thinking blocks);
+    # None when it returned none (an inline trace, if any, is still in ``text``).
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
+    reasoning_tokens_estimated: bool = False
+    reasoning_ended: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +139,7 @@ class BackendGenerator:
             self.client = LLMClient(backend, cache=self.cache, concurrency=concurrency,
                                     timeout=None)
         else:
-            self.client = LLMClient(
-                config.build(), cache=self.cache, concurrency=config.concurrency,
-                timeout=config.timeout, max_retries=config.max_retries,
-                retry_base_delay=config.retry_base_delay, retry_max_delay=config.retry_max_delay,
-            )
+            self.client = LLMClient.from_config(config, cache=self.cache)
         self.tokens_generated = 0
         self.seconds = 0.0
 
@@ -186,12 +195,17 @@ class BackendGenerator:
 
     async def _one(self, request: Request) -> Generation:
         try:
-            completion = await self.client.generate(request)
+            # A raw prompt is continued text whose trace tags evaluation places and reads itself
+            # (thinking on, budget forcing); chat answers are split by the backend's config.
+            completion = await self.client.generate(request, split_traces=request.prompt is None)
         except RequestFailed as failed:
             return Generation(text="", tokens=0, finish_reason="error", error=str(failed))
         finish = "length" if completion.finish_reason == "length" else "stop"
         return Generation(text=completion.text, tokens=completion.completion_tokens,
-                          finish_reason=finish)
+                          finish_reason=finish, reasoning=completion.reasoning,
+                          reasoning_tokens=completion.reasoning_tokens,
+                          reasoning_tokens_estimated=completion.reasoning_tokens_estimated,
+                          reasoning_ended=completion.reasoning_ended)
 
     def close(self) -> None:
         try:
@@ -252,6 +266,26 @@ class TransformersGenerator(BackendGenerator):
 
         return render_prompt(_plain_turns(turns), self.tokenizer)
 
+    def render_with(self, turns: list[Message], **template_options: Any) -> str:
+        """:meth:`render` with options for the chat template (e.g. ``enable_thinking``)."""
+        if not self.templated or not template_options:
+            return self.render(turns)
+        text: str = self.tokenizer.apply_chat_template(
+            _plain_turns(turns), tokenize=False, add_generation_prompt=True, **template_options)
+        return text
+
+    def thinking_switch(self) -> bool:
+        """Whether the chat template has an ``enable_thinking`` switch (it renders a prompt
+        differently with it on and off)."""
+        if not self.templated:
+            return False
+        probe: list[Message] = [{"role": "user", "content": "?"}]
+        return self.render_with(probe, enable_thinking=True) != self.render_with(
+            probe, enable_thinking=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a rendered prompt: a chat template's text already holds its special
         tokens, so none are added; plain text gets the tokenizer's usual ones (e.g. BOS)."""
@@ -275,6 +309,33 @@ class TransformersGenerator(BackendGenerator):
         self.model = None
 
 
+def thinking_prompts(
+    generator: Any, turns: Sequence[list[Message]], mode: str, start: str, end: str
+) -> tuple[list[str], bool]:
+    """Raw prompts that make a model think (``mode`` ``on``) or not (``off``), and whether the
+    prompt leaves a trace open (its text then starts inside the trace).
+
+    A transformers model whose template has an ``enable_thinking`` switch is rendered with it
+    (the template's own way, whatever its tags). Otherwise the rendered prompt gets ``start``
+    (on) or a trace closed empty (off), as Qwen3's template writes it for
+    ``enable_thinking=False``; a template that already opens the trace in its generation prompt
+    (DeepSeek-R1's distills) gets only what is missing."""
+    if isinstance(generator, TransformersGenerator) and generator.thinking_switch():
+        on = mode == "on"
+        rendered = [generator.render_with(t, enable_thinking=on) for t in turns]
+        # A switched-on template that ends in the opening tag has opened the trace itself.
+        return rendered, on and all(p.rstrip().endswith(start) for p in rendered)
+    prompts = []
+    for turn in turns:
+        prompt = generator.render(turn)
+        opened = prompt.rstrip().endswith(start)
+        if mode == "on":
+            prompts.append(prompt if opened else f"{prompt}{start}\n")
+        else:
+            prompts.append(f"{prompt}\n{end}\n\n" if opened else f"{prompt}{start}\n\n{end}\n\n")
+    return prompts, mode == "on"
+
+
 def _plain_turns(turns: list[Message]) -> list[Message]:
     return [{"role": m["role"], "content": str(m["content"])} for m in turns]
 
@@ -287,4 +348,5 @@ __all__ = [
     "Sampling",
     "TransformersGenerator",
     "budgets",
+    "thinking_prompts",
 ]

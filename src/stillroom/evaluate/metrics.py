@@ -167,10 +167,7 @@ async def _judge_all(judge_config: Any, rows: Sequence[dict[str, Any]], first: S
                           reference_column=reference_column, criteria=criteria,
                           max_tokens=max_tokens, temperature=temperature, seed=seed)
     cache = RequestCache.in_dir() if use_cache else None
-    client = LLMClient(judge_config.build(), cache=cache, concurrency=judge_config.concurrency,
-                       timeout=judge_config.timeout, max_retries=judge_config.max_retries,
-                       retry_base_delay=judge_config.retry_base_delay,
-                       retry_max_delay=judge_config.retry_max_delay)
+    client = LLMClient.from_config(judge_config, cache=cache)
     ctx = StageContext(stage_name="eval_judge", seed=seed, clients={"judge": client})
     try:
         return list(await asyncio.gather(*(

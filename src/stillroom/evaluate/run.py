@@ -20,7 +20,12 @@ from typing import Any
 from stillroom.data.rows import is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError, InputError
 from stillroom.evaluate.config import ROLES, EvalConfig, ModelSpec, as_config
-from stillroom.evaluate.generation import BackendGenerator, Generation, Sampling
+from stillroom.evaluate.generation import (
+    BackendGenerator,
+    Generation,
+    Sampling,
+    thinking_prompts,
+)
 from stillroom.evaluate.stats import (
     mcnemar_exact,
     paired_bootstrap_interval,
@@ -58,6 +63,7 @@ class ModelRun:
     perplexity: dict[str, Any] | None = None
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     budget: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
 
 
 # -- items ---------------------------------------------------------------------------------------
@@ -152,13 +158,18 @@ def _check_model(config: EvalConfig, name: str, spec: ModelSpec, items: Sequence
             locate(_model_path(config, spec))
         except ConfigError as error:
             raise ConfigError(error.reason, key=f"{key}.model") from None
-    elif config.budget_for(name) is not None:
+    elif config.budget_for(name) is not None or spec.thinking is not None:
         backend = spec.backend_config.backend_class()
         if not (backend.supports_raw_prompt and backend.renders_chat_template):
+            what, off = (("budget forcing", "set budget_forcing: false for this model")
+                         if config.budget_for(name) is not None else
+                         ("thinking: on/off", "for an OpenAI-compatible server, leave `thinking` "
+                          "out and put the template's switch in the backend's extra_body, e.g. "
+                          "{chat_template_kwargs: {enable_thinking: false}}"))
             raise ConfigError(
-                f"budget forcing writes into the assistant's turn, so it needs a backend that "
+                f"{what} writes into the assistant's turn, so it needs a backend that "
                 f"takes raw prompts and renders its chat template; {backend.kind} does not "
-                "(set budget_forcing: false for this model)", key=f"{key}.backend",
+                f"({off})", key=f"{key}.backend",
             )
 
 
@@ -175,8 +186,14 @@ def run_model(config: EvalConfig, name: str, items: Sequence[Item], log: Log) ->
     spec = config.models[name]
     if spec.kind == "column":
         assert spec.column is not None
-        outputs = [str(row_answer(item.row, spec.column)) for item in items]
-        return ModelRun(name, outputs, [{} for _ in items])
+        # Answers written with an inline trace are graded on their answer part too.
+        answers = [answer_part(Generation(str(row_answer(item.row, spec.column)), 0, "stop"),
+                               None, spec.think_start, spec.think_end, False) for item in items]
+        run = ModelRun(name, [answer for answer, _ in answers], [trace for _, trace in answers])
+        traced = [trace for _, trace in answers if trace]
+        if traced:
+            run.reasoning = reasoning_summary(None, traced)
+        return run
     sampling = Sampling(config.generation.temperature, config.generation.top_p,
                         config.generation.seed)
     started = time.perf_counter()
@@ -206,6 +223,7 @@ def run_model(config: EvalConfig, name: str, items: Sequence[Item], log: Log) ->
 
 
 def _answer(config: EvalConfig, name: str, generator: Any, items: Sequence[Item]) -> ModelRun:
+    spec = config.models[name]
     budget = config.budget_for(name)
     max_new = config.generation.max_new_tokens
     if budget is not None:
@@ -222,14 +240,86 @@ def _answer(config: EvalConfig, name: str, generator: Any, items: Sequence[Item]
             "capped": sum(f.capped for f in forced),
             "options": budget.model_dump(mode="json"),
         }
+        run.reasoning = reasoning_summary(
+            spec.thinking or "budget forcing",
+            [{"reasoning_tokens": f.thinking_tokens, "reasoning_chars": len(f.thinking)}
+             for f in forced if f.thinking])
     else:
-        generations: list[Generation] = generator.generate([item.turns for item in items], max_new)
-        extras = [{"tokens": g.tokens, "finish_reason": g.finish_reason,
-                   **({"error": g.error} if g.error else {})} for g in generations]
-        run = ModelRun(name, [g.text for g in generations], extras)
+        opened = False
+        asked: list[Any] = [item.turns for item in items]
+        if spec.thinking is not None:
+            asked, opened = thinking_prompts(generator, asked, spec.thinking,
+                                             spec.think_start, spec.think_end)
+        generations: list[Generation] = generator.generate(asked, max_new)
+        answers = [answer_part(g, generator, spec.think_start, spec.think_end, opened)
+                   for g in generations]
+        extras = [{"tokens": g.tokens, "finish_reason": g.finish_reason, **trace,
+                   **({"error": g.error} if g.error else {})}
+                  for g, (_, trace) in zip(generations, answers, strict=True)]
+        run = ModelRun(name, [answer for answer, _ in answers], extras)
+        traced = [trace for _, trace in answers if trace]
+        if spec.thinking is not None or traced:
+            run.reasoning = reasoning_summary(spec.thinking, traced)
     run.seconds = generator.seconds
     run.tokens = generator.tokens_generated
     return run
+
+
+def answer_part(
+    generation: Generation, generator: Any, start: str, end: str, opened: bool
+) -> tuple[str, dict[str, Any]]:
+    """The text a verifier grades (the answer, without the trace) and the trace's record
+    (empty when there is none). A trace the backend returned apart is taken as it is; an inline
+    one is split at its tags (``opened``: the prompt opened it). A trace that never ended has
+    no answer: "" (the verdict then says why, see :func:`_verdicts`)."""
+    from stillroom.llm.reasoning import estimate_reasoning_tokens, split_think_tags
+
+    tokens: int | None
+    if generation.reasoning is not None:
+        answer, trace, ended = generation.text, generation.reasoning, generation.reasoning_ended
+        tokens = generation.reasoning_tokens
+        estimated = generation.reasoning_tokens_estimated
+    else:
+        split = split_think_tags(generation.text, start, end, opened=opened)
+        if split.reasoning is None:
+            return generation.text, {}
+        answer, trace, ended = split.answer, split.reasoning, split.ended
+        if generation.tokens <= 0:  # answers read from a column: no token count to share out
+            tokens, estimated = None, False
+        elif not ended:  # the whole text is the trace: the generated count is exact
+            tokens, estimated = generation.tokens, False
+        elif hasattr(generator, "count_tokens"):
+            # This process holds the tokenizer: the trace re-tokenized (a token may differ at
+            # the seam with the answer), never more than was generated.
+            tokens = min(generator.count_tokens(trace), generation.tokens)
+            estimated = False
+        else:
+            tokens = estimate_reasoning_tokens(trace, answer, generation.tokens)
+            estimated = True
+    record: dict[str, Any] = {"reasoning": trace, "reasoning_tokens": tokens,
+                              "reasoning_chars": len(trace), "reasoning_ended": ended}
+    if estimated:
+        record["reasoning_tokens_estimated"] = True
+    return (answer if ended else ""), record
+
+
+def reasoning_summary(mode: str | None, traces: list[dict[str, Any]], *,
+                      estimated: bool = False) -> dict[str, Any]:
+    """Per model: its thinking mode and how long its traces were, over the items with one
+    (token figures None where no count is known: answers read from a column)."""
+    import statistics
+
+    tokens = [t["reasoning_tokens"] for t in traces if t.get("reasoning_tokens") is not None]
+    chars = [t["reasoning_chars"] for t in traces]
+    return {
+        "thinking": mode,
+        "with_trace": len(traces),
+        "mean_tokens": statistics.fmean(tokens) if tokens else None,
+        "median_tokens": statistics.median(tokens) if tokens else None,
+        "mean_chars": statistics.fmean(chars) if chars else None,
+        "unended": sum(1 for t in traces if t.get("reasoning_ended") is False),
+        "tokens_estimated": estimated or any(t.get("reasoning_tokens_estimated") for t in traces),
+    }
 
 
 def _perplexity(config: EvalConfig, generator: Any, items: Sequence[Item], spec: ModelSpec) -> dict[str, Any]:
@@ -285,6 +375,9 @@ def _verdicts(verifier: Any, items: Sequence[Item], run: ModelRun) -> list[dict[
     for verdict, extra in zip(verdicts, run.extras, strict=True):
         if extra.get("error"):  # no answer came back: a failure, with the request's reason
             verdict.update(passed=False, reason=f"generation failed: {extra['error']}")
+        elif extra.get("reasoning_ended") is False:  # a trace that never ended: no answer
+            verdict.update(passed=False, reason="the reasoning never ended (finish reason "
+                           f"{extra.get('finish_reason')}): no final answer")
     return verdicts
 
 
@@ -333,7 +426,9 @@ def assemble(
         result[role] = models[name]["accuracy"] if name is not None else None
     result["roles"] = roles
     result["heldout_prompts"] = [item.prompt for item in items]
-    result["paired_test"] = _paired_test(config, runs)
+    pairs = config.all_pairs()
+    result["paired_test"] = _paired_test(config, runs, pairs[0]) if pairs else None
+    result["paired_tests"] = [_paired_test(config, runs, pair) for pair in pairs]
     result["models"] = models
     result["items"] = [_item_record(config, index, item, runs, judged)
                        for index, item in enumerate(items)]
@@ -374,6 +469,7 @@ def _model_summary(config: EvalConfig, name: str, run: ModelRun, judged: list[di
         "tokens": run.tokens,
         "tokens_per_second": (run.tokens / run.seconds if run.tokens and run.seconds else None),
         "budget_forcing": run.budget,
+        "reasoning": run.reasoning,
     }
     if judged is not None:
         summary["judge"] = {"against": config.judge.against or config.roles.baseline,  # type: ignore[union-attr]
@@ -391,10 +487,7 @@ def _source(spec: ModelSpec) -> str:
     return f"backend {backend.kind}: {backend.model or 'default model'}"
 
 
-def _paired_test(config: EvalConfig, runs: dict[str, ModelRun]) -> dict[str, Any] | None:
-    pair = config.paired_models()
-    if pair is None:
-        return None
+def _paired_test(config: EvalConfig, runs: dict[str, ModelRun], pair: tuple[str, str]) -> dict[str, Any]:
     a, b = pair
     first = [v["passed"] for v in runs[a].verdicts]
     second = [v["passed"] for v in runs[b].verdicts]
@@ -462,12 +555,34 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, str]]:
             "seconds": f"{model['seconds']:.1f}",
             "tokens": "-" if model["tokens"] is None else str(model["tokens"]),
         })
+    models = list(result["models"].values())
+    if any(m.get("reasoning") for m in models):  # a column only when some model has traces
+        for line, model in zip(lines, models, strict=True):
+            line["thinking"] = _thinking_cell(model.get("reasoning"))
     return lines
+
+
+def _thinking_cell(reasoning: dict[str, Any] | None) -> str:
+    if not reasoning:
+        return "-"
+    mode = reasoning["thinking"] or "as is"
+    if reasoning["mean_tokens"] is not None:
+        text = f"{mode}: {reasoning['mean_tokens']:.0f} tok"
+        if reasoning["tokens_estimated"]:
+            text += " (est.)"
+    elif reasoning["mean_chars"] is not None:
+        text = f"{mode}: {reasoning['mean_chars']:.0f} chars"
+    else:
+        text = f"{mode}: no trace"
+    if reasoning["unended"]:
+        text += f", {reasoning['unended']} unended"
+    return text
 
 
 __all__ = [
     "Item",
     "ModelRun",
+    "answer_part",
     "assemble",
     "check",
     "evaluate",

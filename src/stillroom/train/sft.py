@@ -18,6 +18,13 @@ Usage::
     save_steps: 200                  # a checkpoint every N optimizer steps
     lora: null                       # {r: 8, alpha: 16, dropout: 0.05} trains LoRA adapters (peft)
     resume: true                     # continue from the latest checkpoint in output_dir
+    reasoning: auto                  # how a row's trace enters the answer: auto | tags | template
+                                     # | drop (see "Reasoning traces" below)
+    reasoning_column: reasoning      # the column holding the trace (rows without one: unchanged)
+    think_start: "<think>"           # the tags of `reasoning: tags`
+    think_end: "</think>"
+    mask_reasoning: false            # true: the trace is context only (labels -100), the answer
+                                     # is still learned
 
 Python: ``train_sft(load_sft_config("sft.yaml"))`` returns ``output_dir/final``. Relative paths
 in the file are relative to the file's folder. Needs the ``train`` extra (torch, transformers,
@@ -56,6 +63,44 @@ stop. SmolLM2's pad token is the same id; that is harmless because labels are bu
 completion mask before padding and the collator pads labels with -100, so padding never counts
 while the real EOS at the end of each completion does.
 
+Reasoning traces. A row may carry the teacher's trace beside its answer, in the ``reasoning``
+column (what ``complete`` writes for a reasoning model; ``reasoning_column`` names another). The
+student is trained to think the same way: the trace is written into the assistant turn before
+the answer, as reasoning models are trained (DeepSeek-R1's distills, s1, LIMO). ``reasoning``
+says how:
+
+* ``tags``: the completion is ``{think_start}\n{trace}\n{think_end}\n\n{answer}`` (``<think>``
+  tags by default), which is what such models write and what stillroom's splitter
+  (:mod:`stillroom.llm.reasoning`) and eval's ``thinking`` modes read back;
+* ``template``: the student's chat template has its own thinking field on the assistant message
+  (Qwen3's ``reasoning_content``; ``thinking`` and ``reasoning`` are tried too): the assistant
+  turn is rendered by the template with the trace in that field, so it lands where the template
+  puts it. Each rendering is checked: the prompt must be the start of the rendered conversation
+  and the trace must be in it before the answer; a template that drops the field is an error
+  naming the row, never a silently lost trace;
+* ``auto`` (the default): ``template`` when a probe rendering shows the template keeps the
+  trace (the field is tried with a marker text), else ``tags``;
+* ``drop``: the answer only, as if there were no trace.
+
+An answer that holds its trace inline (``<think>...</think>`` then the answer, as a teacher
+served without a reasoning parser writes it; ``think_start``/``think_end`` are the tags looked
+for) is read as a trace and an answer, so every mode treats it as a trace in the column: moved
+into the template's field, dropped, or masked (an empty trace block, as a model asked not to
+think writes it, is dropped). A row with a trace and an empty answer, or an inline trace that
+never ended (a trace cut at the token limit, kept with a flag), is refused with its row number:
+it has nothing to learn as an answer. ``mask_reasoning: true`` keeps the
+trace in the sequence as context but takes it out of the loss: TRL's completion mask covers the
+whole completion and cannot leave out a span inside it, so the examples are tokenized here as
+TRL tokenizes prompt/completion text (prompt, then prompt + completion + EOS; the completion
+starts where the two token lists part) and the completion mask is 0 over the prompt and the
+trace block (its tags included), 1 over the answer and EOS; TRL builds the labels from that
+mask (``completion_only_loss``). The white space between the closing tag and the answer goes
+with the answer when the tokenizer splits it differently there (SmolLM2's BPE tokenizes
+``"</think>\n\nThe"`` as ``</think>``, ``\n``, ``\n``, ``The`` but a text ending in
+``\n\n`` with one ``\n\n`` token): the answer starts where the two tokenizations part, so
+no answer token is ever masked. The record
+(``stillroom_train.json``) says which mode was used and how many rows had a trace.
+
 Outputs, in ``output_dir``:
 
 * ``checkpoint-N/``: every ``save_steps`` steps (model, optimizer, scheduler, RNG state);
@@ -70,11 +115,15 @@ Outputs, in ``output_dir``:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from stillroom.data.rows import Row, answer_text, is_conversation, prompt_messages, row_answer
 from stillroom.errors import ConfigError, InputError
+from stillroom.llm.reasoning import THINK_END, THINK_START, split_think_tags
 from stillroom.train.common import (
     TRAIN_FILE,
     Format,
@@ -92,12 +141,31 @@ from stillroom.train.common import (
     trainer_arguments,
 )
 
+ReasoningMode = Literal["auto", "tags", "template", "drop"]
+
+# The assistant message fields chat templates read a trace from: Qwen3 and most vLLM-served
+# reasoning models use `reasoning_content`; other templates `thinking` or `reasoning`.
+THINKING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
 
 class SFTRunConfig(RunConfig):
-    """The SFT config file: the common keys (see train.common.RunConfig) and ``format``."""
+    """The SFT config file: the common keys (see train.common.RunConfig), ``format`` and the
+    reasoning-trace keys (see the module)."""
 
     format: Format = "auto"
     output_dir: str = "out/student-sft"
+    reasoning: ReasoningMode = "auto"
+    reasoning_column: str = Field(default="reasoning", min_length=1)
+    think_start: str = Field(default=THINK_START, min_length=1)
+    think_end: str = Field(default=THINK_END, min_length=1)
+    mask_reasoning: bool = False
+
+    @model_validator(mode="after")
+    def _mask_needs_a_trace(self) -> SFTRunConfig:
+        if self.mask_reasoning and self.reasoning == "drop":
+            raise ValueError("mask_reasoning: true masks the trace, but reasoning: drop leaves it "
+                             "out of the text; use one or the other")
+        return self
 
 
 def parse_sft_config(text: str, path: str = "<sft config>", base_dir: Path | None = None) -> SFTRunConfig:
@@ -128,11 +196,139 @@ def detect_format(rows: list[Row], wanted: str = "auto") -> str:
     )
 
 
-def to_prompt_completion(
-    rows: list[Row], fmt: str, tokenizer: Any
-) -> list[dict[str, str]]:
-    """Plain-text ``{prompt, completion}`` pairs: the chat template applied to the prompt turns,
-    the answer text as the completion (read through :mod:`stillroom.data.rows`)."""
+@dataclass(frozen=True, slots=True)
+class TraceFormat:
+    """How a trace enters the assistant turn: ``tags``, ``template`` (with the template's
+    ``field``) or ``drop``; ``column`` is where rows keep it."""
+
+    mode: str = "drop"
+    column: str = "reasoning"
+    field: str | None = None
+    start: str = THINK_START
+    end: str = THINK_END
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training example as text: ``completion[:trace_chars]`` is the trace block."""
+
+    prompt: str
+    completion: str
+    trace_chars: int = 0
+
+
+def template_thinking_field(tokenizer: Any) -> str | None:
+    """The assistant-message field the chat template writes a trace from, or None: each of
+    :data:`THINKING_FIELDS` is tried with marker texts, and kept only when the marker trace
+    comes out before the marker answer, after the prompt rendered alone (the generation prompt
+    must be the start of the rendered conversation, or the prompt/completion split is wrong)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    question = [{"role": "user", "content": "Q-marker"}]
+    try:
+        prompt = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template that cannot render a plain question: no thinking field
+        return None
+    for field in THINKING_FIELDS:
+        turn = {"role": "assistant", "content": "A-marker", field: "T-marker"}
+        try:
+            text = tokenizer.apply_chat_template([*question, turn], tokenize=False)
+        except Exception:  # the template refuses the field: try the next one
+            continue
+        if text.startswith(prompt) and -1 < text.find("T-marker", len(prompt)) < text.find("A-marker"):
+            return field
+    return None
+
+
+def trace_format(config: SFTRunConfig, tokenizer: Any) -> TraceFormat:
+    """The configured ``reasoning`` mode, with ``auto`` decided from the tokenizer."""
+    field = None
+    mode = config.reasoning
+    if mode in ("auto", "template"):
+        field = template_thinking_field(tokenizer)
+        if field is None and mode == "template":
+            raise ConfigError(
+                "the student's chat template has no thinking field (tried "
+                f"{', '.join(THINKING_FIELDS)} on the assistant message): use reasoning: tags",
+                key="reasoning")
+        mode = "template" if field else "tags"
+    return TraceFormat(mode=mode, column=config.reasoning_column, field=field,
+                       start=config.think_start, end=config.think_end)
+
+
+def row_trace(row: Row, column: str, index: int) -> str | None:
+    """The row's trace (None when it has none, or an empty one)."""
+    value = row.get(column)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"row {index}: `{column}` must be text (the trace of the row's one "
+                         f"answer), not {type(value).__name__}")
+    return value.strip() or None
+
+
+def answer_and_trace(
+    row: Row, answer: str, traces: TraceFormat, index: int
+) -> tuple[str | None, str]:
+    """(the trace to train on, or None; the answer) of one row: the trace column, else a trace
+    inline in the answer; None in ``drop`` mode, which still cuts an inline trace off."""
+    if row.get(f"{traces.column}_truncated") is True:
+        # `complete` with `truncated_reasoning: flag` keeps such rows, answerless.
+        raise InputError(f"row {index}: `{traces.column}_truncated` is true: its trace was cut "
+                         "before it ended and it has no answer; leave flagged rows out of "
+                         "training (e.g. a filter stage)")
+    trace = row_trace(row, traces.column, index) if traces.mode != "drop" else None
+    if trace is None:
+        trace, answer = inline_trace(answer, traces, index)
+    return (None if traces.mode == "drop" else trace), answer
+
+
+def inline_trace(text: str, traces: TraceFormat, index: int) -> tuple[str | None, str]:
+    """(the trace, the answer) of an answer text that holds its trace inline (a teacher served
+    without a reasoning parser), so that every mode treats it as a trace in the column; (None,
+    the text) when it holds none. An empty trace block (a model asked not to think) is dropped."""
+    split = split_think_tags(text, traces.start, traces.end)
+    if split.reasoning is None:
+        return None, text
+    if not split.ended:
+        raise InputError(f"row {index}: the answer holds a {traces.start} trace that never "
+                         f"ended (no {traces.end}): it has no answer; leave such rows out")
+    return split.reasoning or None, split.answer
+
+
+def with_trace(
+    index: int, turns: list[dict[str, str]], prompt: str, answer: str, trace: str,
+    traces: TraceFormat, tokenizer: Any,
+) -> Example:
+    """The completion holding ``trace`` before ``answer``, as ``traces`` says."""
+    if not answer.strip():
+        raise InputError(f"row {index}: a trace with an empty answer (a trace that never "
+                         "ended?): nothing to learn as the answer; leave such rows out")
+    if traces.mode == "tags":
+        completion = f"{traces.start}\n{trace}\n{traces.end}\n\n{answer}"
+        return Example(prompt, completion, len(completion) - len(answer))
+    turn = {"role": "assistant", "content": answer, str(traces.field): trace}
+    full: str = tokenizer.apply_chat_template([*turns, turn], tokenize=False)
+    if not full.startswith(prompt):
+        raise InputError(f"row {index}: the chat template renders this conversation with a "
+                         "different start than its prompt alone; use reasoning: tags")
+    tail = full[len(prompt):]
+    # The template may strip the answer's white space; the completion ends with the answer
+    # (TRL appends EOS as for any completion), not the template's end-of-turn text.
+    shown = answer.strip()
+    at = tail.rfind(shown)
+    if at < 0 or trace.strip() not in tail[:at]:
+        raise InputError(f"row {index}: the chat template dropped the trace from its "
+                         f"`{traces.field}` field (or the answer); use reasoning: tags")
+    return Example(prompt, tail[: at + len(shown)], at)
+
+
+def sft_examples(
+    rows: list[Row], fmt: str, tokenizer: Any, traces: TraceFormat | None = None
+) -> list[Example]:
+    """The rows as text examples: the chat template applied to the prompt turns, the answer
+    text as the completion (read through :mod:`stillroom.data.rows`), a row's trace written
+    before it as ``traces`` says (None or ``drop``: the answer only)."""
     out = []
     for index, row in enumerate(rows):
         if fmt == "messages":
@@ -160,7 +356,48 @@ def to_prompt_completion(
                                  "the assistant's message")
             completion = answer
         turns = [{"role": m["role"], "content": m["content"]} for m in turns]
-        out.append({"prompt": render_prompt(turns, tokenizer), "completion": completion})
+        rendered = render_prompt(turns, tokenizer)
+        if traces is None:
+            out.append(Example(rendered, completion))
+            continue
+        trace, completion = answer_and_trace(row, completion, traces, index)
+        if trace is None:
+            out.append(Example(rendered, completion))
+        else:
+            out.append(with_trace(index, turns, rendered, completion, trace, traces, tokenizer))
+    return out
+
+
+def to_prompt_completion(
+    rows: list[Row], fmt: str, tokenizer: Any, traces: TraceFormat | None = None
+) -> list[dict[str, str]]:
+    """Plain-text ``{prompt, completion}`` pairs (:func:`sft_examples`); KD reads these too,
+    without traces."""
+    return [{"prompt": e.prompt, "completion": e.completion}
+            for e in sft_examples(rows, fmt, tokenizer, traces)]
+
+
+def tokenize_masked(examples: list[Example], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """``input_ids`` and a ``completion_mask`` that leaves the trace out of the loss.
+
+    Tokenized as TRL tokenizes text prompt/completion pairs (EOS appended to the completion;
+    the completion starts where the prompt's tokens and the whole's part), because TRL's own
+    mask covers the whole completion and has no way to leave a span inside it out. The answer
+    starts where the tokens of prompt + trace block and of the whole part, so a token that
+    straddles the seam (white space) is trained rather than lost."""
+    from trl.data_utils import common_prefix_length
+
+    eos = tokenizer.eos_token
+    out = []
+    for example in examples:
+        completion = example.completion if example.completion.endswith(eos) else example.completion + eos
+        ids = list(tokenizer(text=example.prompt + completion)["input_ids"])
+        prompt_ids = list(tokenizer(text=example.prompt)["input_ids"])
+        start = common_prefix_length(prompt_ids, ids)
+        if example.trace_chars:
+            block = list(tokenizer(text=example.prompt + completion[: example.trace_chars])["input_ids"])
+            start = max(start, common_prefix_length(block, ids))
+        out.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
     return out
 
 
@@ -177,7 +414,14 @@ def build_trainer(config: SFTRunConfig) -> tuple[Any, dict[str, Any]]:
     model, tokenizer = load_student(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = Dataset.from_list(to_prompt_completion(rows, fmt, tokenizer))
+    traces = trace_format(config, tokenizer)
+    examples = sft_examples(rows, fmt, tokenizer, traces)
+    with_traces = sum(1 for e in examples if e.trace_chars)
+    if config.mask_reasoning:
+        dataset = Dataset.from_list(tokenize_masked(examples, tokenizer))
+    else:
+        dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion}
+                                     for e in examples])
     args = SFTConfig(
         **trainer_arguments(config),
         max_length=config.max_length,
@@ -189,7 +433,11 @@ def build_trainer(config: SFTRunConfig) -> tuple[Any, dict[str, Any]]:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config(config))
-    return trainer, {"rows": len(rows), "format": fmt}
+    facts: dict[str, Any] = {"rows": len(rows), "format": fmt}
+    if with_traces:  # only then: a dataset without traces records what it always did
+        facts["reasoning"] = {"mode": traces.mode, "field": traces.field,
+                              "rows_with_trace": with_traces, "masked": config.mask_reasoning}
+    return trainer, facts
 
 
 def train_sft(config: SFTRunConfig) -> Path:
@@ -206,6 +454,7 @@ def train_sft(config: SFTRunConfig) -> Path:
         "config": config.model_dump(mode="json"),
         "format": facts["format"],
         "rows": facts["rows"],
+        "reasoning": facts.get("reasoning"),
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
         "first_loss": losses[0][1] if losses else None,
@@ -218,12 +467,19 @@ def train_sft(config: SFTRunConfig) -> Path:
 
 __all__ = [
     "TRAIN_FILE",
+    "THINKING_FIELDS",
+    "Example",
     "SFTRunConfig",
+    "TraceFormat",
     "build_trainer",
     "detect_format",
     "latest_checkpoint",
     "load_sft_config",
     "parse_sft_config",
+    "sft_examples",
+    "template_thinking_field",
     "to_prompt_completion",
+    "tokenize_masked",
+    "trace_format",
     "train_sft",
 ]

@@ -9,7 +9,7 @@ with ``stages:`` is a pipeline, run as before)::
           input: {path: builtin:self_instruct_seed_tasks}
           stages: [{type: complete, max_tokens: 128}]
       - name: kd
-        train: kd                      # sft | kd | dpo: the recipe
+        train: kd                      # sft | kd | dpo | grpo: the recipe
         config:                        # that recipe's config file keys
           student: {init: {teacher: embedded, keep_every: 2}}
           teacher: embedded
@@ -43,7 +43,7 @@ import yaml
 
 from stillroom.errors import ConfigError
 
-RECIPES = ("sft", "kd", "dpo")
+RECIPES = ("sft", "kd", "dpo", "grpo")
 STEP_KINDS = ("pipeline", "train", "eval")
 
 
@@ -206,6 +206,10 @@ def _recipe_config(recipe: str | None) -> Any:
         from stillroom.train.kd import KDRunConfig
 
         return KDRunConfig
+    if recipe == "grpo":
+        from stillroom.train.grpo import GRPORunConfig
+
+        return GRPORunConfig
     from stillroom.train.dpo import DPORunConfig
 
     return DPORunConfig

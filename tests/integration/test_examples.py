@@ -29,8 +29,10 @@ STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 # Workflows that train and need another run's output first: distill_small reads the quickstart's
 # folder and trains (about an hour on 2 cores in full). Even cut down (a 2-prompt quickstart, then
 # the workflow with --limit 1) it took 165-250 s on 2 busy cores, more than every other example
-# together, so it runs only when STILLROOM_WORKFLOW_EXAMPLES=1 (the last test here).
-NOT_CHEAP = {"distill_small"}
+# together, so it runs only when STILLROOM_WORKFLOW_EXAMPLES=1 (the last test here). grpo reads
+# the quickstart's folder too and trains (60 GRPO steps, about 15 minutes): its recipe runs in
+# tests/integration/test_grpo.py.
+NOT_CHEAP = {"distill_small", "grpo"}
 PIPELINES = [p for p in EXAMPLES if p.stem not in NOT_CHEAP]
 # --limit N reads only the first N input rows. self_instruct reads the 175 seed tasks only to draw
 # few-shot demos and generates its 20 instructions either way: with one seed task it took about

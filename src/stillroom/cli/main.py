@@ -10,6 +10,7 @@ from stillroom.cli import (  # noqa: F401  (importing a verb's module registers 
     decontaminate,
     dedup,
     evaluate,
+    export,
     filter,
     inspect,
     mix,
@@ -18,6 +19,7 @@ from stillroom.cli import (  # noqa: F401  (importing a verb's module registers 
     select,
     train,
     train_dpo,
+    train_grpo,
     train_kd,
     verify,
 )

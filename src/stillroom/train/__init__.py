@@ -26,6 +26,8 @@ Recipes, each ``stillroom train <recipe> CONFIG.yaml`` (shared keys in :mod:`.co
 * ``train_kd`` (:mod:`.kd`): logit distillation, online (teacher in the loop, GKD's JSD and
   on-policy fraction) or offline from stored top-k logprobs; ``(1 - alpha) * CE + alpha * KD``.
 * ``train_dpo`` (:mod:`.dpo`): DPO on preference pairs (TRL's DPOTrainer, beta 0.1).
+* ``train_grpo`` (:mod:`.grpo`): GRPO (TRL's GRPOTrainer) with stillroom's verifiers as the
+  rewards (:mod:`stillroom.verify.rewards`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stillroom.train.dpo import DPORunConfig, load_dpo_config, train_dpo
+    from stillroom.train.grpo import GRPORunConfig, load_grpo_config, train_grpo
     from stillroom.train.kd import KDRunConfig, load_kd_config, train_kd
     from stillroom.train.losses import (
         IGNORE_INDEX,
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DPORunConfig",
+    "GRPORunConfig",
     "IGNORE_INDEX",
     "KDRunConfig",
     "STUDENT_FILE",
@@ -66,6 +70,7 @@ __all__ = [
     "kd_loss",
     "kept_layers",
     "load_dpo_config",
+    "load_grpo_config",
     "load_kd_config",
     "load_model",
     "load_sft_config",
@@ -75,6 +80,7 @@ __all__ = [
     "skew_kl_loss",
     "topk_kd_loss",
     "train_dpo",
+    "train_grpo",
     "train_kd",
     "train_sft",
 ]
@@ -85,6 +91,7 @@ _RECIPE_NAMES = {
     "SFTRunConfig": "sft", "TRAIN_FILE": "sft", "load_sft_config": "sft", "train_sft": "sft",
     "KDRunConfig": "kd", "load_kd_config": "kd", "train_kd": "kd",
     "DPORunConfig": "dpo", "load_dpo_config": "dpo", "train_dpo": "dpo",
+    "GRPORunConfig": "grpo", "load_grpo_config": "grpo", "train_grpo": "grpo",
 }
 _MODULE_OF = {
     name: "stillroom.train.student" if name in _STUDENT_NAMES

@@ -250,7 +250,7 @@ def run_training(trainer: Any, checkpoint: Path | None) -> None:
             per_step = (now - self.mark) / max(state.global_step - self.step, 1)
             self.mark, self.step = now, state.global_step
             parts = [f"step {state.global_step}/{state.max_steps}", f"loss {float(logs['loss']):.4f}"]
-            for key in ("kd_loss", "ce_loss", "rewards/margins"):
+            for key in ("kd_loss", "ce_loss", "rewards/margins", "reward"):
                 if key in logs:
                     parts.append(f"{key.split('/')[-1]} {float(logs[key]):.4f}")
             parts.append(f"{per_step:.1f} s/step")

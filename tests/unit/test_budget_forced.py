@@ -339,3 +339,19 @@ def test_a_backend_that_cannot_continue_the_turn_is_refused(config: Any) -> None
     with pytest.raises(ConfigError) as error:
         BudgetForced(backend="teacher").check_backends({"teacher": config})
     assert "'teacher'" in str(error.value) and error.value.key == "backend"
+
+
+def test_a_round_that_wrote_past_the_end_of_thinking_is_cut_at_it():
+    """A server that ignores `stop` returns the end tag and an answer inside a thinking round:
+    only the text before the tag is thinking, and the round counts as ended."""
+    from stillroom.evaluate.budget import start, think_step
+    from stillroom.evaluate.config import BudgetForcing
+    from stillroom.evaluate.generation import Generation
+
+    options = BudgetForcing(max_thinking_tokens=100, max_waits=1)
+    state = start("Q: 2+2?\n", options)
+    again = think_step(state, Generation(text="2+2 is 4</think>\n\nFinal Answer: 5", tokens=9,
+                                         finish_reason="stop"), options, cap=100)
+    assert state.thinking == "2+2 is 4\nWait"  # the cut text, then the wait asked for
+    assert "Final Answer" not in state.thinking and options.think_end not in state.thinking
+    assert again and state.waits == 1  # the one wait asked for is still appended

@@ -124,7 +124,13 @@ def think_step(state: Forced, out: Generation, options: BudgetForcing, cap: int)
     """Take one thinking round's generation into ``state`` (steps 2 and 3); True when the model
     is to think again (a wait was appended), False when thinking is over (ended, capped, or
     the request failed: see ``state.errors``)."""
-    state.thinking += out.text
+    text = out.text
+    if options.think_end and options.think_end in text:
+        # The end of thinking is a stop string, so the text should hold none; a server that
+        # ignored `stop` wrote past it (an answer, even). What follows is not thinking: cut it,
+        # and take the round as ended there.
+        text = text[:text.index(options.think_end)]
+    state.thinking += text
     state.thinking_tokens += out.tokens
     if out.finish_reason == "error":
         state.errors.append(out.error or "request failed")

@@ -57,14 +57,23 @@ def split_think_tags(
     return SplitText(answer=answer.lstrip(), reasoning=trace.strip())
 
 
-def final_answer(text: str, start: str = THINK_START, end: str = THINK_END) -> tuple[str | None, str]:
-    """The answer part of ``text`` for a verifier or judge, and, when there is none, why.
+def final_answer(
+    text: str, start: str = THINK_START, end: str = THINK_END, *, opened: bool = False
+) -> tuple[str | None, str]:
+    """The answer part of ``text`` for a verifier, judge or reward, and, when there is none, why.
 
-    A text without inline tags is its own answer; a finished trace is cut off; a trace that
-    never ended gives ``(None, reason)``: checking a half-written thought as if it were the
-    answer would grade the trace, and could pass a guess the model never committed to.
+    Stricter than :func:`split_think_tags`, because no configuration says here that the text
+    holds a trace: only a text that *begins* with ``start`` (or, with ``opened``, one whose
+    prompt opened the trace, as an R1-style template does) has its trace cut off. A closing tag
+    alone is not taken for the end of a trace: answers may quote the tags (code that parses them,
+    a sentence about them), and cutting at any ``</think>`` would let an answer hide its first
+    part from a judge. A trace that never ended gives ``(None, reason)``: checking a
+    half-written thought as if it were the answer would grade the trace, and could pass a guess
+    the model never committed to.
     """
-    split = split_think_tags(text, start, end)
+    if not opened and not (start and text.lstrip().startswith(start)):
+        return text, ""
+    split = split_think_tags(text, start, end, opened=opened)
     if not split.ended:
         return None, (f"the reasoning never ended (no {end} after {start}): the text holds no "
                       "final answer")

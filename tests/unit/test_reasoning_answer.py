@@ -38,3 +38,21 @@ def test_a_judge_sees_the_whole_answer_when_it_only_quotes_a_tag():
     assert judged_text(hidden) == hidden
     assert judged_text("<think>plan</think> answer") == "answer"
     assert judged_text("<think>never ends") == NO_FINAL_ANSWER
+
+
+def test_the_terminal_usage_table_counts_reasoning_tokens_apart_only_when_there_are_some():
+    from rich.console import Console
+
+    from stillroom.cli.show import _backends_table
+
+    def shown(backends):
+        console = Console(width=200, record=True)
+        console.print(_backends_table(backends))
+        return console.export_text()
+
+    plain = {"default": {"model": "m", "requests_sent": 2, "completion_tokens": 90}}
+    assert "reasoning" not in shown(plain)
+    traced = {"default": {**plain["default"], "reasoning_tokens": 70,
+                          "estimated_reasoning_tokens": 70}}
+    text = shown(traced)
+    assert "of which reasoning" in text and "70 (estimated)" in text

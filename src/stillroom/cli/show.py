@@ -87,6 +87,13 @@ def _backends_table(backends: dict[str, dict[str, Any]],
     priced = any(cost is not None for cost in costs.values())
     table = Table(title="backends", show_header=True, header_style="bold", title_justify="left")
     names = ["backend", "model", "requests", "cache hits", "retries", "prompt tok", "completion tok"]
+    # Reasoning tokens are a part of the completion tokens (billed as output), shown only when
+    # some backend returned traces, so runs without traces keep their table.
+    from stillroom.report.card import has_reasoning, reasoning_tokens_text
+
+    reasoning = has_reasoning(backends)
+    if reasoning:
+        names.append("of which reasoning")
     for name in names + (["cost"] if priced else []):
         table.add_column(name, justify="left" if name in ("backend", "model") else "right")
     for name, stats in backends.items():
@@ -95,6 +102,8 @@ def _backends_table(backends: dict[str, dict[str, Any]],
             f"{stats.get('cache_hits', 0):,}", f"{stats.get('retries', 0):,}",
             f"{stats.get('prompt_tokens', 0):,}", f"{stats.get('completion_tokens', 0):,}",
         ]
+        if reasoning:
+            cells.append(reasoning_tokens_text(stats))
         if priced:
             cost = costs.get(name)
             cells.append("-" if cost is None else f"{cost:,.4f}")

@@ -154,7 +154,7 @@ def test_a_trace_cut_at_max_tokens_fails_or_is_flagged(
     assert row["id"] == "short" and row["reasoning"] == trace_of(SHORT)
     [failed] = folder.read_rows("failed")
     assert failed["id"] == "long" and failed["error_type"] == TRUNCATED_REASONING
-    assert "finish_reason=length" in failed["error"]
+    assert "finish_reason length" in failed["error"]
     assert TRUNCATED_REASONING in (tmp_path / "fail" / "README.md").read_text()
 
     (tmp_path / "flag.yaml").write_text(

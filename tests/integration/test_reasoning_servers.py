@@ -171,6 +171,117 @@ def test_a_thinking_budget_below_anthropics_floor_is_a_config_error(tmp_path: Pa
     assert "thinking_budget" in result.output and "Traceback" not in result.output
 
 
+def test_a_budget_above_the_default_runs_when_the_stage_sets_more(
+    reasoning_echo: EchoStarter, tmp_path: Path
+) -> None:
+    url, log = reasoning_echo("none")
+    (tmp_path / "in.jsonl").write_text('{"prompt": "think about this"}\n')
+    backend = ("backends:\n  default: {kind: anthropic, model: c, "
+               f"base_url: '{url.removesuffix('/v1')}', thinking_budget: 2048}}\n")
+
+    def run(stage: str, out: str) -> Any:
+        (tmp_path / f"{out}.yaml").write_text(f"input: in.jsonl\n{backend}stages:\n{stage}")
+        return CliRunner().invoke(app, ["run", str(tmp_path / f"{out}.yaml"), "-o",
+                                        str(tmp_path / out), "--no-progress"])
+
+    # max_tokens_default (1024) is below the budget, but this stage never sends it.
+    done = run("  - {type: complete, max_tokens: 4096}\n", "ok")
+    assert done.exit_code == 0, done.output
+    body = json.loads(log.read_text().splitlines()[-1])["body"]
+    assert body["max_tokens"] == 4096 and body["thinking"]["budget_tokens"] == 2048
+    # A stage that leaves it to the default is refused before any request, in words that
+    # name the budget, the backend and the default.
+    sent = requests_in(log)
+    refused = run("  - {type: complete}\n", "refused")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "max_tokens_default 1024" in refused.output
+    assert "thinking_budget 2048 of the anthropic backend (c)" in refused.output
+    assert requests_in(log) == sent
+
+
+@pytest.fixture
+async def odd_server() -> Any:
+    """A real local HTTP server answering every chat or Messages request with the JSON body
+    the test put in ``bodies`` (fields of the wrong type that no honest server sends)."""
+    from aiohttp import web
+
+    bodies: list[Any] = []
+    calls: list[str] = []
+
+    async def answer(request: Any) -> Any:
+        calls.append(request.path)
+        return web.json_response(bodies[0])
+
+    application = web.Application()
+    application.router.add_post("/v1/chat/completions", answer)
+    application.router.add_post("/v1/messages", answer)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", bodies, calls
+    finally:
+        await runner.cleanup()
+
+
+def chat_body_with(message: dict[str, Any], **usage: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8, **usage}}
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "sdk"])
+async def test_wrong_types_from_a_server_fail_the_request_once_naming_the_field(
+    odd_server: Any, client: Literal["aiohttp", "sdk"]
+) -> None:
+    base, bodies, calls = odd_server
+    llm = LLMClient.from_config(OpenAIConfig(model="m", base_url=f"{base}/v1", client=client,
+                                             max_retries=3))
+    try:
+        for body, field in (
+            (chat_body_with({"content": 5}), "message.content"),
+            (chat_body_with({"content": "a", "reasoning": {"x": 1}}), "message.reasoning"),
+            (chat_body_with({"content": "a"}, prompt_tokens="x"), "usage.prompt_tokens"),
+        ):
+            bodies[:] = [body]
+            sent = len(calls)
+            with pytest.raises(RequestFailed) as failed:
+                await llm.generate(ask("hi"))
+            assert failed.value.kind == "APIResponseValidationError", failed.value
+            assert field in str(failed.value) and failed.value.attempts == 1
+            assert len(calls) == sent + 1  # not retried: the server would send it again
+        # A count that cannot be true is ignored and estimated, the answer kept.
+        bodies[:] = [chat_body_with({"content": "42", "reasoning": "six sevens"},
+                                    completion_tokens_details={"reasoning_tokens": 49})]
+        kept = await llm.generate(ask("hi"))
+        assert kept.text == "42" and kept.reasoning_tokens_estimated
+        assert 0 < kept.reasoning_tokens <= kept.completion_tokens == 5
+    finally:
+        await llm.aclose()
+
+
+async def test_wrong_types_in_a_messages_response_fail_the_request_naming_the_field(
+    odd_server: Any,
+) -> None:
+    base, bodies, calls = odd_server
+    llm = LLMClient.from_config(AnthropicConfig(model="c", base_url=base, max_retries=3))
+    message = {"id": "m", "type": "message", "role": "assistant", "model": "c",
+               "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 5}}
+    try:
+        for content, field in (("Hello", "content is a string"),
+                               ([None], "content[0] is null"),
+                               ([{"type": "text", "text": None}], "content[0].text")):
+            bodies[:] = [{**message, "content": content}]
+            with pytest.raises(RequestFailed) as failed:
+                await llm.generate(ask("hi"))
+            assert failed.value.kind == "APIResponseValidationError", failed.value
+            assert field in str(failed.value) and failed.value.attempts == 1
+    finally:
+        await llm.aclose()
+
+
 FEW_SHOT = ("Q: What is 2 + 3?\n<think>2 plus 3 makes 5.</think>\nA: 5\n\n"
             "Q: What is 4 + 4?\n<think>4 plus 4 makes 8.</think>\nA: 8\n\n"
             "Q: What is 10 + 1?\n<think>10 plus 1 makes 11.</think>\nA: 11\n\n")

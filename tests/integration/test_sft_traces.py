@@ -139,3 +139,21 @@ def test_contradictory_reasoning_options_exit_2_naming_the_key(tmp_path: Path) -
     bad = cli("eval", "eval.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "eval.yaml:3" in bad.stderr and "models.a.thinking" in bad.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_row_with_two_traces_exits_2_naming_the_file_and_line(tmp_path: Path) -> None:
+    make_student(tmp_path / "student")
+    rows = [{"prompt": "What is 2 + 2?", "completion": "4", "reasoning": "two and two"},
+            # the trace in the column and again inline: which to train on is unclear
+            {"prompt": "What is 3 + 3?", "completion": "<think>three twice</think> 6",
+             "reasoning": "three and three"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows),
+                                         encoding="utf-8")
+    write_yaml(tmp_path / "sft.yaml", {"student": "student", "data": "data.jsonl",
+                                       "output_dir": "run", "max_steps": 1})
+    bad = cli("train", "sft", "sft.yaml", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "data.jsonl:2: row 1: a trace in `reasoning` and another inline" in bad.stderr
+    assert not (tmp_path / "run" / "final").exists()

@@ -138,6 +138,42 @@ def test_non_text_blocks_are_skipped() -> None:
 
 
 @pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"content": "Hello"}, "content is a string"),
+        ({"content": [None]}, "content[0] is null"),
+        ({"content": ["Hello"]}, "content[0] is a string"),
+        ({"content": [{"type": "text", "text": None}]}, "content[0].text of a text block is null"),
+        ({"content": [{"type": "text"}]}, "content[0].text of a text block is null"),
+        ({"content": [{"type": "thinking", "thinking": {"a": 1}}, {"type": "text", "text": "x"}]},
+         "content[0].thinking of a thinking block is an object"),
+        ({"content": [{"type": "thinking", "thinking": None}]},
+         "content[0].thinking of a thinking block is null"),
+        ({"usage": [5]}, "usage is a list"),
+        ({"usage": {"input_tokens": "12", "output_tokens": 5}}, "usage.input_tokens"),
+        ({"usage": {"input_tokens": 12, "output_tokens": -5}}, "usage.output_tokens"),
+        ({"stop_reason": 3}, "stop_reason is an int"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_a_response_validation_error(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(BackendError) as error:
+        parse_message(message(**overrides), "m")
+    assert error.value.kind == "APIResponseValidationError" and not error.value.retryable
+    assert field in str(error.value)
+
+
+@pytest.mark.parametrize("count", ["many", -1, 1.5, 6, True])
+def test_a_thinking_count_that_cannot_be_true_is_ignored(count: Any) -> None:
+    content = [{"type": "thinking", "thinking": "t"}, {"type": "text", "text": "a"}]
+    usage = {"input_tokens": 1, "output_tokens": 5, "output_tokens_details": {"thinking_tokens": count}}
+    assert parse_message(message(content=content, usage=usage), "m").reasoning_tokens == 0
+    usage["output_tokens_details"] = {"thinking_tokens": 4}
+    assert parse_message(message(content=content, usage=usage), "m").reasoning_tokens == 4
+
+
+@pytest.mark.parametrize(
     ("stop_reason", "finish_reason"),
     [
         ("end_turn", "stop"),

@@ -185,3 +185,47 @@ def test_one_model_with_thinking_on_off_and_as_is(tiny: Any) -> None:
     assert result["paired_test"] == result["paired_tests"][0]
     cells = [row["thinking"] for row in summary_rows(result)]
     assert cells[0] == f"on: {think['mean_tokens']:.0f} tok, 3 unended" and cells[1].startswith("off: ") and cells[2] == "-"
+
+
+def test_a_template_that_opens_the_trace_is_read_as_opened_without_thinking(tiny: Any) -> None:
+    # No `thinking:` key, but the template's generation prompt ends with <think> (R1-style):
+    # the text starts inside the trace, and one cut at the token limit is no answer to grade.
+    path = str(tiny(OPENS))
+    rows = [{"id": str(i), "prompt": f"{i}+{i}?", "answer": str(2 * i)} for i in range(2)]
+    result = evaluate({"models": {"r1": {"model": path}}, "generation": {"max_new_tokens": 6},
+                       "perplexity": False}, rows=rows)
+    summary = result["models"]["r1"]["reasoning"]
+    assert summary["thinking"] is None and summary["with_trace"] == 2 and summary["unended"] == 2
+    for item in result["items"]:
+        out = item["outputs"]["r1"]
+        assert out["output"] == "" and not out["passed"] and "never ended" in out["reason"]
+
+
+def test_opened_by_template_needs_a_prompt_rendered_in_process() -> None:
+    from stillroom.evaluate.run import opened_by_template
+
+    class Backend:
+        renders_chat_template = False
+
+    class Client:
+        backend = Backend()
+
+    class Server:  # a chat server renders its own template: unknown here, not guessed
+        client = Client()
+
+        def render(self, turns: Any) -> str:
+            raise AssertionError("a chat server's template is not rendered here")
+
+    assert opened_by_template(Server(), [[{"role": "user", "content": "?"}]], "<think>") == [False]
+
+    class InProcess(Backend):
+        renders_chat_template = True
+
+    class Engine(Server):
+        client = type("C", (), {"backend": InProcess()})()
+
+        def render(self, turns: Any) -> str:
+            return "<assistant>" + ("<think>\n" if turns[0]["content"] == "r1" else "")
+
+    turns = [[{"role": "user", "content": "r1"}], [{"role": "user", "content": "plain"}]]
+    assert opened_by_template(Engine(), turns, "<think>") == [True, False]

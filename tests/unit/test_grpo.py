@@ -14,7 +14,14 @@ from typer.testing import CliRunner
 from stillroom.cli.main import app
 from stillroom.errors import ConfigError, InputError
 from stillroom.export_rl import export_rl, rl_rows
-from stillroom.train.grpo import build_trainer, load_grpo_config, parse_grpo_config, prompt_turns
+from stillroom.train.grpo import (
+    build_trainer,
+    load_grpo_config,
+    parse_grpo_config,
+    prompt_turns,
+    reward_functions,
+    reward_records,
+)
 
 REWARD = "rewards:\n  - verifier: exact\n    options: {reference_column: answer}\n"
 
@@ -36,6 +43,11 @@ def write(folder: Path, rows: list[dict], config: str) -> Path:
         ("data: d.jsonl\nloss_type: ppo\n", "loss_type", 2),
         ("data: d.jsonl\nscale_rewards: always\n", "scale_rewards", 2),
         ("data: d.jsonl\ntemperature: 0\n", "temperature", 2),
+        ("data: d.jsonl\nrewards:\n  - verifier: exact\n    weight: .nan\n", "rewards.0.weight", 4),
+        ("data: d.jsonl\nrewards:\n  - verifier: exact\n    weight: .inf\n", "rewards.0.weight", 4),
+        ("data: d.jsonl\nrewards:\n  - verifier: exact\n    weight: -1\n", "rewards.0.weight", 4),
+        ("data: d.jsonl\nthink_opened: maybe\n", "think_opened", 2),
+        ("data: d.jsonl\nthink_end: ''\n", "think_end", 2),
     ],
 )
 def test_config_errors_name_the_key(text: str, key: str, line: int | None) -> None:
@@ -69,12 +81,72 @@ def test_bad_reward_options_and_missing_prompts(tmp_path: Path) -> None:
     bad = "rewards:\n  - verifier: regex\n    options: {pattern: '('}\n"
     with pytest.raises(ConfigError) as caught:
         build_trainer(load_grpo_config(write(tmp_path, rows, bad)))
-    assert caught.value.key == "rewards.0.options" and "not a regex" in caught.value.reason
+    assert caught.value.key == "rewards.0.options.pattern" and "not a regex" in caught.value.reason
     with pytest.raises(InputError, match=r"row 0: no `prompt` \(or `messages`\) column"):
         build_trainer(load_grpo_config(write(tmp_path, [{"answer": "1"}], REWARD)))
     with pytest.raises(ConfigError) as caught:  # no rewards and no verifier column
         build_trainer(load_grpo_config(write(tmp_path, rows, "")))
     assert caught.value.key == "rewards"
+
+
+def test_think_options_reach_every_reward() -> None:
+    r1_prompt = "<|User|>What is 6*7?<|Assistant|><think>\n"
+    cut = "Let me try 6*7. Maybe \\boxed{42}? Wait, 6*7 = 4"  # cut mid-thought
+    base = "data: d\nrewards: [{verifier: math}]\n"
+    for extra, opened in (("", None), ("think_opened: true\n", True), ("think_opened: false\n", False)):
+        [reward] = reward_functions(parse_grpo_config(base + extra))
+        assert reward.tags.opened is opened
+        expected = [1.0] if opened is False else [0.0]  # auto: the prompt opened the trace
+        assert reward(prompts=[r1_prompt], completions=[cut], answer=["42"]) == expected
+    config = parse_grpo_config("data: d\nthink_start: <reasoning>\nthink_end: </reasoning>\n")
+    [per_row] = reward_functions(config)
+    assert (per_row.tags.start, per_row.tags.end, per_row.tags.opened) == ("<reasoning>", "</reasoning>", None)
+    assert per_row(prompts=["p"], completions=["<Reasoning>\\boxed{42}</reasoning> no"],
+                   answer=["42"], verifier=["math"], verifier_options=["{}"]) == [0.0]
+    with pytest.raises(ConfigError, match="must differ"):
+        parse_grpo_config("data: d\nthink_start: <t>\nthink_end: <t>\n")
+
+
+def test_the_reference_column_may_not_be_the_answer_column(tmp_path: Path) -> None:
+    rows = [{"prompt": "q", "answer": "1", "completion": "1"}]
+    for column in ("completion", "reasoning", "messages"):
+        bad = f"rewards:\n  - verifier: math\n    options: {{reference_column: {column}}}\n"
+        with pytest.raises(ConfigError) as caught:
+            build_trainer(load_grpo_config(write(tmp_path, rows, bad)))
+        assert caught.value.key == "rewards.0.options.reference_column"
+        assert f"`{column}`" in caught.value.reason
+    exported = [{"prompt": "q", "answer": "1", "verifier": "exact",
+                 "verifier_options": '{"reference_column": "completion"}'}]
+    with pytest.raises(ConfigError, match="row 0: the exact verifier may not read"):
+        build_trainer(load_grpo_config(write(tmp_path, exported, "")))
+
+
+def test_a_column_of_text_and_numbers_is_made_text_before_any_model(tmp_path: Path) -> None:
+    rows = [{"id": "a", "prompt": "2+2?", "answer": "4"}, {"id": 7, "prompt": "3+3?", "answer": 6},
+            {"prompt": "1.5+1.5?", "answer": 3.0}]
+    records = reward_records(rows, ["id", "answer"], "data.jsonl")
+    assert records == [{"id": "a", "answer": "4"}, {"id": "7", "answer": "6"},
+                       {"id": None, "answer": "3.0"}]
+    datasets = pytest.importorskip("datasets")
+    assert datasets.Dataset.from_list(records)["answer"] == ["4", "6", "3.0"]
+    # Per-row verifiers (exported data): every column but the prompt and someone's answer.
+    per_row = reward_records([{"prompt": "q", "answer": 1, "verifier": "math", "completion": "x"},
+                              {"prompt": "q", "answer": "2", "verifier": "math"}], [], "d")
+    assert per_row == [{"answer": "1", "verifier": "math"}, {"answer": "2", "verifier": "math"}]
+    # A mix that has no one text form is an error naming the column, before the model loads.
+    mixed = [{"prompt": "q", "tests": [{"input": "1", "output": "1"}]},
+             {"prompt": "q", "tests": "assert 1"}]
+    code = "rewards:\n  - verifier: code\n"
+    with pytest.raises(InputError, match=r"the column `tests` holds values of different types"):
+        build_trainer(load_grpo_config(write(tmp_path, mixed, code)))
+
+
+def test_cli_trains_nothing_on_an_answer_graded_against_itself(tmp_path: Path) -> None:
+    bad = "rewards:\n  - verifier: exact\n    options: {reference_column: completion}\n"
+    path = write(tmp_path, [{"prompt": "q", "answer": "1", "completion": "1"}], bad)
+    result = CliRunner().invoke(app, ["train", "grpo", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "reference_column" in result.output and "Traceback" not in result.output
 
 
 def test_prompt_turns_from_text_turns_or_messages() -> None:

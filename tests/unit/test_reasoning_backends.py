@@ -109,6 +109,61 @@ def test_without_a_trace_null_content_is_still_an_error() -> None:
         parse_chat_response(chat_response({"role": "assistant", "content": None}), "m")
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (["not", "an", "object"], "the body"),
+        ({"choices": {"0": {}}}, "choices"),
+        ({"choices": [None]}, "choices[0]"),
+        ({"choices": [{"message": "hi", "finish_reason": "stop"}]}, "message"),
+        (chat_response({"role": "assistant", "content": 5}), "message.content"),
+        (chat_response({"role": "assistant", "content": [{"type": "text", "text": "a"}]}),
+         "message.content"),
+        (chat_response({"role": "assistant", "content": "a", "reasoning": {"x": 1}}),
+         "message.reasoning"),
+        (chat_response({"role": "assistant", "content": "a", "reasoning_content": ["x"]}),
+         "message.reasoning_content"),
+        ({"choices": [{"text": 7, "finish_reason": "stop"}]}, "choices[0].text"),
+        ({"choices": [{"message": {"content": "a"}, "finish_reason": 1}]}, "finish_reason"),
+        ({**chat_response({"content": "a"}), "usage": [1]}, "usage"),
+        (chat_response({"content": "a"}, prompt_tokens="many"), "usage.prompt_tokens"),
+        (chat_response({"content": "a"}, completion_tokens=-2), "usage.completion_tokens"),
+        (chat_response({"content": "a"}, completion_tokens=2.5), "usage.completion_tokens"),
+        ({"choices": [{"message": {"content": "a"}, "logprobs": {"content": [{"x": 1}]}}]},
+         "logprobs"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_a_response_validation_error(body: Any, field: str) -> None:
+    with pytest.raises(BackendError) as error:
+        parse_chat_response(body, "m")
+    assert error.value.kind == "APIResponseValidationError" and not error.value.retryable
+    assert f"malformed response: {field} " in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [[1], "x", {"reasoning_tokens": "many"}, {"reasoning_tokens": -3},
+     {"reasoning_tokens": 2.5}, {"reasoning_tokens": 49}, {"reasoning_tokens": True}],
+)
+async def test_a_reasoning_count_that_cannot_be_true_is_ignored_then_estimated(
+    details: Any,
+) -> None:
+    completion = parse_chat_response(chat_response(
+        {"content": "42", "reasoning": "six times seven"}, completion_tokens=20,
+        completion_tokens_details=details), "m")
+    assert completion.reasoning_tokens == 0 and completion.text == "42"
+    read = await client(FixedBackend(completion)).generate(ask())
+    assert 0 < read.reasoning_tokens <= 20 and read.reasoning_tokens_estimated
+
+
+def test_a_reasoning_count_up_to_the_whole_completion_is_kept() -> None:
+    for count in (0, 20):
+        completion = parse_chat_response(chat_response(
+            {"content": "", "reasoning": "t"}, completion_tokens=20,
+            completion_tokens_details={"reasoning_tokens": count}), "m")
+        assert completion.reasoning_tokens == count
+
+
 def test_the_echo_servers_field_mode_is_read_back() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "a b c"}]}
     completion = parse_chat_response(_answer(body, 1, "field"), "m")
@@ -169,15 +224,36 @@ def test_thinking_budget_goes_into_the_request_and_the_cache_identity() -> None:
     assert "thinking" not in messages_body("claude", ask(), 4096)
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [({"thinking_budget": 1000, "max_tokens_default": 4096}, "greater than or equal to 1024"),
-     ({"thinking_budget": 2048}, "below max_tokens_default")],
-)
-def test_bad_thinking_budgets_are_refused_in_the_config(settings: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message) as error:
-        AnthropicConfig(model="claude", **settings)
+def test_a_thinking_budget_below_anthropics_floor_is_refused_in_the_config() -> None:
+    with pytest.raises(ValueError, match="greater than or equal to 1024") as error:
+        AnthropicConfig(model="claude", thinking_budget=1000, max_tokens_default=4096)
     assert "thinking_budget" in str(error.value)
+
+
+def test_a_budget_above_the_default_is_fine_when_every_stage_sets_more() -> None:
+    # The default is never sent when each stage sets its own max_tokens.
+    config = AnthropicConfig(model="claude", thinking_budget=2048)
+    config.check_params(GenerationParams(max_tokens=4096), key="")
+    assert messages_body("claude", ask(max_tokens=4096), 1024, 2048)["max_tokens"] == 4096
+    # A stage (or a request) that leaves max_tokens to the default is refused, naming both.
+    with pytest.raises(ConfigError) as error:
+        config.check_params(GenerationParams(), key="")
+    assert error.value.key == "max_tokens"
+    assert "max_tokens_default 1024" in str(error.value)
+    assert "thinking_budget 2048" in str(error.value)
+    with pytest.raises(BackendError, match="max_tokens_default 1024") as refused:
+        messages_body("claude", ask(), 1024, 2048)
+    assert refused.value.kind == "BadRequestError" and not refused.value.retryable
+
+
+def test_the_per_stage_message_names_the_budget_and_the_backend() -> None:
+    # Printed as "max_tokens: <message>" with no stage: it must explain itself.
+    config = AnthropicConfig(model="claude-x", thinking_budget=2048, max_tokens_default=4096)
+    for params in ({"max_tokens": 100}, {"temperature": 0.5}, {"top_p": 0.5}):
+        with pytest.raises(ConfigError) as error:
+            config.check_params(GenerationParams(**params), key="")
+        text = str(error.value)
+        assert "thinking_budget 2048" in text and "anthropic backend (claude-x)" in text, text
 
 
 @pytest.mark.parametrize(
@@ -300,6 +376,21 @@ async def test_structured_output_after_an_unended_trace_fails_with_its_reason() 
         await llm.generate(ask(json_schema={"type": "object"}))
     assert failure.value.kind == TRUNCATED_REASONING and "length" in str(failure.value)
     assert backend.calls == 1  # not re-asked: the same max_tokens would cut it again
+    assert "raise max_tokens" in str(failure.value)
+
+
+async def test_a_model_that_stopped_without_closing_its_trace_is_not_told_to_raise_max_tokens(
+) -> None:
+    # think_opened, and the model answered plainly: it stopped on its own, more tokens would
+    # not close a trace it never wrote.
+    backend = FixedBackend(Completion(text="{\"a\": 1}", finish_reason="stop",
+                                      completion_tokens=4))
+    llm = client(backend, think=ThinkTags(opened=True))
+    with pytest.raises(RequestFailed) as failure:
+        await llm.generate(ask(json_schema={"type": "object"}))
+    message = str(failure.value)
+    assert failure.value.kind == TRUNCATED_REASONING
+    assert "raise max_tokens" not in message and "without closing its trace (</think>)" in message
 
 
 async def test_structured_output_reads_the_answer_after_the_trace() -> None:

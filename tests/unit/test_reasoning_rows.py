@@ -117,7 +117,7 @@ def test_a_trace_cut_at_max_tokens_fails_the_row_by_default(tmp_path: Path) -> N
     assert folder.read_rows("data") == []
     [failed] = folder.read_rows("failed")
     assert failed["error_type"] == TRUNCATED_REASONING
-    assert "sample 1" in failed["error"] and "finish_reason=length" in failed["error"]
+    assert "sample 1" in failed["error"] and "finish_reason length" in failed["error"]
 
 
 def test_a_cut_trace_is_kept_flagged_with_no_answer_when_asked(tmp_path: Path) -> None:

@@ -171,11 +171,44 @@ def test_an_inline_trace_in_the_answer_is_read_as_a_trace() -> None:
         ({"prompt": "q", "completion": "", "reasoning": "half", "reasoning_truncated": True},
          "reasoning_truncated` is true"),
         ({"prompt": "q", "completion": "a", "reasoning": ["one", "two"]}, "must be text"),
+        # Two traces for one answer: written as they are, the turn would hold both.
+        ({"prompt": "q", "completion": "<think>inline</think> 4", "reasoning": "field trace"},
+         "a trace in `reasoning` and another inline"),
+        ({"prompt": "q", "completion": "<think>a</think><think>b</think> 4"}, "second <think>"),
+        # Its own closing tag would end the trace early and read back as the answer.
+        ({"prompt": "q", "completion": "4", "reasoning": "the tag </think> closes it, so"},
+         "holds the closing tag </think>"),
     ],
 )
-def test_rows_a_trace_cannot_be_trained_from_are_refused(row: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize("mode", ["tags", "template"])
+def test_rows_a_trace_cannot_be_trained_from_are_refused(
+    row: dict[str, Any], message: str, mode: str
+) -> None:
+    tokenizer = tokenizer_with(PLAIN if mode == "tags" else THINKING)
+    traces = TraceFormat(mode=mode, field="reasoning_content" if mode == "template" else None)
     with pytest.raises(InputError, match=f"row 0: .*{message}"):
-        sft_examples([row], "prompt_completion", tokenizer_with(PLAIN), TraceFormat(mode="tags"))
+        sft_examples([row], "prompt_completion", tokenizer, traces)
+
+
+@pytest.mark.parametrize("mode", ["tags", "drop"])
+def test_only_an_answer_that_begins_with_the_start_tag_holds_an_inline_trace(mode: str) -> None:
+    # The rule verifiers and judges use (llm.reasoning.final_answer): a tag further in is text.
+    rows = [{"prompt": "q", "completion": "Use `</think>` to close; it is 4"},
+            {"prompt": "q", "completion": "</think> 4"},
+            {"prompt": "q", "completion": "So <think>x</think> is how it looks; 4"}]
+    examples = sft_examples(rows, "prompt_completion", tokenizer_with(PLAIN),
+                            TraceFormat(mode=mode))
+    assert [(e.completion, e.trace_chars) for e in examples] == [
+        (row["completion"], 0) for row in rows]
+
+
+def test_a_bad_row_names_the_data_file_and_line(tmp_path: Path) -> None:
+    rows = [ROWS[0], {"prompt": "q", "completion": "<think>half a thought"}]
+    with pytest.raises(InputError) as caught:
+        build_trainer(config(tmp_path, PLAIN, rows))
+    assert caught.value.path == f"{tmp_path / 'data.jsonl'}:2"
+    assert str(caught.value).startswith(f"{tmp_path / 'data.jsonl'}:2: row 1: ")
+    assert "never ended" in str(caught.value)
 
 
 @pytest.mark.parametrize(

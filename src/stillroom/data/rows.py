@@ -352,9 +352,10 @@ def trace_usage(completions: list[Completion]) -> dict[str, Any]:
 
 def truncated_reason(completion: Completion, *, can_flag: bool = True) -> str:
     """Why a completion whose trace never ended is not an answer (a row failure's reason)."""
+    from stillroom.llm.reasoning import unended_reason
+
     instead = ", or keep such rows flagged with truncated_reasoning: flag" if can_flag else ""
-    return (f"the reasoning never ended (finish_reason={completion.finish_reason}): a cut "
-            f"trace has no answer after it; raise max_tokens{instead}")
+    return unended_reason(completion.finish_reason) + instead
 
 
 __all__ = [

@@ -54,8 +54,11 @@ The methods:
   switch instead. Backend models need a backend that takes raw prompts and renders its
   template (llama.cpp, transformers); for an OpenAI-compatible server put the switch in the
   backend's ``extra_body`` (``{chat_template_kwargs: {enable_thinking: false}}``). ``off`` and
-  budget forcing cannot be combined (budget forcing opens the trace). List one model under
-  several names to compare::
+  budget forcing cannot be combined (budget forcing opens the trace). With no ``thinking`` key,
+  a prompt the model's template already ends with ``think_start`` (R1-style) is read as opened,
+  so a trace cut at the token limit is not graded as an answer; a chat server's template is out
+  of sight, so such a backend needs ``think_opened: true``. List one model under several names
+  to compare::
 
       models:
         think: {model: out/student-sft/final, thinking: on}

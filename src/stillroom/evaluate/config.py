@@ -103,7 +103,11 @@ class ModelSpec(BaseModel):
     thinking: Literal["on", "off"] | None = Field(
         default=None,
         description="on: the trace opened (or the template's enable_thinking=True); off: closed "
-        "empty before the answer (or enable_thinking=False); None: the prompt as rendered.",
+        "empty before the answer (or enable_thinking=False); None: the prompt as rendered, and "
+        "when that prompt ends with think_start (an R1-style template opens the trace itself) "
+        "the text is read as starting inside the trace, so a trace cut at the token limit is "
+        "no answer (known for transformers, llama.cpp and vLLM models; a chat server's backend "
+        "says it with think_opened).",
     )
     think_start: str = Field(default="<think>", min_length=1,
                              description="The tags of the model's inline trace.")

@@ -33,7 +33,9 @@ template with its own switch (``enable_thinking``, Qwen3's) is rendered with it;
 trace is opened (``on``) or closed empty before the answer (``off``: ``<think>\n\n</think>\n\n``,
 the text Qwen3's template writes for ``enable_thinking=False``) in the raw prompt. A trace the
 server parsed out (``Completion.reasoning``) comes back in :attr:`Generation.reasoning`; an
-inline one stays in the text, for the caller to split.
+inline one stays in the text, for the caller to split. Without a mode, a prompt the template
+itself ends with the opening tag (R1-style) is read as opened too
+(:func:`stillroom.evaluate.run.opened_by_template`).
 
 We do not call ``model.generate``: it also applies the checkpoint's ``generation_config``
 (top_k, repetition penalties...), which would make "greedy" mean different things for different

@@ -24,6 +24,7 @@ from stillroom.evaluate.generation import (
     BackendGenerator,
     Generation,
     Sampling,
+    TransformersGenerator,
     thinking_prompts,
 )
 from stillroom.evaluate.stats import (
@@ -199,8 +200,6 @@ def run_model(config: EvalConfig, name: str, items: Sequence[Item], log: Log) ->
     started = time.perf_counter()
     generator: Any
     if spec.kind == "transformers":
-        from stillroom.evaluate.generation import TransformersGenerator
-
         log(f"{name}: loading {spec.model}")
         generator = TransformersGenerator.load(
             _model_path(config, spec), name=name, device=spec.device, sampling=sampling,
@@ -245,14 +244,16 @@ def _answer(config: EvalConfig, name: str, generator: Any, items: Sequence[Item]
             [{"reasoning_tokens": f.thinking_tokens, "reasoning_chars": len(f.thinking)}
              for f in forced if f.thinking])
     else:
-        opened = False
         asked: list[Any] = [item.turns for item in items]
         if spec.thinking is not None:
-            asked, opened = thinking_prompts(generator, asked, spec.thinking,
-                                             spec.think_start, spec.think_end)
+            asked, was_opened = thinking_prompts(generator, asked, spec.thinking,
+                                                 spec.think_start, spec.think_end)
+            opened = [was_opened] * len(items)
+        else:
+            opened = opened_by_template(generator, asked, spec.think_start)
         generations: list[Generation] = generator.generate(asked, max_new)
-        answers = [answer_part(g, generator, spec.think_start, spec.think_end, opened)
-                   for g in generations]
+        answers = [answer_part(g, generator, spec.think_start, spec.think_end, was)
+                   for g, was in zip(generations, opened, strict=True)]
         extras = [{"tokens": g.tokens, "finish_reason": g.finish_reason, **trace,
                    **({"error": g.error} if g.error else {})}
                   for g, (_, trace) in zip(generations, answers, strict=True)]
@@ -263,6 +264,22 @@ def _answer(config: EvalConfig, name: str, generator: Any, items: Sequence[Item]
     run.seconds = generator.seconds
     run.tokens = generator.tokens_generated
     return run
+
+
+def opened_by_template(generator: Any, turns: Sequence[list[Message]], start: str) -> list[bool]:
+    """Per prompt, whether the chat template opened the trace itself (its generation prompt ends
+    with ``start``, as DeepSeek-R1's distills and QwQ's do), for a model without ``thinking:``.
+    The text then starts inside the trace, and a trace cut at the token limit holds no closing
+    tag: read as an answer, it would be graded on a thought the model never committed to.
+    Known only where the prompt is rendered here or by a backend that renders its template in
+    process (transformers, llama.cpp, vLLM); a chat server renders its own (its backend's
+    ``think_opened`` says so)."""
+    renders = isinstance(generator, TransformersGenerator) or bool(
+        getattr(getattr(getattr(generator, "client", None), "backend", None),
+                "renders_chat_template", False))
+    if not renders:
+        return [False] * len(turns)
+    return [generator.render(turn).rstrip().endswith(start) for turn in turns]
 
 
 def answer_part(

@@ -25,7 +25,10 @@ The thinking blocks' text becomes the completion's ``reasoning``; ``redacted_thi
 ``output_tokens_details.thinking_tokens`` when the API reports it; otherwise the client estimates
 the trace's share by characters, which cannot see redacted blocks). The API's rules for thinking
 (budget at least 1024 and below max_tokens; temperature left at 1; top_p 0.95 to 1) are checked
-before any request: in the config, by ``check_params`` for a stage's parameters, and per request.
+before any request: the floor in the config; the rest by ``check_params`` for a stage's
+parameters (its max_tokens, or max_tokens_default when it sets none: a budget above the default
+is fine when every stage sets a larger max_tokens), and again per request, for stages that do
+not call ``check_params``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,16 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
-from stillroom.llm.openai_compat import _is_local, check_base_url
+from stillroom.llm.openai_compat import (
+    _is_local,
+    check_base_url,
+    described,
+    malformed,
+    object_field,
+    reasoning_token_count,
+    text_field,
+    token_count,
+)
 from stillroom.llm.types import (
     BackendError,
     Completion,
@@ -80,24 +92,38 @@ MIN_THINKING_BUDGET = 1024
 
 
 def thinking_problem(
-    budget: int, params: GenerationParams, max_tokens: int
+    budget: int, params: GenerationParams, max_tokens_default: int, model: str = ""
 ) -> tuple[str, str] | None:
     """(key, what is wrong) when ``params`` cannot go with extended thinking of ``budget``
-    tokens under the API's rules, or None."""
+    tokens under the API's rules, or None. ``max_tokens_default`` stands in for a max_tokens
+    the params do not set, as it does in the request. The message names ``thinking_budget``,
+    the backend and where max_tokens came from: it is printed on its own, under a key that
+    may name only the field."""
+    backend = f"the anthropic backend ({model})" if model else "the anthropic backend"
+    if params.max_tokens is not None:
+        max_tokens, source = params.max_tokens, f"max_tokens {params.max_tokens}"
+        fix = f"set max_tokens above {budget}"
+    else:
+        max_tokens = max_tokens_default
+        source = (f"max_tokens_default {max_tokens_default} (sent where no max_tokens is "
+                  "set, as here)")
+        fix = f"set max_tokens (or the backend's max_tokens_default) above {budget}"
     if max_tokens <= budget:
         return "max_tokens", (
-            f"max_tokens {max_tokens} must exceed the thinking budget {budget} (thinking_budget): "
-            "the trace and the answer share max_tokens"
+            f"{source} must exceed thinking_budget {budget} of {backend}: with extended "
+            f"thinking the trace and the answer share max_tokens, and Anthropic refuses a "
+            f"budget that is not below it; {fix}, or lower thinking_budget"
         )
     if params.temperature is not None and params.temperature != 1:
         return "temperature", (
-            f"temperature {params.temperature:g} cannot be sent with extended thinking "
-            "(thinking_budget): Anthropic allows only the default, 1; unset it"
+            f"temperature {params.temperature:g} cannot be sent to {backend}, which has "
+            f"thinking_budget {budget}: with extended thinking Anthropic allows only the "
+            "default, 1; unset temperature"
         )
     if params.top_p is not None and not 0.95 <= params.top_p <= 1:
         return "top_p", (
-            f"top_p {params.top_p:g} cannot be sent with extended thinking (thinking_budget): "
-            "Anthropic allows 0.95 to 1"
+            f"top_p {params.top_p:g} cannot be sent to {backend}, which has thinking_budget "
+            f"{budget}: with extended thinking Anthropic allows 0.95 to 1"
         )
     return None
 
@@ -150,7 +176,7 @@ def messages_body(
     if params.stop:
         body["stop_sequences"] = list(params.stop)
     if thinking_budget is not None:
-        problem = thinking_problem(thinking_budget, params, body["max_tokens"])
+        problem = thinking_problem(thinking_budget, params, max_tokens_default, model)
         if problem is not None:
             # Asking again would be refused again: the request, not the server, is at fault.
             raise BackendError(problem[1], kind="BadRequestError", status=400, retryable=False)
@@ -160,36 +186,69 @@ def messages_body(
     return body
 
 
+def _block_text(block: dict[str, Any], field: str, index: int) -> str:
+    value = block.get(field)
+    if not isinstance(value, str):
+        raise malformed(f"content[{index}].{field} of a {block.get('type')} block is "
+                        f"{described(value)}, not a string")
+    return value
+
+
 def parse_message(message: Any, model: str) -> Completion:
-    """Read the fields we keep from a ``Message`` (an SDK object or its dict form)."""
-    data = message if isinstance(message, dict) else message.model_dump()
+    """Read the fields we keep from a ``Message`` (an SDK object or its dict form).
+
+    Checked field by field like an OpenAI-compatible body (see ``malformed``): a server speaking
+    the Messages API (a proxy, a test server) can send anything, and the SDK builds its objects
+    from a response without validating them.
+    """
+    # warnings off: a field of the wrong type is reported below, naming it.
+    data = message if isinstance(message, dict) else message.model_dump(warnings=False)
+    if not isinstance(data, dict):
+        raise malformed("the message is not an object")
     blocks = data.get("content") or []
-    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
-    thoughts = [str(block.get("thinking") or "") for block in blocks
-                if block.get("type") == "thinking"]
-    # A redacted block's data is encrypted: never text for a row (see the module docstring),
-    # but it shows that the model thought.
-    redacted = any(block.get("type") == "redacted_thinking" for block in blocks)
+    if not isinstance(blocks, list):
+        raise malformed(f"content is {described(blocks)}, not a list of content blocks")
+    texts: list[str] = []
+    thoughts: list[str] = []
+    redacted = False
+    for index, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise malformed(f"content[{index}] is {described(block)}, not a content block")
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(_block_text(block, "text", index))
+        elif kind == "thinking":
+            thoughts.append(_block_text(block, "thinking", index))
+        elif kind == "redacted_thinking":
+            # A redacted block's data is encrypted: never text for a row (see the module
+            # docstring), but it shows that the model thought.
+            redacted = True
+        # Other blocks (tool use, citations' server tools) hold no answer text.
+    text = "".join(texts)
     reasoning = "\n\n".join(t for t in thoughts if t) if thoughts or redacted else None
-    usage = data.get("usage") or {}
-    details = usage.get("output_tokens_details") or {}
+    usage = object_field(data.get("usage"), "usage")
     # Prompt-cache reads and writes are prompt tokens too; the API counts them apart.
     prompt_tokens = sum(
-        int(usage.get(name) or 0)
+        token_count(usage, name, "usage")
         for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     )
-    stop_reason = data.get("stop_reason")
+    # Thinking tokens are billed as output tokens and are part of this count.
+    completion_tokens = token_count(usage, "output_tokens", "usage")
+    stop_reason = text_field(data.get("stop_reason"), "stop_reason")
     finish_reason = _FINISH_REASONS.get(stop_reason, stop_reason) if stop_reason else None
+    served_model = data.get("model")
     return Completion(
         text=text,
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
-        # Thinking tokens are billed as output tokens and are part of this count.
-        completion_tokens=int(usage.get("output_tokens") or 0),
-        model=data.get("model") or model,
+        completion_tokens=completion_tokens,
+        model=served_model if isinstance(served_model, str) and served_model else model,
         reasoning=reasoning,
-        # Newer API versions count them apart; otherwise LLMClient estimates them.
-        reasoning_tokens=int(details.get("thinking_tokens") or 0) if reasoning is not None else 0,
+        # Newer API versions count them apart; otherwise (or when the count cannot be true)
+        # LLMClient estimates them.
+        reasoning_tokens=reasoning_token_count(
+            usage.get("output_tokens_details"), "thinking_tokens", completion_tokens
+        ) if reasoning is not None else 0,
         # Cut at max_tokens while thinking: a trace and no answer after it.
         reasoning_ended=not (reasoning is not None and finish_reason == "length"
                              and not text.strip()),
@@ -315,12 +374,12 @@ class AnthropicConfig(BackendConfig):
     max_tokens_default: int = Field(
         default=1024, ge=1, description="max_tokens when a request sets none (the API needs one)."
     )
-    # After max_tokens_default: its validator compares the two.
     thinking_budget: int | None = Field(
         default=None,
         ge=MIN_THINKING_BUDGET,
         description="Extended thinking: at most this many tokens of thinking per answer "
-        "(at least 1024, below max_tokens); the thinking blocks become the reasoning column. "
+        "(at least 1024, below each request's max_tokens: a stage's own, else "
+        "max_tokens_default); the thinking blocks become the reasoning column. "
         "None = no thinking.",
     )
 
@@ -334,22 +393,12 @@ class AnthropicConfig(BackendConfig):
     def _valid_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         return check_base_url(value, info)
 
-    @field_validator("thinking_budget")
-    @classmethod
-    def _budget_below_default(cls, value: int | None, info: ValidationInfo) -> int | None:
-        default = info.data.get("max_tokens_default")
-        if value is not None and isinstance(default, int) and default <= value:
-            raise ValueError(
-                f"must be below max_tokens_default ({default}): thinking and answer share "
-                "max_tokens; raise max_tokens_default or lower thinking_budget"
-            )
-        return value
-
     def check_params(self, params: GenerationParams, *, key: str = "params") -> None:
         if self.thinking_budget is None:
             return
-        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_tokens_default
-        problem = thinking_problem(self.thinking_budget, params, max_tokens)
+        # Per stage, not in the config: a budget above max_tokens_default is fine when every
+        # stage sets a larger max_tokens of its own (the default is then never sent).
+        problem = thinking_problem(self.thinking_budget, params, self.max_tokens_default, self.model)
         if problem is not None:
             raise ConfigError(problem[1], key=f"{key}.{problem[0]}" if key else problem[0])
 

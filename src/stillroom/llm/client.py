@@ -16,7 +16,13 @@ import orjson
 from stillroom.llm.backend import Backend
 from stillroom.llm.cache import RequestCache, request_key
 from stillroom.llm.limiter import AdaptiveLimiter
-from stillroom.llm.reasoning import TRUNCATED_REASONING, ThinkTags, estimate_reasoning_tokens
+from stillroom.llm.reasoning import (
+    THINK_END,
+    TRUNCATED_REASONING,
+    ThinkTags,
+    estimate_reasoning_tokens,
+    unended_reason,
+)
 from stillroom.llm.stats import BackendStats
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
 from stillroom.llm.types import BackendError, Completion, Message, Request, RequestFailed
@@ -314,13 +320,11 @@ class LLMClient:
         for _ in range(self.max_reasks + 1):
             completion = await self._generate_cached(current, accept=fits)
             if not completion.reasoning_ended:
-                # Re-asking with the same max_tokens would only cut the trace again.
+                # Re-asking would only cut the trace again (length) or end it the same way.
+                end = self.think.end if self.think is not None else THINK_END
                 raise RequestFailed(
-                    BackendError(
-                        f"the reasoning never ended (finish_reason {completion.finish_reason}): "
-                        "there is no answer after the trace; raise max_tokens",
-                        kind=TRUNCATED_REASONING,
-                    ),
+                    BackendError(unended_reason(completion.finish_reason, end),
+                                 kind=TRUNCATED_REASONING),
                     attempts=1,
                 )
             if id(completion) not in verdicts:  # no cache: nobody asked yet

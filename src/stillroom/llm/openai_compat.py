@@ -123,38 +123,118 @@ def chat_body(model: str, request: Request, structured: StructuredMode = "json_s
     return body
 
 
-def parse_chat_response(data: dict[str, Any], model: str) -> Completion:
-    """Read the fields we keep from a /chat/completions or /completions response body."""
+def malformed(what: str) -> BackendError:
+    """A response whose JSON has a field of the wrong type or value. Not retried: a server that
+    sends such a body sends it again (a body that is not JSON at all, which a dropped connection
+    can cause, is retried where it is read). Kept apart from a crash so the row's reason names
+    the field instead of an AttributeError deep in a parser."""
+    return BackendError(f"malformed response: {what}", kind="APIResponseValidationError")
+
+
+def described(value: Any) -> str:
+    """A JSON value's type for an error message: "null", "an int", "a list"."""
+    if value is None:
+        return "null"
+    name = {"str": "string", "dict": "object", "bool": "boolean"}.get(
+        type(value).__name__, type(value).__name__)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def token_count(container: dict[str, Any], name: str, where: str) -> int:
+    """``container[name]`` as a token count: a non-negative integer, 0 when absent or null."""
+    value = container.get(name)
+    if value is None:
+        return 0
+    # bool is an int to Python, never a count to a server.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise malformed(f"{where}.{name} is {secrets.redact(repr(value))[:60]}, "
+                        "not a count of tokens")
+    return value
+
+
+def reasoning_token_count(details: Any, name: str, completion_tokens: int) -> int:
+    """The server's count of a trace's tokens, or 0 when it gave none that can be true: an
+    integer from 0 to ``completion_tokens`` (the trace is part of the completion). Anything else
+    (a string, a fraction, more than the whole completion) is ignored rather than failing an
+    answer that is fine: the client then estimates the count, and says so."""
+    value = details.get(name) if isinstance(details, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value if 0 <= value <= completion_tokens else 0
+
+
+def object_field(value: Any, where: str) -> dict[str, Any]:
+    """A response field that must be a JSON object, or {} when absent or null."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise malformed(f"{where} is {described(value)}, not an object")
+    return value
+
+
+def text_field(value: Any, where: str) -> str | None:
+    """A response field that must be a string, or None when absent or null."""
+    if value is not None and not isinstance(value, str):
+        raise malformed(f"{where} is {described(value)}, not a string")
+    return value
+
+
+def parse_chat_response(data: Any, model: str) -> Completion:
+    """Read the fields we keep from a /chat/completions or /completions response body.
+
+    Every field is type-checked as it is read: a server's body is input, and a field of the
+    wrong type fails the request as ``APIResponseValidationError`` naming the field (see
+    :func:`malformed`) instead of crashing in here.
+    """
+    if not isinstance(data, dict):
+        raise malformed(f"the body is {described(data)}, not an object")
     choices = data.get("choices") or []
+    if not isinstance(choices, list):
+        raise malformed(f"choices is {described(choices)}, not a list")
     if not choices:
         raise BackendError("response has no choices", kind="APIResponseValidationError")
     choice = choices[0]
+    if not isinstance(choice, dict):
+        raise malformed(f"choices[0] is {described(choice)}, not an object")
     message = choice.get("message")
-    finish_reason = choice.get("finish_reason")
+    finish_reason = text_field(choice.get("finish_reason"), "finish_reason")
     reasoning = None
     if message is not None:
-        text = message.get("content")
+        message = object_field(message, "message")
+        text = text_field(message.get("content"), "message.content")
         reasoning = _reasoning_of(message)
-        if text is None and message.get("refusal"):
-            raise BackendError(f"refused: {message['refusal']}", kind="ContentRefusal")
+        refusal = message.get("refusal")
+        if text is None and refusal:
+            raise BackendError(f"refused: {refusal}", kind="ContentRefusal")
         if text is None and reasoning is not None:
             text = ""  # all trace, no answer (yet): see reasoning_ended below
     else:
-        text = choice.get("text")  # a raw prompt: traces come inline only (think_tags)
+        # A raw prompt: traces come inline only (think_tags).
+        text = text_field(choice.get("text"), "choices[0].text")
     if text is None:
         raise BackendError("response has no content", kind="APIResponseValidationError")
-    usage = data.get("usage") or {}
-    details = usage.get("completion_tokens_details") or {}
+    usage = object_field(data.get("usage"), "usage")
+    completion_tokens = token_count(usage, "completion_tokens", "usage")
+    served_model = data.get("model")
+    try:
+        logprobs = _parse_logprobs(choice.get("logprobs"))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # Nested lists of dicts of numbers: checking each level by hand would be longer than
+        # the parser itself; any of these errors means one of them had the wrong shape.
+        raise malformed(f"logprobs do not have the expected shape ({type(error).__name__})") from None
     return Completion(
         text=text,
         finish_reason=finish_reason,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        model=data.get("model") or model,
-        logprobs=_parse_logprobs(choice.get("logprobs")),
+        prompt_tokens=token_count(usage, "prompt_tokens", "usage"),
+        completion_tokens=completion_tokens,
+        model=served_model if isinstance(served_model, str) and served_model else model,
+        logprobs=logprobs,
         reasoning=reasoning,
-        # When the server does not count them apart, LLMClient estimates them.
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0) if reasoning is not None else 0,
+        # When the server does not count them apart (or gives a count that cannot be true),
+        # LLMClient estimates them.
+        reasoning_tokens=reasoning_token_count(
+            usage.get("completion_tokens_details"), "reasoning_tokens", completion_tokens
+        ) if reasoning is not None else 0,
         # A reasoning parser hands over the trace and an empty or missing content when the
         # model was cut off at max_tokens before it closed its trace.
         reasoning_ended=not (reasoning is not None and finish_reason == "length"
@@ -168,8 +248,8 @@ def _reasoning_of(message: dict[str, Any]) -> str | None:
     warns that a client reading only the old name can see it empty while the new one is filled,
     so the first one with text wins."""
     for name in ("reasoning", "reasoning_content"):
-        value = message.get(name)
-        if isinstance(value, str) and value:
+        value = text_field(message.get(name), f"message.{name}")
+        if value:
             return value
     return None  # absent, null or empty (servers send those for models that do not think)
 
@@ -352,7 +432,8 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
             raise BackendError(
                 secrets.redact(str(error)), kind="APIConnectionError", retryable=True
             ) from error
-        return parse_chat_response(response.model_dump(), self.model)
+        # warnings off: a field of the wrong type is reported by the parser, naming it.
+        return parse_chat_response(response.model_dump(warnings=False), self.model)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -80,6 +80,21 @@ def final_answer(
     return split.answer, ""
 
 
+def unended_reason(finish_reason: str | None, end: str = THINK_END) -> str:
+    """Why a completion whose trace never ended has no answer, with the fix that fits its
+    finish reason: cut at max_tokens (``length``), more tokens help; a model that stopped on its
+    own without writing ``end`` (a plain answer from a model whose template opened the trace,
+    ``think_opened``) would stop the same way with more, so that is not suggested."""
+    if finish_reason == "length":
+        return (f"the reasoning never ended (finish_reason {finish_reason}): the text was cut "
+                "off at max_tokens inside the trace, so there is no answer after it; "
+                "raise max_tokens")
+    return (f"the reasoning never ended (finish_reason {finish_reason}): the model ended its "
+            f"text without closing its trace ({end}), so no part of it is known to be the "
+            "answer; check that the model writes its trace in think tags (think_opened, "
+            "think_end) or turn think_tags off for it")
+
+
 def estimate_reasoning_tokens(reasoning: str | None, answer: str, completion_tokens: int) -> int:
     """The trace's share of ``completion_tokens``, by characters: for servers that return a
     trace without counting its tokens apart. An estimate (the caller marks it so)."""

@@ -16,6 +16,10 @@ Usage::
     beta: 0.0                        # KL to the starting model; 0 (TRL's default) loads none
     loss_type: dapo                  # dapo | grpo | dr_grpo | bnpo (TRL's names)
     scale_rewards: group             # group | batch | none
+    think_start: <think>             # the tags of the policy's inline trace (matched without
+    think_end: </think>              # regard to case or inner white space when grading)
+    think_opened: auto               # auto | true | false: does the completion start inside the
+                                     # trace? auto: the rendered prompt ends with think_start
     output_dir: out/student-grpo
     learning_rate: 1e-6              # TRL's default
     max_steps: null                  # a number overrides epochs
@@ -42,9 +46,14 @@ whole batch; ``beta`` > 0 adds a KL penalty to the starting model (and keeps a c
 Rewards are stillroom's verifiers (:mod:`stillroom.verify.rewards`): the same code that grades
 ``stillroom eval``, rejection sampling and the ``verify`` stage, with the final answer only (an
 inline ``<think>`` trace is cut off, one that never ends earns 0) and the row's reference
-columns passed through as TRL passes dataset columns. Every row is checked before any model is
+columns passed through as TRL passes dataset columns. When the student's chat template opens the
+trace itself (DeepSeek-R1 distills, QwQ: the rendered prompt ends with ``<think>``), every
+completion starts inside it: ``think_opened: auto`` sees that in the prompt, so a completion that
+never writes ``think_end`` (cut at ``max_completion_length`` mid-thought) earns 0 rather than
+having its unfinished thought graded; ``true``/``false`` say so for every prompt. Every row is checked before any model is
 loaded: a row without the column a verifier reads (``answer``, ``tests``) is a ConfigError naming
-the column and the row.
+the column and the row, and so is a column with a list on one row and text on another (text on
+some rows and numbers on others, ``"4"`` and ``6``, is made text, as the verifiers read it).
 
 Prompts: a row's ``prompt`` (text, or a list of ``{role, content}`` turns) or, without one, its
 ``messages`` up to the last user turn. Like ``train sft`` and ``train dpo``, the prompt is
@@ -71,6 +80,8 @@ from pydantic import Field, model_validator
 
 from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, InputError
+from stillroom.export_rl import one_type_columns
+from stillroom.llm.reasoning import THINK_END, THINK_START
 from stillroom.train.common import (
     TRAIN_FILE,
     RunConfig,
@@ -91,6 +102,7 @@ from stillroom.verify.rewards import (
     VERIFIER_COLUMN,
     RewardSpec,
     RowVerifierReward,
+    ThinkTags,
     build,
 )
 
@@ -110,9 +122,14 @@ class GRPORunConfig(RunConfig):
     beta: float = Field(default=0.0, ge=0)
     loss_type: GRPOLoss = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    think_start: str = Field(default=THINK_START, min_length=1)
+    think_end: str = Field(default=THINK_END, min_length=1)
+    think_opened: Literal["auto", True, False] = "auto"
 
     @model_validator(mode="after")
     def _check_grpo(self) -> GRPORunConfig:
+        if self.think_start.strip() == self.think_end.strip():
+            raise ValueError("think_start and think_end must differ")
         per_generation = self.batch_size * self.gradient_accumulation
         if per_generation % self.num_generations:
             # TRL samples whole groups: a step's completions are prompts x num_generations.
@@ -169,16 +186,26 @@ def prompt_turns(row: Row) -> list[dict[str, str]]:
     return turns
 
 
+def think_tags(config: GRPORunConfig) -> ThinkTags:
+    """How the rewards find the trace: the tags, and ``opened`` (None: read from each prompt)."""
+    opened = None if config.think_opened == "auto" else bool(config.think_opened)
+    return ThinkTags(config.think_start, config.think_end, opened)
+
+
 def reward_functions(config: GRPORunConfig) -> list[Any]:
     """The configured rewards, or the one that reads each row's verifier (exported data)."""
+    tags = think_tags(config)
     if config.rewards is None:
-        return [RowVerifierReward()]
+        return [RowVerifierReward(tags)]
     functions = []
     for index, spec in enumerate(config.rewards):
         try:
-            functions.append(build(spec))
+            reward = build(spec)
         except ConfigError as error:
-            raise ConfigError(error.reason, key=f"rewards.{index}.options") from None
+            option = f".{error.key}" if error.key and error.key in spec.options else ""
+            raise ConfigError(error.reason, key=f"rewards.{index}.options{option}") from None
+        reward.tags = tags
+        functions.append(reward)
     return functions
 
 
@@ -216,23 +243,32 @@ def check_rows(config: GRPORunConfig, rows: list[Row], rewards: list[Any]) -> li
     return turns
 
 
-def dataset_rows(rows: list[Row], turns: list[list[dict[str, str]]], tokenizer: Any,
-                 columns: list[str], max_length: int | None = None) -> tuple[list[Row], int]:
-    """TRL's rows: the rendered prompt (keeping its last ``max_length`` tokens) and the columns
-    the rewards read (all but the answer, trace and metadata columns for per-row verifiers);
-    and how many prompts were clipped."""
-    from stillroom.train.dpo import clip_prompt
-
+def reward_records(rows: list[Row], columns: list[str], where: str) -> list[Row]:
+    """The columns the rewards read, per row (all but the prompt, answer, trace and metadata
+    columns for per-row verifiers), each of one type on every row, as TRL's dataset needs:
+    checked here, before any model loads (see :func:`stillroom.export_rl.one_type_columns`)."""
     skip = {"prompt", "completion", "reasoning", "messages", "logprobs", "metadata", "lineage",
             "teacher_messages"}
-    out, clipped = [], 0
-    for row, prompt in zip(rows, turns, strict=True):
+    records = []
+    for row in rows:
         keep = columns or [key for key in row if key not in skip]
         record = {key: row.get(key) for key in keep}
         if OPTIONS_COLUMN in record and not isinstance(record[OPTIONS_COLUMN], str | None):
             import json  # one type per column for Arrow: options as JSON text
 
             record[OPTIONS_COLUMN] = json.dumps(record[OPTIONS_COLUMN])
+        records.append(record)
+    return one_type_columns(records, where)
+
+
+def dataset_rows(records: list[Row], turns: list[list[dict[str, str]]], tokenizer: Any,
+                 max_length: int | None = None) -> tuple[list[Row], int]:
+    """TRL's rows: the rendered prompt (keeping its last ``max_length`` tokens) and the reward
+    columns (:func:`reward_records`); and how many prompts were clipped."""
+    from stillroom.train.dpo import clip_prompt
+
+    out, clipped = [], 0
+    for record, prompt in zip(records, turns, strict=True):
         text, cut = clip_prompt(render_prompt(prompt, tokenizer), tokenizer, max_length)
         clipped += cut
         out.append({"prompt": text, **record})
@@ -251,10 +287,13 @@ def build_trainer(config: GRPORunConfig) -> tuple[Any, dict[str, Any]]:
     rows = read_rows(config)
     rewards = reward_functions(config)
     turns = check_rows(config, rows, rewards)
+    records = reward_records(rows, reward_columns(rewards), str(config.path(config.data)))
     model, tokenizer = load_student(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    texts, clipped = dataset_rows(rows, turns, tokenizer, reward_columns(rewards), config.max_length)
+    texts, clipped = dataset_rows(records, turns, tokenizer, config.max_length)
+    tags = think_tags(config)
+    opening = sum(tags.ends_prompt(text["prompt"]) for text in texts)
     dataset = Dataset.from_list(texts)
     weights = None if config.rewards is None else [spec.weight for spec in config.rewards]
     args = GRPOConfig(
@@ -276,6 +315,8 @@ def build_trainer(config: GRPORunConfig) -> tuple[Any, dict[str, Any]]:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config(config))
     return trainer, {"rows": len(rows), "prompts_clipped": clipped,
+                     # How many rendered prompts open the trace (think_opened: auto reads it).
+                     "prompts_opening_trace": opening,
                      "rewards": [spec.model_dump(mode="json") for spec in config.rewards]
                      if config.rewards is not None else "per row (verifier column)",
                      "reward_names": [f.__name__ for f in rewards]}
@@ -328,5 +369,7 @@ __all__ = [
     "prompt_turns",
     "reward_columns",
     "reward_functions",
+    "reward_records",
+    "think_tags",
     "train_grpo",
 ]

@@ -86,9 +86,16 @@ An answer that holds its trace inline (``<think>...</think>`` then the answer, a
 served without a reasoning parser writes it; ``think_start``/``think_end`` are the tags looked
 for) is read as a trace and an answer, so every mode treats it as a trace in the column: moved
 into the template's field, dropped, or masked (an empty trace block, as a model asked not to
-think writes it, is dropped). A row with a trace and an empty answer, or an inline trace that
-never ended (a trace cut at the token limit, kept with a flag), is refused with its row number:
-it has nothing to learn as an answer. ``mask_reasoning: true`` keeps the
+think writes it, is dropped). Only an answer that *begins* with ``think_start`` holds one (the
+rule verifiers and judges use, :func:`stillroom.llm.reasoning.final_answer`): a tag further in
+is quoted text, e.g. an answer explaining the tags, and is trained as written. Refused, with
+the data file, line and row number (nothing can be learned from them as they are, and guessing
+would train on a garbled turn): a row with a trace and an empty answer; an inline trace that
+never ended (a trace cut at the token limit, kept with a flag); a row with a trace in the column
+*and* one inline in its answer, or an answer with two inline traces; a trace that holds
+``think_end`` itself (written into the turn it would end the trace early and the rest would read
+back as the answer). ``drop`` ignores the column and only cuts an inline trace off.
+``mask_reasoning: true`` keeps the
 trace in the sequence as context but takes it out of the loss: TRL's completion mask covers the
 whole completion and cannot leave out a span inside it, so the examples are tokenized here as
 TRL tokenizes prompt/completion text (prompt, then prompt + completion + EOS; the completion
@@ -115,6 +122,7 @@ Outputs, in ``output_dir``:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +142,6 @@ from stillroom.train.common import (
     loss_curve,
     parse_run_config,
     peft_config,
-    read_rows,
     render_prompt,
     run_training,
     save_final,
@@ -277,19 +284,41 @@ def answer_and_trace(
         raise InputError(f"row {index}: `{traces.column}_truncated` is true: its trace was cut "
                          "before it ended and it has no answer; leave flagged rows out of "
                          "training (e.g. a filter stage)")
-    trace = row_trace(row, traces.column, index) if traces.mode != "drop" else None
+    if traces.mode == "drop":  # the column is left out; an inline trace is still cut off
+        return None, inline_trace(answer, traces, index)[1]
+    trace = row_trace(row, traces.column, index)
     if trace is None:
         trace, answer = inline_trace(answer, traces, index)
-    return (None if traces.mode == "drop" else trace), answer
+    elif begins_with_trace(answer, traces):
+        raise InputError(f"row {index}: a trace in `{traces.column}` and another inline in "
+                         f"the answer ({traces.start}...): two traces for one answer; keep "
+                         "one of them")
+    if begins_with_trace(answer, traces):  # e.g. <think>a</think><think>b</think> 4
+        raise InputError(f"row {index}: the answer begins with a second {traces.start} trace "
+                         "after the first; keep one trace per answer")
+    if trace is not None and traces.end in trace:
+        # Written into the turn, the trace's own closing tag would end it early, and the rest
+        # of the trace would read back (eval, a reasoning parser) as the answer.
+        raise InputError(f"row {index}: the trace holds the closing tag {traces.end}, which "
+                         "would end it early in the training text; remove it from the trace")
+    return trace, answer
+
+
+def begins_with_trace(text: str, traces: TraceFormat) -> bool:
+    """Whether ``text`` opens an inline trace: only a text that begins (after white space)
+    with the start tag does, the rule of :func:`stillroom.llm.reasoning.final_answer`; a tag
+    further in is quoted text (an answer about the tags, code that parses them)."""
+    return text.lstrip().startswith(traces.start)
 
 
 def inline_trace(text: str, traces: TraceFormat, index: int) -> tuple[str | None, str]:
     """(the trace, the answer) of an answer text that holds its trace inline (a teacher served
     without a reasoning parser), so that every mode treats it as a trace in the column; (None,
-    the text) when it holds none. An empty trace block (a model asked not to think) is dropped."""
-    split = split_think_tags(text, traces.start, traces.end)
-    if split.reasoning is None:
+    the text) when it holds none (it does not begin with the start tag, see
+    :func:`begins_with_trace`). An empty trace block (a model asked not to think) is dropped."""
+    if not begins_with_trace(text, traces):
         return None, text
+    split = split_think_tags(text, traces.start, traces.end)
     if not split.ended:
         raise InputError(f"row {index}: the answer holds a {traces.start} trace that never "
                          f"ended (no {traces.end}): it has no answer; leave such rows out")
@@ -324,48 +353,59 @@ def with_trace(
 
 
 def sft_examples(
-    rows: list[Row], fmt: str, tokenizer: Any, traces: TraceFormat | None = None
+    rows: list[Row], fmt: str, tokenizer: Any, traces: TraceFormat | None = None,
+    where: Sequence[str] | None = None,
 ) -> list[Example]:
     """The rows as text examples: the chat template applied to the prompt turns, the answer
     text as the completion (read through :mod:`stillroom.data.rows`), a row's trace written
-    before it as ``traces`` says (None or ``drop``: the answer only)."""
+    before it as ``traces`` says (None or ``drop``: the answer only). ``where``: each row's
+    place in the data (``file:line``, as :func:`stillroom.data.readers.iter_rows` gives it),
+    named by a row's InputError."""
     out = []
     for index, row in enumerate(rows):
-        if fmt == "messages":
-            if not is_conversation(row.get("messages")):
-                raise InputError(f"row {index}: `messages` must be a non-empty list of "
-                                 "{role, content} messages")
-            # The final assistant turn, or (as older stillroom versions wrote a `messages` row)
-            # a text `completion` beside the conversation.
-            completion = row_answer(row)
-            if completion is None:
-                raise InputError(f"row {index}: `messages` must end with an assistant turn")
-            turns = prompt_messages(row)
-            if not turns:
-                raise InputError(f"row {index}: `messages` holds no turn before the answer")
-        else:
-            prompt, answer = row.get("prompt"), answer_text(row.get("completion"))
-            if isinstance(prompt, str):
-                turns = [{"role": "user", "content": prompt}]
-            elif is_conversation(prompt):  # TRL's conversational prompt
-                turns = list(prompt)
-            else:
-                raise InputError(f"row {index}: `prompt` must be text or a list of messages")
-            if answer is None:
-                raise InputError(f"row {index}: `completion` must be text or a list holding "
-                                 "the assistant's message")
-            completion = answer
-        turns = [{"role": m["role"], "content": m["content"]} for m in turns]
-        rendered = render_prompt(turns, tokenizer)
-        if traces is None:
-            out.append(Example(rendered, completion))
-            continue
-        trace, completion = answer_and_trace(row, completion, traces, index)
-        if trace is None:
-            out.append(Example(rendered, completion))
-        else:
-            out.append(with_trace(index, turns, rendered, completion, trace, traces, tokenizer))
+        try:
+            out.append(row_example(index, row, fmt, tokenizer, traces))
+        except InputError as error:
+            if where is None or error.path is not None:
+                raise
+            raise InputError(error.reason, path=where[index]) from None
     return out
+
+
+def row_example(index: int, row: Row, fmt: str, tokenizer: Any, traces: TraceFormat | None) -> Example:
+    """One row of :func:`sft_examples`."""
+    if fmt == "messages":
+        if not is_conversation(row.get("messages")):
+            raise InputError(f"row {index}: `messages` must be a non-empty list of "
+                             "{role, content} messages")
+        # The final assistant turn, or (as older stillroom versions wrote a `messages` row)
+        # a text `completion` beside the conversation.
+        completion = row_answer(row)
+        if completion is None:
+            raise InputError(f"row {index}: `messages` must end with an assistant turn")
+        turns = prompt_messages(row)
+        if not turns:
+            raise InputError(f"row {index}: `messages` holds no turn before the answer")
+    else:
+        prompt, answer = row.get("prompt"), answer_text(row.get("completion"))
+        if isinstance(prompt, str):
+            turns = [{"role": "user", "content": prompt}]
+        elif is_conversation(prompt):  # TRL's conversational prompt
+            turns = list(prompt)
+        else:
+            raise InputError(f"row {index}: `prompt` must be text or a list of messages")
+        if answer is None:
+            raise InputError(f"row {index}: `completion` must be text or a list holding "
+                             "the assistant's message")
+        completion = answer
+    turns = [{"role": m["role"], "content": m["content"]} for m in turns]
+    rendered = render_prompt(turns, tokenizer)
+    if traces is None:
+        return Example(rendered, completion)
+    trace, completion = answer_and_trace(row, completion, traces, index)
+    if trace is None:
+        return Example(rendered, completion)
+    return with_trace(index, turns, rendered, completion, trace, traces, tokenizer)
 
 
 def to_prompt_completion(
@@ -404,18 +444,32 @@ def tokenize_masked(examples: list[Example], tokenizer: Any) -> list[dict[str, l
 # -- training ------------------------------------------------------------------------------------
 
 
+def read_located_rows(config: SFTRunConfig) -> tuple[list[Row], list[str]]:
+    """The data rows (as :func:`stillroom.train.common.read_rows` reads them) and where each
+    one is (``file:line``), so that a row's error names its file, not only its number."""
+    from stillroom.data.readers import iter_rows
+
+    source = config.path(config.data)
+    if source.is_dir() and (source / "data").is_dir():
+        source = source / "data"
+    located = list(iter_rows(source))
+    if not located:
+        raise InputError("no rows to train on", path=str(source))
+    return [row for _, row in located], [where for where, _ in located]
+
+
 def build_trainer(config: SFTRunConfig) -> tuple[Any, dict[str, Any]]:
     """The TRL ``SFTTrainer`` for ``config`` and facts for the record (rows, format)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = read_rows(config)
+    rows, where = read_located_rows(config)
     fmt = detect_format(rows, config.format)
     model, tokenizer = load_student(config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     traces = trace_format(config, tokenizer)
-    examples = sft_examples(rows, fmt, tokenizer, traces)
+    examples = sft_examples(rows, fmt, tokenizer, traces, where)
     with_traces = sum(1 for e in examples if e.trace_chars)
     if config.mask_reasoning:
         dataset = Dataset.from_list(tokenize_masked(examples, tokenizer))

@@ -16,10 +16,19 @@ verifiers carry against hostile answers (the code verifier's sandbox and its out
 every assert, math-verify's bounded parsing) is what stands between the policy and a hacked
 reward.
 
-What an answer is: an inline ``<think> ... </think>`` trace is cut off by
-:meth:`stillroom.verify.base.Verifier.verify` (with :func:`stillroom.llm.reasoning.final_answer`),
-as for every verdict, so a right number in the trace earns
-nothing; a trace that never ends holds no answer and gets 0. The dataset's own ``completion``
+What an answer is: the completion's inline ``<think> ... </think>`` trace is cut off first, so a
+right number in the trace earns nothing, and a trace that never ends holds no answer and gets 0;
+the answer left is graded by :meth:`stillroom.verify.base.Verifier.verify`, as every verdict is.
+Here the cut is stricter than for evaluation, since a policy *learns* whatever slips through:
+
+* the tags are matched without regard to case or to white space inside them (``<THINK>``,
+  ``< think >``, ``</ think>``): a policy that drifts to another spelling must not get its trace
+  graded as its answer;
+* ``opened`` (``think_opened`` of ``stillroom train grpo``) says the completion starts *inside*
+  the trace: then a completion without the end tag never left its trace and earns 0, instead of
+  having its unfinished thought graded. By default (``None``, "auto") it is read from the
+  prompt TRL sampled the completion from: a text prompt that ends with the start tag (after
+  white space), as the R1-distill and QwQ templates render it, opened the trace. The dataset's own ``completion``
 (a teacher's answer), ``reasoning`` and ``messages`` columns are never passed to the verifier:
 the policy's completion must not be graded by, or fall back to, the teacher's.
 
@@ -30,6 +39,7 @@ the policy's completion must not be graded by, or fall back to, the teacher's.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stillroom.data.rows import Row
 from stillroom.errors import ConfigError
+from stillroom.llm.reasoning import THINK_END, THINK_START, final_answer
 from stillroom.verify.base import Verdict, Verifier, VerifierInputError
 
 # What TRL adds to the dataset's columns when it calls a reward function.
@@ -44,6 +55,10 @@ TRL_KEYWORDS = frozenset({"trainer_state", "log_extra", "log_metric", "environme
                           "completion_ids"})
 # Dataset columns that hold someone else's answer or trace: never part of the graded row.
 NOT_GRADED = ("completion", "reasoning", "messages")
+# Columns a verifier may not read its reference from: the answer column (``completion``, where
+# the policy's answer is put: the answer would be checked against itself), the never-graded
+# ones (absent from the graded row), and ``prompt`` (TRL keeps it from the reward's columns).
+NOT_REFERENCE = frozenset({*NOT_GRADED, "prompt"})
 VERIFIER_COLUMN = "verifier"
 OPTIONS_COLUMN = "verifier_options"
 
@@ -55,7 +70,9 @@ class RewardSpec(BaseModel):
 
     verifier: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
-    weight: float = 1.0
+    # Finite and not negative: TRL sums weight x reward, so NaN or inf poisons every advantage,
+    # and a negative weight would reward failing the check.
+    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     name: str | None = Field(default=None, min_length=1)
 
     @field_validator("verifier")
@@ -72,11 +89,71 @@ class RewardSpec(BaseModel):
 
 
 def build(spec: RewardSpec) -> VerifierReward:
-    """The reward function of ``spec``; ConfigError names a bad option."""
+    """The reward function of ``spec``; ConfigError names a bad option, and an option that
+    points the verifier's reference at a column it may not read (see :data:`NOT_REFERENCE`)."""
     from stillroom.verify.stage import build_verifier
 
-    return VerifierReward(build_verifier(spec.verifier, "completion", dict(spec.options)),
-                          spec.label())
+    verifier = build_verifier(spec.verifier, "completion", dict(spec.options))
+    for column in verifier.required_columns:
+        if column in NOT_REFERENCE:
+            option = next((key for key, value in spec.options.items() if value == column), None)
+            raise ConfigError(
+                f"the {spec.verifier} verifier may not read its reference from `{column}`: "
+                + ("that is where the policy's answer goes, so every answer would match itself"
+                   if column == verifier.answer_column else
+                   "that column is never passed to a reward (it holds a prompt, or someone "
+                   "else's answer or trace)") + "; name the column that holds the reference",
+                key=option or "options")
+    return VerifierReward(verifier, spec.label())
+
+
+class ThinkTags:
+    """How the reward finds a completion's inline trace: the tags, matched without regard to
+    case or to white space inside them, and whether the prompt opened the trace.
+
+    Written here rather than with :class:`stillroom.llm.reasoning.ThinkTags` because that one
+    splits what a configured backend returns, exactly as configured; a reward faces a policy
+    that may drift to any spelling of the tags, and is the only place that must not be fooled.
+    """
+
+    def __init__(self, start: str = THINK_START, end: str = THINK_END,
+                 opened: bool | None = None):
+        if not start or not end or start == end:
+            raise ConfigError("the think tags must be two different non-empty texts",
+                              key="think_start")
+        self.start, self.end, self.opened = start, end, opened  # opened None: auto
+        self._start = re.compile(r"\s*" + _tag_pattern(start), re.IGNORECASE)
+        self._end = re.compile(_tag_pattern(end), re.IGNORECASE)
+        self._opens = re.compile(_tag_pattern(start) + r"\s*\Z", re.IGNORECASE)
+
+    def ends_prompt(self, prompt: Any) -> bool:
+        """Whether ``prompt`` (a text prompt) ends with the start tag: the template opened the
+        trace. A conversational prompt is rendered by the trainer, out of sight: False."""
+        return isinstance(prompt, str) and self._opens.search(prompt) is not None
+
+    def answer(self, text: str, prompt: Any = None) -> tuple[str | None, str]:
+        """The final answer of ``text`` (sampled after ``prompt``) and, when there is none, why:
+        :func:`stillroom.llm.reasoning.final_answer` on the text with its tags made canonical."""
+        opened = self.ends_prompt(prompt) if self.opened is None else self.opened
+        head = self._start.match(text)
+        if head:
+            text = self.start + text[head.end():]
+        elif not opened:
+            return text, ""
+        # Only the tags that decide the cut are rewritten: the answer after them is kept as is.
+        tail = self._end.search(text, len(self.start) if head else 0)
+        if tail:
+            text = text[:tail.start()] + self.end + text[tail.end():]
+        return final_answer(text, self.start, self.end, opened=opened)
+
+
+def _tag_pattern(tag: str) -> str:
+    """``<name>`` or ``</name>`` with any white space inside; another tag as written."""
+    found = re.fullmatch(r"<\s*(/?)\s*([^<>/\s]+)\s*>", tag)
+    if not found:
+        return re.escape(tag)
+    slash = r"/\s*" if found.group(1) else ""
+    return rf"<\s*{slash}{re.escape(found.group(2))}\s*>"
 
 
 def completion_text(completion: Any) -> str:
@@ -105,18 +182,22 @@ class VerifierReward:
     ``verdicts`` keeps the last call's verdicts, for a look at why completions failed.
     """
 
-    def __init__(self, verifier: Verifier, name: str | None = None):
+    def __init__(self, verifier: Verifier, name: str | None = None,
+                 tags: ThinkTags | None = None):
         self.verifier = verifier
         # TRL names a reward by its __name__ in the logs (rewards/<name>/mean).
         self.__name__ = name or verifier.name
+        self.tags = tags or ThinkTags()
         self.verdicts: list[Verdict] = []
 
-    def grade(self, completion: Any, row: Row) -> Verdict:
-        # Verifier.verify itself cuts an inline trace off (and fails one that never ended), as
-        # it does for evaluation and rejection sampling: the reward is that very verdict.
+    def grade(self, completion: Any, row: Row, prompt: Any = None) -> Verdict:
+        # The trace is cut here, with the reward's tolerant tags and `opened`; the answer left
+        # is graded by Verifier.verify, as in evaluation and rejection sampling.
+        answer, why = self.tags.answer(completion_text(completion), prompt)
+        if answer is None:
+            return Verdict(False, why, {"reasoning_ended": False})
         try:
-            return self.verifier.verify(
-                {**row, self.verifier.answer_column: completion_text(completion)})
+            return self.verifier.verify({**row, self.verifier.answer_column: answer})
         except VerifierInputError as error:
             # The reference columns were checked before training (check_rows), so this is the
             # answer's doing (e.g. a type the verifier refuses): no reward, training goes on.
@@ -125,7 +206,9 @@ class VerifierReward:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  **columns: Any) -> list[float]:
         rows = rows_of(completions, columns)
-        self.verdicts = [self.grade(c, row) for c, row in zip(completions, rows, strict=True)]
+        self.verdicts = [self.grade(c, row, prompt)
+                         for c, row, prompt in zip(completions, rows, _prompts(prompts, completions),
+                                                   strict=True)]
         log_metric = columns.get("log_metric")
         if callable(log_metric) and self.verdicts:
             unended = sum(v.details.get("reasoning_ended") is False for v in self.verdicts)
@@ -157,8 +240,9 @@ class RowVerifierReward:
 
     __name__ = "verifier"
 
-    def __init__(self) -> None:
+    def __init__(self, tags: ThinkTags | None = None) -> None:
         self._built: dict[tuple[str, str], VerifierReward] = {}
+        self.tags = tags or ThinkTags()
 
     def reward_of(self, name: Any, options: Any) -> VerifierReward:
         if not isinstance(name, str) or not name:
@@ -167,15 +251,18 @@ class RowVerifierReward:
         key = (name, json.dumps(parsed, sort_keys=True))
         if key not in self._built:
             self._built[key] = build(RewardSpec(verifier=name, options=parsed))
-        return self._built[key]
+        built = self._built[key]
+        built.tags = self.tags  # set late too: the trainer decides `opened` after reading rows
+        return built
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  **columns: Any) -> list[float]:
         rows = rows_of(completions, columns)
         rewards = []
-        for completion, row in zip(completions, rows, strict=True):
+        for completion, row, prompt in zip(completions, rows, _prompts(prompts, completions),
+                                           strict=True):
             reward = self.reward_of(row.get(VERIFIER_COLUMN), row.get(OPTIONS_COLUMN))
-            rewards.append(reward.grade(completion, row).reward)
+            rewards.append(reward.grade(completion, row, prompt).reward)
         return rewards
 
     def check_rows(self, rows: Sequence[Row], where: str = "the data") -> None:
@@ -187,6 +274,13 @@ class RowVerifierReward:
                                   key=error.key) from None
             if found:
                 raise ConfigError(f"{where}, {_row_name(index, row)}: {found[0]}", key=found[1])
+
+
+def _prompts(prompts: Any, completions: Sequence[Any]) -> list[Any]:
+    """TRL's prompts, one per completion (None for each when a caller passed none)."""
+    if isinstance(prompts, list | tuple) and len(prompts) == len(completions):
+        return list(prompts)
+    return [None] * len(completions)
 
 
 def _row_name(index: int, row: Row) -> str:
@@ -208,10 +302,12 @@ def _options(value: Any) -> dict[str, Any]:
 
 __all__ = [
     "NOT_GRADED",
+    "NOT_REFERENCE",
     "OPTIONS_COLUMN",
     "VERIFIER_COLUMN",
     "RewardSpec",
     "RowVerifierReward",
+    "ThinkTags",
     "VerifierReward",
     "build",
     "completion_text",

@@ -126,6 +126,34 @@ def test_the_rl_export_trains_in_trl_and_in_the_recipe_as_is(tmp_path: Path, stu
     assert record["rewards"] == "per row (verifier column)" and record["reward_names"] == ["verifier"]
 
 
+def test_a_template_that_opens_the_trace_earns_nothing_for_an_unfinished_one(
+        tmp_path: Path, student: Path) -> None:
+    """An R1-style template (the generation prompt ends with ``<think>``): the policy's
+    completions start inside the trace, and a random model never closes it in 6 tokens, so
+    even a reward every text passes (length) earns 0: no unfinished thought is graded."""
+    import shutil
+
+    opener = tmp_path / "opener"
+    shutil.copytree(student, opener)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(opener)
+    tokenizer.chat_template += "{% if add_generation_prompt %}<think>\n{% endif %}"
+    tokenizer.save_pretrained(opener)
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in addition_rows(4)), encoding="utf-8")
+    base = (f"student: {opener}\ndata: data.jsonl\nmax_steps: 1\nbatch_size: 4\n"
+            "max_completion_length: 6\nsave_steps: 100\n"
+            "rewards:\n  - verifier: length\n    options: {max: 1000, unit: characters}\n")
+    curves = {}
+    for opened in ("auto", "false"):
+        config = tmp_path / f"{opened}.yaml"
+        config.write_text(base + f"think_opened: {opened}\noutput_dir: run-{opened}\n",
+                          encoding="utf-8")
+        record = json.loads((train_grpo(load_grpo_config(config)) / TRAIN_FILE).read_text(encoding="utf-8"))
+        assert record["prompts_opening_trace"] == 4
+        curves[opened] = record["reward_curves"]["length"]
+    assert curves == {"auto": [[1, 0.0]], "false": [[1, 1.0]]}
+
+
 def test_lora_adapters_are_merged_into_the_saved_model(tmp_path: Path, student: Path) -> None:
     (tmp_path / "data.jsonl").write_text(
         "".join(json.dumps(row) + "\n" for row in addition_rows(2)), encoding="utf-8")

@@ -89,6 +89,8 @@ def test_a_trace_the_template_opened_and_never_closed_earns_nothing() -> None:
     "< think >\\boxed{42}</ think > no",
     "  <Think>\\boxed{42}< / think >no",
     "<think>\\boxed{42}</THINK >",
+    "<think>x</think> <THINK>\\boxed{42}</THINK> no",  # a second trace after the first
+    "<think>x</think><think>\\boxed{42}",             # ... that never ends
 ])
 def test_other_spellings_of_the_tags_still_hide_the_trace(completion: str) -> None:
     reward = build(RewardSpec(verifier="math"))

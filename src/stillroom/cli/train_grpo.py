@@ -22,7 +22,9 @@ def grpo(
     """GRPO (TRL's GRPOTrainer) rewarded by stillroom's verifiers; saves OUTPUT_DIR/final.
 
     Each completion's reward is the weighted sum of the verifiers' verdicts (1 passed, 0 not) on
-    its final answer: an inline <think> trace is cut off, one that never ends earns 0. Without
+    its final answer: an inline <think> trace is cut off (tags in any case, with white space
+    inside), one that never ends earns 0. When the chat template opens the trace (the prompt
+    ends with <think>; `think_opened: auto`), a completion that never closes it earns 0. Without
     `rewards`, each row's `verifier` and `verifier_options` (`stillroom export rl`) are used.
     """
     check_config_file(config, "GRPO config")

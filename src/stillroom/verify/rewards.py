@@ -135,11 +135,20 @@ class ThinkTags:
         """The final answer of ``text`` (sampled after ``prompt``) and, when there is none, why:
         :func:`stillroom.llm.reasoning.final_answer` on the text with its tags made canonical."""
         opened = self.ends_prompt(prompt) if self.opened is None else self.opened
-        head = self._start.match(text)
+        answer: str | None = text
+        # A second trace right after the first (``<think>a</think><THINK>b</THINK> 42``) is a
+        # trace too: cut until the answer no longer begins with a start tag.
+        while answer is not None:
+            head = self._start.match(answer)
+            if not head and not opened:
+                return answer, ""
+            answer, why = self._cut(answer, head, opened)
+            opened = False
+        return None, why
+
+    def _cut(self, text: str, head: re.Match[str] | None, opened: bool) -> tuple[str | None, str]:
         if head:
             text = self.start + text[head.end():]
-        elif not opened:
-            return text, ""
         # Only the tags that decide the cut are rewritten: the answer after them is kept as is.
         tail = self._end.search(text, len(self.start) if head else 0)
         if tail:

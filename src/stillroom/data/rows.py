@@ -425,3 +425,13 @@ def template_problem(template: str) -> str | None:
     if not columns:
         return "names no column; use '{column}' fields, e.g. '{question}'"
     return None
+
+
+def checked_prompt_template(value: str | None) -> str | None:
+    """``value`` as a stage's ``prompt_template`` option, or a ValueError naming what is wrong
+    (for the stages' pydantic validators)."""
+    if value is not None:
+        problem = template_problem(value)
+        if problem:
+            raise ValueError(f"prompt_template {value!r} {problem}")
+    return value

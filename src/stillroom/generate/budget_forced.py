@@ -67,7 +67,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import option_file
-from stillroom.data.rows import Message, Row, build_messages, check_prompt, with_answer
+from stillroom.data.rows import (
+    Message,
+    Row,
+    build_messages,
+    check_prompt,
+    checked_prompt_template,
+    with_answer,
+)
 from stillroom.errors import ConfigError
 from stillroom.evaluate.budget import (
     Forced,
@@ -147,13 +154,7 @@ class BudgetForced(RowStage, BudgetForcing):
     @field_validator("prompt_template")
     @classmethod
     def _usable_template(cls, value: str | None) -> str | None:
-        from stillroom.data.rows import template_problem
-
-        if value is not None:
-            problem = template_problem(value)
-            if problem:
-                raise ValueError(f"prompt_template {value!r} {problem}")
-        return value
+        return checked_prompt_template(value)
 
     def backend_names(self) -> set[str]:
         return {self.backend}

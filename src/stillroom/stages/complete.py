@@ -90,8 +90,8 @@ from stillroom.data.rows import (
     Row,
     build_messages,
     check_prompt,
+    checked_prompt_template,
     has_trace,
-    template_problem,
     trace_columns,
     trace_usage,
     truncated_reason,
@@ -147,11 +147,7 @@ class Complete(RowStage):
     @field_validator("prompt_template")
     @classmethod
     def _usable_template(cls, value: str | None) -> str | None:
-        if value is not None:
-            problem = template_problem(value)
-            if problem:
-                raise ValueError(f"prompt_template {value!r} {problem}")
-        return value
+        return checked_prompt_template(value)
 
     @model_validator(mode="after")
     def _plural_output(self) -> Complete:

@@ -279,6 +279,28 @@ def save_final(trainer: Any, final: Path, record: dict[str, Any]) -> Path:
     return final
 
 
+
+def row_where(index: int, row: Row) -> str:
+    """How an error names a data row: its position, and its ``id`` when it has one."""
+    return f"row {index} (id {row['id']!r})" if row.get("id") is not None else f"row {index}"
+
+
+def checked_turns(value: Any) -> list[dict[str, str]]:
+    """A prompt given as chat turns, each reduced to ``{role, content}``, or a ValueError saying
+    what is wrong with it (not a non-empty list, a turn without text, all turns blank)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"`prompt` must be a non-empty list of {{role, content}} turns, got "
+                         f"{type(value).__name__}")
+    turns = []
+    for turn in value:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) \
+                or not isinstance(turn.get("content"), str):
+            raise ValueError("`prompt` turns must be {role, content} objects with text content")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if not any(turn["content"].strip() for turn in turns):
+        raise ValueError("`prompt` is empty")
+    return turns
+
 __all__ = [
     "TRAIN_FILE",
     "Format",

@@ -108,6 +108,7 @@ from stillroom.errors import ConfigError, InputError
 from stillroom.train.common import (
     TRAIN_FILE,
     RunConfig,
+    checked_turns,
     latest_checkpoint,
     load_named_model,
     load_run_config,
@@ -117,6 +118,7 @@ from stillroom.train.common import (
     peft_config,
     read_rows,
     render_prompt,
+    row_where,
     run_training,
     save_final,
     trainer_arguments,
@@ -196,10 +198,6 @@ def detect_format(rows: list[Row], wanted: str = "auto") -> str:
     )
 
 
-def _where(index: int, row: Row) -> str:
-    return f"row {index} (id {row['id']!r})" if row.get("id") is not None else f"row {index}"
-
-
 def _prompt_turns(value: Any, fmt: str) -> list[dict[str, str]]:
     """The prompt as chat turns, or a ValueError saying what is wrong with it."""
     if fmt == "prompt_chosen_rejected":
@@ -208,19 +206,9 @@ def _prompt_turns(value: Any, fmt: str) -> list[dict[str, str]]:
         if not value.strip():
             raise ValueError("`prompt` is empty")
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list | tuple) or not value:
-        raise ValueError(f"`prompt` must be a non-empty list of {{role, content}} turns, got "
-                         f"{type(value).__name__}")
-    turns = []
-    for turn in value:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) \
-                or not isinstance(turn.get("content"), str):
-            raise ValueError("`prompt` turns must be {role, content} objects with text content")
-        turns.append({"role": turn["role"], "content": turn["content"]})
+    turns = checked_turns(value)
     if turns[-1]["role"] == "assistant":
         raise ValueError("`prompt` ends with an assistant turn; the answers must follow a user turn")
-    if not any(turn["content"].strip() for turn in turns):
-        raise ValueError("`prompt` is empty")
     return turns
 
 
@@ -260,7 +248,7 @@ def check_pairs(
                 raise ValueError("`chosen` and `rejected` are the same text, so the pair prefers "
                                  "nothing")
         except ValueError as problem:
-            raise InputError(f"{_where(index, row)}: {problem} (format {fmt})",
+            raise InputError(f"{row_where(index, row)}: {problem} (format {fmt})",
                              path=str(source) if source else None) from None
         pairs.append({"turns": turns, "chosen": chosen, "rejected": rejected})
     return pairs
@@ -277,7 +265,7 @@ def soft_labels_of(rows: list[Row], config: DPORunConfig,
         try:
             labels.append(soft_label(row, config.soft_label_column))
         except ValueError as problem:
-            raise InputError(f"{_where(index, row)}: {problem} (set `soft_labels: false` to "
+            raise InputError(f"{row_where(index, row)}: {problem} (set `soft_labels: false` to "
                              "train hard labels)", path=str(source) if source else None) from None
     column = config.soft_label_column
     if column is not None and rows and not any(column in row for row in rows):

@@ -85,6 +85,7 @@ from stillroom.llm.reasoning import THINK_END, THINK_START
 from stillroom.train.common import (
     TRAIN_FILE,
     RunConfig,
+    checked_turns,
     latest_checkpoint,
     load_run_config,
     load_student,
@@ -93,6 +94,7 @@ from stillroom.train.common import (
     peft_config,
     read_rows,
     render_prompt,
+    row_where,
     run_training,
     save_final,
     trainer_arguments,
@@ -155,10 +157,6 @@ def load_grpo_config(path: str | Path) -> GRPORunConfig:
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _where(index: int, row: Row) -> str:
-    return f"row {index} (id {row['id']!r})" if row.get("id") is not None else f"row {index}"
-
-
 def prompt_turns(row: Row) -> list[dict[str, str]]:
     """The row's prompt as chat turns, or a ValueError saying what is wrong with it."""
     value = row.get("prompt")
@@ -172,18 +170,10 @@ def prompt_turns(row: Row) -> list[dict[str, str]]:
         if not value.strip():
             raise ValueError("`prompt` is empty")
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list | tuple) or not value:
+    if not isinstance(value, list | tuple):
         raise ValueError(f"`prompt` must be text or a list of {{role, content}} turns, got "
                          f"{type(value).__name__}")
-    turns = []
-    for turn in value:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) \
-                or not isinstance(turn.get("content"), str):
-            raise ValueError("`prompt` turns must be {role, content} objects with text content")
-        turns.append({"role": turn["role"], "content": turn["content"]})
-    if not any(turn["content"].strip() for turn in turns):
-        raise ValueError("`prompt` is empty")
-    return turns
+    return checked_turns(value)
 
 
 def think_tags(config: GRPORunConfig) -> ThinkTags:
@@ -228,7 +218,7 @@ def check_rows(config: GRPORunConfig, rows: list[Row], rewards: list[Any]) -> li
         try:
             turns.append(prompt_turns(row))
         except ValueError as problem:
-            raise InputError(f"{_where(index, row)}: {problem}", path=source) from None
+            raise InputError(f"{row_where(index, row)}: {problem}", path=source) from None
     if config.rewards is None and not any(VERIFIER_COLUMN in row for row in rows):
         raise ConfigError(
             f"no `rewards` and the data has no `{VERIFIER_COLUMN}` column; name the verifier(s) "

@@ -229,3 +229,19 @@ def test_opened_by_template_needs_a_prompt_rendered_in_process() -> None:
 
     turns = [[{"role": "user", "content": "r1"}], [{"role": "user", "content": "plain"}]]
     assert opened_by_template(Engine(), turns, "<think>") == [True, False]
+
+
+def test_a_lone_closing_tag_in_an_answer_is_graded_as_written():
+    """Without an opened prompt, only a text that begins with the start tag holds a trace, as
+    for the verifiers: an answer that quotes `</think>` is not cut there."""
+    from stillroom.evaluate.generation import Generation
+    from stillroom.evaluate.run import answer_part
+
+    quoted = Generation(text="Use </think> to close it; the sum is 4", tokens=12,
+                        finish_reason="stop")
+    assert answer_part(quoted, None, "<think>", "</think>", False) == (quoted.text, {})
+    opened, record = answer_part(quoted, None, "<think>", "</think>", True)
+    assert opened == "to close it; the sum is 4" and record["reasoning"] == "Use"
+    leading = Generation(text="<think>add</think> 4", tokens=5, finish_reason="stop")
+    answer, record = answer_part(leading, None, "<think>", "</think>", False)
+    assert answer == "4" and record["reasoning"] == "add"

@@ -288,7 +288,8 @@ def answer_part(
     """The text a verifier grades (the answer, without the trace) and the trace's record
     (empty when there is none). A trace the backend returned apart is taken as it is; an inline
     one is split at its tags (``opened``: the prompt opened it). A trace that never ended has
-    no answer: "" (the verdict then says why, see :func:`_verdicts`)."""
+    no answer: "" (the verdict then says why, see :func:`_verdicts`). Without ``opened``, only a
+    text that begins with ``start`` holds an inline trace."""
     from stillroom.llm.reasoning import estimate_reasoning_tokens, split_think_tags
 
     tokens: int | None
@@ -297,6 +298,11 @@ def answer_part(
         tokens = generation.reasoning_tokens
         estimated = generation.reasoning_tokens_estimated
     else:
+        # As the verifiers read answers (stillroom.llm.reasoning.final_answer): a trace only where
+        # the text begins with the start tag or the prompt opened it; a lone closing tag further
+        # in is answer text (code that parses the tags, a sentence about them).
+        if not opened and not (start and generation.text.lstrip().startswith(start)):
+            return generation.text, {}
         split = split_think_tags(generation.text, start, end, opened=opened)
         if split.reasoning is None:
             return generation.text, {}

@@ -5,6 +5,7 @@
       n: 4                    # completions per row -> `completions` (a list) instead of `completion`
       temperature: 0.7
       top_logprobs: 5         # keep each token's top-5 logprobs in `logprobs` (for distillation)
+      logprobs_format: compact  # ids + int16-quantized logprobs in `logprobs_*` columns (default records)
       truncated_reasoning: fail  # a trace cut at max_tokens: fail the row (or `flag` it)
 
 Where the answer goes (``n: 1``): in TRL's shape for the row, so that TRL's ``SFTTrainer`` and
@@ -85,6 +86,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from stillroom.data import logit_store
+from stillroom.data.logit_store import LogprobsFormat
 from stillroom.data.rows import (
     Message,
     Row,
@@ -122,6 +125,11 @@ class Complete(RowStage):
     stop: list[str] | None = None
     seed: int | None = Field(default=None, description="Request seed; default: the pipeline seed.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs_format: LogprobsFormat = Field(
+        default="records",
+        description="How top_logprobs are stored: `records` (per-token dicts in `logprobs`) or "
+        "`compact` (integer id and quantized logprob columns, see stillroom.data.logit_store).",
+    )
     json_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the answer must fit (from Python: a pydantic model)."
     )
@@ -150,6 +158,13 @@ class Complete(RowStage):
         return checked_prompt_template(value)
 
     @model_validator(mode="after")
+    def _compact_needs(self) -> Complete:
+        if self.logprobs_format == "compact" and (self.top_logprobs is None or self.n > 1):
+            raise ValueError("logprobs_format: compact needs top_logprobs and n: 1 (offline KD "
+                             "reads one completion per row)")
+        return self
+
+    @model_validator(mode="after")
     def _plural_output(self) -> Complete:
         if self.n > 1 and self.output_column == "completion":
             self.output_column = "completions"
@@ -175,6 +190,8 @@ class Complete(RowStage):
                 "remove top_logprobs or use an OpenAI-compatible, llama.cpp or transformers backend",
                 key="top_logprobs",
             )
+        if self.logprobs_format == "compact":
+            logit_store.check_backend(backend_class.kind, self.backend)
         # Sampling the backend refuses as configured (Anthropic's extended thinking: max_tokens
         # above the budget, temperature 1) is named here, before any request.
         configs[self.backend].check_params(
@@ -228,7 +245,7 @@ class Complete(RowStage):
         if self.n == 1:
             out = self.answered(row, texts[0])
             if keep_logprobs:
-                out["logprobs"] = completions[0].logprobs
+                out.update(self._stored_logprobs(completions[0]))
             if self.json_schema is not None:
                 out[f"{self.output_column}_json"] = completions[0].parsed
         else:
@@ -253,6 +270,15 @@ class Complete(RowStage):
             metadata[ctx.stage_name].update(trace_usage(completions))
         out["metadata"] = metadata
         return out
+
+
+    def _stored_logprobs(self, completion: Completion) -> Row:
+        if self.logprobs_format == "records" or completion.logprobs is None:
+            return {"logprobs": completion.logprobs}
+        try:
+            return logit_store.to_compact(completion.logprobs, "logprobs")
+        except ValueError as error:  # checked before the run; a backend that broke its contract
+            raise RowFailure(f"logprobs_format compact: {error}", kind="NoTokenIds") from None
 
 
 def strict_schema(model: type[BaseModel]) -> dict[str, Any]:

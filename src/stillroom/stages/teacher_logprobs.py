@@ -20,6 +20,8 @@ that token and its K most likely tokens there. Nothing is generated.
         top_logprobs: 5             # alternatives per token, 1..20 (default 5)
         completion_column: completion
         output_column: logprobs     # what `stillroom train kd` reads (its `logprobs_column`)
+        logprobs_format: records    # or compact: `logprobs_ids`, `_q`, `_top_ids`, `_top_q` integer
+                                    # columns, ~10x smaller (see stillroom.data.logit_store)
         # system: / prompt_template: as in the `complete` stage
 
 then, on the output folder::
@@ -65,6 +67,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from stillroom.data import logit_store
+from stillroom.data.logit_store import LogprobsFormat
 from stillroom.data.rows import (
     ANSWER_COLUMN,
     Row,
@@ -97,6 +101,11 @@ class TeacherLogprobs(RowStage):
     )
     top_logprobs: int = Field(default=5, ge=1, le=20, description="Alternatives per token.")
     output_column: str = Field(default="logprobs", min_length=1)
+    logprobs_format: LogprobsFormat = Field(
+        default="records",
+        description="`records` (per-token dicts in output_column) or `compact` (integer columns "
+        "named after it, see stillroom.data.logit_store).",
+    )
 
     def backend_names(self) -> set[str]:
         return {self.backend}
@@ -109,6 +118,8 @@ class TeacherLogprobs(RowStage):
                 "(teacher forcing); use a `vllm` or `transformers` backend",
                 key="backend",
             )
+        if self.logprobs_format == "compact":
+            logit_store.check_backend(backend_class.kind, self.backend)
 
     def check_row(self, row: Row) -> str | None:
         problem = check_prompt(row, prompt_template=self.prompt_template)
@@ -148,7 +159,10 @@ class TeacherLogprobs(RowStage):
                 kind="NothingScored",
             )
         out = dict(row)
-        out[self.output_column] = [_kd_entry(entry) for entry in entries]
+        if self.logprobs_format == "compact":  # scoring entries always carry ids (Backend.score)
+            out.update(logit_store.to_compact(entries, self.output_column))
+        else:
+            out[self.output_column] = [_kd_entry(entry) for entry in entries]
         return self._lineage(out, ctx, model=client.backend.model, scored=len(entries))
 
     def _lineage(self, row: Row, ctx: StageContext, *, model: str | None, scored: int) -> Row:

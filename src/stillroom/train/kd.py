@@ -110,6 +110,14 @@ teacher and student share a tokenizer, so every row is checked before training:
 * the generated token itself joins the top-k when it is not there (a sampled token may fall
   outside it), so every position's teacher data includes the token actually trained on.
 
+The compact layout (``logprobs_format: compact`` on the stage that wrote the data, see
+:mod:`stillroom.data.logit_store`) stores ids and quantized logprobs in ``<logprobs_column>_ids``,
+``_q``, ``_top_ids`` and ``_top_q`` columns and no strings; a row is read from it when it has no
+``logprobs_column`` but has ``<logprobs_column>_ids``, and goes through the same checks as a
+records row with ``id`` (each token's text being the student's decoding of its id, so the
+tokenizers are compared by the ids decoding to the completion). Logprobs come back to within
+2**-11 nats.
+
 A row that fails is refused with an :class:`~stillroom.errors.InputError` naming the row (index
 and ``id``), the position, and the first token that does not match; nothing is silently
 misaligned. ``teacher_tokenizer`` additionally compares the two vocabularies (``get_vocab()``)
@@ -167,8 +175,8 @@ from stillroom.train.kd_alignment import (
     TopK,
     align_logprobs,
     check_same_vocabulary,
+    row_entries,
     row_name,
-    stored_entries,
 )
 from stillroom.train.kd_trainer import (
     IGNORE_INDEX,
@@ -295,7 +303,7 @@ def build_examples(config: KDRunConfig, rows: list[Row], fmt: str,
         prompt = _prompt_ids(text["prompt"], tokenizer)
         if config.mode == "offline":
             where = row_name(index, row)
-            entries = stored_entries(row.get(config.logprobs_column), where, config.logprobs_column)
+            entries = row_entries(row, config.logprobs_column, where, pieces)
             completion, topk, eos_topk = align_logprobs(entries, text["completion"], pieces, where)
             teacher: list[TopK] = [[] for _ in prompt] + topk + [eos_topk]
         else:

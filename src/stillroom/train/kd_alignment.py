@@ -6,6 +6,9 @@ tokens (the rules are in :mod:`stillroom.train.kd`, "How stored logprobs are mat
 * :class:`Pieces`: the decoded text of every student token id, and the ids a text names once.
 * :func:`stored_entries`: a row's stored per-token list, checked for the shape a ``complete``
   stage writes.
+* :func:`row_entries`: a row's per-token list from either stored layout: ``records`` (the
+  ``logprobs`` column of dicts) or ``compact`` (integer columns, :mod:`stillroom.data.logit_store`),
+  told apart by the row's columns.
 * :func:`align_logprobs`: one completion's stored logprobs as student ids and one teacher top-k
   (:data:`TopK`) per id; a row that does not align is refused with an InputError naming the row,
   the position and the first token that does not match.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stillroom.data.logit_store import as_entries, is_compact
 from stillroom.data.rows import Row
 from stillroom.errors import ConfigError, InputError
 
@@ -82,6 +86,18 @@ def stored_entries(value: Any, where: str, column: str) -> list[dict[str, Any]]:
         raise InputError(f"{where}: `{column}` must be a list of {{token, logprob, top_logprobs}} "
                          "entries, one per completion token")
     return value
+
+
+def row_entries(row: Row, column: str, where: str, pieces: Pieces) -> list[dict[str, Any]]:
+    """The stored per-token list of ``row``, in either layout, as :func:`stored_entries` gives it.
+
+    A compact row has no token strings; its ``token`` texts are the student's decoding of the
+    stored ids, so the check that ids and texts agree holds trivially and the tokenizers are
+    compared by the ids decoding to the completion (and by ``teacher_tokenizer``).
+    """
+    if is_compact(row, column):
+        return as_entries(row, column, where, pieces.text)
+    return stored_entries(row.get(column), where, column)
 
 
 def _has_id(entry: dict[str, Any]) -> bool:
@@ -201,6 +217,7 @@ __all__ = [
     "TopK",
     "align_logprobs",
     "check_same_vocabulary",
+    "row_entries",
     "row_name",
     "stored_entries",
 ]

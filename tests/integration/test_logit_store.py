@@ -1,0 +1,118 @@
+"""`complete` with `logprobs_format: compact` on the embedded model (llama.cpp), then
+`stillroom train kd` offline on a tiny student with the same SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stillroom import Pipeline
+from stillroom.data.logit_store import SCALE
+from stillroom.data.output import OutputFolder
+from stillroom.llm.llamacpp import LlamaCppConfig
+from stillroom.stages.complete import Complete
+
+PROMPTS = [{"id": "a", "prompt": "What is 2 + 3? Answer briefly."},
+           {"id": "b", "prompt": "Name a color."},
+           {"id": "c", "prompt": "Say hello in French."}]
+
+
+def generate(folder: Path, fmt: str) -> list[dict[str, Any]]:
+    stage = Complete(top_logprobs=3, logprobs_format=fmt, max_tokens=24, temperature=0.0)
+    result = Pipeline([stage], input=PROMPTS, seed=1,
+                      backends={"default": LlamaCppConfig(n_threads=1)}).run(folder, progress=False)
+    assert result.counts == {"data": 3, "failed": 0, "dropped": 0}
+    return sorted(OutputFolder(folder).read_rows("data"), key=lambda row: row["id"])
+
+
+def tiny_student(folder: Path, tokenizer: Any) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_compact_logprobs_from_the_embedded_model_train_offline_kd(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from typer.testing import CliRunner
+
+    from stillroom.cli.main import app
+    from stillroom.llm.transformers_backend import locate
+    from stillroom.train.kd import build_examples, parse_kd_config
+    from stillroom.train.sft import detect_format
+
+    compact = generate(tmp_path / "compact", "compact")
+    records = generate(tmp_path / "records", "records")
+    for row, old in zip(compact, records, strict=True):
+        assert row.get("logprobs") is None and row["completion"] == old["completion"]
+        assert row["logprobs_ids"] == [entry["id"] for entry in old["logprobs"]]
+        assert all(len(top) <= 3 for top in row["logprobs_top_ids"])
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name / "data").glob("*.parquet"))
+            for name in ("compact", "records")}
+    assert 0 < size["compact"] < size["records"]
+
+    # One reader: the same aligned targets from both layouts, logprobs within half a step.
+    folder, gguf = locate(None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    config = parse_kd_config("mode: offline\ndata: unused\nalpha: 1.0\n")
+    new, new_counts = build_examples(config, compact, detect_format(compact), tokenizer)
+    old, old_counts = build_examples(config, records, detect_format(records), tokenizer)
+    assert new_counts == old_counts and new_counts["teacher_tokens"] > 0
+    for a, b in zip(new, old, strict=True):
+        assert a.labels == b.labels and a.input_ids == b.input_ids
+        for then, now in zip(b.teacher, a.teacher, strict=True):
+            assert [i for i, _ in now] == [i for i, _ in then]
+            assert all(abs(x - y) <= 0.5 / SCALE + 1e-9
+                       for (_, x), (_, y) in zip(now, then, strict=True))
+
+    student = tiny_student(tmp_path / "student", tokenizer)
+    (tmp_path / "kd.yaml").write_text(
+        "".join(f"{k}: {json.dumps(v)}\n" for k, v in {
+            "mode": "offline", "student": str(student), "data": "compact", "output_dir": "run",
+            "max_steps": 2, "batch_size": 2, "save_steps": 10, "max_length": 128,
+            "learning_rate": 0.005,
+        }.items()))
+    result = CliRunner().invoke(app, ["train", "kd", str(tmp_path / "kd.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps on 3 rows, offline KD" in result.output
+    record = json.loads((tmp_path / "run" / "final" / "stillroom_train.json").read_text())
+    assert record["teacher_tokens"] == new_counts["teacher_tokens"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_teacher_logprobs_writes_the_same_numbers_compact(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from stillroom.data.logit_store import to_compact
+    from stillroom.llm.transformers_backend import TransformersConfig
+    from stillroom.stages.teacher_logprobs import TeacherLogprobs
+
+    rows = [{"id": "r0", "prompt": "What is 2 + 2?", "completion": "2 + 2 = 4"},
+            {"id": "r1", "prompt": "Say hello.", "completion": "Hello,\nnaïve world!"}]
+    out = {}
+    for fmt in ("records", "compact"):
+        stage = TeacherLogprobs(backend="t", top_logprobs=3, logprobs_format=fmt)
+        result = Pipeline([stage], input=rows, backends={"t": TransformersConfig(batch_size=2)}
+                          ).run(tmp_path / fmt, progress=False)
+        assert result.counts == {"data": 2, "failed": 0, "dropped": 0}
+        out[fmt] = sorted(OutputFolder(tmp_path / fmt).read_rows("data"), key=lambda r: r["id"])
+    for old, new in zip(out["records"], out["compact"], strict=True):
+        assert new.get("logprobs") is None
+        expected = to_compact(old["logprobs"], "logprobs")
+        assert {name: new[name] for name in expected} == expected

@@ -35,3 +35,21 @@ def tiny_llama(tokenizer: Any, max_positions: int) -> Any:
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_student(folder: Any, tokenizer: Any) -> Any:
+    """A seeded 1-layer Llama over ``tokenizer`` (tied embeddings, its special-token ids), saved
+    with the tokenizer into ``folder`` as a student a training recipe loads; returns ``folder``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -21,6 +21,7 @@ from stillroom import Pipeline  # noqa: E402
 from stillroom.data.output import OutputFolder  # noqa: E402
 from stillroom.feedback.pairs import PreferencePairs  # noqa: E402
 from stillroom.train.dpo import TRAIN_FILE, load_dpo_config, train_dpo  # noqa: E402
+from tests.tiny_models import save_tiny_student  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -108,12 +109,4 @@ def _tiny_student(folder: Path) -> None:
 
     source, gguf = locate(None)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_student(folder, tokenizer)

@@ -14,6 +14,7 @@ from stillroom.data.logit_store import SCALE
 from stillroom.data.output import OutputFolder
 from stillroom.llm.llamacpp import LlamaCppConfig
 from stillroom.stages.complete import Complete
+from tests.tiny_models import save_tiny_student
 
 PROMPTS = [{"id": "a", "prompt": "What is 2 + 3? Answer briefly."},
            {"id": "b", "prompt": "Name a color."},
@@ -28,20 +29,6 @@ def generate(folder: Path, fmt: str) -> list[dict[str, Any]]:
     return sorted(OutputFolder(folder).read_rows("data"), key=lambda row: row["id"])
 
 
-def tiny_student(folder: Path, tokenizer: Any) -> Path:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.integration
@@ -81,7 +68,7 @@ def test_compact_logprobs_from_the_embedded_model_train_offline_kd(tmp_path: Pat
             assert all(abs(x - y) <= 0.5 / SCALE + 1e-9
                        for (_, x), (_, y) in zip(now, then, strict=True))
 
-    student = tiny_student(tmp_path / "student", tokenizer)
+    student = save_tiny_student(tmp_path / "student", tokenizer)
     (tmp_path / "kd.yaml").write_text(
         "".join(f"{k}: {json.dumps(v)}\n" for k, v in {
             "mode": "offline", "student": str(student), "data": "compact", "output_dir": "run",

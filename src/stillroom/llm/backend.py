@@ -28,6 +28,9 @@ class Backend(ABC):
     # Whether score() works: teacher-forced log-probs of a given completion (vllm and
     # transformers; the teacher_logprobs stage checks it before any request).
     supports_scoring: ClassVar[bool] = False
+    # Scoring given token ids (on-policy distillation: the teacher scores the student's own
+    # tokens, which re-tokenizing their text could split differently).
+    supports_token_scoring: ClassVar[bool] = False
 
     def __init__(self, model: str):
         self.model = model
@@ -63,6 +66,24 @@ class Backend(ABC):
         either cut it, the last entry has ``"truncated": True``. Only backends with
         ``supports_scoring`` implement it; callers pass the two limits only when set."""
         raise NotImplementedError(f"the {self.kind} backend cannot score a given completion")
+
+    async def score_tokens(
+        self,
+        token_ids: list[int],
+        start: int,
+        top_logprobs: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``token_ids[start:]``, each given the ids before it.
+
+        The ids are the whole context in this backend's vocabulary: no chat template is applied
+        and no BOS is added (the caller renders and tokenizes with a tokenizer it has checked to
+        be the same). ``1 <= start < len(token_ids)``. Returns one entry per scored token, in
+        order, ``{"id": int, "token": str, "logprob": float}``, with ``top_logprobs`` also
+        ``"top_logprobs": [{"id": int | None, "token": str, "logprob": float}]``, best first
+        (``id`` None where the server names alternatives by text only). ``id`` of an entry is
+        always ``token_ids[start + i]``. Only backends with ``supports_token_scoring``
+        implement it."""
+        raise NotImplementedError(f"the {self.kind} backend cannot score given token ids")
 
     def count_tokens(self, text: str) -> int | None:
         """How many tokens ``text`` is in this backend's tokenizer, or None when it has none at

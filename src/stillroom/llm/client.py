@@ -49,6 +49,16 @@ def score_key(
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def score_tokens_key(
+    identity: dict[str, Any], token_ids: list[int], start: int, top_logprobs: int | None
+) -> str:
+    """The cache key of a token-scoring call: apart from generate and text-scoring keys by its
+    ``score_tokens`` field."""
+    payload = {"id": identity, "score_tokens": {"ids": token_ids, "start": start,
+                                                "top_logprobs": top_logprobs}}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def _has_text(completion: Completion) -> bool:
     """An answer: some text, and not a trace that never ended (its text is no answer)."""
     return completion.reasoning_ended and bool(completion.text.strip())
@@ -220,6 +230,46 @@ class LLMClient:
             lambda: self.backend.score(prompt, completion, top_logprobs, **limits)
         )
         self.stats.prompt_tokens += len(entries)
+        if key is not None:
+            self.cache.put(key, {"entries": entries})  # type: ignore[union-attr]
+        return entries
+
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``token_ids[start:]`` (see ``Backend.score_tokens``) with
+        the same cache, concurrency limit, timeout and retries as ``generate``; RequestFailed
+        after the retries are spent. An answer with the wrong number of entries, or whose ids
+        are not the ids asked, is a retryable BackendError (never cached, never returned).
+        The scored tokens count as prompt tokens in the stats."""
+        token_ids = [int(token) for token in token_ids]
+        if not 1 <= start < len(token_ids):
+            raise ValueError(f"start must be in [1, {len(token_ids) - 1}], got {start}")
+        key = None
+        if self.cache is not None:
+            key = score_tokens_key(self._identity, token_ids, start, top_logprobs)
+            record = self.cache.get(key)
+            if record is not None:
+                self.stats.cache_hits += 1
+                self.stats.cached_prompt_tokens += len(token_ids)
+                cached: list[dict[str, Any]] = record["entries"]
+                return cached
+        wanted = token_ids[start:]
+
+        async def checked() -> list[dict[str, Any]]:
+            entries = await self.backend.score_tokens(token_ids, start, top_logprobs)
+            got = [entry.get("id") for entry in entries]
+            if got != wanted:
+                raise BackendError(
+                    f"the backend scored {len(entries)} tokens, not the {len(wanted)} asked"
+                    if len(got) != len(wanted) else
+                    "the backend scored other token ids than the ones asked",
+                    kind="ScoreMismatch", retryable=True,
+                )
+            return entries
+
+        entries = await self._send_with_retries_of(checked)
+        self.stats.prompt_tokens += len(token_ids)
         if key is not None:
             self.cache.put(key, {"entries": entries})  # type: ignore[union-attr]
         return entries

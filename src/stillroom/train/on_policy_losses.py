@@ -1,0 +1,141 @@
+"""Reverse KL from a teacher that only scored the student's own tokens (on-policy distillation).
+
+On-policy distillation (GKD with lambda = 1 and beta = 1, Agarwal et al. 2024; the "on-policy
+distillation" write-ups of 2025) trains the student on its own samples ``y ~ q`` (q = student)
+to lower the reverse KL ``KL(q || p)`` to the teacher p at every position of the sample. A
+teacher behind an API does not return its whole distribution; it returns, for each sampled
+token, its log-prob ``log p(y_t)`` and, where the server offers them, its top-k alternatives.
+Two estimates follow, both per position ``t`` given the sampled prefix:
+
+* :func:`sampled_reverse_kl`, from the sampled token alone. ``k_t = log q(y_t) - log p(y_t)``
+  is an unbiased single-sample estimate of ``KL(q_t || p_t)`` (``E_{y~q}[k] = KL``). Its
+  gradient is obtained as a policy gradient with ``k_t`` as the (negated) per-token reward and
+  no credit to earlier tokens (the write-ups' "discount zero"):
+  ``surrogate_t = sg(k_t) * exp(log q(y_t) - sg(log q_sample(y_t)))``, whose gradient is
+  ``k_t * grad log q(y_t)`` when the weights are those that sampled (the ratio is 1) and the
+  truncated importance-weighted form when they moved on since (a sample drawn one step ahead, as
+  the overlap of sampling and scoring does). Because ``E_{y~q}[grad log q(y)] = 0``,
+  ``E_{y~q}[k(y) grad log q(y)] = grad KL(q_t || p_t)`` exactly: the estimate's expected
+  gradient is the dense reverse-KL gradient at that position.
+* :func:`topk_reverse_kl`, from the teacher's top-k: the vocabulary is coarsened to the K ids
+  and one tail bucket (the teacher's tail mass ``1 - sum_k p_k``, the student's mass on every
+  other id), and the reverse KL over those K + 1 buckets is computed exactly and differentiated
+  directly. It equals the dense reverse KL when the ids cover the vocabulary and is a lower
+  bound of it otherwise (coarsening never raises a KL). The sampled token is always among the
+  ids (the trainer puts it there), so the top-k form never knows less than the sampled one.
+
+Shapes: ``(B, T)`` per-token tensors, ``(B, T, V)`` student logits, ``(B, T, K)`` teacher top-k;
+``mask`` ``(B, T)`` is True where a token was sampled *and* scored (a position without a teacher
+score never enters the loss). Both functions return ``(loss, estimate)``: ``loss`` the mean over
+masked tokens to call ``backward`` on, ``estimate`` the detached mean reverse-KL estimate to log.
+An all-masked batch gives a zero loss still attached to the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from stillroom.train.losses import _kl, _log1mexp, _masked_logsumexp
+
+_NEG_INF = float("-inf")
+
+
+def sampled_reverse_kl(
+    student_logprobs: Tensor,
+    sample_logprobs: Tensor,
+    teacher_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    max_ratio: float = 2.0,
+) -> tuple[Tensor, Tensor]:
+    """The sampled-token reverse-KL estimate and its policy-gradient surrogate.
+
+    ``student_logprobs``: ``log q(y_t)`` under the weights being trained (with gradient);
+    ``sample_logprobs``: the same under the weights that drew the sample (data); equal to the
+    first when nothing changed in between. ``teacher_logprobs``: ``log p(y_t)`` as the teacher
+    scored it. ``max_ratio`` truncates the importance weight ``q / q_sample`` (a sample drawn a
+    step ahead; 1 at the sampling weights) so one stale token cannot dominate a step.
+    """
+    if not (student_logprobs.shape == sample_logprobs.shape == teacher_logprobs.shape
+            == mask.shape):
+        raise ValueError("student, sample and teacher log-probs and the mask must share a shape, got "
+                         f"{tuple(student_logprobs.shape)}, {tuple(sample_logprobs.shape)}, "
+                         f"{tuple(teacher_logprobs.shape)}, {tuple(mask.shape)}")
+    keep = mask.bool()
+    new = student_logprobs.double() if student_logprobs.dtype == torch.float64 else \
+        student_logprobs.float()
+    teacher = teacher_logprobs.to(new.dtype).detach()
+    old = sample_logprobs.to(new.dtype).detach()
+    safe_teacher = torch.where(keep, teacher, torch.zeros_like(teacher))
+    safe_old = torch.where(keep, old, torch.zeros_like(old))
+    safe_new = torch.where(keep, new, torch.zeros_like(new))
+    estimate = (safe_new.detach() - safe_teacher)  # k_t at the current weights
+    ratio = torch.exp(safe_new - safe_old)
+    ratio = torch.minimum(ratio, torch.full_like(ratio, max_ratio))
+    surrogate = torch.where(keep, estimate * ratio, torch.zeros_like(ratio))
+    count = max(int(keep.sum()), 1)
+    loss = surrogate.sum() / count
+    return loss, (torch.where(keep, estimate, torch.zeros_like(estimate)).sum() / count).detach()
+
+
+def topk_reverse_kl(
+    student_logits: Tensor,
+    teacher_ids: Tensor,
+    teacher_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``KL(q || p)`` over the teacher's top-k ids plus one tail bucket, per masked position.
+
+    ``student_logits`` ``(B, T, V)`` aligned with the scored positions (logits that predict the
+    token at ``t``); ``teacher_ids`` ``(B, T, K)`` integers, -1 for padding; ``teacher_logprobs``
+    the teacher's log-probs at T = 1 (-inf for padding). The student is softened by
+    ``temperature``; the teacher's buckets are tempered as :func:`~stillroom.train.losses.
+    topk_kd_loss` does (``p^(1/T)`` renormalized). Half precision is computed in float32.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if teacher_ids.shape != teacher_logprobs.shape:
+        raise ValueError(f"teacher_ids {tuple(teacher_ids.shape)} and teacher_logprobs "
+                         f"{tuple(teacher_logprobs.shape)} must have the same shape")
+    if teacher_ids.shape[:-1] != student_logits.shape[:-1] or mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f"student_logits {tuple(student_logits.shape)}, teacher top-k "
+                         f"{tuple(teacher_ids.shape)} and mask {tuple(mask.shape)} do not line up")
+    keep = mask.bool().reshape(-1)
+    logits = student_logits.reshape(-1, student_logits.shape[-1])[keep]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    ids = teacher_ids.reshape(-1, teacher_ids.shape[-1])[keep]
+    stored = teacher_logprobs.reshape(-1, teacher_logprobs.shape[-1])[keep].detach()
+    vocab = logits.shape[-1]
+    if ids.numel() and int(ids.max()) >= vocab:
+        raise ValueError(f"a teacher id is >= the student's vocabulary size {vocab}")
+    valid = (ids >= 0) & torch.isfinite(stored)
+    safe_ids = torch.where(valid, ids, torch.zeros_like(ids))
+    scaled = logits / temperature
+    normalizer = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    student_topk = torch.where(valid, scaled.gather(-1, safe_ids) - normalizer, _NEG_INF)
+    covered = torch.zeros_like(scaled).scatter_add(-1, safe_ids, valid.to(scaled.dtype)) > 0
+    tail_is_empty = covered.all(dim=-1)
+    student_tail = _masked_logsumexp(scaled, ~covered) - normalizer.squeeze(-1)
+    student_buckets = torch.cat([student_topk, student_tail.unsqueeze(-1)], dim=-1)
+
+    teacher_topk = torch.where(valid, stored.to(scaled.dtype), _NEG_INF)
+    teacher_tail = torch.where(
+        tail_is_empty, _NEG_INF, _log1mexp(torch.logsumexp(teacher_topk, dim=-1).clamp(max=0.0))
+    )
+    teacher_buckets = torch.log_softmax(
+        torch.cat([teacher_topk, teacher_tail.unsqueeze(-1)], dim=-1) / temperature, dim=-1)
+    # A bucket the teacher gives no mass while the student does makes the reverse KL infinite;
+    # the floor keeps one such token (a server that rounds a tiny log-prob to -inf) finite.
+    teacher_buckets = teacher_buckets.clamp(min=-1e4)
+    per_token = _kl(student_buckets, teacher_buckets)
+    loss = per_token.sum() / max(per_token.numel(), 1)
+    if per_token.numel() == 0:
+        loss = student_logits.sum() * 0.0
+    return loss, loss.detach()
+
+
+__all__ = ["sampled_reverse_kl", "topk_reverse_kl"]

@@ -40,9 +40,8 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
-from stillroom.llm.openai_compat import (
-    _is_local,
-    check_base_url,
+from stillroom.llm.openai_compat import _is_local, check_base_url
+from stillroom.llm.response_fields import (
     described,
     malformed,
     object_field,

@@ -67,11 +67,18 @@ class Backend(ABC):
         ``supports_scoring`` implement it; callers pass the two limits only when set."""
         raise NotImplementedError(f"the {self.kind} backend cannot score a given completion")
 
+    @property
+    def score_tokens_needs_text(self) -> bool:
+        """True where score_tokens needs the ids' text too (a server that takes text only)."""
+        return False
+
     async def score_tokens(
         self,
         token_ids: list[int],
         start: int,
         top_logprobs: int | None = None,
+        *,
+        text: str | None = None,
     ) -> list[dict[str, Any]]:
         """Teacher-forced log-probs of ``token_ids[start:]``, each given the ids before it.
 
@@ -81,8 +88,10 @@ class Backend(ABC):
         order, ``{"id": int, "token": str, "logprob": float}``, with ``top_logprobs`` also
         ``"top_logprobs": [{"id": int | None, "token": str, "logprob": float}]``, best first
         (``id`` None where the server names alternatives by text only). ``id`` of an entry is
-        always ``token_ids[start + i]``. Only backends with ``supports_token_scoring``
-        implement it."""
+        always ``token_ids[start + i]``. ``text``: the ids' text (special tokens written out),
+        passed only to backends whose ``score_tokens_needs_text`` is true (a server that takes
+        text only, which checks that it tokenizes back to the ids). Only backends with
+        ``supports_token_scoring`` implement it."""
         raise NotImplementedError(f"the {self.kind} backend cannot score given token ids")
 
     def count_tokens(self, text: str) -> int | None:

@@ -235,13 +235,16 @@ class LLMClient:
         return entries
 
     async def score_tokens(
-        self, token_ids: list[int], start: int, top_logprobs: int | None = None
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,
     ) -> list[dict[str, Any]]:
         """Teacher-forced log-probs of ``token_ids[start:]`` (see ``Backend.score_tokens``) with
         the same cache, concurrency limit, timeout and retries as ``generate``; RequestFailed
         after the retries are spent. An answer with the wrong number of entries, or whose ids
         are not the ids asked, is a retryable BackendError (never cached, never returned).
-        The scored tokens count as prompt tokens in the stats."""
+        The scored tokens count as prompt tokens in the stats. ``text``: the ids' text, for a
+        backend that needs it (``Backend.score_tokens_needs_text``); not part of the cache key
+        (the ids are)."""
         token_ids = [int(token) for token in token_ids]
         if not 1 <= start < len(token_ids):
             raise ValueError(f"start must be in [1, {len(token_ids) - 1}], got {start}")
@@ -257,7 +260,11 @@ class LLMClient:
         wanted = token_ids[start:]
 
         async def checked() -> list[dict[str, Any]]:
-            entries = await self.backend.score_tokens(token_ids, start, top_logprobs)
+            if self.backend.score_tokens_needs_text:
+                entries = await self.backend.score_tokens(token_ids, start, top_logprobs,
+                                                          text=text)
+            else:
+                entries = await self.backend.score_tokens(token_ids, start, top_logprobs)
             got = [entry.get("id") for entry in entries]
             if got != wanted:
                 raise BackendError(

@@ -15,6 +15,10 @@ above 1 only queues. Two details differ from calling ``Llama`` directly, both on
   own path sorts the whole vocabulary in Python for every generated token (tens of ms per token
   for a 49k vocabulary), which would make asking for logprobs several times slower than
   generating.
+
+``score_tokens`` (a teacher scoring given ids, on-policy distillation) evaluates the ids on the
+model that keeps every position's logits, through the same fixed-chunk prefix reuse: the samples
+of one prompt share its chunks, and a score does not depend on what was scored before it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 # Prompts are evaluated in batches of this many tokens at fixed positions (see _evaluate_prompt).
 _CHUNK = 16
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Rows of logits turned into log-probs at once when scoring given tokens.
+_SCORE_ROWS = 256
 
 
 def embedded_model_path() -> Path:
@@ -117,6 +123,8 @@ class LlamaCppBackend(Backend):
     supports_json_schema = True
     supports_raw_prompt = True
     renders_chat_template = True
+
+    supports_token_scoring = True
 
     def __init__(
         self,
@@ -325,6 +333,58 @@ class LlamaCppBackend(Backend):
             model=self.model,
             logprobs=logprobs,
         )
+
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,  # only for text-only servers; the ids are scored here
+    ) -> list[dict[str, Any]]:
+        ids = [int(token) for token in token_ids]
+        if not 1 <= start < len(ids):
+            raise BackendError(
+                f"start must be in [1, {len(ids) - 1}], got {start}", kind="BadRequestError"
+            )
+        if len(ids) > self.n_ctx:
+            raise BackendError(
+                f"{len(ids)} tokens to score do not fit the context window: n_ctx is {self.n_ctx}",
+                kind="BadRequestError", status=400,
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._score_tokens_sync, ids, start, top_logprobs
+        )
+
+    def _score_tokens_sync(
+        self, ids: list[int], start: int, top_logprobs: int | None
+    ) -> list[dict[str, Any]]:
+        model = self._model(True)
+        vocabulary = model.n_vocab()
+        bad = next((token for token in ids if not 0 <= token < vocabulary), None)
+        if bad is not None:
+            # llama.cpp would abort the process on an id outside its vocabulary.
+            raise BackendError(
+                f"token id {bad} is outside the model's vocabulary (0..{vocabulary - 1})",
+                kind="BadRequestError", status=400,
+            )
+        try:
+            self._evaluate_prompt(model, True, ids)
+        except Exception:
+            self._evaluated.pop(True, None)  # the KV cache is in an unknown state
+            raise
+
+        def piece(token: int) -> str:
+            return model.detokenize([token], special=True).decode("utf-8", "replace")
+
+        k = int(top_logprobs or 0)
+        entries: list[dict[str, Any]] = []
+        # Blocks of rows: the float64 log-softmax of a long sequence at once would take
+        # length x vocabulary x 8 bytes (400 MB for 1,000 tokens of a 49k vocabulary).
+        for first in range(start, len(ids), _SCORE_ROWS):
+            block = ids[first : first + _SCORE_ROWS]
+            entries += _top_logprobs(model.scores, block, first - 1, k, piece)
+        if top_logprobs is None:
+            for entry in entries:
+                del entry["top_logprobs"]
+        return entries
 
     def count_tokens(self, text: str) -> int | None:
         """``text``'s tokens in the loaded model's vocabulary (an inline trace's exact count;

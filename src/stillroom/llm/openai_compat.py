@@ -7,6 +7,15 @@ CPU-bound at a few hundred requests a second with the SDK. The request body, the
 we read and the meaning of every error status are the SDK's (see ``error_for_status``), so
 ``client: sdk`` swaps the SDK back in with identical results; ``bench/client_overhead.py``
 measures both.
+
+Scoring given token ids (``score_tokens``: a served teacher scoring a student's own tokens) asks
+``/completions`` for one token after a token-id prompt with the prompt's log-probs, in one of
+two shapes (``score_api``): ``echo`` (``echo: true`` + ``logprobs: k``, the legacy completions
+answer: vLLM, SGLang and others) or ``prompt_logprobs`` (vLLM's own field, which also names the
+alternatives by id), or ``text_echo`` for llama-cpp-python's server (0.3.x), whose ``prompt``
+takes text only: the ids go as the caller's text of them, checked to tokenize back to the same
+ids, under conditions that server's echo imposes (:mod:`stillroom.llm.text_echo_scoring`). A
+token-id prompt a text-only server refuses is reported as such rather than retried.
 """
 
 from __future__ import annotations
@@ -20,6 +29,20 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from stillroom import secrets
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
+from stillroom.llm.openai_scoring import (
+    ScoreAPI,
+    ids_refused,
+    parse_token_scores,
+    score_tokens_body,
+)
+from stillroom.llm.response_fields import (
+    described,
+    malformed,
+    object_field,
+    reasoning_token_count,
+    text_field,
+    token_count,
+)
 from stillroom.llm.types import BackendError, Completion, Request, error_for_status
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -121,62 +144,6 @@ def chat_body(model: str, request: Request, structured: StructuredMode = "json_s
     elif params.json_schema is not None and structured == "json_object":
         body["response_format"] = {"type": "json_object", "schema": params.json_schema}
     return body
-
-
-def malformed(what: str) -> BackendError:
-    """A response whose JSON has a field of the wrong type or value. Not retried: a server that
-    sends such a body sends it again (a body that is not JSON at all, which a dropped connection
-    can cause, is retried where it is read). Kept apart from a crash so the row's reason names
-    the field instead of an AttributeError deep in a parser."""
-    return BackendError(f"malformed response: {what}", kind="APIResponseValidationError")
-
-
-def described(value: Any) -> str:
-    """A JSON value's type for an error message: "null", "an int", "a list"."""
-    if value is None:
-        return "null"
-    name = {"str": "string", "dict": "object", "bool": "boolean"}.get(
-        type(value).__name__, type(value).__name__)
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def token_count(container: dict[str, Any], name: str, where: str) -> int:
-    """``container[name]`` as a token count: a non-negative integer, 0 when absent or null."""
-    value = container.get(name)
-    if value is None:
-        return 0
-    # bool is an int to Python, never a count to a server.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise malformed(f"{where}.{name} is {secrets.redact(repr(value))[:60]}, "
-                        "not a count of tokens")
-    return value
-
-
-def reasoning_token_count(details: Any, name: str, completion_tokens: int) -> int:
-    """The server's count of a trace's tokens, or 0 when it gave none that can be true: an
-    integer from 0 to ``completion_tokens`` (the trace is part of the completion). Anything else
-    (a string, a fraction, more than the whole completion) is ignored rather than failing an
-    answer that is fine: the client then estimates the count, and says so."""
-    value = details.get(name) if isinstance(details, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
-    return value if 0 <= value <= completion_tokens else 0
-
-
-def object_field(value: Any, where: str) -> dict[str, Any]:
-    """A response field that must be a JSON object, or {} when absent or null."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise malformed(f"{where} is {described(value)}, not an object")
-    return value
-
-
-def text_field(value: Any, where: str) -> str | None:
-    """A response field that must be a string, or None when absent or null."""
-    if value is not None and not isinstance(value, str):
-        raise malformed(f"{where} is {described(value)}, not a string")
-    return value
 
 
 def parse_chat_response(data: Any, model: str) -> Completion:
@@ -305,6 +272,7 @@ class OpenAICompatibleBackend(Backend):
     supports_logprobs = True
     supports_json_schema = True
     supports_raw_prompt = True
+    supports_token_scoring = True
 
     def __init__(
         self,
@@ -315,9 +283,11 @@ class OpenAICompatibleBackend(Backend):
         concurrency: int = 16,
         extra_body: dict[str, Any] | None = None,
         structured_output: StructuredMode = "json_schema",
+        score_api: ScoreAPI = "echo",
     ):
         super().__init__(model)
         self.structured_output = structured_output
+        self.score_api = score_api
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.concurrency = concurrency
@@ -336,6 +306,8 @@ class OpenAICompatibleBackend(Backend):
             identity["extra_body"] = self.extra_body
         if self.structured_output != "json_schema":
             identity["structured_output"] = self.structured_output
+        if self.score_api != "echo":  # alternatives come with ids, or not
+            identity["score_api"] = self.score_api
         return identity
 
     def _headers(self) -> dict[str, str]:
@@ -361,14 +333,56 @@ class OpenAICompatibleBackend(Backend):
         )
 
     async def generate(self, request: Request) -> Completion:
-        import aiohttp
-
-        if self._session is None:
-            self._session = self._open_session()
         body = chat_body(self.model, request, self.structured_output)
         if self.extra_body:
             body.update(self.extra_body)
         url = self._chat_url if request.messages is not None else self._completions_url
+        return parse_chat_response(await self._post(url, body), self.model)
+
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``token_ids[start:]`` (see ``Backend.score_tokens``) from
+        the server's /completions with the ids as the prompt (see the module doc)."""
+        ids = [int(token) for token in token_ids]
+        if self.score_api == "text_echo":
+            return await self._score_text(ids, start, top_logprobs, text)
+        body = score_tokens_body(self.model, ids, top_logprobs, self.score_api, self.extra_body)
+        data = await self._post(self._completions_url, body, scoring=True)
+        return parse_token_scores(data, ids, start, top_logprobs, self.score_api)
+
+    @property
+    def score_tokens_needs_text(self) -> bool:
+        return self.score_api == "text_echo"
+
+    async def _score_text(self, ids: list[int], start: int, top_logprobs: int | None,
+                          text: str | None) -> list[dict[str, Any]]:
+        """``score_api: text_echo`` (llama-cpp-python's server): see text_echo_scoring."""
+        from stillroom.llm.text_echo_scoring import (
+            check_retokenized,
+            check_sequence,
+            parse_text_echo,
+        )
+
+        if text is None:
+            raise BackendError("score_api: text_echo needs the text of the ids to score",
+                               kind="BadRequestError")
+        check_sequence(ids, start)
+        root = self.base_url.removesuffix("/v1")  # the server's extras live beside /v1
+        check_retokenized(ids, await self._post(f"{root}/extras/tokenize",
+                                                {"model": self.model, "input": text}))
+        body = {**self.extra_body, "model": self.model, "prompt": text, "max_tokens": 1,
+                "temperature": 0, "echo": True, "logprobs": max(1, top_logprobs or 0)}
+        data = await self._post(self._completions_url, body, scoring=True)
+        return parse_text_echo(data, ids, start, top_logprobs, text)
+
+    async def _post(self, url: str, body: dict[str, Any], *, scoring: bool = False) -> Any:
+        """POST ``body`` as JSON; the decoded answer, or the BackendError its failure means."""
+        import aiohttp
+
+        if self._session is None:
+            self._session = self._open_session()
         try:
             async with self._session.post(url, data=orjson.dumps(body)) as response:
                 raw = await response.read()
@@ -383,16 +397,17 @@ class OpenAICompatibleBackend(Backend):
         if status != 200:
             # Servers quote what they were sent ("Incorrect API key provided: sk-..."): the text
             # is redacted here, where it is made, and again where it becomes a row or a line.
-            raise error_for_status(status, secrets.redact(_error_message(raw)), headers)
+            message = secrets.redact(_error_message(raw))
+            refused = ids_refused(status, message) if scoring else None
+            raise refused or error_for_status(status, message, headers)
         try:
-            data = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             raise BackendError(
                 secrets.redact(f"response is not JSON: {raw[:200]!r}"),
                 kind="APIResponseValidationError",
                 retryable=True,
             ) from error
-        return parse_chat_response(data, self.model)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -403,7 +418,7 @@ class OpenAICompatibleBackend(Backend):
 class OpenAISDKBackend(OpenAICompatibleBackend):
     """The same backend through the official openai SDK (heavier per request; see module doc)."""
 
-    async def generate(self, request: Request) -> Completion:
+    def _client(self) -> Any:
         import openai
 
         if self._session is None:
@@ -413,17 +428,47 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
                 max_retries=0,  # LLMClient retries, the same way for every backend
                 timeout=None,
             )
+        return self._session
+
+    async def generate(self, request: Request) -> Completion:
         body = chat_body(self.model, request, self.structured_output)
         body.update(self.extra_body)
+        client = self._client()
+        create = (client.chat.completions.create if request.messages is not None
+                  else client.completions.create)
+        response = await self._call(create, body)
+        # warnings off: a field of the wrong type is reported by the parser, naming it.
+        return parse_chat_response(response.model_dump(warnings=False), self.model)
+
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,
+    ) -> list[dict[str, Any]]:
+        ids = [int(token) for token in token_ids]
+        body = score_tokens_body(self.model, ids, top_logprobs, self.score_api, self.extra_body)
+        # Fields the SDK does not know (prompt_logprobs, the server's own) go as its extra_body.
+        known = {"model", "prompt", "max_tokens", "temperature", "echo", "logprobs"}
+        extra = {name: body.pop(name) for name in list(body) if name not in known}
+        response = await self._call(self._client().completions.create, body, extra_body=extra,
+                                    scoring=True)
+        # The SDK's models keep fields they do not declare (prompt_logprobs) in the dump.
+        data = response.model_dump(warnings=False)
+        return parse_token_scores(data, ids, start, top_logprobs, self.score_api)
+
+    async def _call(
+        self, create: Any, body: dict[str, Any], *, scoring: bool = False, **options: Any
+    ) -> Any:
+        """``create(**body)`` with the SDK's errors turned into BackendErrors."""
+        import openai
+
         try:
-            if request.messages is not None:
-                response = await self._session.chat.completions.create(**body)
-            else:
-                response = await self._session.completions.create(**body)
+            return await create(**body, **options)
         except openai.APIStatusError as error:
             # Not chained: the SDK's exception holds the server's body unredacted.
             message = secrets.redact(error.message)
-            raise error_for_status(error.status_code, message, error.response.headers) from None
+            refused = ids_refused(error.status_code, message) if scoring else None
+            raise (refused or error_for_status(error.status_code, message,
+                                               error.response.headers)) from None
         except openai.APITimeoutError as error:
             raise BackendError(
                 secrets.redact(str(error)), kind="APITimeoutError", retryable=True
@@ -432,8 +477,6 @@ class OpenAISDKBackend(OpenAICompatibleBackend):
             raise BackendError(
                 secrets.redact(str(error)), kind="APIConnectionError", retryable=True
             ) from error
-        # warnings off: a field of the wrong type is reported by the parser, naming it.
-        return parse_chat_response(response.model_dump(warnings=False), self.model)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -466,12 +509,28 @@ class OpenAIConfig(BackendConfig):
         description="How to ask for JSON: json_schema, json_object (llama-cpp-python's server) or prompt.",
     )
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    score_api: ScoreAPI = Field(
+        default="echo",
+        description="How score_tokens (on-policy distillation's teacher) asks /completions for "
+        "the log-probs of given token ids: echo (echo + logprobs: vLLM, SGLang) or "
+        "prompt_logprobs (vLLM's field; alternatives come with their ids), or text_echo "
+        "(llama-cpp-python's server, which takes text only: the ids' text is sent and checked "
+        "to tokenize back to them; the context must start with the model's BOS).",
+    )
 
     _runtime_fields: ClassVar[frozenset[str]] = BackendConfig._runtime_fields | {
         "base_url",
         "api_key_env",
         "client",
     }
+
+    @field_validator("score_api")
+    @classmethod
+    def _text_echo_over_aiohttp(cls, value: str, info: ValidationInfo) -> str:
+        if value == "text_echo" and info.data.get("client") == "sdk":
+            raise ValueError("score_api: text_echo asks the server's /extras/tokenize, which the "
+                             "openai SDK does not know: use client: aiohttp (the default)")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -480,6 +539,13 @@ class OpenAIConfig(BackendConfig):
 
     def backend_class(self) -> type[Backend]:
         return OpenAISDKBackend if self.client == "sdk" else OpenAICompatibleBackend
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        if self.score_api == "echo":
+            # The default: left out so fingerprints of runs made before it existed stay the same.
+            out.pop("score_api", None)
+        return out
 
     def build(self) -> Backend:
         if not _is_local(self.base_url) and not secrets.from_env(self.api_key_env):
@@ -498,4 +564,5 @@ class OpenAIConfig(BackendConfig):
             concurrency=self.concurrency,
             extra_body=self.extra_body,
             structured_output=self.structured_output,
+            score_api=self.score_api,
         )

@@ -30,7 +30,8 @@ Scoring (:meth:`TransformersBackend.score`, teacher forcing) is pooled: up to
 (longest first) and run ``batch_size`` sequences (and at most ``batch_tokens`` padded tokens) a
 forward pass, left-padded with position ids counted from each row's first real token, with
 logits made only for the scored positions. This is what IFD (:mod:`stillroom.curate.ifd`) and
-the teacher_logprobs stage score through.
+the teacher_logprobs stage score through; ``score_tokens`` (given ids, an on-policy teacher)
+joins the same pool.
 
 A folder's cache identity is its name and a hash of its config.json; a GGUF's is its file name
 and size (as for the llama.cpp backend); a model handed over in memory
@@ -141,6 +142,7 @@ class TransformersBackend(TeacherForcedScoring, Backend):
     supports_json_schema = False
     supports_raw_prompt = True
     supports_scoring = True
+    supports_token_scoring = True
 
     def __init__(
         self,

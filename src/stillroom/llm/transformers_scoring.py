@@ -1,5 +1,5 @@
 """Teacher-forced scoring for the transformers backend: :class:`TeacherForcedScoring`, the
-pooled ``score`` (waiting calls taken ``SCORE_POOL_BATCHES`` batches' worth at once, sorted by
+pooled ``score`` and ``score_tokens`` (waiting calls taken ``SCORE_POOL_BATCHES`` batches' worth at once, sorted by
 length, run in batches of at most ``batch_size`` sequences and ``batch_tokens`` padded tokens),
 mixed into :class:`stillroom.llm.transformers_backend.TransformersBackend`, which supplies the
 model, the tokenizer and the padded forward pass."""
@@ -31,6 +31,15 @@ class _ScoreRow:
     cut: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _TokenAsk:
+    """A ``score_tokens`` call: given ids, scored from ``start`` on. Pooled with the text
+    scores (one row kind: context = ids[:start], target = ids[start:])."""
+
+    token_ids: list[int]
+    start: int
+    top_logprobs: int | None
+
 
 class TeacherForcedScoring:
     """The scoring half of the transformers backend (``score`` and its batching); the backend
@@ -43,6 +52,7 @@ class TeacherForcedScoring:
     _tokenizer: Any
     _torch: Any
     _max_positions: int | None
+    _model: Any
 
     if TYPE_CHECKING:
 
@@ -93,14 +103,57 @@ class TeacherForcedScoring:
         )
         return result
 
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,  # only for text-only servers; the ids are scored here
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``token_ids[start:]`` (see ``Backend.score_tokens``): the
+        ids go to the model as they are (no template, no BOS). Pooled and batched with the text
+        scores; entries in the same shape."""
+        ids = [int(token) for token in token_ids]
+        if not 1 <= start < len(ids):
+            raise BackendError(
+                f"start must be in [1, {len(ids) - 1}], got {start}", kind="BadRequestError"
+            )
+        result: list[dict[str, Any]] = await self._submit(
+            "score", _TokenAsk(ids, start, top_logprobs)
+        )
+        return result
+
+    def _token_row(self, index: int, ask: _TokenAsk) -> _ScoreRow | BackendError:
+        """A ``score_tokens`` call as a score row, or why it cannot be one."""
+        vocabulary = int(self._model.get_input_embeddings().num_embeddings)
+        bad = next((token for token in ask.token_ids if not 0 <= token < vocabulary), None)
+        if bad is not None:  # an embedding lookup out of range would crash (or assert on CUDA)
+            return BackendError(
+                f"token id {bad} is outside {self.model}'s vocabulary (0..{vocabulary - 1})",
+                kind="BadRequestError", status=400,
+            )
+        if self._max_positions and len(ask.token_ids) > self._max_positions:
+            return BackendError(
+                f"the ids to score are {len(ask.token_ids)} tokens and {self.model} holds "
+                f"{self._max_positions}; shorten them",
+                kind="BadRequestError", status=400,
+            )
+        return _ScoreRow(index, ask.token_ids[: ask.start], ask.token_ids[ask.start :],
+                         ask.top_logprobs, False)
+
     def _score_sync(
-        self, asks: list[tuple[Prompt, str, int | None, int | None, int | None]]
+        self, asks: list[tuple[Prompt, str, int | None, int | None, int | None] | _TokenAsk]
     ) -> list[list[dict[str, Any]] | BackendError]:
         self._load_sync()
         tokenizer = self._tokenizer
         results: list[list[dict[str, Any]] | BackendError] = [[] for _ in asks]
         rows: list[_ScoreRow] = []
-        for index, (prompt, completion, top_logprobs, max_length, max_tokens) in enumerate(asks):
+        for index, ask in enumerate(asks):
+            if isinstance(ask, _TokenAsk):
+                row = self._token_row(index, ask)
+                if isinstance(row, BackendError):
+                    results[index] = row
+                else:
+                    rows.append(row)
+                continue
+            prompt, completion, top_logprobs, max_length, max_tokens = ask
             try:
                 context = self._prompt_ids(prompt)
             except BackendError as error:

@@ -109,6 +109,7 @@ class VLLMBackend(Backend):
     supports_json_schema = True  # vLLM's structured outputs constrain decoding to the schema
     supports_raw_prompt = True
     supports_scoring = True
+    supports_token_scoring = True
     renders_chat_template = True
 
     def __init__(
@@ -212,11 +213,13 @@ class VLLMBackend(Backend):
         prepared: list[tuple[int, _Prepared]] = []
         for index, job in enumerate(jobs):
             try:
-                item = (
-                    self._prepare_generate(job.payload)
-                    if job.kind == "generate"
-                    else self._prepare_score(*job.payload)
-                )
+                item: _Prepared | None
+                if job.kind == "generate":
+                    item = self._prepare_generate(job.payload)
+                elif job.kind == "score_tokens":
+                    item = self._prepare_score_tokens(*job.payload)
+                else:
+                    item = self._prepare_score(*job.payload)
             except BackendError as error:
                 results[index] = error
                 continue
@@ -391,6 +394,22 @@ class VLLMBackend(Backend):
         )
         return _Prepared(context + target, params, (context, target, top_logprobs, cut))
 
+    def _prepare_score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None
+    ) -> _Prepared:
+        """Given ids as the prompt, as they are (no template, no BOS): the engine's prompt
+        logprobs of ids[start:] are the scores; ``_scored`` reads them as a text score's."""
+        from vllm import SamplingParams
+
+        self._check_logprobs(top_logprobs)
+        if self._max_len and len(token_ids) + 1 > self._max_len:
+            raise self._too_long(len(token_ids) + 1, "the ids to score (and one generated token) are")
+        params = SamplingParams(
+            n=1, temperature=0.0, max_tokens=1, prompt_logprobs=max(1, top_logprobs or 0)
+        )
+        job = (token_ids[:start], token_ids[start:], top_logprobs, False)
+        return _Prepared(list(token_ids), params, job)
+
     # -- outputs --------------------------------------------------------------------------------
 
     def _piece(self, token: int) -> str:
@@ -498,6 +517,23 @@ class VLLMBackend(Backend):
         """
         result: list[dict[str, Any]] = await self._submit(
             "score", (prompt, completion, top_logprobs, max_length, max_tokens)
+        )
+        return result
+
+    async def score_tokens(
+        self, token_ids: list[int], start: int, top_logprobs: int | None = None,
+        *, text: str | None = None,  # only for text-only servers; the ids are scored here
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of ``token_ids[start:]`` (see ``Backend.score_tokens``):
+        the ids are the engine's prompt as given, and its ``prompt_logprobs`` the scores.
+        Batched with the other requests."""
+        ids = [int(token) for token in token_ids]
+        if not 1 <= start < len(ids):
+            raise BackendError(
+                f"start must be in [1, {len(ids) - 1}], got {start}", kind="BadRequestError"
+            )
+        result: list[dict[str, Any]] = await self._submit(
+            "score_tokens", (ids, start, top_logprobs)
         )
         return result
 
@@ -655,14 +691,5 @@ class VLLMConfig(BackendConfig):
         )
 
 
-_OWN_KEYS = frozenset(
-    {
-        "model",
-        "tensor_parallel_size",
-        "dtype",
-        "gpu_memory_utilization",
-        "max_model_len",
-        "enforce_eager",
-        "max_logprobs",
-    }
-)
+_OWN_KEYS = frozenset({"model", "tensor_parallel_size", "dtype", "gpu_memory_utilization",
+                       "max_model_len", "enforce_eager", "max_logprobs"})

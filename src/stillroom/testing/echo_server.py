@@ -29,6 +29,16 @@ unclosed ``<think>`` with ``inline``), as a reasoning model cut off while thinki
 request asks for ``thinking: {"type": "enabled", ...}`` (cut as above: ``stop_reason:
 "max_tokens"`` and no text block), so the real ``anthropic`` SDK can be tested against it.
 
+Scoring given token ids, for tests of a served teacher without a model: a ``/v1/completions``
+request whose ``prompt`` is a list of token ids and which asks ``echo: true`` with ``logprobs: k``
+gets the legacy echo shape (``tokens`` named ``<id>``, ``token_logprobs`` with null first,
+``top_logprobs`` as {text: logprob}, then one generated token); one asking ``prompt_logprobs: k``
+gets vLLM's shape (``choices[0].prompt_logprobs``: null, then per token {"<id>": {"logprob",
+"rank", "decoded_token"}}). The numbers are made up but fixed: token ``t`` after ``p`` has
+:func:`echo_logprob` ``(p, t)``, and the alternatives ``p + 1 + j`` have ``-0.1 (j + 1)``. A body
+field ``echo_score_drop: n`` (through ``extra_body``) leaves out the last n positions, as a server
+that tokenized differently would.
+
 Written by hand, on asyncio streams, because the usual ASGI stacks cost more CPU per request than
 the clients we measure (llm-katan, FastAPI-based, is used for failure injection instead).
 """
@@ -68,8 +78,70 @@ def _trace(user: str, max_tokens: Any) -> tuple[str, bool]:
     return " ".join(words), True
 
 
+ECHO_VOCABULARY = 50_000
+
+
+def echo_logprob(previous: int, token: int) -> float:
+    """The echo server's made-up log-prob of ``token`` after ``previous``: fixed, in [-6.07, -0.01]."""
+    return -0.01 - ((previous * 31 + token * 7) % 97) / 16
+
+
+def _is_token_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+
+
+def _alternatives(previous: int, k: int) -> list[tuple[int, float]]:
+    return [((previous + 1 + j) % ECHO_VOCABULARY, -0.1 * (j + 1)) for j in range(k)]
+
+
+def _scored_answer(body: dict[str, Any], created: int) -> dict[str, Any]:
+    """A /completions answer to a token-id prompt asking for its log-probs (see the module)."""
+    ids: list[int] = body["prompt"]
+    generated = (ids[-1] * 7 + 1) % ECHO_VOCABULARY
+    positions = [*ids, generated][: len(ids) + 1 - int(body.get("echo_score_drop") or 0)]
+    choice: dict[str, Any] = {"index": 0, "text": f"<{generated}>", "finish_reason": "length"}
+    if body.get("prompt_logprobs") is not None:
+        k = int(body["prompt_logprobs"])
+        rows: list[Any] = [None]
+        for previous, token in zip(positions, positions[1 : len(ids)], strict=False):
+            row: dict[str, dict[str, Any]] = {str(alt): {"logprob": value, "rank": None, "decoded_token": f"<{alt}>"}
+                   for alt, value in _alternatives(previous, k)}
+            row[str(token)] = {"logprob": echo_logprob(previous, token), "rank": None,
+                               "decoded_token": f"<{token}>"}
+            ranked = sorted(row.values(), key=lambda info: -info["logprob"])
+            for rank, info in enumerate(ranked, start=1):
+                info["rank"] = rank
+            rows.append(row)
+        choice["prompt_logprobs"] = rows
+    else:
+        k = int(body.get("logprobs") or 0)
+        tops: list[Any] = [None]
+        for previous, token in zip(positions, positions[1:], strict=False):
+            top = {f"<{alt}>": value for alt, value in _alternatives(previous, k)}
+            top[f"<{token}>"] = echo_logprob(previous, token)
+            tops.append(top)
+        choice["logprobs"] = {
+            "tokens": [f"<{t}>" for t in positions],
+            "token_logprobs": [None] + [echo_logprob(p, t) for p, t in zip(positions, positions[1:],
+                                                                           strict=False)],
+            "top_logprobs": tops,
+            "text_offset": [0] * len(positions),
+        }
+    return {
+        "id": f"echo-{created}", "object": "text_completion", "created": created,
+        "model": body.get("model", "echo"), "choices": [choice],
+        "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+    }
+
+
 def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict[str, Any]:
     messages = body.get("messages")
+    if messages is None and _is_token_ids(body.get("prompt")) and (
+        (body.get("echo") and body.get("logprobs") is not None)
+        or body.get("prompt_logprobs") is not None
+    ):
+        return _scored_answer(body, created)
     user = _user_text(body)
     text = f"echo: {user}"
     words = text.split()

@@ -1,5 +1,7 @@
 """Logit knowledge distillation (KD): the student learns the teacher's next-token distributions,
 online (the teacher runs in the loop) or offline (from the top-k logprobs stored at generation).
+``mode: on_policy`` (the student samples, any scoring backend, a server included, scores its
+tokens) has its own config and run: :mod:`stillroom.train.on_policy`.
 
 Usage::
 
@@ -191,7 +193,7 @@ from stillroom.train.sft import detect_format, to_prompt_completion
 class KDRunConfig(RunConfig):
     """The KD config file: the common keys (see train.common.RunConfig) and the KD keys."""
 
-    mode: Literal["online", "offline"]
+    mode: Literal["online", "offline"]  # on_policy: train.on_policy_config.OnPolicyRunConfig
     teacher: str | None = Field(default=None, validate_default=True)
     teacher_tokenizer: str | None = None
     alpha: float = Field(default=0.5, ge=0, le=1)
@@ -255,13 +257,32 @@ class KDRunConfig(RunConfig):
         return value
 
 
-def parse_kd_config(text: str, path: str = "<kd config>", base_dir: Path | None = None) -> KDRunConfig:
-    """Validate a config's YAML text; errors are ConfigError naming ``file:line`` and the key."""
-    return parse_run_config(text, KDRunConfig, path, base_dir)
+def _config_class(text: str) -> type[RunConfig]:
+    """``mode: on_policy`` has its own keys (:mod:`stillroom.train.on_policy_config`); a file
+    that does not parse is left to the validation that reports it with its line."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return KDRunConfig
+    if isinstance(data, dict) and data.get("mode") == "on_policy":
+        from stillroom.train.on_policy_config import OnPolicyRunConfig
+
+        return OnPolicyRunConfig
+    return KDRunConfig
 
 
-def load_kd_config(path: str | Path) -> KDRunConfig:
-    return load_run_config(path, KDRunConfig)
+def parse_kd_config(text: str, path: str = "<kd config>", base_dir: Path | None = None) -> Any:
+    """Validate a config's YAML text (a KDRunConfig, or an OnPolicyRunConfig for
+    ``mode: on_policy``); errors are ConfigError naming ``file:line`` and the key."""
+    return parse_run_config(text, _config_class(text), path, base_dir)
+
+
+def load_kd_config(path: str | Path) -> Any:
+    file = Path(path)
+    text = file.read_text(encoding="utf-8") if file.is_file() else ""
+    return load_run_config(path, _config_class(text))
 
 
 # -- tokenizers ----------------------------------------------------------------------------------
@@ -375,8 +396,12 @@ class _Examples:
         return self.examples[index]
 
 
-def train_kd(config: KDRunConfig) -> Path:
+def train_kd(config: Any) -> Path:
     """Distil into the student; save ``output_dir/final`` and return its path."""
+    if not isinstance(config, KDRunConfig):  # mode: on_policy
+        from stillroom.train.on_policy import train_on_policy
+
+        return train_on_policy(config)
     output_dir = config.path(config.output_dir)
     trainer, facts = build_trainer(config)
     checkpoint = latest_checkpoint(output_dir) if config.resume else None

@@ -34,12 +34,21 @@ def check_same_vocabulary(student: Any, teacher: Any, key: str) -> None:
     mine, theirs = student.get_vocab(), teacher.get_vocab()
     if mine == theirs:
         return
-    differing = sorted(set(mine.items()) ^ set(theirs.items()), key=lambda item: item[1])
-    example = f"; e.g. {differing[0][0]!r} is id {mine.get(differing[0][0])} in the student's " \
-              f"and {theirs.get(differing[0][0])} in the teacher's" if differing else ""
+    # The first id whose text differs (or that one side lacks), with both texts: what the
+    # teacher would read where the student wrote that token.
+    by_id_mine = {token_id: text for text, token_id in mine.items()}
+    by_id_theirs = {token_id: text for text, token_id in theirs.items()}
+    first = min(token_id for token_id in by_id_mine.keys() | by_id_theirs.keys()
+                if by_id_mine.get(token_id) != by_id_theirs.get(token_id))
+
+    def shown(text: str | None) -> str:
+        return "no token" if text is None else repr(text)
+
     raise ConfigError(
         f"the teacher's tokenizer differs from the student's ({len(theirs)} vs {len(mine)} "
-        f"entries{example}); logit KD needs one shared tokenizer", key=key,
+        f"entries); the first mismatching token is id {first}: {shown(by_id_mine.get(first))} "
+        f"for the student, {shown(by_id_theirs.get(first))} for the teacher; logit KD needs one "
+        "shared tokenizer", key=key,
     )
 
 

@@ -11,12 +11,15 @@ Two estimates follow, both per position ``t`` given the sampled prefix:
   is an unbiased single-sample estimate of ``KL(q_t || p_t)`` (``E_{y~q}[k] = KL``). Its
   gradient is obtained as a policy gradient with ``k_t`` as the (negated) per-token reward and
   no credit to earlier tokens (the write-ups' "discount zero"):
-  ``surrogate_t = sg(k_t) * exp(log q(y_t) - sg(log q_sample(y_t)))``, whose gradient is
-  ``k_t * grad log q(y_t)`` when the weights are those that sampled (the ratio is 1) and the
-  truncated importance-weighted form when they moved on since (a sample drawn one step ahead, as
-  the overlap of sampling and scoring does). Because ``E_{y~q}[grad log q(y)] = 0``,
-  ``E_{y~q}[k(y) grad log q(y)] = grad KL(q_t || p_t)`` exactly: the estimate's expected
-  gradient is the dense reverse-KL gradient at that position.
+  ``surrogate_t = sg(k_t * w_t) * exp(log q(y_t) - sg(log q(y_t)))`` with the importance
+  weight ``w_t = min(q(y_t) / q_sample(y_t), max_ratio)`` held constant: its value is
+  ``k_t * w_t`` and its gradient ``w_t * k_t * grad log q(y_t)``, which is ``k_t * grad log
+  q(y_t)`` when the weights are those that sampled (``w_t = 1``) and the truncated
+  importance-weighted form when they moved on since (a sample drawn one step ahead, as the
+  overlap of sampling and scoring does; below the cap, ``E_{y~q_sample}[w k grad log q] =
+  E_{y~q}[k grad log q]``). Because ``E_{y~q}[grad log q(y)] = 0``, ``E_{y~q}[k(y) grad log
+  q(y)] = grad KL(q_t || p_t)`` exactly: the estimate's expected gradient is the dense
+  reverse-KL gradient at that position.
 * :func:`topk_reverse_kl`, from the teacher's top-k: the vocabulary is coarsened to the K ids
   and one tail bucket (the teacher's tail mass ``1 - sum_k p_k``, the student's mass on every
   other id), and the reverse KL over those K + 1 buckets is computed exactly and differentiated
@@ -33,12 +36,17 @@ An all-masked batch gives a zero loss still attached to the graph.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from stillroom.train.losses import _kl, _log1mexp, _masked_logsumexp
 
 _NEG_INF = float("-inf")
+# The lowest teacher log-prob either form uses: a server's -inf (a tiny log-prob rounded away)
+# on a token the student gives mass would make the reverse KL, and every gradient, infinite.
+_LOGPROB_FLOOR = -1e4
 
 
 def sampled_reverse_kl(
@@ -55,25 +63,35 @@ def sampled_reverse_kl(
     ``sample_logprobs``: the same under the weights that drew the sample (data); equal to the
     first when nothing changed in between. ``teacher_logprobs``: ``log p(y_t)`` as the teacher
     scored it. ``max_ratio`` truncates the importance weight ``q / q_sample`` (a sample drawn a
-    step ahead; 1 at the sampling weights) so one stale token cannot dominate a step.
+    step ahead; 1 at the sampling weights) so one stale token cannot dominate a step: a token
+    past it is weighted ``max_ratio``, on the loss and its gradient alike (truncated importance
+    sampling), not dropped. ``teacher_logprobs`` are floored at -1e4 as the top-k form floors its
+    buckets, so a server that rounds a tiny log-prob to -inf gives a large, finite loss.
     """
-    if not (student_logprobs.shape == sample_logprobs.shape == teacher_logprobs.shape
-            == mask.shape):
+    if not student_logprobs.shape == sample_logprobs.shape == teacher_logprobs.shape == mask.shape:
         raise ValueError("student, sample and teacher log-probs and the mask must share a shape, got "
                          f"{tuple(student_logprobs.shape)}, {tuple(sample_logprobs.shape)}, "
                          f"{tuple(teacher_logprobs.shape)}, {tuple(mask.shape)}")
+    if not max_ratio >= 1.0:
+        raise ValueError(f"max_ratio must be >= 1 (the ratio is 1 at the sampling weights), "
+                         f"got {max_ratio}")
     keep = mask.bool()
     new = student_logprobs.double() if student_logprobs.dtype == torch.float64 else \
         student_logprobs.float()
     teacher = teacher_logprobs.to(new.dtype).detach()
     old = sample_logprobs.to(new.dtype).detach()
-    safe_teacher = torch.where(keep, teacher, torch.zeros_like(teacher))
+    # Masked positions may hold anything (NaN, inf): replaced before any arithmetic, so that
+    # neither the value nor the gradient (where's backward is a select) can carry them.
+    safe_teacher = torch.where(keep, teacher, torch.zeros_like(teacher)).clamp(min=_LOGPROB_FLOOR)
     safe_old = torch.where(keep, old, torch.zeros_like(old))
     safe_new = torch.where(keep, new, torch.zeros_like(new))
-    estimate = (safe_new.detach() - safe_teacher)  # k_t at the current weights
-    ratio = torch.exp(safe_new - safe_old)
-    ratio = torch.minimum(ratio, torch.full_like(ratio, max_ratio))
-    surrogate = torch.where(keep, estimate * ratio, torch.zeros_like(ratio))
+    estimate = safe_new.detach() - safe_teacher  # k_t at the current weights
+    # The truncated weight min(q / q_sample, max_ratio), taken in log space (a ratio that
+    # overflows is still capped) and held constant; exp(x - sg(x)) is 1 with gradient grad x,
+    # so the surrogate's value is k * weight and its gradient k * weight * grad log q.
+    weight = (safe_new.detach() - safe_old).clamp(max=math.log(max_ratio)).exp()
+    score = torch.exp(safe_new - safe_new.detach())
+    surrogate = torch.where(keep, estimate * weight * score, torch.zeros_like(score))
     count = max(int(keep.sum()), 1)
     loss = surrogate.sum() / count
     return loss, (torch.where(keep, estimate, torch.zeros_like(estimate)).sum() / count).detach()
@@ -130,11 +148,11 @@ def topk_reverse_kl(
         torch.cat([teacher_topk, teacher_tail.unsqueeze(-1)], dim=-1) / temperature, dim=-1)
     # A bucket the teacher gives no mass while the student does makes the reverse KL infinite;
     # the floor keeps one such token (a server that rounds a tiny log-prob to -inf) finite.
-    teacher_buckets = teacher_buckets.clamp(min=-1e4)
+    teacher_buckets = teacher_buckets.clamp(min=_LOGPROB_FLOOR)
     per_token = _kl(student_buckets, teacher_buckets)
+    # With no kept position the sum is over an empty selection of the logits: a zero still in
+    # the graph, which no garbage at masked positions can turn into NaN.
     loss = per_token.sum() / max(per_token.numel(), 1)
-    if per_token.numel() == 0:
-        loss = student_logits.sum() * 0.0
     return loss, loss.detach()
 
 

@@ -161,6 +161,10 @@ class Workflow:
                 from stillroom.evaluate.config import parse_eval_config
 
                 return parse_eval_config(text, self.path, self.base_dir)
+            if step.recipe == "kd":  # one verb, two config classes (mode: on_policy has its own)
+                from stillroom.train.kd import parse_kd_config
+
+                return parse_kd_config(text, self.path, self.base_dir)
             from stillroom.train.common import parse_run_config
 
             return parse_run_config(text, _recipe_config(step.recipe), self.path, self.base_dir)

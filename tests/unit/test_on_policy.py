@@ -315,3 +315,28 @@ def test_auto_uses_the_topk_form_where_alternatives_were_given() -> None:
     assert torch.allclose(sampled, everything)
     k = student_lp.detach() - batch["teacher_logprobs"]
     assert torch.allclose(per_sample, k.mean(-1))
+
+
+def test_teacher_context_comes_before_the_prompt_for_the_teacher_only() -> None:
+    from stillroom.train.on_policy import contexts
+    from tests.tiny_models import byte_tokenizer
+
+    tokenizer = byte_tokenizer(bos=False)
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant]{% endif %}")
+    config = parse_kd_config(
+        BASE + "teacher: {kind: llamacpp}\nteacher_context:\n"
+        "  - {role: user, content: 'What is 1 + 2?'}\n  - {role: assistant, content: 1 + 2 = 3}\n",
+        "op.yaml")
+    rows = [{"id": "a", "prompt": "What is 4 + 5?"},
+            {"id": "b", "prompt": "ignored", "teacher_messages": "What is 6 + 7?"}]
+    students, teachers = contexts(config, rows[:1], tokenizer, "rows.jsonl")
+    assert tokenizer.decode(students[0]) == "[user]What is 4 + 5?[assistant]"
+    assert tokenizer.decode(teachers[0]) == (
+        "[user]What is 1 + 2?[assistant]1 + 2 = 3[user]What is 4 + 5?[assistant]")
+    # With teacher_prompt_column, the context goes before that column's turns.
+    both = config.model_copy(update={"teacher_prompt_column": "teacher_messages"})
+    _, teachers = contexts(both, rows[1:], tokenizer, "rows.jsonl")
+    assert tokenizer.decode(teachers[0]).endswith("1 + 2 = 3[user]What is 6 + 7?[assistant]")
+    error = refused("teacher: {kind: llamacpp}\nteacher_context: [{role: user}]\n")
+    assert error.key == "teacher_context" and error.line == 4

@@ -17,8 +17,9 @@ from stillroom.cli.train import train_app
 def kd(
     config: Annotated[Path, typer.Argument(help="KD config YAML (mode, student, data, teacher, ...).")],
 ) -> None:
-    """Knowledge distillation, online (teacher in the loop) or offline (stored top-k logprobs);
-    saves OUTPUT_DIR/final.
+    """Knowledge distillation, online (teacher in the loop), offline (stored top-k logprobs) or
+    on_policy (the student samples, any scoring backend scores its tokens); saves
+    OUTPUT_DIR/final.
 
     Loss: (1 - alpha) * CE + alpha * T^2 * KD at T = `temperature`.
 
@@ -35,6 +36,13 @@ def kd(
       batch sampled by the student, KL(student || teacher) on it.
 
     sampling_temperature (default 0.9) is the on-policy samples' only.
+
+    \b
+    mode: on_policy: teacher (or teachers + route_column) is a backend
+      that scores given tokens (llamacpp in process, a vLLM server,
+      llama-cpp-python's server with score_api: text_echo, transformers);
+      loss: per-token reverse KL (kl_estimate: auto | sampled | topk);
+      records teacher_scores.jsonl and teacher_failures.jsonl.
     """
     check_config_file(config, "KD config")
     import json

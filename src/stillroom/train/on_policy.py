@@ -163,6 +163,8 @@ def contexts(config: OnPolicyRunConfig, rows: list[Row], tokenizer: Any,
             student = prompt_ids(render_prompt(prompt_turns(row), tokenizer), tokenizer)
             turns = (teacher_turns(row, config.teacher_prompt_column)
                      if config.teacher_prompt_column else None)
+            if config.teacher_context:
+                turns = [*config.teacher_context, *(turns or prompt_turns(row))]
         except ValueError as problem:
             raise InputError(f"{row_where(index, row)}: {problem}", path=source) from None
         students.append(student[-room:])
@@ -386,8 +388,9 @@ def build_pool(config: OnPolicyRunConfig) -> TeacherPool:
     return TeacherPool(clients, top_logprobs=config.top_logprobs)
 
 
-def train_on_policy(config: OnPolicyRunConfig) -> Path:
-    """Distil on-policy into the student; save ``output_dir/final`` and return its path."""
+def train_on_policy(config: OnPolicyRunConfig, callbacks: list[Any] | None = None) -> Path:
+    """Distil on-policy into the student; save ``output_dir/final`` and return its path.
+    ``callbacks``: transformers TrainerCallbacks added to the trainer (a budget, a timer)."""
     from transformers import TrainingArguments
 
     output_dir = config.path(config.output_dir)
@@ -424,6 +427,8 @@ def train_on_policy(config: OnPolicyRunConfig) -> Path:
                                   train_dataset=_Positions(total * config.batch_size),
                                   data_collator=_collate, processing_class=tokenizer, on_policy=run)
         run.trainer = trainer
+        for callback in callbacks or []:
+            trainer.add_callback(callback)
         checkpoint = latest_checkpoint(output_dir) if config.resume else None
         last_step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
         for name in (SCORES_FILE, FAILURES_FILE):

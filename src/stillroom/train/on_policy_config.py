@@ -21,6 +21,11 @@ Usage::
     # default_teacher: math          # for values no teacher is named after (else refused)
     teacher_prompt_column: null      # null: the teacher reads the row's prompt; `teacher_messages`
                                      # (the quickstart's worked examples): context distillation
+    teacher_context: null            # turns the teacher reads before the row's prompt (or
+                                     # teacher_prompt_column): a system prompt, worked examples;
+                                     # the student reads the prompt alone (context distillation)
+                                     # e.g. [{role: user, content: "What is 12 + 30?"},
+                                     #       {role: assistant, content: "12 + 30 = 42"}]
     sampling_temperature: 1.0        # the student's samples; 1.0 = the student itself (unbiased)
     max_new_tokens: 64               # per sample, up to and including EOS
     kl_estimate: auto                # auto | sampled | topk (auto: topk where the teacher gave
@@ -99,6 +104,7 @@ class OnPolicyRunConfig(RunConfig):
     route_column: str | None = Field(default=None, min_length=1)
     default_teacher: str | None = None
     teacher_prompt_column: str | None = Field(default=None, min_length=1)
+    teacher_context: list[dict[str, str]] | None = None
     sampling_temperature: float = Field(default=1.0, gt=0)
     max_new_tokens: int = Field(default=64, ge=1)
     kl_estimate: Literal["auto", "sampled", "topk"] = "auto"
@@ -107,6 +113,17 @@ class OnPolicyRunConfig(RunConfig):
     overlap: bool = True
     cache: bool | str = True
     torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("teacher_context")
+    @classmethod
+    def _context_turns(cls, value: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+        if value is not None:
+            from stillroom.train.common import checked_turns
+
+            if not value:
+                raise ValueError("`teacher_context` is empty: give turns, or remove it")
+            checked_turns(value)
+        return value
 
     @field_validator("teacher")
     @classmethod

@@ -18,6 +18,23 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded SmolLM2's tokenizer as a transformers tokenizer folder, converted from the GGUF
+    once per session: the conversion takes 5-15 s on 2 cores and a dozen test modules need the
+    tokenizer, while loading the saved folder takes a fraction of a second. The copy is the same
+    tokenizer (vocabulary, merges, special tokens, chat template). Tests only read the folder;
+    each load gives its own tokenizer object, so no test sees another's changes to it."""
+    import transformers
+
+    from stillroom.llm.transformers_backend import locate
+
+    folder, gguf = locate(None)
+    saved = tmp_path_factory.mktemp("smollm2-tokenizer")
+    transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(saved)
+    return saved
+
+
 @pytest.fixture
 def katan(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start llm-katan (echo backend) with the given failure flags; returns its base URL."""

@@ -48,7 +48,7 @@ def tiny_student(tokenizer: Any) -> Any:
 
 @pytest.mark.timeout(600)
 def test_complete_on_messages_writes_the_answer_that_trl_trains_on(
-    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path
+    echo_server: Callable[..., tuple[str, Path]], tmp_path: Path, smollm2_tokenizer_dir: Path
 ) -> None:
     pytest.importorskip("trl")
     import datasets
@@ -79,10 +79,7 @@ def test_complete_on_messages_writes_the_answer_that_trl_trains_on(
         assert row["messages"] == [*before, {"role": "assistant", "content": answer}]
 
     # TRL's own preparation (what SFTTrainer does to any dataset it is given).
-    from stillroom.llm.transformers_backend import locate
-
-    folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", max_length=512,
                      bf16=False, use_cpu=True)
     trainer = SFTTrainer(model=tiny_student(tokenizer), args=args, train_dataset=loaded,

@@ -41,7 +41,9 @@ def rated_rows() -> list[dict]:
     return rows
 
 
-def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
+def test_pairs_folder_trains_and_the_final_model_loads(
+    tmp_path: Path, smollm2_tokenizer_dir: Path
+) -> None:
 
     result = Pipeline([PreferencePairs(strategy="best_worst")], input=rated_rows()).run(
         tmp_path / "pairs", progress=False)
@@ -49,7 +51,7 @@ def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
     written = OutputFolder(tmp_path / "pairs").read_rows("data")
     assert written[0]["chosen"][0]["role"] == "assistant"  # TRL's conversational format
 
-    _tiny_student(tmp_path / "student")
+    _tiny_student(tmp_path / "student", smollm2_tokenizer_dir)
 
     (tmp_path / "dpo.yaml").write_text(
         "student: student\ndata: pairs\noutput_dir: run\nmax_steps: 2\nbatch_size: 3\n"
@@ -72,7 +74,9 @@ def test_pairs_folder_trains_and_the_final_model_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_principle_preference_soft_labels_reach_dpo(tmp_path: Path) -> None:
+def test_principle_preference_soft_labels_reach_dpo(
+    tmp_path: Path, smollm2_tokenizer_dir: Path
+) -> None:
     """The real principle_preference stage on the embedded model writes the pairs (Parquet, with
     its ``preference`` record); train dpo reads their soft labels by default, oriented to chosen."""
     from stillroom.feedback.principle_preference import PrinciplePreference
@@ -92,7 +96,7 @@ def test_principle_preference_soft_labels_reach_dpo(tmp_path: Path) -> None:
     written = OutputFolder(tmp_path / "pairs").read_rows("data")
     assert written, "the embedded judge dropped every pair"
     (tmp_path / "student").mkdir()
-    _tiny_student(tmp_path / "student")
+    _tiny_student(tmp_path / "student", smollm2_tokenizer_dir)
     (tmp_path / "dpo.yaml").write_text(
         "student: student\ndata: pairs\noutput_dir: run\nmax_steps: 1\nbatch_size: 2\n"
         "max_length: 128\n", encoding="utf-8")
@@ -104,9 +108,6 @@ def test_principle_preference_soft_labels_reach_dpo(tmp_path: Path) -> None:
     assert all(0.5 < p < 1 for p in expected)  # real soft labels, not hard ones
 
 
-def _tiny_student(folder: Path) -> None:
-    from stillroom.llm.transformers_backend import locate
-
-    source, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+def _tiny_student(folder: Path, tokenizer_dir: Path) -> None:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     save_tiny_student(folder, tokenizer)

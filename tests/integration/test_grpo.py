@@ -25,12 +25,9 @@ from tests.tiny_models import tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stillroom.llm.transformers_backend import locate
-
+def student(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir: Path) -> Path:
     torch.set_num_threads(1)
-    source, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     folder = tmp_path_factory.mktemp("student")
     model = tiny_llama(tokenizer, max_positions=256)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

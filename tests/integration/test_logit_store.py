@@ -1,5 +1,7 @@
 """`complete` with `logprobs_format: compact` on the embedded model (llama.cpp), then
-`stillroom train kd` offline on a tiny student with the same SmolLM2 tokenizer."""
+`stillroom train kd` offline on a tiny student with the same SmolLM2 tokenizer. teacher_logprobs
+writing the same numbers compact is checked in tests/integration/test_teacher_logprobs.py, on the
+rows it scores anyway (one model load fewer)."""
 
 from __future__ import annotations
 
@@ -33,14 +35,15 @@ def generate(folder: Path, fmt: str) -> list[dict[str, Any]]:
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_compact_logprobs_from_the_embedded_model_train_offline_kd(tmp_path: Path) -> None:
+def test_compact_logprobs_from_the_embedded_model_train_offline_kd(
+    tmp_path: Path, smollm2_tokenizer_dir: Path
+) -> None:
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from typer.testing import CliRunner
 
     from stillroom.cli.main import app
-    from stillroom.llm.transformers_backend import locate
     from stillroom.train.kd import build_examples, parse_kd_config
     from stillroom.train.sft import detect_format
 
@@ -55,8 +58,7 @@ def test_compact_logprobs_from_the_embedded_model_train_offline_kd(tmp_path: Pat
     assert 0 < size["compact"] < size["records"]
 
     # One reader: the same aligned targets from both layouts, logprobs within half a step.
-    folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     config = parse_kd_config("mode: offline\ndata: unused\nalpha: 1.0\n")
     new, new_counts = build_examples(config, compact, detect_format(compact), tokenizer)
     old, old_counts = build_examples(config, records, detect_format(records), tokenizer)
@@ -80,26 +82,3 @@ def test_compact_logprobs_from_the_embedded_model_train_offline_kd(tmp_path: Pat
     assert "trained 2 steps on 3 rows, offline KD" in result.output
     record = json.loads((tmp_path / "run" / "final" / "stillroom_train.json").read_text())
     assert record["teacher_tokens"] == new_counts["teacher_tokens"]
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(180)
-def test_teacher_logprobs_writes_the_same_numbers_compact(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
-    from stillroom.data.logit_store import to_compact
-    from stillroom.llm.transformers_backend import TransformersConfig
-    from stillroom.stages.teacher_logprobs import TeacherLogprobs
-
-    rows = [{"id": "r0", "prompt": "What is 2 + 2?", "completion": "2 + 2 = 4"},
-            {"id": "r1", "prompt": "Say hello.", "completion": "Hello,\nnaïve world!"}]
-    out = {}
-    for fmt in ("records", "compact"):
-        stage = TeacherLogprobs(backend="t", top_logprobs=3, logprobs_format=fmt)
-        result = Pipeline([stage], input=rows, backends={"t": TransformersConfig(batch_size=2)}
-                          ).run(tmp_path / fmt, progress=False)
-        assert result.counts == {"data": 2, "failed": 0, "dropped": 0}
-        out[fmt] = sorted(OutputFolder(tmp_path / fmt).read_rows("data"), key=lambda r: r["id"])
-    for old, new in zip(out["records"], out["compact"], strict=True):
-        assert new.get("logprobs") is None
-        expected = to_compact(old["logprobs"], "logprobs")
-        assert {name: new[name] for name in expected} == expected

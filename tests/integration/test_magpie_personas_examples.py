@@ -1,22 +1,17 @@
-"""Magpie and persona prompts on the embedded SmolLM2-135M-Instruct: the pre-query prefix cut from
-the real GGUF chat template, and both examples end to end (shortened)."""
+"""Magpie on the embedded SmolLM2-135M-Instruct: the pre-query prefix cut from the real GGUF chat
+template. examples/magpie.yaml and examples/personas.yaml run through the CLI in
+tests/integration/test_examples.py, which checks their rows."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from stillroom import Pipeline
-from stillroom.data.output import OutputFolder
-from stillroom.data.rows import LINEAGE_KEYS
-from stillroom.generate.magpie import PRESETS, TEMPLATE_MARKER, Magpie
-from stillroom.generate.personas import PersonaPrompts
+from stillroom.generate.magpie import PRESETS, Magpie
 from stillroom.llm.llamacpp import LlamaCppBackend
 from stillroom.llm.types import Request
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 pytestmark = pytest.mark.integration
@@ -67,62 +62,3 @@ def test_the_raw_prefix_tokenizes_as_the_start_of_the_chat_prompt() -> None:
         assert raw_tokens[0] == model.token_bos() != raw_tokens[1]
     finally:
         asyncio.run(backend.aclose())
-
-
-def assert_lineage(row: dict, stage: str, method: str) -> None:
-    lineage = row["metadata"][stage]
-    assert set(LINEAGE_KEYS) <= set(lineage), lineage
-    assert lineage["method"] == method
-    assert lineage["model"] == "SmolLM2-135M-Instruct"
-    assert row["id"]
-
-
-def test_magpie_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
-    pipeline = Pipeline.from_file(EXAMPLES / "magpie.yaml")
-    stage = pipeline.stages[0]
-    assert isinstance(stage, Magpie)
-    stage.max_tokens = 40  # keep the test short; the example uses 96 and 192
-    stage.response_max_tokens = 12
-    result = pipeline.run(tmp_path / "out", progress=False, limit=3)
-    folder = OutputFolder(tmp_path / "out")
-    data, dropped = folder.read_rows("data"), folder.read_rows("dropped")
-    assert result.counts["failed"] == 0
-    assert len(data) + len(dropped) == 3  # one instruction per input row, kept or dropped
-    for row in data:
-        assert_lineage(row, "magpie", "magpie")
-        assert row["metadata"]["magpie"]["step"] == "response"
-        assert row["prompt"].strip() and row["completion"].strip()
-        assert TEMPLATE_MARKER.search(row["prompt"]) is None
-        assert len(row["prompt"].split()) >= stage.min_words
-        assert "\n" not in row["prompt"]  # the reference's early stop at the newline
-        # 12 answer tokens: an unfinished answer is kept and flagged, never passed off as whole.
-        finish = row["metadata"]["magpie"]["response_finish_reason"]
-        assert row["response_truncated"] is (finish == "length")
-    for row in dropped:
-        assert_lineage(row, "magpie", "magpie")
-        assert row["drop_reason"].startswith(
-            ("empty", "leaked template", "instruction", "empty response")
-        )
-    assert len({r["metadata"]["magpie"]["seed"] for r in data + dropped}) == 3
-
-
-def test_personas_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
-    pipeline = Pipeline.from_file(EXAMPLES / "personas.yaml")
-    prompts, complete = pipeline.stages
-    assert isinstance(prompts, PersonaPrompts)
-    prompts.max_tokens = 40  # keep the test short; the example uses 160 and 192
-    complete.max_tokens = 12  # type: ignore[attr-defined]
-    result = pipeline.run(tmp_path / "out", progress=False, limit=2)
-    folder = OutputFolder(tmp_path / "out")
-    data, dropped = folder.read_rows("data"), folder.read_rows("dropped")
-    assert result.counts["failed"] == 0
-    assert len(data) + len(dropped) == 2 * len(prompts.kinds)  # every prompt kept or dropped
-    for row in data + dropped:
-        assert_lineage(row, "persona_prompts", "personas")
-        lineage = row["metadata"]["persona_prompts"]
-        assert lineage["step"] == row["kind"] in prompts.kinds
-        assert lineage["parent_id"] in {"persona-01", "persona-02"}
-    for row in data:
-        assert row["prompt"].strip() and row["completion"].strip()
-        assert "complete" in row["metadata"]
-        assert len(row["prompt"].split()) >= prompts.min_words

@@ -28,13 +28,10 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def student(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir: Path) -> Path:
     import transformers
 
-    from stillroom.llm.transformers_backend import locate
-
-    folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     return save_tiny_student(tmp_path_factory.mktemp("on-policy") / "student", tokenizer)
 
 

@@ -27,14 +27,11 @@ def write_yaml(path: Path, keys: dict[str, Any]) -> Path:
     return path
 
 
-def make_student(folder: Path) -> Path:
+def make_student(folder: Path, tokenizer_dir: Path) -> Path:
     import torch
     import transformers
 
-    from stillroom.llm.transformers_backend import locate
-
-    gguf_folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_folder, gguf_file=gguf)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -67,10 +64,12 @@ def data_folder(out: Path) -> Path:
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_train_on_traces_then_eval_thinking_on_off_and_forced(tmp_path: Path) -> None:
+def test_train_on_traces_then_eval_thinking_on_off_and_forced(
+    tmp_path: Path, smollm2_tokenizer_dir: Path
+) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("trl")
-    student = make_student(tmp_path / "student")
+    student = make_student(tmp_path / "student", smollm2_tokenizer_dir)
     data_folder(tmp_path / "traces")
     common = {"student": str(student), "data": "traces", "max_steps": 2, "batch_size": 4,
               "max_length": 128, "learning_rate": 0.005, "seed": 0}
@@ -143,8 +142,10 @@ def test_contradictory_reasoning_options_exit_2_naming_the_key(tmp_path: Path) -
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_a_row_with_two_traces_exits_2_naming_the_file_and_line(tmp_path: Path) -> None:
-    make_student(tmp_path / "student")
+def test_a_row_with_two_traces_exits_2_naming_the_file_and_line(
+    tmp_path: Path, smollm2_tokenizer_dir: Path
+) -> None:
+    make_student(tmp_path / "student", smollm2_tokenizer_dir)
     rows = [{"prompt": "What is 2 + 2?", "completion": "4", "reasoning": "two and two"},
             # the trace in the column and again inline: which to train on is unclear
             {"prompt": "What is 3 + 3?", "completion": "<think>three twice</think> 6",

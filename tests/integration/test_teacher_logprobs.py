@@ -1,4 +1,5 @@
-"""teacher_logprobs on the embedded SmolLM2 (transformers backend), read back by offline KD."""
+"""teacher_logprobs on the embedded SmolLM2 (transformers backend), read back by offline KD, and
+the same numbers written compact (logprobs_format: compact)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stillroom import Pipeline
+from stillroom.data.logit_store import to_compact
 from stillroom.data.output import OutputFolder
 from stillroom.llm.transformers_backend import TransformersConfig
 from stillroom.stages.teacher_logprobs import TeacherLogprobs
@@ -22,7 +24,7 @@ K = 3
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_scores_given_completions_and_kd_reads_them(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pipeline = Pipeline(
@@ -72,3 +74,16 @@ def test_scores_given_completions_and_kd_reads_them(tmp_path: Path) -> None:
         assert all(len(topk) >= K for topk in teacher[:-1]) and teacher[-1] == []
     assert counts["teacher_tokens"] == sum(len(row["logprobs"]) for row in rows)
     assert counts["label_tokens"] == counts["teacher_tokens"] + 3
+
+    # The compact layout (logprobs_format: compact) holds the same numbers, quantized. Checked
+    # here, on the rows just scored, so the teacher is loaded once more rather than twice.
+    stage = TeacherLogprobs(backend="teacher", top_logprobs=K, logprobs_format="compact")
+    compact = Pipeline([stage], input=ROWS, backends={"teacher": TransformersConfig(batch_size=4)}
+                       ).run(tmp_path / "compact", progress=False)
+    assert compact.counts == {"data": 3, "failed": 0, "dropped": 0}
+    packed = sorted(OutputFolder(tmp_path / "compact").read_rows("data"), key=lambda row: row["id"])
+    for old, new in zip(rows, packed, strict=True):
+        assert new.get("logprobs") is None
+        expected = to_compact(old["logprobs"], "logprobs")
+        assert {name: new[name] for name in expected} == expected
+

@@ -33,11 +33,8 @@ K = 5
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from stillroom.llm.transformers_backend import locate
-
-    folder, gguf = locate(None)
-    return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+def tokenizer(smollm2_tokenizer_dir: Path) -> Any:
+    return transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
 def tiny_llama(folder: Path, tokenizer: Any, seed: int, sharpness: float = 1.0) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +24,9 @@ TOLERANCE = 0.5 / SCALE + 1e-12  # half a quantization step
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
+def tokenizer(smollm2_tokenizer_dir: Path) -> Any:
     transformers = pytest.importorskip("transformers")
-    from stillroom.llm.transformers_backend import locate
-
-    folder, gguf = locate(None)
-    return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    return transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
 def records_rows(tokenizer: Any, k: int, count: int = 6) -> list[dict[str, Any]]:

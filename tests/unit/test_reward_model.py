@@ -49,15 +49,13 @@ COMPLETIONS = [
 
 
 @pytest.fixture(scope="session")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(tmp_path_factory: pytest.TempPathFactory,
+            smollm2_tokenizer_dir: Path) -> dict[str, Path]:
     """Reward model folders: ``chat`` (the tokenizer has a chat template), ``plain`` (it has
     none), ``nopad`` (the config names no pad token), ``nan`` (the head's weights are NaN)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from stillroom.llm.llamacpp import embedded_model_path
-
-    gguf = embedded_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     torch.manual_seed(1234)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

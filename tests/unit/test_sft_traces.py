@@ -272,14 +272,14 @@ def test_without_traces_the_record_says_none(tmp_path: Path) -> None:
     assert labelled(trainer, 0) == ("<user>q</user>\n<assistant>", f"a{EOS}")
 
 
-def test_masking_with_a_real_bpe_tokenizer_masks_the_whole_trace_and_no_answer_token() -> None:
+def test_masking_with_a_real_bpe_tokenizer_masks_the_whole_trace_and_no_answer_token(
+    smollm2_tokenizer_dir: Path,
+) -> None:
     import transformers
 
-    from stillroom.llm.transformers_backend import locate
     from stillroom.train.sft import tokenize_masked
 
-    folder, gguf = locate(None)
-    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)  # SmolLM2's
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)  # SmolLM2's
     rows = [{"prompt": "What is 2 + 2?", "completion": "The answer is 4.",
              "reasoning": "two plus two is four"}]
     [example] = tokenize_masked(sft_examples(rows, "prompt_completion", tok,

@@ -58,11 +58,8 @@ pytest.importorskip("trl")
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stillroom.llm.transformers_backend import locate
-
-    folder, gguf = locate(None)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+def student_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer_dir: Path) -> Path:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

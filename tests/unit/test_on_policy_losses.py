@@ -165,15 +165,103 @@ def test_topk_all_masked_is_zero_and_attached() -> None:
 
 
 def test_topk_a_teacher_zero_on_a_student_token_stays_finite() -> None:
-    """A server that rounds a tiny log-prob to -inf on a token the student favours: the loss is
-    large but finite, and its gradient finite."""
+    """A server that rounds a tiny log-prob away on a token the student favours: the loss is
+    large but finite (the teacher's bucket floored at log(2^-149), the smallest positive
+    float32: about 100 nats, not 1e4), and its gradient finite."""
     logits = torch.tensor([[[4.0, 0.0, 0.0]]], dtype=F64, requires_grad=True)
     ids = torch.tensor([[[0, 1, 2]]])
     stored = torch.tensor([[[-1e30, math.log(0.5), math.log(0.5)]]], dtype=F64)
     loss, _ = topk_reverse_kl(logits, ids, stored, torch.ones(1, 1, dtype=torch.bool))
-    assert math.isfinite(loss.item()) and loss.item() > 100
+    log_q = torch.log_softmax(logits.detach()[0, 0], -1)
+    floored = torch.tensor([math.log(2.0**-149), math.log(0.5), math.log(0.5)], dtype=F64)
+    assert loss.item() == pytest.approx((log_q.exp() * (log_q - floored)).sum().item(), rel=1e-12)
+    assert 90 < loss.item() < 110
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def confident_float32_teacher(boost: float, k: int = 3) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """/tmp/redteam18/tail.py's case: a teacher sure of one token (its logit raised by
+    ``boost``) over 1000 ids, its log-probs computed in float32 as a server does (the top one
+    rounds to 0.0), its top-k stored, and an untrained student: (exact teacher log-probs in
+    float64, student logits (1, 1, V), top-k ids, top-k float32 log-probs)."""
+    generator = torch.Generator().manual_seed(0)
+    teacher_logits = torch.randn(1000, generator=generator) * 2
+    teacher_logits[7] += boost
+    top = torch.log_softmax(teacher_logits, -1).topk(k)
+    student = torch.randn(1, 1, 1000, generator=generator)
+    return (torch.log_softmax(teacher_logits.double(), -1), student,
+            top.indices.view(1, 1, k), top.values.view(1, 1, k))
+
+
+def test_topk_a_float32_top_logprob_of_zero_keeps_the_loss_near_the_dense_kl() -> None:
+    """The top-k masses sum to 1 or more: the tail used to be -inf, floored at -1e4, and the
+    loss 9908.7 against a dense KL of 19.3. The tail now gets the least stored token's mass (or
+    1e-5 if more), on top of the buckets: the loss stays at or below the dense value and near
+    it, and its gradient is finite and takes mass off the student's tail."""
+    exact, logits, ids, stored = confident_float32_teacher(30.0)
+    assert stored[0, 0, 0].item() == 0.0 and stored.double().exp().sum().item() >= 1.0
+    log_q = torch.log_softmax(logits[0, 0].double(), -1)
+    dense = (log_q.exp() * (log_q - exact)).sum().item()
+    assert dense == pytest.approx(19.303, abs=1e-3)
+    leaf = logits.clone().requires_grad_(True)
+    loss, estimate = topk_reverse_kl(leaf, ids, stored, torch.ones(1, 1, dtype=torch.bool))
+    assert 0.9 * dense < loss.item() <= dense and estimate.item() == loss.item()
+
+    # By hand: the stored buckets renormalized (their sum is 1 + 4e-8), the tail at the least
+    # stored log-prob (-17.9 < log 1e-5).
+    top = stored[0, 0].double()
+    student = torch.cat([log_q[ids[0, 0]], torch.logsumexp(
+        log_q[torch.ones(1000, dtype=torch.bool).index_fill(0, ids[0, 0], False)], 0)[None]])
+    teacher = torch.cat([top - torch.logsumexp(top, 0), top.min()[None]])
+    expected = (student.exp() * (student - teacher)).sum().item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+    loss.backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    outside = torch.ones(1000, dtype=torch.bool).index_fill(0, ids[0, 0], False)
+    assert (leaf.grad[0, 0][outside] > 0).all()  # a descent step lowers every tail logit
+
+    # Tempered, the floor holds as well: the bucket loss stays of the dense tempered KL's size.
+    tempered, _ = topk_reverse_kl(logits, ids, stored, torch.ones(1, 1, dtype=torch.bool),
+                                  temperature=2.0)
+    dense_tempered = dense_reverse_kl(logits[0, 0].double(), exact, 2.0).item()
+    assert 0 < tempered.item() < 2 * dense_tempered < 100
+
+
+def test_topk_the_tail_floor_keeps_the_lower_bound_on_exact_scores() -> None:
+    """float64 scores whose tail is tiny (5 ids at e^-25 beside a top-3): the floor (1e-5, below
+    the least stored token's mass) raises the tail above its true mass, which can only lower the
+    loss: it stays a lower bound of the dense KL, and below the bucket KL with the true tail."""
+    teacher = torch.log_softmax(torch.tensor([0.0, -1.0, -2.0] + [-25.0] * 5, dtype=F64), -1)
+    ids = torch.tensor([0, 1, 2]).expand(4, 3).reshape(1, 4, 3)
+    stored = teacher[ids]
+    logits = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(5), dtype=F64) * 2
+    loss, _ = topk_reverse_kl(logits, ids, stored, torch.ones(1, 4, dtype=torch.bool))
+    dense = dense_reverse_kl(logits[0], teacher).mean().item()
+    log_q = torch.log_softmax(logits[0], -1)
+    student = torch.cat([log_q[:, :3], torch.logsumexp(log_q[:, 3:], -1, keepdim=True)], -1)
+    true = torch.cat([teacher[:3], torch.logsumexp(teacher[3:], 0)[None]])
+    raised = torch.cat([teacher[:3], torch.tensor([math.log(1e-5)], dtype=F64)])
+    coarse = (student.exp() * (student - true)).sum(-1).mean().item()
+    assert loss.item() <= coarse <= dense
+    assert loss.item() == pytest.approx(
+        (student.exp() * (student - raised)).sum(-1).mean().item(), rel=1e-12)
+    assert loss.item() < coarse - 1e-3  # the floor did act here
+
+
+def test_topk_a_tail_the_scores_resolve_is_kept_as_given() -> None:
+    """One stored token (the sampled one at 0.9): its tail of 0.1 is known, and no floor moves
+    it (the least stored token's mass, 0.9, would be far off): the two-bucket KL exactly."""
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0]]], dtype=F64)
+    loss, _ = topk_reverse_kl(logits, torch.tensor([[[0]]]),
+                              torch.tensor([[[math.log(0.9)]]], dtype=F64),
+                              torch.ones(1, 1, dtype=torch.bool))
+    q = torch.softmax(logits[0, 0], -1)
+    student = torch.stack([q[0], 1 - q[0]])
+    teacher = torch.tensor([0.9, 0.1], dtype=F64)
+    assert loss.item() == pytest.approx((student * (student / teacher).log()).sum().item(),
+                                        rel=1e-12)
 
 
 def test_topk_shape_errors() -> None:
@@ -342,13 +430,17 @@ def test_sampled_all_masked_is_zero_and_attached() -> None:
 
 def test_sampled_a_teacher_zero_on_a_sampled_token_stays_finite() -> None:
     """The sampled form floors the teacher's log-prob as the top-k form floors its buckets: a
-    server that rounds a tiny log-prob to -inf gives a large, finite loss and gradient."""
+    server's -inf (a masked token) gives a large, finite loss and gradient, the token costing
+    -0.1 - log(2^-149) ~ 103 nats: the strongest push of any real score, yet not one that
+    outweighs thousands of other tokens in the batch (a -1e4 floor did)."""
     student = torch.tensor([[-0.1, -0.2]], dtype=F64, requires_grad=True)
     teacher = torch.tensor([[-math.inf, -0.3]], dtype=F64)
     loss, estimate = sampled_reverse_kl(student, student.detach(), teacher,
                                         torch.ones(1, 2, dtype=torch.bool))
     loss.backward()
-    assert math.isfinite(loss.item()) and loss.item() > 100 and math.isfinite(estimate.item())
+    expected = (-0.1 - math.log(2.0**-149) + (-0.2 + 0.3)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert estimate.item() == pytest.approx(expected, rel=1e-12)
     assert student.grad is not None and torch.isfinite(student.grad).all()
 
 

@@ -6,6 +6,7 @@ vLLM's prompt_logprobs) parsed from bodies written here."""
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -210,6 +211,52 @@ def test_malformed_answers_name_the_field(
     assert caught.value.retryable is retryable
 
 
+POSITIVE = [  # a log-prob above 0 beyond rounding, where each shape puts one
+    (echo_body(token_logprobs=[None, -1.0, 0.5, -0.5, -3.0]), "echo",
+     r"token_logprobs\[2\] is 0.5, not a log-prob"),
+    (echo_body(top_logprobs=[None, {"b": -1.0, "x": 2.0}, {}, {}, {}]), "echo",
+     r"top_logprobs\[1\]\['x'\] is 2.0, not a log-prob"),
+    (echo_body(token_logprobs=[None, -1.0, float("nan"), -0.5, -3.0]), "echo",
+     r"token_logprobs\[2\] is nan, not a log-prob"),
+    (echo_body(token_logprobs=[None, float("inf"), -2.0, -0.5, -3.0]), "echo",
+     r"token_logprobs\[1\] is inf, not a log-prob"),
+    (vllm_body([None, {"12": {"logprob": 5}}, {"13": {"logprob": -1}}, {"14": {"logprob": -1}}]),
+     "prompt_logprobs", r"prompt_logprobs\[1\]\['12'\].logprob is 5.0, not a log-prob"),
+    (vllm_body([None, {"12": {"logprob": -1}}, {"13": {"logprob": -1}, "7": {"logprob": 0.01}},
+                {"14": {"logprob": -1}}]),
+     "prompt_logprobs", r"prompt_logprobs\[2\]\['7'\].logprob is 0.01, not a log-prob"),
+]
+
+
+@pytest.mark.parametrize(("body", "shape", "message"), POSITIVE)
+def test_a_positive_logprob_is_a_malformed_answer(body: Any, shape: Any, message: str) -> None:
+    from stillroom.llm.openai_compat import parse_token_scores
+
+    with pytest.raises(BackendError, match=message) as caught:
+        parse_token_scores(body, IDS, 1, 2, shape)
+    assert not caught.value.retryable and caught.value.kind == "APIResponseValidationError"
+
+
+def test_a_logprob_a_rounding_above_zero_is_read_as_zero() -> None:
+    """A float32 log_softmax of a sure token can come out a hair above 0; -inf (a token the
+    teacher rules out) passes as it is."""
+    from stillroom.llm.openai_compat import parse_token_scores
+
+    echo = parse_token_scores(
+        echo_body(token_logprobs=[None, 3e-5, -math.inf, 0.0, -3.0],
+                  top_logprobs=[None, {"b": 3e-5}, {"c": -math.inf}, {"d": 1e-4}, {}]),
+        IDS, 1, 2, "echo")
+    assert [e["logprob"] for e in echo] == [0.0, -math.inf, 0.0]
+    assert [[t["logprob"] for t in e["top_logprobs"]] for e in echo] == [[0.0], [-math.inf], [0.0]]
+    assert all(math.copysign(1.0, e["logprob"]) == 1.0 for e in (echo[0], echo[2]))  # not -0.0
+    positions = [None, {"12": {"logprob": 9e-5}, "3": {"logprob": -9.0}},
+                 {"13": {"logprob": -1.0}, "4": {"logprob": 2e-5}}, {"14": {"logprob": -2.0}}]
+    vllm = parse_token_scores(vllm_body(positions), IDS, 1, 2, "prompt_logprobs")
+    assert [e["logprob"] for e in vllm] == [0.0, -1.0, -2.0]
+    assert [[(t["id"], t["logprob"]) for t in e["top_logprobs"]] for e in vllm] == [
+        [(12, 0.0), (3, -9.0)], [(4, 0.0), (13, -1.0)], [(14, -2.0)]]
+
+
 def test_score_api_keeps_old_fingerprints_and_parts_the_cache() -> None:
     from stillroom.llm.openai_compat import OpenAIConfig
 
@@ -269,6 +316,27 @@ def test_text_echo_names_what_is_wrong_in_a_malformed_echo(answer: dict[str, Any
 
     with pytest.raises(BackendError, match=match):
         parse_text_echo(answer, [1, 5, 6, 7], 2, None, "<s>abc")
+
+
+def test_text_echo_refuses_a_positive_logprob_and_reads_rounding_as_zero() -> None:
+    from stillroom.llm.text_echo_scoring import parse_text_echo
+
+    # ids: BOS a b c; the echo drops the BOS: entries 1 and 2 score b and c.
+    ids, text, tokens = [1, 5, 6, 7], "<s>abc", ["a", "b", "c", "!"]
+    tops: list[dict[str, float] | None] = [None, {"b": -1.0}, {"c": -1.0}, {"!": -1.0}]
+    for values, alternatives, message in [
+        ([None, -1.0, 0.75, -1.0], tops, r"token_logprobs\[2\] is 0.75, not a log-prob"),
+        ([None, -1.0, -1.0, -1.0], [None, {"b": -1.0, "q": 0.5}, {"c": -1.0}, None],
+         r"top_logprobs\[1\]\['q'\] is 0.5, not a log-prob"),
+    ]:
+        with pytest.raises(BackendError, match=message) as caught:
+            parse_text_echo(_echo_answer(tokens, values, alternatives), ids, 2, 2, text)
+        assert not caught.value.retryable
+    entries = parse_text_echo(
+        _echo_answer(tokens, [None, -1.0, 5e-5, -1.0],
+                     [None, {"b": -1.0}, {"c": 5e-5, "q": -2.0}, None]), ids, 2, 2, text)
+    assert [e["logprob"] for e in entries] == [-1.0, 0.0]
+    assert [t["logprob"] for t in entries[1]["top_logprobs"]] == [0.0, -2.0]
 
 
 def test_text_echo_needs_the_aiohttp_client() -> None:

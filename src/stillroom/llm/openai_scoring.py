@@ -44,6 +44,27 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+# How far above 0 a log-prob may come from rounding alone (a float32 log_softmax of a token the
+# model is sure of, or a server printing few digits); such a value is read as 0. A larger one is
+# no log-prob at all (logits, or a server bug), and training on it would reward the student for
+# tokens the teacher was never asked about as if they were likelier than certain.
+_ROUNDING = 1e-4
+
+
+def checked_logprob(value: float, where: str) -> float:
+    """A number read from a server as a log-prob: at most 0 up to rounding (clamped to 0), -inf
+    allowed (a token the teacher rules out); NaN, +inf and positive values beyond rounding are a
+    malformed answer naming ``where`` (not retried: the server would answer the same)."""
+    if not value <= _ROUNDING:  # NaN fails this too
+        raise malformed(f"{where} is {value!r}, not a log-prob (at most 0); a server that sends "
+                        "logits or probabilities in this field cannot be read as a teacher")
+    return min(value, 0.0)
+
+
+def _logprob(value: Any, where: str) -> float:
+    return checked_logprob(_number(value, where), where)
+
+
 def _mismatch(got: int, sent: int, where: str) -> BackendError:
     # Retryable, as LLMClient treats an answer scoring other ids: a server that tokenized or
     # cut differently this once may answer right the next time.
@@ -110,12 +131,12 @@ def _from_echo(
         entry: dict[str, Any] = {
             "id": token_ids[at],
             "token": text_field(tokens[at], f"choices[0].logprobs.tokens[{at}]") or "",
-            "logprob": _number(values[at], where),
+            "logprob": _logprob(values[at], where),
         }
         if k is not None:
             top = object_field(tops[at] if k else None, f"choices[0].logprobs.top_logprobs[{at}]")
             ranked = sorted(
-                ((text, _number(value, f"choices[0].logprobs.top_logprobs[{at}][{text!r}]"))
+                ((text, _logprob(value, f"choices[0].logprobs.top_logprobs[{at}][{text!r}]"))
                  for text, value in top.items()),
                 key=lambda item: -item[1],
             )
@@ -152,7 +173,7 @@ def _from_prompt_logprobs(
             info = object_field(info, f"{where}[{key!r}]")
             rank = info.get("rank")
             ranked.append((
-                _number(info.get("logprob"), f"{where}[{key!r}].logprob"),
+                _logprob(info.get("logprob"), f"{where}[{key!r}].logprob"),
                 _number(rank, f"{where}[{key!r}].rank") if rank is not None else 0.0,
                 int(key),
                 text_field(info.get("decoded_token"), f"{where}[{key!r}].decoded_token") or "",

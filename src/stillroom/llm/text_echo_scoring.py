@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stillroom.llm.openai_scoring import checked_logprob
 from stillroom.llm.types import BackendError
 
 
@@ -64,10 +65,11 @@ def check_sequence(ids: list[int], start: int) -> None:
         )
 
 
-def _number(value: Any, where: str) -> float:
+def _logprob(value: Any, where: str) -> float:
+    """A log-prob of the echo: a JSON number, at most 0 up to rounding (see checked_logprob)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BackendError(f"{where} is not a number", kind="APIResponseValidationError")
-    return float(value)
+    return checked_logprob(float(value), where)
 
 
 def parse_text_echo(data: Any, ids: list[int], start: int, k: int | None,
@@ -110,13 +112,14 @@ def parse_text_echo(data: Any, ids: list[int], start: int, k: int | None,
                                kind="ScoreMismatch")
         token = tokens[echo]
         entry: dict[str, Any] = {"id": ids[at], "token": token if isinstance(token, str) else "",
-                                 "logprob": _number(values[echo], where)}
+                                 "logprob": _logprob(values[echo], where)}
         if k is not None:
             top = tops[echo] if k else {}
             if not isinstance(top, dict):
                 raise BackendError(f"choices[0].logprobs.top_logprobs[{echo}] is not an object",
                                    kind="APIResponseValidationError")
-            ranked = sorted(((str(text), _number(value, f"top_logprobs[{echo}]"))
+            where = f"choices[0].logprobs.top_logprobs[{echo}]"
+            ranked = sorted(((str(text), _logprob(value, f"{where}[{str(text)!r}]"))
                              for text, value in top.items()), key=lambda item: -item[1])
             entry["top_logprobs"] = [{"id": None, "token": text, "logprob": value}
                                      for text, value in ranked[:k]]

@@ -26,6 +26,9 @@ Two estimates follow, both per position ``t`` given the sampled prefix:
   directly. It equals the dense reverse KL when the ids cover the vocabulary and is a lower
   bound of it otherwise (coarsening never raises a KL). The sampled token is always among the
   ids (the trainer puts it there), so the top-k form never knows less than the sampled one.
+  Where the stored masses leave the tail at (or under) rounding, as a float32 server's 0.0 for a
+  confident token does, the teacher's tail is raised to a small floor (``_floored_tail``);
+  raising a teacher bucket only lowers the KL, so the bound stands.
 
 Shapes: ``(B, T)`` per-token tensors, ``(B, T, V)`` student logits, ``(B, T, K)`` teacher top-k;
 ``mask`` ``(B, T)`` is True where a token was sampled *and* scored (a position without a teacher
@@ -44,9 +47,18 @@ from torch import Tensor
 from stillroom.train.losses import _kl, _log1mexp, _masked_logsumexp
 
 _NEG_INF = float("-inf")
-# The lowest teacher log-prob either form uses: a server's -inf (a tiny log-prob rounded away)
-# on a token the student gives mass would make the reverse KL, and every gradient, infinite.
-_LOGPROB_FLOOR = -1e4
+# The lowest teacher log-prob either form uses: a server's -inf (a token the teacher masks, or a
+# probability that underflowed) on a token the student gives mass would make the reverse KL, and
+# every gradient, infinite. log(2^-149), the smallest positive float32, is the mildest value such
+# an -inf can stand for (a float32 softmax gives 0 only below it): a token there still costs
+# about 100 nats, far above any real score, without one token outweighing thousands of others in
+# a batch's gradient as a floor like -1e4 would.
+_LOGPROB_FLOOR = math.log(2.0**-149)
+# The tail mass below which float32 scores cannot be trusted: a server's log_softmax gives the
+# top log-prob to about one ulp of the logits' scale (logits up to ~100: errors up to ~6e-6), so
+# ``1 - sum_k p_k`` below this is rounding, and a confident token's log-prob printed as 0.0 makes
+# it exactly 0 (or negative) however much mass the rest of the vocabulary holds.
+_TAIL_RESOLUTION = 1e-5
 
 
 def sampled_reverse_kl(
@@ -65,8 +77,9 @@ def sampled_reverse_kl(
     scored it. ``max_ratio`` truncates the importance weight ``q / q_sample`` (a sample drawn a
     step ahead; 1 at the sampling weights) so one stale token cannot dominate a step: a token
     past it is weighted ``max_ratio``, on the loss and its gradient alike (truncated importance
-    sampling), not dropped. ``teacher_logprobs`` are floored at -1e4 as the top-k form floors its
-    buckets, so a server that rounds a tiny log-prob to -inf gives a large, finite loss.
+    sampling), not dropped. ``teacher_logprobs`` are floored at log(2^-149) ~ -103.3 (the
+    smallest positive float32) as the top-k form floors its buckets, so a server's -inf (a
+    masked token) gives a large, finite loss: about 100 nats on that token.
     """
     if not student_logprobs.shape == sample_logprobs.shape == teacher_logprobs.shape == mask.shape:
         raise ValueError("student, sample and teacher log-probs and the mask must share a shape, got "
@@ -141,19 +154,48 @@ def topk_reverse_kl(
     student_buckets = torch.cat([student_topk, student_tail.unsqueeze(-1)], dim=-1)
 
     teacher_topk = torch.where(valid, stored.to(scaled.dtype), _NEG_INF)
-    teacher_tail = torch.where(
+    given_tail = torch.where(
         tail_is_empty, _NEG_INF, _log1mexp(torch.logsumexp(teacher_topk, dim=-1).clamp(max=0.0))
     )
-    teacher_buckets = torch.log_softmax(
-        torch.cat([teacher_topk, teacher_tail.unsqueeze(-1)], dim=-1) / temperature, dim=-1)
+    raw = torch.cat([teacher_topk, _floored_tail(teacher_topk, valid, given_tail,
+                                                 tail_is_empty).unsqueeze(-1)], dim=-1)
+    # Tempered and normalized by the buckets as the teacher gave them: a raised tail is added on
+    # top, never taken from the top-k buckets, so with exact scores (at temperature 1) every
+    # bucket's teacher mass is at least the true one and the loss stays a lower bound of the
+    # dense KL. It may then dip below 0, by at most log(1 + the tempered floor): ~1e-5 at 1.
+    normalizer = torch.logsumexp(
+        torch.cat([teacher_topk, given_tail.unsqueeze(-1)], dim=-1) / temperature, dim=-1)
+    teacher_buckets = raw / temperature - normalizer.unsqueeze(-1)
     # A bucket the teacher gives no mass while the student does makes the reverse KL infinite;
-    # the floor keeps one such token (a server that rounds a tiny log-prob to -inf) finite.
+    # the floor keeps one such token (a stored log-prob of -1e30, say) finite.
     teacher_buckets = teacher_buckets.clamp(min=_LOGPROB_FLOOR)
     per_token = _kl(student_buckets, teacher_buckets)
     # With no kept position the sum is over an empty selection of the logits: a zero still in
     # the graph, which no garbage at masked positions can turn into NaN.
     loss = per_token.sum() / max(per_token.numel(), 1)
     return loss, loss.detach()
+
+
+def _floored_tail(teacher_topk: Tensor, valid: Tensor, given_tail: Tensor,
+                  tail_is_empty: Tensor) -> Tensor:
+    """The teacher's tail log-mass, ``log(1 - sum_k p_k)``, raised where the scores cannot say.
+
+    A float32 server rounds a confident token's log-prob to 0.0 (or its top-k masses to a sum
+    of 1 or more): the tail comes out -inf, and the log-prob floor alone would charge the
+    student's tail mass ~100 nats (1e4 with the floor this module once had) where the dense KL
+    charges ~20. A non-empty tail holds real tokens, so it is given at least the
+    mass of one more token as likely as the least likely stored one (the token ranked just after
+    a top-k is about as likely as its last; where the ids hold the sampled token from further
+    down, the tokens ranked between it and the top-k are in the tail, each at least as likely as
+    it), but never more than ``_TAIL_RESOLUTION``: a tail the scores do resolve (a sampled token
+    at 0.9 and nothing else stored leaves 0.1) is kept as given, where the stored-token guess
+    would be far off. Raising a teacher's bucket can only lower ``q log(q / p)``, so the floor
+    keeps the lower bound of the dense KL whatever it is.
+    """
+    least = torch.where(valid, teacher_topk, float("inf")).amin(dim=-1)
+    floor = torch.clamp(least, max=math.log(_TAIL_RESOLUTION))  # +inf (nothing stored) -> cap
+    floor = torch.where(valid.any(dim=-1), floor, _NEG_INF)
+    return torch.where(tail_is_empty, _NEG_INF, torch.maximum(given_tail, floor))
 
 
 __all__ = ["sampled_reverse_kl", "topk_reverse_kl"]

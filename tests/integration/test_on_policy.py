@@ -79,10 +79,10 @@ def test_embedded_teacher_context_distillation_and_resume(tmp_path: Path, studen
     assert record["teacher_wait_share"] is not None
 
     # Resume: two more steps from checkpoint-2; lines of step 3 written by a crashed run before
-    # are dropped, none lost or duplicated.
+    # are dropped, and the line its kill tore, none lost or duplicated.
     stale = {**scores[0], "step": 3}
     with (tmp_path / "out" / "teacher_scores.jsonl").open("a") as handle:
-        handle.write(json.dumps(stale) + "\n")
+        handle.write(json.dumps(stale) + "\n" + json.dumps(stale)[:20])
     text = config.read_text().replace("max_steps: 2", "max_steps: 4")
     config.write_text(text)
     resumed = train(config)

@@ -340,3 +340,217 @@ def test_teacher_context_comes_before_the_prompt_for_the_teacher_only() -> None:
     assert tokenizer.decode(teachers[0]).endswith("1 + 2 = 3[user]What is 6 + 7?[assistant]")
     error = refused("teacher: {kind: llamacpp}\nteacher_context: [{role: user}]\n")
     assert error.key == "teacher_context" and error.line == 4
+
+
+# -- red-team fixes (R18) -------------------------------------------------------------------------
+
+
+def test_sampling_ignores_the_students_own_generation_config() -> None:
+    import torch
+
+    from stillroom.train.on_policy import draw
+    from tests.tiny_models import byte_tokenizer, tiny_llama
+
+    torch.set_num_threads(1)
+    tokenizer = byte_tokenizer(bos=True)
+    model = tiny_llama(tokenizer, 64)
+    prompts = [tokenizer("hi").input_ids, tokenizer("a longer one").input_ids]
+    plain = draw(model, prompts, 0, None, 1.0, 8, seed=5)
+    # A checkpoint whose generation_config.json shapes sampling (as many instruct models' do).
+    own = model.generation_config
+    own.repetition_penalty = 1.5
+    own.min_p = 0.5
+    own.top_k = 3
+    own.suppress_tokens = list(range(2, len(tokenizer)))
+    shaped = draw(model, prompts, 0, None, 1.0, 8, seed=5)
+    assert shaped == plain
+    assert all(len(tokens) == 8 for tokens, _ in plain)
+    assert model.generation_config is own and own.min_p == 0.5  # left as it was
+
+
+class SpellingTeacher(Backend):
+    """Scores every token -1 and spells it as ``tokenizer`` does, except the ids in
+    ``spelled`` (id -> text)."""
+
+    kind = "spelling_teacher"
+    supports_token_scoring: ClassVar[bool] = True
+
+    def __init__(self, tokenizer: Any, spelled: dict[int, str] | None = None) -> None:
+        super().__init__("speller")
+        self.tokenizer = tokenizer
+        self.spelled = spelled or {}
+        self.calls = 0
+
+    async def generate(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def score_tokens(self, token_ids: list[int], start: int,
+                           top_logprobs: int | None = None) -> list[dict[str, Any]]:
+        self.calls += 1
+        return [{"id": t, "token": self.spelled.get(t, self.tokenizer.decode([t])),
+                 "logprob": -1.0} for t in token_ids[start:]]
+
+
+def special_tokenizer() -> Any:
+    from tests.tiny_models import byte_tokenizer
+
+    tokenizer = byte_tokenizer(bos=True)
+    tokenizer.add_special_tokens({"eos_token": "<eos>", "additional_special_tokens": ["<sep>"]})
+    return tokenizer
+
+
+def probe_of(tokenizer: Any) -> tuple[list[int], int]:
+    from stillroom.train.on_policy_teachers import probe_sequence
+
+    asked = [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<sep>"),
+             *tokenizer("Q:", add_special_tokens=False).input_ids]
+    return probe_sequence(tokenizer, asked, tokenizer("ok", add_special_tokens=False).input_ids), \
+        len(asked)
+
+
+def check(tokenizer: Any, backend: Backend, cache: Any = None) -> None:
+    from types import SimpleNamespace
+
+    from stillroom.train.on_policy_teachers import check_tokenizers
+
+    teachers = TeacherPool({"teacher": LLMClient(backend, cache=cache, max_retries=0)})
+    try:
+        probe, start = probe_of(tokenizer)
+        check_tokenizers({"teacher": SimpleNamespace(kind="openai")}, teachers, tokenizer, probe,
+                         start, "teacher")
+    finally:
+        teachers.close()
+
+
+def test_the_probe_compares_eos_and_special_tokens_a_server_writes_out() -> None:
+    tokenizer = special_tokenizer()
+    eos, sep, bos = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<sep>"),
+                     tokenizer.bos_token_id)
+    probe, start = probe_of(tokenizer)
+    # The text, then the EOS and the special tokens the prompt holds after its first token.
+    assert bos == probe[0]
+    assert probe[start:] == [*tokenizer("ok", add_special_tokens=False).input_ids, eos, sep]
+    check(tokenizer, SpellingTeacher(tokenizer))
+    # A server that writes special tokens as "" (llama-cpp-python's) cannot be checked on them.
+    check(tokenizer, SpellingTeacher(tokenizer, {eos: "", sep: "", bos: ""}))
+    # One that names the EOS id with another special token's text has another EOS: refused.
+    with pytest.raises(ConfigError) as caught:
+        check(tokenizer, SpellingTeacher(tokenizer, {eos: "<sep>"}))
+    assert caught.value.key == "teacher"
+    assert f"the EOS token {start + 2} (id {eos}) is '<sep>' for the teacher but '<eos>'" \
+        in str(caught.value)
+    with pytest.raises(ConfigError, match=f"a special token .* \\(id {sep}\\) is '<\\|im_end"):
+        check(tokenizer, SpellingTeacher(tokenizer, {sep: "<|im_end|>"}))
+
+
+def test_the_probe_is_never_answered_from_the_request_cache(tmp_path: Path) -> None:
+    from stillroom.llm.cache import RequestCache
+
+    tokenizer = special_tokenizer()
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    try:
+        good = SpellingTeacher(tokenizer)
+        teachers = TeacherPool({"teacher": LLMClient(good, cache=cache, max_retries=0)})
+        try:  # an earlier run's scores of the probe's ids are in the cache
+            probe, start = probe_of(tokenizer)
+            assert teachers.score_now("teacher", probe, start).entries
+            assert teachers.score_now("teacher", probe, start).cached
+        finally:
+            teachers.close()
+        check(tokenizer, good, cache)
+        assert good.calls == 2  # asked again, though cached
+        # The server behind the same name and model changed its tokenizer: it is asked, refused.
+        changed = SpellingTeacher(tokenizer, {tokenizer("o").input_ids[-1]: "0"})
+        with pytest.raises(ConfigError, match="tokenizer probe"):
+            check(tokenizer, changed, cache)
+        assert changed.calls == 1
+    finally:
+        cache.close()
+
+
+def test_closing_the_pool_cancels_requests_in_flight(monkeypatch: Any) -> None:
+    monkeypatch.setattr(SlowTeacher, "latency", 30.0)
+    teachers = pool(SlowTeacher())
+    future = teachers.submit("slow", [1, 2, 3], 1)
+    time.sleep(0.05)
+    started = time.perf_counter()
+    teachers.close()
+    assert time.perf_counter() - started < 5
+    assert future.done() and future.cancelled()  # not left pending in a stopped loop
+    assert not teachers.thread.is_alive()
+
+
+def short_config(tmp_path: Path, extra: str = "") -> OnPolicyRunConfig:
+    config = parse_kd_config(BASE + "teacher: {kind: llamacpp}\nmax_length: 40\n"
+                             f"max_new_tokens: 10\n{extra}", "op.yaml")
+    assert isinstance(config, OnPolicyRunConfig)
+    return config
+
+
+def chat_tokenizer() -> Any:
+    from tests.tiny_models import byte_tokenizer
+
+    tokenizer = byte_tokenizer(bos=False)
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant]{% endif %}")
+    return tokenizer
+
+
+def test_a_row_too_long_for_max_length_is_refused_never_cut(tmp_path: Path) -> None:
+    from stillroom.errors import InputError
+    from stillroom.train.on_policy import contexts
+
+    tokenizer = chat_tokenizer()
+    config = short_config(tmp_path)
+    fits = {"id": "a", "prompt": "x" * 13}  # [user] + 13 + [assistant] = 30 = 40 - 10
+    students, teachers = contexts(config, [fits], tokenizer, "rows.jsonl")
+    assert len(students[0]) == 30 and teachers[0] == students[0]
+    with pytest.raises(InputError) as caught:
+        contexts(config, [fits, {"id": "b", "prompt": "x" * 14}], tokenizer, "rows.jsonl")
+    assert str(caught.value) == (
+        "rows.jsonl: row 1 (id 'b'): its prompt is 31 tokens; with max_new_tokens 10 it does not "
+        "fit max_length 40 (rows are refused, never cut): shorten it or raise max_length")
+    # The teacher's own prompt is held to the same rule; teacher_context comes on top of it.
+    column = short_config(tmp_path, "teacher_prompt_column: teacher\n"
+                          "teacher_context: [{role: system, content: a long worked example}]\n")
+    row = {"id": "c", "prompt": "x", "teacher": "y" * 13}
+    _, teachers = contexts(column, [row], tokenizer, "rows.jsonl")
+    assert len(teachers[0]) > 40
+    with pytest.raises(InputError, match="row 0 .*teacher's prompt is 31 tokens"):
+        contexts(column, [{**row, "teacher": "y" * 14}], tokenizer, "rows.jsonl")
+    error = refused("teacher: {kind: llamacpp}\nmax_length: 64\nmax_new_tokens: 64\n")
+    assert "leaves no room for a prompt" in str(error)
+
+
+def test_teacher_prompt_column_errors_name_the_column(tmp_path: Path) -> None:
+    from stillroom.errors import InputError
+    from stillroom.train.on_policy import contexts
+
+    config = short_config(tmp_path, "teacher_prompt_column: teacher_messages\n")
+    for value, wording in (([], "must be text or a non-empty list"),
+                           ([{"role": "user"}], "turns must be {role, content} objects"),
+                           ([{"role": "user", "content": " "}], "is empty"), ("  ", "is empty")):
+        row = {"id": "a", "prompt": "x", "teacher_messages": value}
+        with pytest.raises(InputError) as caught:
+            contexts(config, [row], chat_tokenizer(), "rows.jsonl")
+        assert f"row 0 (id 'a'): `teacher_messages` (teacher_prompt_column) {wording}" \
+            in str(caught.value)
+        assert "`prompt`" not in str(caught.value)
+
+
+def test_a_torn_last_record_line_is_dropped_a_damaged_middle_one_refused(tmp_path: Path) -> None:
+    from stillroom.errors import InputError
+    from stillroom.train.on_policy import keep_lines, read_lines
+
+    path = tmp_path / "teacher_scores.jsonl"
+    whole = [json.dumps({"step": s, "row": s}) for s in (1, 2, 3)]
+    path.write_text("\n".join(whole) + '\n{"step": 3, "ro')  # a write cut by a kill
+    assert [line["step"] for line in read_lines(path)] == [1, 2, 3]
+    keep_lines(path, 2)
+    assert [line["step"] for line in read_lines(path)] == [1, 2]
+    assert path.read_text().endswith("}\n")
+    path.write_text(whole[0] + '\n{"step": 2, "ro\n' + whole[2] + "\n")
+    with pytest.raises(InputError) as caught:
+        keep_lines(path, 2)
+    assert (caught.value.path, caught.value.line) == (str(path), 2)
+    assert "damaged line" in str(caught.value)

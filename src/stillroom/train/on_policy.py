@@ -10,8 +10,11 @@ The method, per micro-batch of rows:
 1. The student renders each row's prompt with its chat template (as ``train grpo`` does:
    :func:`stillroom.train.grpo.prompt_turns`, :func:`~stillroom.train.common.render_prompt`)
    and samples a completion at ``sampling_temperature`` (no top-k/top-p) up to
-   ``max_new_tokens``, up to and including its EOS. The draw is seeded from ``(seed,
-   micro-batch)``, so a resumed run draws as the first run did. The log-probs of the sampled
+   ``max_new_tokens``, up to and including its EOS; nothing else shapes the draw (the
+   student's own ``generation_config``, a repetition penalty or min_p, is not applied). The draw
+   is seeded from ``(seed, micro-batch)``. A row whose rendered prompt plus ``max_new_tokens``
+   does not fit ``max_length`` is refused before the first step, never cut (the teacher's
+   prompt likewise; ``teacher_context`` comes on top of it). The log-probs of the sampled
    tokens at T = 1 under the sampling weights are kept. At ``sampling_temperature: 1`` (the
    default) the samples come from the student itself and the sampled-token estimate below is
    unbiased; another temperature samples a different distribution and biases it (the loss
@@ -39,7 +42,16 @@ trains. Micro-batch i+1 is then sampled by the weights before step i's update, o
 when i ends a step: the importance ratio of the sampled-token estimate (the current weights'
 probability over the sampling weights', truncated at ``max_ratio``) corrects for it; the top-k
 form is exact at the current weights whatever drew the sample. ``overlap: false`` samples and
-scores each micro-batch when it is reached (lock-step). The seconds the trainer waited for the
+scores each micro-batch when it is reached (lock-step). A resumed run draws each micro-batch
+from the same seed as an uninterrupted one, but with overlap its first micro-batch is sampled by
+the checkpoint's weights where the uninterrupted run sampled it one update earlier (it had
+prefetched it), so from there on the two runs differ slightly; lock-step runs resume exactly.
+
+Schedule. Rows are read in whole epochs, each a permutation of the rows from ``(seed,
+epoch)``, cut to the run's micro-batches: a micro-batch that ends one epoch is filled from the
+next one's permutation (so it may hold a row twice), and with more rows per micro-batch than
+the data has (``batch_size`` above the row count) each micro-batch holds several epochs, a row
+repeated in it, each copy sampled on its own. The seconds the trainer waited for the
 teacher are recorded (``teacher_wait_seconds`` and their share of the training time).
 
 A step never trains on a missing score. A sample whose request fails after the client's retries
@@ -57,10 +69,11 @@ Tokenizers. The teacher reads the student's token ids, so both must share one to
 that is checked before the first step: a teacher in process with its tokenizer at hand
 (``llamacpp`` GGUF, ``transformers`` folder) has its vocabulary compared with the student's
 (:func:`~stillroom.train.kd_alignment.check_same_vocabulary`, naming the first id whose texts
-differ); any other teacher (a server) is probed: it scores a short sequence of student ids and
-each returned token's text must be the student's text for that id (decoded text compared; a
-piece that is not whole UTF-8, and special tokens, are skipped), else a ConfigError names the
-first mismatching token (position, id, both texts). Methods that distil across different
+differ); any other teacher (a server) is probed, never from the request cache: it scores a
+short sequence of student ids (a text, the EOS and the chat template's special tokens) and each
+returned token's text must be the student's text for that id (decoded text compared; a piece
+that is not whole UTF-8 is skipped, and so is a special token the server writes as ""), else a
+ConfigError names the first mismatching token (position, id, both texts). Methods that distil across different
 tokenizers exist, and stillroom does not support them yet: ULD (Universal Logit Distillation,
 Boizard et al. 2024: a Wasserstein-style loss over sorted probabilities that needs no shared
 vocabulary), DSKD (Dual-Space Knowledge Distillation, Zhang et al. 2024: projects the two
@@ -84,7 +97,8 @@ teacher totals (``teachers``: samples, tokens, requests sent, cache hits, failur
 tokens and failures over the whole run from the two files, requests and cache hits of this
 process), ``teacher_wait_seconds``, ``teacher_wait_share``, and the checkpoint resumed from. A
 resumed run first drops the lines of both files written after its checkpoint's step, so none is
-lost or duplicated.
+lost or duplicated; a torn last line (a write cut by a kill) is dropped, a damaged line
+before it is refused (InputError naming the file and line).
 """
 
 from __future__ import annotations
@@ -115,6 +129,7 @@ from stillroom.train.on_policy_teachers import (
     PROBE_TEXT,
     TeacherPool,
     check_tokenizers,
+    probe_sequence,
     route_rows,
 )
 from stillroom.train.on_policy_trainer import (
@@ -142,38 +157,90 @@ def prompt_ids(text: str, tokenizer: Any) -> list[int]:
 
 
 def teacher_turns(row: Row, column: str) -> list[dict[str, str]]:
+    """The teacher's prompt from ``column`` (text, or {role, content} turns); a ValueError that
+    names the column (``checked_turns``' own messages name ``prompt``)."""
     value = row.get(column)
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
+    where = f"`{column}` (teacher_prompt_column)"
     if value is None:
         raise ValueError(f"no `{column}` column (teacher_prompt_column); it has {sorted(row)}")
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where} is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"{where} must be text or a non-empty list of {{role, content}} turns, "
+                         f"got {type(value).__name__}")
+    if not all(isinstance(turn, dict) and isinstance(turn.get("role"), str)
+               and isinstance(turn.get("content"), str) for turn in value):
+        raise ValueError(f"{where} turns must be {{role, content}} objects with text content")
+    if not any(turn["content"].strip() for turn in value):
+        raise ValueError(f"{where} is empty")
     return checked_turns(value)
 
 
 def contexts(config: OnPolicyRunConfig, rows: list[Row], tokenizer: Any,
              source: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Each row's student prompt ids (its last tokens kept so a sample fits ``max_length``) and
-    the teacher's context ids; a row without a usable prompt is an InputError naming it."""
+    """Each row's student prompt ids and the teacher's context ids; a row without a usable
+    prompt, or one too long, is an InputError naming it, before the first step.
+
+    Length rule (nothing is cut: a cut prompt loses the head of its chat template, and a teacher
+    given more than the student reads scores another sequence than the one meant): the
+    student's rendered prompt plus ``max_new_tokens`` must fit ``max_length``; so must the
+    teacher's own prompt (``teacher_prompt_column``'s, or the student's), and ``teacher_context``
+    comes on top of it: the teacher reads at most ``max_length`` plus the tokens the context
+    adds, which its context window must hold."""
     from stillroom.train.grpo import prompt_turns
 
-    room = max(config.max_length - config.max_new_tokens, 1)
+    limit = config.max_length - config.max_new_tokens
     students, teachers = [], []
     for index, row in enumerate(rows):
         try:
             student = prompt_ids(render_prompt(prompt_turns(row), tokenizer), tokenizer)
-            turns = (teacher_turns(row, config.teacher_prompt_column)
-                     if config.teacher_prompt_column else None)
-            if config.teacher_context:
-                turns = [*config.teacher_context, *(turns or prompt_turns(row))]
+            own = (teacher_turns(row, config.teacher_prompt_column)
+                   if config.teacher_prompt_column else None)
+            own_ids = prompt_ids(render_prompt(own, tokenizer), tokenizer) if own else student
+            turns = [*config.teacher_context, *(own or prompt_turns(row))] \
+                if config.teacher_context else own
         except ValueError as problem:
             raise InputError(f"{row_where(index, row)}: {problem}", path=source) from None
-        students.append(student[-room:])
+        for whose, ids in (("prompt", student), ("teacher's prompt", own_ids)):
+            if len(ids) > limit:
+                raise InputError(
+                    f"{row_where(index, row)}: its {whose} is {len(ids)} tokens; with "
+                    f"max_new_tokens {config.max_new_tokens} it does not fit max_length "
+                    f"{config.max_length} (rows are refused, never cut): shorten it or raise "
+                    "max_length", path=source)
+        students.append(student)
         teachers.append(prompt_ids(render_prompt(turns, tokenizer), tokenizer)
-                        if turns is not None else student)
+                        if turns is not None and config.teacher_context else own_ids)
     return students, teachers
 
 
 # -- the record files -------------------------------------------------------------------------------
+
+
+def parse_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path``. An unparsable last line is a write cut by a kill (the
+    appender writes whole lines) and is dropped; one in the middle is damage: InputError
+    naming the file and line."""
+    if not path.exists():
+        return []
+    texts = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for number, text in enumerate(texts, 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            if not isinstance(line, dict) or not isinstance(line.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            if number == len(texts):
+                break
+            raise InputError(f"a damaged line, not a record of this run ({text[:60]!r}), "
+                             "before the last one: remove or fix it to resume", path=str(path), line=number) from None
+        out.append(line)
+    return out
 
 
 def keep_lines(path: Path, last_step: int | None) -> None:
@@ -183,15 +250,12 @@ def keep_lines(path: Path, last_step: int | None) -> None:
     if last_step is None:
         path.unlink()
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [line for line in parse_lines(path) if line["step"] <= last_step]
+    path.write_text("".join(json.dumps(line) + "\n" for line in kept), encoding="utf-8")
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return parse_lines(path)
 
 
 class Appender:
@@ -206,6 +270,60 @@ class Appender:
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(line) + "\n" for line in lines))
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+def draw(model: Any, prompts: list[list[int]], pad_id: int, eos: int | None,
+         temperature: float, max_new_tokens: int, seed: int) -> list[tuple[list[int], list[float]]]:
+    """Per prompt, the ids sampled from the raw distribution at ``temperature`` (up to and
+    including EOS) and their log-probs at T = 1; seeded, the caller's random state untouched.
+
+    Nothing but the temperature shapes the draw: ``generate`` fills every setting left unset
+    from the model's own ``generation_config`` (a checkpoint's repetition_penalty, min_p, top_k,
+    suppress_tokens...), which would sample from another distribution than the log-probs kept.
+    So the model's config is swapped for transformers' defaults while it samples."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, prompt in enumerate(prompts):
+        ids[b, width - len(prompt):] = torch.tensor(prompt)
+        mask[b, width - len(prompt):] = 1
+    settings = GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None,
+        repetition_penalty=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+        eos_token_id=eos,
+    )
+    # The model generate() reads (a PEFT wrapper's is the base model's).
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = inner.generation_config
+    was_training = model.training
+    model.eval()
+    inner.generation_config = GenerationConfig()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=settings, return_dict_in_generate=True,
+                                 output_logits=True)
+    finally:
+        inner.generation_config = own
+        model.train(was_training)
+    generated = out.sequences[:, width:].cpu()
+    # The raw logits (before the temperature): log-probs at T = 1 of the sampling weights.
+    logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float().cpu(), dim=-1)
+    chosen = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+    drawn = []
+    for b in range(len(prompts)):
+        tokens = generated[b].tolist()
+        end = tokens.index(eos) + 1 if eos is not None and eos in tokens else len(tokens)
+        drawn.append((tokens[:end], chosen[b, :end].tolist()))
+    return drawn
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -250,46 +368,13 @@ class OnPolicyRun:
     def sample(self, g: int, rows: list[int]) -> list[Sample]:
         """The student's samples for ``rows``, drawn from ``(seed, g)`` without touching the
         trainer's own random state."""
-        import torch
-        from transformers import GenerationConfig
-
-        tokenizer = self.tokenizer
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        device = next(model.parameters()).device
         prompts = [self.student_prompts[r] for r in rows]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, prompt in enumerate(prompts):
-            ids[b, width - len(prompt):] = torch.tensor(prompt)
-            mask[b, width - len(prompt):] = 1
-        eos = tokenizer.eos_token_id
-        settings = GenerationConfig(
-            do_sample=True, temperature=self.config.sampling_temperature, top_k=0, top_p=1.0,
-            max_new_tokens=self.config.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-        )
         seed = random.Random(f"{self.config.seed}:sample:{g}").getrandbits(62)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=settings, return_dict_in_generate=True,
-                                     output_logits=True)
-        finally:
-            model.train(was_training)
-        generated = out.sequences[:, width:].cpu()
-        # The raw logits (before the temperature): log-probs at T = 1 of the sampling weights.
-        logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float().cpu(), dim=-1)
-        chosen = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
-        samples = []
-        for b, row in enumerate(rows):
-            tokens = generated[b].tolist()
-            end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
-            samples.append(Sample(row, prompts[b], tokens[:end], chosen[b, :end].tolist()))
-        return samples
+        drawn = draw(model, prompts, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                     self.config.sampling_temperature, self.config.max_new_tokens, seed)
+        return [Sample(row, prompts[b], tokens, logprobs)
+                for b, (row, (tokens, logprobs)) in enumerate(zip(rows, drawn, strict=True))]
 
     def micro_batch(self, model: Any, inputs: dict[str, Any], step: int) -> tuple[dict[str, Any], float]:
         """The tensors of the micro-batch ``inputs`` names (its schedule positions), scored samples
@@ -410,7 +495,8 @@ def train_on_policy(config: OnPolicyRunConfig, callbacks: list[Any] | None = Non
         # The probe is shaped as a sample is: a rendered prompt, then the text as the answer.
         asked = prompt_ids(render_prompt([{"role": "user", "content": "Repeat this."}],
                                          tokenizer), tokenizer)
-        probe = [*asked, *tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids]
+        probe = probe_sequence(tokenizer, asked,
+                               tokenizer(PROBE_TEXT, add_special_tokens=False).input_ids)
         check_tokenizers(configs, pool, tokenizer, probe, len(asked),
                          "teacher" if config.teacher is not None else "teachers")
         lora = peft_config(config)
@@ -479,7 +565,9 @@ __all__ = [
     "SCORES_FILE",
     "OnPolicyRun",
     "contexts",
+    "draw",
     "keep_lines",
+    "parse_lines",
     "micro_batches",
     "train_on_policy",
 ]

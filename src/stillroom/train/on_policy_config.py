@@ -27,7 +27,9 @@ Usage::
                                      # e.g. [{role: user, content: "What is 12 + 30?"},
                                      #       {role: assistant, content: "12 + 30 = 42"}]
     sampling_temperature: 1.0        # the student's samples; 1.0 = the student itself (unbiased)
-    max_new_tokens: 64               # per sample, up to and including EOS
+    max_new_tokens: 64               # per sample, up to and including EOS; a row whose rendered
+                                     # prompt + max_new_tokens exceeds max_length is refused (not
+                                     # cut); teacher_context comes on top for the teacher
     kl_estimate: auto                # auto | sampled | topk (auto: topk where the teacher gave
                                      # alternatives, the sampled-token estimate elsewhere)
     top_logprobs: null               # k alternatives per token asked of the teacher (topk needs it)
@@ -154,6 +156,14 @@ class OnPolicyRunConfig(RunConfig):
             raise ValueError("kl_estimate: topk needs the teacher's alternatives: set "
                              "`top_logprobs: k` (or use kl_estimate: auto / sampled)")
         return value
+
+    @model_validator(mode="after")
+    def _room(self) -> OnPolicyRunConfig:
+        if self.max_new_tokens >= self.max_length:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt "
+                             f"in max_length ({self.max_length}): a row's rendered prompt plus "
+                             "max_new_tokens must fit max_length")
+        return self
 
     @model_validator(mode="after")
     def _routing(self) -> OnPolicyRunConfig:

@@ -53,7 +53,7 @@ _NEG_INF = float("-inf")
 # an -inf can stand for (a float32 softmax gives 0 only below it): a token there still costs
 # about 100 nats, far above any real score, without one token outweighing thousands of others in
 # a batch's gradient as a floor like -1e4 would.
-_LOGPROB_FLOOR = math.log(2.0**-149)
+LOGPROB_FLOOR = math.log(2.0**-149)
 # The tail mass below which float32 scores cannot be trusted: a server's log_softmax gives the
 # top log-prob to about one ulp of the logits' scale (logits up to ~100: errors up to ~6e-6), so
 # ``1 - sum_k p_k`` below this is rounding, and a confident token's log-prob printed as 0.0 makes
@@ -95,7 +95,7 @@ def sampled_reverse_kl(
     old = sample_logprobs.to(new.dtype).detach()
     # Masked positions may hold anything (NaN, inf): replaced before any arithmetic, so that
     # neither the value nor the gradient (where's backward is a select) can carry them.
-    safe_teacher = torch.where(keep, teacher, torch.zeros_like(teacher)).clamp(min=_LOGPROB_FLOOR)
+    safe_teacher = torch.where(keep, teacher, torch.zeros_like(teacher)).clamp(min=LOGPROB_FLOOR)
     safe_old = torch.where(keep, old, torch.zeros_like(old))
     safe_new = torch.where(keep, new, torch.zeros_like(new))
     estimate = safe_new.detach() - safe_teacher  # k_t at the current weights
@@ -168,7 +168,7 @@ def topk_reverse_kl(
     teacher_buckets = raw / temperature - normalizer.unsqueeze(-1)
     # A bucket the teacher gives no mass while the student does makes the reverse KL infinite;
     # the floor keeps one such token (a stored log-prob of -1e30, say) finite.
-    teacher_buckets = teacher_buckets.clamp(min=_LOGPROB_FLOOR)
+    teacher_buckets = teacher_buckets.clamp(min=LOGPROB_FLOOR)
     per_token = _kl(student_buckets, teacher_buckets)
     # With no kept position the sum is over an empty selection of the logits: a zero still in
     # the graph, which no garbage at masked positions can turn into NaN.
@@ -198,4 +198,4 @@ def _floored_tail(teacher_topk: Tensor, valid: Tensor, given_tail: Tensor,
     return torch.where(tail_is_empty, _NEG_INF, torch.maximum(given_tail, floor))
 
 
-__all__ = ["sampled_reverse_kl", "topk_reverse_kl"]
+__all__ = ["LOGPROB_FLOOR", "sampled_reverse_kl", "topk_reverse_kl"]

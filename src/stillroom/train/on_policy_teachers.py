@@ -10,6 +10,7 @@ One loop in one daemon thread runs every request; the trainer hands it coroutine
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -86,20 +87,41 @@ def probe_mismatch(entries: list[dict[str, Any]], ids: list[int], start: int,
 
     Compared as decoded text, skipping what cannot be compared fairly: a student piece that is
     not whole UTF-8 (a byte of a multi-byte character decodes to U+FFFD, and a server writes it
-    its own way), and special tokens (servers write them as "" or leave them out)."""
+    its own way). Special tokens (EOS, the chat template's markers) are compared where the
+    server writes them out; a server that writes them as "" (llama-cpp-python's) or leaves the
+    text out cannot be checked on them, and is not refused for it. A server that names the EOS
+    id with another special token's text is refused: its EOS is not the student's."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     for offset, entry in enumerate(entries):
         position = start + offset
         token_id = ids[position]
         mine = student_text(tokenizer, token_id)
         theirs = entry.get("token")
-        if token_id in special or "\ufffd" in mine or not isinstance(theirs, str) \
-                or "\ufffd" in theirs or theirs.startswith("bytes:"):
+        if not isinstance(theirs, str) or "\ufffd" in mine or "\ufffd" in theirs \
+                or theirs.startswith("bytes:") or (token_id in special and theirs == ""):
             continue
         if theirs != mine:
-            return (f"token {position} (id {token_id}) is {theirs!r} for the teacher but {mine!r} "
-                    "for the student: the tokenizers differ")
+            kind = "the EOS token" if token_id == tokenizer.eos_token_id else \
+                "a special token" if token_id in special else "token"
+            return (f"{kind} {position} (id {token_id}) is {theirs!r} for the teacher but "
+                    f"{mine!r} for the student: the tokenizers differ")
     return None
+
+
+def probe_sequence(tokenizer: Any, asked: list[int], text_ids: list[int]) -> list[int]:
+    """The probe's ids: the rendered prompt ``asked``, then the text's ids, the EOS and the
+    special tokens the prompt's chat template wrote (what samples end with or may contain), so
+    the probe compares them too. Scored from ``len(asked)``. The prompt's first token is left
+    out: servers treat it as a BOS (llama-cpp-python's drops it from its echo wherever it
+    appears), and a sample never holds it again anyway."""
+    tail = [*text_ids]
+    if tokenizer.eos_token_id is not None:
+        tail.append(tokenizer.eos_token_id)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for token_id in asked:
+        if token_id in special and token_id not in tail and token_id != asked[0]:
+            tail.append(token_id)
+    return [*asked, *tail]
 
 
 # -- scoring -----------------------------------------------------------------------------------------
@@ -139,16 +161,24 @@ class TeacherPool:
         self.thread.start()
         self.totals = {name: TeacherTotals() for name in self.clients}
 
-    def submit(self, name: str, ids: list[int], start: int) -> Future[Score]:
+    def submit(self, name: str, ids: list[int], start: int, *,
+               use_cache: bool = True) -> Future[Score]:
         """Score ``ids[start:]`` with teacher ``name``; the future never raises: a request that
-        failed after the client's retries is a Score with ``reason``."""
-        return asyncio.run_coroutine_threadsafe(self._score(name, ids, start), self.loop)
+        failed after the client's retries is a Score with ``reason``. ``use_cache=False`` asks
+        the teacher even when the request cache holds the answer (and stores nothing)."""
+        return asyncio.run_coroutine_threadsafe(self._score(name, ids, start, use_cache),
+                                                self.loop)
 
-    async def _score(self, name: str, ids: list[int], start: int) -> Score:
+    async def _score(self, name: str, ids: list[int], start: int, use_cache: bool = True) -> Score:
         client = self.clients[name]
+        if not use_cache and client.cache is not None:
+            # The same backend, limits and stats, without the cache.
+            client = copy.copy(client)
+            client.cache = None
         cached = False
         if client.cache is not None:
-            key = score_tokens_key(client.backend.cache_identity(), ids, start, self.top_logprobs)
+            # The client's own identity, so this is the key its score_tokens looks up.
+            key = score_tokens_key(client._identity, ids, start, self.top_logprobs)
             cached = client.cache.get(key) is not None
         try:
             text = None
@@ -161,8 +191,9 @@ class TeacherPool:
             return Score(None, reason=f"{type(error).__name__}: {error}")
         return Score(entries, cached=cached)
 
-    def score_now(self, name: str, ids: list[int], start: int, timeout: float | None = None) -> Score:
-        return self.submit(name, ids, start).result(timeout)
+    def score_now(self, name: str, ids: list[int], start: int, timeout: float | None = None, *,
+                  use_cache: bool = True) -> Score:
+        return self.submit(name, ids, start, use_cache=use_cache).result(timeout)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per teacher: samples scored, tokens scored, requests sent, cache hits, failures."""
@@ -176,6 +207,13 @@ class TeacherPool:
 
     def close(self) -> None:
         async def shut() -> None:
+            # Requests still in flight (a run stopped by TeacherFailed or an error leaves the
+            # next micro-batch's) are cancelled and awaited first: a loop stopped under them
+            # destroys pending tasks, which asyncio reports at exit.
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             for client in self.clients.values():
                 await client.backend.aclose()
 
@@ -197,7 +235,8 @@ def check_tokenizers(configs: dict[str, Any], pool: TeacherPool, tokenizer: Any,
         if config.kind in IN_PROCESS_VOCABULARY:
             check_same_vocabulary(tokenizer, teacher_tokenizer(config), where)
             continue
-        score = pool.score_now(name, probe_ids, start)
+        # Never from the request cache: the server behind a name may have changed since.
+        score = pool.score_now(name, probe_ids, start, use_cache=False)
         if score.entries is None:
             raise ConfigError(f"the teacher could not score the tokenizer probe: {score.reason}",
                               key=where)
@@ -219,6 +258,7 @@ __all__ = [
     "TeacherPool",
     "TeacherTotals",
     "check_tokenizers",
+    "probe_sequence",
     "probe_mismatch",
     "route_rows",
     "teacher_tokenizer",

@@ -203,7 +203,7 @@ def estimate_loss(student_logits: Any, batch: dict[str, Any], kl_estimate: str,
     its own positions and combined by their token counts."""
     import torch
 
-    from stillroom.train.on_policy_losses import sampled_reverse_kl, topk_reverse_kl
+    from stillroom.train.on_policy_losses import LOGPROB_FLOOR, sampled_reverse_kl, topk_reverse_kl
 
     index = batch["positions"].unsqueeze(-1).expand(-1, -1, student_logits.shape[-1])
     logits = student_logits.gather(1, index)  # (B, C, V): the logits predicting each token
@@ -238,7 +238,9 @@ def estimate_loss(student_logits: Any, batch: dict[str, Any], kl_estimate: str,
     loss = torch.stack(parts).sum() / total
     estimate = torch.stack(estimates).sum() / total
     # Per sample, for the record: the sampled-token estimate k_t = log q - log p (detached).
-    k = (student_lp.detach() - batch["teacher_logprobs"]).masked_fill(~mask, 0.0)
+    # The teacher's log-probs floored as the losses floor them, so the record matches the loss.
+    teacher = batch["teacher_logprobs"].clamp(min=LOGPROB_FLOOR)
+    k = (student_lp.detach() - teacher).masked_fill(~mask, 0.0)
     per_sample = k.sum(-1) / mask.sum(-1).clamp(min=1)
     return loss, estimate.detach(), per_sample
 

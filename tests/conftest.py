@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,6 +17,20 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "request-cache"
     monkeypatch.setenv("STILLROOM_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One GGUF model cache (stillroom.llm.gguf_dense) for the whole session: the embedded GGUF
+    is de-quantized once (~16 s on 2 cores) and every later load of it, in this process or in
+    a CLI run it starts (which inherits the environment), reads the saved folder; nothing is
+    written to the user's own cache. A test may point the variable elsewhere with monkeypatch.
+    Run with ``STILLROOM_MODEL_CACHE=off`` to check (or time) the uncached loads instead."""
+    folder = tmp_path_factory.mktemp("gguf-dense")
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get("STILLROOM_MODEL_CACHE", "").strip().lower() != "off":
+            patch.setenv("STILLROOM_MODEL_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,10 @@ the teacher_logprobs stage score through; ``score_tokens`` (given ids, an on-pol
 joins the same pool.
 
 A folder's cache identity is its name and a hash of its config.json; a GGUF's is its file name
-and size (as for the llama.cpp backend); a model handed over in memory
-(:meth:`TransformersBackend.from_model`) is known by the name it is given. Weights retrained
+and size (as for the llama.cpp backend), also when its weights load from the de-quantized copy
+that :mod:`stillroom.llm.gguf_dense` keeps (the same numbers, loaded in a fraction of the time);
+a model handed over in memory (:meth:`TransformersBackend.from_model`) is known by the name it is
+given. Weights retrained
 into the same folder with the same config are therefore not told apart: save each checkpoint
 under a new name, or run without the request cache.
 """
@@ -55,6 +57,7 @@ from pydantic import Field, model_validator
 from stillroom.errors import ConfigError
 from stillroom.llm.backend import Backend, BackendConfig, backends
 from stillroom.llm.batching import Job, MicroBatcher
+from stillroom.llm.gguf_dense import dense_folder
 from stillroom.llm.llamacpp import EMBEDDED_MODEL_NAME, embedded_model_path
 from stillroom.llm.torch_device import resolve_device
 from stillroom.llm.transformers_scoring import SCORE_POOL_BATCHES, Prompt, TeacherForcedScoring
@@ -237,19 +240,27 @@ class TransformersBackend(TeacherForcedScoring, Backend):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         assert self.folder is not None  # from_model backends are loaded already
-        kwargs: dict[str, Any] = {}
-        if self.gguf_file is not None:
-            kwargs["gguf_file"] = self.gguf_file
+        folder, kwargs = self._source()
         device = resolve_device(self.device)
-        tokenizer = AutoTokenizer.from_pretrained(self.folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         # Parsed once here and handed on: given no config, from_pretrained parses a GGUF twice.
-        config = AutoConfig.from_pretrained(self.folder, **kwargs)
+        config = AutoConfig.from_pretrained(folder, **kwargs)
         dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
-        model = AutoModelForCausalLM.from_pretrained(
-            self.folder, config=config, dtype=dtype, **kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype, **kwargs)
         model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to oddly
         self._use(model, tokenizer, config, torch.device(device))
+
+    def _source(self) -> tuple[Path, dict[str, Any]]:
+        """Where the weights load from: the model folder, or for a GGUF its de-quantized copy
+        (made on the first load; the same float32 weights, cast to ``dtype`` as the GGUF's
+        would be), else the GGUF itself. The cache identity still names the GGUF."""
+        assert self.folder is not None
+        if self.gguf_file is None:
+            return self.folder, {}
+        dense = dense_folder(self.folder / self.gguf_file)
+        if dense is not None:
+            return dense, {}
+        return self.folder, {"gguf_file": self.gguf_file}
 
     def _use(self, model: Any, tokenizer: Any, config: Any, device: Any) -> None:
         """Take a loaded model and tokenizer into use (``device``: where the weights are)."""

@@ -292,10 +292,16 @@ def load_tokenizer(config: KDRunConfig, name: str) -> Any:
     """A tokenizer alone (no weights): ``embedded``, a folder holding one, or a GGUF file."""
     from transformers import AutoTokenizer
 
+    from stillroom.llm.gguf_dense import tokenizer_folder
     from stillroom.llm.llamacpp import embedded_model_path
 
     path = embedded_model_path() if name == "embedded" else config.path(name)
     if path.is_file() and path.suffix == ".gguf":
+        # The model cache's copy when there is one (the same tokenizer, saved): a GGUF's
+        # tokenizer is converted on every load, which takes seconds.
+        cached = tokenizer_folder(path)
+        if cached is not None:
+            return AutoTokenizer.from_pretrained(cached)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     if not path.is_dir():
         raise ConfigError(f"no tokenizer folder or .gguf file at {path}", key="teacher_tokenizer")

@@ -68,10 +68,14 @@ def teacher_tokenizer(config: Any) -> Any:
 
     from transformers import AutoTokenizer
 
+    from stillroom.llm.gguf_dense import tokenizer_folder
     from stillroom.llm.llamacpp import embedded_model_path
 
     path = Path(config.model) if config.model else embedded_model_path()
     if path.is_file() and path.suffix == ".gguf":
+        cached = tokenizer_folder(path)  # the model cache's saved copy: no conversion
+        if cached is not None:
+            return AutoTokenizer.from_pretrained(cached)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return AutoTokenizer.from_pretrained(path)
 

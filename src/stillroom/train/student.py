@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,58 +72,27 @@ def load_model(path_or_gguf: str | Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a local transformers folder or a .gguf file, float32 on CPU.
 
     ``None`` loads the embedded SmolLM2-135M GGUF. A GGUF is de-quantized by transformers, so
-    the weights are the GGUF's (Q4_1 for the embedded one), not the original checkpoint's.
+    the weights are the GGUF's (Q4_1 for the embedded one), not the original checkpoint's. The
+    de-quantized copy is saved once and read from then on (:mod:`stillroom.llm.gguf_dense`;
+    ``STILLROOM_MODEL_CACHE=off`` converts the GGUF every time): the same weights and tokenizer.
     Raises :class:`~stillroom.errors.ConfigError` (key ``model``) when nothing loadable is there.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stillroom.llm.gguf_dense import dense_folder, load_gguf
     from stillroom.llm.transformers_backend import locate
 
     folder, gguf_file = locate(str(path_or_gguf) if path_or_gguf is not None else None)
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    # Parsed once and handed on: given no config, from_pretrained parses a GGUF twice.
-    config = AutoConfig.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=torch.float32, **kwargs, **_dense_gguf(gguf_file)
-    )
-    _forget_gguf(model)
+    if gguf_file is not None:
+        dense = dense_folder(folder / gguf_file)
+        if dense is None:
+            model, tokenizer = load_gguf(folder / gguf_file)
+            return model.eval(), tokenizer
+        folder = dense
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return model.eval(), tokenizer
-
-
-def _dense_gguf(gguf_file: str | None) -> dict[str, Any]:
-    """Ask for every GGUF weight unpacked to a dense float tensor (transformers 5.x).
-
-    Newer transformers may keep GGUF blocks packed behind custom kernels; a student must be an
-    ordinary float model that trains and saves. Older versions always unpack and lack the option.
-    """
-    if gguf_file is None:
-        return {}
-    try:
-        from transformers import GgufConfig
-    except ImportError:
-        return {}
-    if "dequantize" not in inspect.signature(GgufConfig).parameters:
-        return {}
-    return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
-
-
-def _forget_gguf(model: Any) -> None:
-    """Drop the GGUF "quantizer" marks from a model whose weights are all dense already.
-
-    transformers refuses to save_pretrained a model still marked as GGUF-quantized, although
-    after unpacking its weights are plain float32 tensors.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None:
-        return
-    packed = [type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Gguf")]
-    if packed:
-        raise RuntimeError(
-            f"transformers kept GGUF weights packed ({packed[0]}); a student needs dense weights"
-        )
-    quantizer.remove_quantization_config(model)
 
 
 def kept_layers(

@@ -56,12 +56,12 @@ from grpo_vs_sft import cpu_budget, paired, train_sft_budgeted  # noqa: E402
 def on_policy_rows(qs: Path, work: Path) -> Path:
     """The verified rows' prompts with the teacher's worked-examples conversation rebuilt from
     each row's numbers (the quickstart keeps only the student's view in ``data/``)."""
-    from stillroom.data.readers import read_rows
+    from stillroom.data.readers import iter_rows
     from stillroom.quickstart_task import SEED_TASK, instance
 
     out = work / "on_policy_rows.jsonl"
     lines = []
-    for row in read_rows(qs / "data"):
+    for _, row in iter_rows(qs / "data"):
         match = re.fullmatch(r"addition-(\d+)-(\d+)", str(row["id"]))
         if match is None:
             raise SystemExit(f"row {row['id']!r} is not a quickstart addition row")

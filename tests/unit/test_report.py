@@ -139,3 +139,21 @@ def test_many_distinct_reasons_are_grouped_in_the_card_but_kept_whole_in_dropped
     assert "r17" not in card.split("## Drops by reason")[1].split("##")[0]
     reasons = {row["drop_reason"] for row in OutputFolder(out).read_rows("dropped")}
     assert "near-duplicate of r16 (jaccard 0.97)" in reasons and len(reasons) == 50
+
+
+def test_the_eval_headline_names_every_model_when_none_is_the_student() -> None:
+    from stillroom.report.distillation import headline
+
+    evaluation = {"metric": "accuracy", "n": 20, "baseline": 0.2,
+                  "models": {"baseline": {"accuracy": 0.2}, "on_policy": {"accuracy": 0.35},
+                             "off_policy": {"accuracy": 0.7}},
+                  "paired_test": {"p_value": 0.5, "b": 1, "c": 3,
+                                  "models": ["on_policy", "off_policy"]}}
+    line = headline(evaluation)
+    assert line.startswith("accuracy on 20 held-out prompts: baseline 0.20, on_policy 0.35, "
+                           "off_policy 0.70.")
+    assert "1 items only on_policy got right, 3 only off_policy" in line
+    # The quickstart's roles keep their sentence.
+    roles = {"n": 5, "baseline": 0.2, "student": 0.6, "teacher": 0.4,
+             "models": {"baseline": {"accuracy": 0.2}, "student": {"accuracy": 0.6}}}
+    assert "baseline 0.20 → student 0.60 (teacher 0.40)" in headline(roles)

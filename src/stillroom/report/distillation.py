@@ -79,11 +79,17 @@ EVAL_HEADER = ["model", "role", "accuracy", "95% interval", "perplexity of held-
 def headline(evaluation: dict[str, Any]) -> str:
     """One sentence: the metric, n, before and after, the teacher, and the paired test."""
     test = evaluation.get("paired_test") or {}
-    parts = [
-        f"{evaluation.get('metric', 'accuracy')} on {evaluation.get('n', '?')} held-out prompts: "
-        f"baseline {_maybe(evaluation.get('baseline'))} → student "
-        f"{_maybe(evaluation.get('student'))} (teacher {_maybe(evaluation.get('teacher'))})."
-    ]
+    opening = f"{evaluation.get('metric', 'accuracy')} on {evaluation.get('n', '?')} held-out prompts: "
+    models = evaluation.get("models") or {}
+    if evaluation.get("student") is None and models:
+        # Models named other than baseline/student/teacher (on_policy, off_policy...): each one.
+        parts = [opening + ", ".join(f"{name} {_maybe(details.get('accuracy'))}"
+                                     for name, details in models.items()) + "."]
+    else:
+        parts = [
+            opening + f"baseline {_maybe(evaluation.get('baseline'))} → student "
+            f"{_maybe(evaluation.get('student'))} (teacher {_maybe(evaluation.get('teacher'))})."
+        ]
     if test.get("p_value") is not None:
         # b counts the items only the first of the two models got right, c the second's.
         first, second = (test.get("models") or ["the first model", "the second"])[:2]

@@ -155,6 +155,18 @@ def evaluate_all(qs: Path, models: dict[str, str], heldout: int | None, out: Pat
     return evaluate(config, rows=rows, out=out)
 
 
+def print_results(summary: dict[str, Any]) -> None:
+    """Accuracy with intervals per model, then each paired test."""
+    print(f"\nheld-out accuracy (exact), n = {summary['heldout_n']}:")
+    for name, figures in summary["accuracy"].items():
+        low, high = figures["ci"]
+        print(f"  {name:10s} {figures['accuracy']:.3f}  [{low:.3f}, {high:.3f}]")
+    for name, test in summary["paired"].items():
+        low, high = test["difference_ci"]
+        print(f"  {name}: difference {test['accuracy_difference']:+.3f} [{low:+.3f}, {high:+.3f}], "
+              f"McNemar p = {test['p_value']:.3g} (b {test['b']}, c {test['c']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("quickstart", type=Path, help="a finished `stillroom quickstart` folder")
@@ -215,14 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"\nheld-out accuracy (exact), n = {result['n']}:")
-    for name, figures in summary["accuracy"].items():
-        low, high = figures["ci"]
-        print(f"  {name:9s} {figures['accuracy']:.3f}  [{low:.3f}, {high:.3f}]")
-    for name, test in summary["paired"].items():
-        low, high = test["difference_ci"]
-        print(f"  {name}: difference {test['accuracy_difference']:+.3f} [{low:+.3f}, {high:+.3f}], "
-              f"McNemar p = {test['p_value']:.3g} (b {test['b']}, c {test['c']})")
+    print_results(summary)
     print(f"GRPO: {grpo['steps']} steps, {grpo['cpu_seconds']} CPU s; SFT+KD: {sft['steps']} steps"
           + (f" ({sft['budget_note']})" if sft.get("reused") else f", {sft['cpu_seconds']} CPU s"))
     print(f"wrote {args.out}")

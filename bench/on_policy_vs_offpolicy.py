@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "on_policy_vs_offpolicy.json"
 MAX_NEW_TOKENS = 24  # as the quickstart's evaluation; its teacher answers were at most 16 tokens
 
-from grpo_vs_sft import cpu_budget, paired, train_sft_budgeted  # noqa: E402
+from grpo_vs_sft import cpu_budget, paired, print_results, train_sft_budgeted  # noqa: E402
 
 
 def on_policy_rows(qs: Path, work: Path) -> Path:
@@ -185,14 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"\nheld-out accuracy (exact), n = {result['n']}:")
-    for name, figures in summary["accuracy"].items():
-        low, high = figures["ci"]
-        print(f"  {name:10s} {figures['accuracy']:.3f}  [{low:.3f}, {high:.3f}]")
-    for name, test in summary["paired"].items():
-        low, high = test["difference_ci"]
-        print(f"  {name}: difference {test['accuracy_difference']:+.3f} [{low:+.3f}, {high:+.3f}], "
-              f"McNemar p = {test['p_value']:.3g} (b {test['b']}, c {test['c']})")
+    print_results(summary)
     print(f"on-policy: {on_policy['steps']} steps, {on_policy['cpu_seconds']} CPU s, teacher "
           f"requests {on_policy['teacher_requests_sent']} sent, {on_policy['teacher_cache_hits']} "
           f"cache hits, wait share {on_policy['teacher_wait_share']}; off-policy: "

@@ -68,7 +68,7 @@ The losses and where they come from (p = teacher, q = student, both at temperatu
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -203,26 +203,44 @@ def topk_kd_loss(
     if ids.numel() and int(ids.max()) >= vocab:  # checked on kept tokens only
         raise ValueError(f"a teacher top-k id is >= the student's vocabulary size {vocab}")
 
+    buckets = topk_buckets(_upcast(logits), ids, stored, temperature)
+    teacher_buckets = torch.cat([buckets.teacher_topk, buckets.teacher_tail.unsqueeze(-1)], dim=-1)
+    teacher_buckets = torch.log_softmax(teacher_buckets / temperature, dim=-1)
+
+    per_token = _kl(teacher_buckets, buckets.student)
+    return _reduce(per_token, keep, token_shape, reduction)
+
+
+class TopKBuckets(NamedTuple):
+    """The vocabulary coarsened to a teacher's stored top-k ids and one tail bucket, per token."""
+
+    valid: Tensor  # (M, K): a stored entry (id >= 0, finite log-prob), not padding
+    student: Tensor  # (M, K + 1): the student's log-probs at T of the K ids (-inf at padding), tail
+    teacher_topk: Tensor  # (M, K): the stored log-probs (-inf at padding), at T = 1
+    teacher_tail: Tensor  # (M,): log(1 - sum p_k), -inf where the ids cover the vocabulary
+    tail_is_empty: Tensor  # (M,): the ids cover every token
+
+
+def topk_buckets(logits: Tensor, ids: Tensor, stored: Tensor, temperature: float) -> TopKBuckets:
+    """Both sides' buckets for the top-k losses (forward, :func:`topk_kd_loss`; reverse,
+    :func:`stillroom.train.on_policy_losses.topk_reverse_kl`), from kept tokens' ``(M, V)``
+    logits and ``(M, K)`` stored ids and log-probs. The student's tail is a logsumexp over the
+    complement, so a tail of 1e-30 is still exact."""
     valid = (ids >= 0) & torch.isfinite(stored)
     safe_ids = torch.where(valid, ids, torch.zeros_like(ids))  # gather needs an in-range id
-    scaled = _upcast(logits) / temperature
+    scaled = logits / temperature
     normalizer = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    student_topk = scaled.gather(-1, safe_ids) - normalizer
+    student_topk = torch.where(valid, scaled.gather(-1, safe_ids) - normalizer, _NEG_INF)
     covered = torch.zeros_like(scaled).scatter_add(-1, safe_ids, valid.to(scaled.dtype)) > 0
     tail_is_empty = covered.all(dim=-1)
     student_tail = _masked_logsumexp(scaled, ~covered) - normalizer.squeeze(-1)
-    student_buckets = torch.cat([student_topk, student_tail.unsqueeze(-1)], dim=-1)
-
     teacher_topk = torch.where(valid, stored.to(scaled.dtype), _NEG_INF)
     # A tail that covers no token holds no mass, whatever the rounding of the stored values says.
     teacher_tail = torch.where(
         tail_is_empty, _NEG_INF, _log1mexp(torch.logsumexp(teacher_topk, dim=-1).clamp(max=0.0))
     )
-    teacher_buckets = torch.cat([teacher_topk, teacher_tail.unsqueeze(-1)], dim=-1)
-    teacher_buckets = torch.log_softmax(teacher_buckets / temperature, dim=-1)
-
-    per_token = _kl(teacher_buckets, student_buckets)
-    return _reduce(per_token, keep, token_shape, reduction)
+    return TopKBuckets(valid, torch.cat([student_topk, student_tail.unsqueeze(-1)], dim=-1),
+                       teacher_topk, teacher_tail, tail_is_empty)
 
 
 def skew_kl_loss(

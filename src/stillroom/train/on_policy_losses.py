@@ -44,7 +44,7 @@ import math
 import torch
 from torch import Tensor
 
-from stillroom.train.losses import _kl, _log1mexp, _masked_logsumexp
+from stillroom.train.losses import _kl, topk_buckets
 
 _NEG_INF = float("-inf")
 # The lowest teacher log-prob either form uses: a server's -inf (a token the teacher masks, or a
@@ -143,20 +143,10 @@ def topk_reverse_kl(
     vocab = logits.shape[-1]
     if ids.numel() and int(ids.max()) >= vocab:
         raise ValueError(f"a teacher id is >= the student's vocabulary size {vocab}")
-    valid = (ids >= 0) & torch.isfinite(stored)
-    safe_ids = torch.where(valid, ids, torch.zeros_like(ids))
-    scaled = logits / temperature
-    normalizer = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    student_topk = torch.where(valid, scaled.gather(-1, safe_ids) - normalizer, _NEG_INF)
-    covered = torch.zeros_like(scaled).scatter_add(-1, safe_ids, valid.to(scaled.dtype)) > 0
-    tail_is_empty = covered.all(dim=-1)
-    student_tail = _masked_logsumexp(scaled, ~covered) - normalizer.squeeze(-1)
-    student_buckets = torch.cat([student_topk, student_tail.unsqueeze(-1)], dim=-1)
-
-    teacher_topk = torch.where(valid, stored.to(scaled.dtype), _NEG_INF)
-    given_tail = torch.where(
-        tail_is_empty, _NEG_INF, _log1mexp(torch.logsumexp(teacher_topk, dim=-1).clamp(max=0.0))
-    )
+    buckets = topk_buckets(logits, ids, stored, temperature)
+    valid, student_buckets = buckets.valid, buckets.student
+    teacher_topk, given_tail, tail_is_empty = (buckets.teacher_topk, buckets.teacher_tail,
+                                               buckets.tail_is_empty)
     raw = torch.cat([teacher_topk, _floored_tail(teacher_topk, valid, given_tail,
                                                  tail_is_empty).unsqueeze(-1)], dim=-1)
     # Tempered and normalized by the buckets as the teacher gave them: a raised tail is added on

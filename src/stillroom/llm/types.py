@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
+# {"role": "system"|"user"|"assistant"|"tool", "content": str, ...}: an assistant turn that calls
+# tools also has "tool_calls", a tool turn "tool_call_id" and "name" (see stillroom.llm.tool_calls
+# for the exact shapes, the same in rows, requests and answers).
+Message = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,12 @@ class GenerationParams:
     top_logprobs: int | None = None
     # JSON schema the answer must satisfy; backends that can constrain decoding do so.
     json_schema: dict[str, Any] | None = None
+    # Functions the model may call, OpenAI's shape ({"type": "function", "function": {"name",
+    # "description", "parameters"}}, see stillroom.llm.tool_calls.normalize_tools), and whether it
+    # must: "auto" (the default when tools are given), "none", "required", or one function
+    # ({"type": "function", "function": {"name": ...}}). Part of the cache key like the rest.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The parameters that are set, for cache keys and request bodies."""
@@ -94,11 +103,16 @@ class Completion:
     # False when a trace was begun and never ended (the model ran out of tokens while thinking):
     # such an answer is no answer (see stillroom.llm.reasoning.TRUNCATED_REASONING).
     reasoning_ended: bool = True
+    # The calls the model made, in the row shape of stillroom.llm.tool_calls (``id``, ``type``
+    # "function", ``function`` {``name``, ``arguments``: the JSON text as the model wrote it,
+    # which need not parse: the format check says so}); None when it made none. ``text`` is
+    # whatever it wrote beside them ("" for none).
+    tool_calls: list[dict[str, Any]] | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The cacheable form (no ``cached`` flag: that is a property of the lookup). The trace
-        fields are written only when there is a trace, so records of answers without one keep
-        their old form."""
+        fields are written only when there is a trace, and ``tool_calls`` only when there are
+        calls, so records of answers without them keep their old form."""
         record: dict[str, Any] = {
             "text": self.text,
             "finish_reason": self.finish_reason,
@@ -112,6 +126,8 @@ class Completion:
             record["reasoning_tokens"] = self.reasoning_tokens
             record["reasoning_tokens_estimated"] = self.reasoning_tokens_estimated
             record["reasoning_ended"] = self.reasoning_ended
+        if self.tool_calls is not None:
+            record["tool_calls"] = self.tool_calls
         return record
 
     @classmethod
@@ -128,6 +144,7 @@ class Completion:
             reasoning_tokens=record.get("reasoning_tokens", 0),
             reasoning_tokens_estimated=record.get("reasoning_tokens_estimated", False),
             reasoning_ended=record.get("reasoning_ended", True),
+            tool_calls=record.get("tool_calls"),
         )
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
+TOOL_RESPONSE_START = "<tool_response>"
+TOOL_RESPONSE_END = "</tool_response>"
 
 
 class ToolSchemaError(ValueError):
@@ -157,7 +159,67 @@ def calls_as_text(tool_calls: list[dict[str, Any]]) -> str:
     return "\n".join(blocks)
 
 
+def tool_result_as_text(message: dict[str, Any]) -> str:
+    """A tool turn as text, for a model without a tool API (it sees it as a user turn)."""
+    return f"{TOOL_RESPONSE_START}\n{message.get('content') or ''}\n{TOOL_RESPONSE_END}"
+
+
+def tools_system_text(tools: list[dict[str, Any]]) -> str:
+    """What a model without a tool API is told about the tools (in its system turn): their
+    definitions as JSON, one per line, and how to call them (:func:`calls_as_text`'s format)."""
+    listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in normalize_tools(tools))
+    return (
+        "You may call these functions to help with the user's request. Their definitions, one "
+        "per line:\n<tools>\n" + listed + "\n</tools>\n"
+        "To call a function, write a JSON object with its name and arguments between "
+        f"{TOOL_CALL_START} and {TOOL_CALL_END} tags, one block per call:\n"
+        f'{TOOL_CALL_START}\n{{"name": "<function name>", "arguments": {{...}}}}\n{TOOL_CALL_END}\n'
+        f"The results come back between {TOOL_RESPONSE_START} and {TOOL_RESPONSE_END} tags. "
+        "When you have what you need, answer the user without tags."
+    )
+
+
+def as_plain_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """A tool conversation as plain system/user/assistant turns, for a model or chat template
+    that knows no tools: the tools described in the system turn (added, or put after an
+    existing system turn's text), an assistant turn's calls written after its text
+    (:func:`calls_as_text`), and each tool turn as a user turn (:func:`tool_result_as_text`;
+    consecutive tool turns are joined into one, so roles still alternate)."""
+    out: list[dict[str, Any]] = []
+    if tools:
+        described = tools_system_text(tools)
+        if messages and messages[0].get("role") == "system":
+            first = str(messages[0].get("content") or "")
+            out.append({"role": "system", "content": f"{first}\n\n{described}" if first else described})
+            messages = messages[1:]
+        else:
+            out.append({"role": "system", "content": described})
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant" and message.get("tool_calls"):
+            text = str(message.get("content") or "")
+            calls = calls_as_text(message["tool_calls"])
+            out.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
+        elif role == "tool":
+            text = tool_result_as_text(message)
+            if out and out[-1].get("role") == "user" and out[-1].get("_tool_results"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": "user", "content": text, "_tool_results": True})
+        else:
+            out.append({key: value for key, value in message.items()
+                        if key in ("role", "content")})
+    for message in out:
+        message.pop("_tool_results", None)
+    return out
+
+
 __all__ = [
+    "TOOL_RESPONSE_END",
+    "TOOL_RESPONSE_START",
+    "as_plain_messages",
+    "tool_result_as_text",
+    "tools_system_text",
     "TOOL_CALL_END",
     "TOOL_CALL_START",
     "ToolSchemaError",

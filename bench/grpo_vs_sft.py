@@ -98,15 +98,16 @@ def train_grpo_budgeted(qs: Path, work: Path, budget: float, learning_rate: floa
             "reward_curve": record["rewards_curve"]}
 
 
-def train_sft_budgeted(qs: Path, work: Path, budget: float) -> dict[str, Any]:
-    """The quickstart's KD recipe, from the baseline, until the budget is spent."""
+def train_sft_budgeted(qs: Path, work: Path, budget: float,
+                       student: str = "embedded") -> dict[str, Any]:
+    """The quickstart's KD recipe, from ``student`` (the baseline), until the budget is spent."""
     from stillroom.quickstart import QuickstartSettings
     from stillroom.train.common import loss_curve, run_training, save_final
     from stillroom.train.kd import KDRunConfig, build_trainer
 
     settings = QuickstartSettings()
     shutil.rmtree(work / "sft_kd", ignore_errors=True)
-    config = KDRunConfig(student="embedded", data=str(qs / "data"), output_dir=str(work / "sft_kd"),
+    config = KDRunConfig(student=student, data=str(qs / "data"), output_dir=str(work / "sft_kd"),
                          epochs=1000, batch_size=settings.batch_size,
                          learning_rate=settings.learning_rate, max_length=160, seed=settings.seed,
                          save_steps=10**6, mode="offline", alpha=settings.kd_alpha, resume=False)

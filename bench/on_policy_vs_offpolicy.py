@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offpolicy", default="train",
                         help="`train` (default) or a trained off-policy student folder to reuse")
     parser.add_argument("--student", default="embedded", help="the student both methods start from")
+    parser.add_argument("--also-baseline", type=Path, default=None,
+                        help="another model to evaluate and test both methods against (e.g. the "
+                             "pruned copy before its recovery, when --student is the recovered one)")
     parser.add_argument("--lr", type=float, default=5e-5, help="on-policy learning rate")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="CPU cores of this machine")
@@ -157,16 +160,17 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         print(f"off-policy (SFT + top-k KD), {args.budget:.0f} CPU s ...", flush=True)
-        off_policy = train_sft_budgeted(qs, args.work, args.budget)
+        off_policy = train_sft_budgeted(qs, args.work, args.budget, args.student)
     else:
         off_policy = given_student(Path(args.offpolicy))
 
     baseline = args.student
-    result = evaluate_all(qs, {"baseline": baseline, "on_policy": on_policy["path"],
-                               "off_policy": off_policy["path"]},
-                          args.heldout, args.work / "eval.json")
+    models = {"baseline": baseline, "on_policy": on_policy["path"], "off_policy": off_policy["path"]}
+    if args.also_baseline is not None:
+        models["initial"] = str(args.also_baseline)
+    result = evaluate_all(qs, models, args.heldout, args.work / "eval.json")
     passed = {name: [item["outputs"][name]["passed"] for item in result["items"]]
-              for name in ("baseline", "on_policy", "off_policy")}
+              for name in models}
     import torch
 
     summary = {
@@ -179,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                      for name in passed},
         "paired": {"on_policy_vs_off_policy": paired(passed["on_policy"], passed["off_policy"]),
                    "on_policy_vs_baseline": paired(passed["on_policy"], passed["baseline"]),
-                   "off_policy_vs_baseline": paired(passed["off_policy"], passed["baseline"])},
+                   "off_policy_vs_baseline": paired(passed["off_policy"], passed["baseline"]),
+                   **({"on_policy_vs_initial": paired(passed["on_policy"], passed["initial"]),
+                       "off_policy_vs_initial": paired(passed["off_policy"], passed["initial"])}
+                      if "initial" in passed else {})},
         "ci_method": "Wilson score, 95%; difference: paired bootstrap over items, 95%",
         "test": "exact McNemar (two-sided binomial test on discordant pairs)",
     }

@@ -267,6 +267,30 @@ def loss_curve(trainer: Any, key: str = "loss") -> list[list[float]]:
             for entry in trainer.state.log_history if key in entry and "step" in entry]
 
 
+def last_value(curve: list[list[float]]) -> float | None:
+    """The last value of a :func:`loss_curve`, or None when nothing was logged."""
+    return curve[-1][1] if curve else None
+
+
+def record_head(recipe: str, config: RunConfig, trainer: Any, checkpoint: Path | None,
+                **facts: Any) -> dict[str, Any]:
+    """The part of every recipe's ``TRAIN_FILE`` record that means the same for all of them:
+    the recipe, its config, ``facts`` (what the recipe read: rows, format...), the steps done,
+    the checkpoint it resumed from, and the loss curve with its first and last value. Each
+    recipe adds its own figures after it."""
+    losses = loss_curve(trainer)
+    return {
+        "recipe": recipe,
+        **facts,
+        "config": config.model_dump(mode="json"),
+        "steps": trainer.state.global_step,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "first_loss": losses[0][1] if losses else None,
+        "final_loss": last_value(losses),
+        "losses": losses,
+    }
+
+
 def save_final(trainer: Any, final: Path, record: dict[str, Any]) -> Path:
     """The trained model (LoRA merged into plain weights), its tokenizer and ``TRAIN_FILE``."""
     model = trainer.model

@@ -109,6 +109,7 @@ from stillroom.train.common import (
     TRAIN_FILE,
     RunConfig,
     checked_turns,
+    last_value,
     latest_checkpoint,
     load_named_model,
     load_run_config,
@@ -117,6 +118,7 @@ from stillroom.train.common import (
     parse_run_config,
     peft_config,
     read_rows,
+    record_head,
     render_prompt,
     row_where,
     run_training,
@@ -375,9 +377,6 @@ def build_trainer(config: DPORunConfig) -> tuple[Any, dict[str, Any]]:
                      "loss": "cdpo" if soft else config.loss_type, "soft_labelled_pairs": soft}
 
 
-def _last(curve: list[list[float]]) -> float | None:
-    return curve[-1][1] if curve else None
-
 
 def train_dpo(config: DPORunConfig) -> Path:
     """Train the student on the preference pairs; save ``output_dir/final`` and return its path."""
@@ -387,22 +386,14 @@ def train_dpo(config: DPORunConfig) -> Path:
     started = time.perf_counter()
     run_training(trainer, checkpoint)
     seconds = time.perf_counter() - started
-    losses = loss_curve(trainer)
     margins = loss_curve(trainer, "rewards/margins")
     accuracies = loss_curve(trainer, "rewards/accuracies")
     record = {
-        "recipe": "dpo",
-        "config": config.model_dump(mode="json"),
-        **facts,
+        **record_head("dpo", config, trainer, checkpoint, **facts),
         "beta": config.beta,
         "loss_type": config.loss_type,
-        "steps": trainer.state.global_step,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "first_loss": losses[0][1] if losses else None,
-        "final_loss": _last(losses),
-        "final_margin": _last(margins),
-        "final_accuracy": _last(accuracies),
-        "losses": losses,
+        "final_margin": last_value(margins),
+        "final_accuracy": last_value(accuracies),
         "margins": margins,
         "accuracies": accuracies,
         "train_seconds": round(seconds, 3),

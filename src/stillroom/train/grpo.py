@@ -86,6 +86,7 @@ from stillroom.train.common import (
     TRAIN_FILE,
     RunConfig,
     checked_turns,
+    last_value,
     latest_checkpoint,
     load_run_config,
     load_student,
@@ -93,6 +94,7 @@ from stillroom.train.common import (
     parse_run_config,
     peft_config,
     read_rows,
+    record_head,
     render_prompt,
     row_where,
     run_training,
@@ -312,9 +314,6 @@ def build_trainer(config: GRPORunConfig) -> tuple[Any, dict[str, Any]]:
                      "reward_names": [f.__name__ for f in rewards]}
 
 
-def _last(curve: list[list[float]]) -> float | None:
-    return curve[-1][1] if curve else None
-
 
 def train_grpo(config: GRPORunConfig, callbacks: list[Any] | None = None) -> Path:
     """Train the student against the verifiers; save ``output_dir/final`` and return its path.
@@ -329,17 +328,10 @@ def train_grpo(config: GRPORunConfig, callbacks: list[Any] | None = None) -> Pat
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rewards = loss_curve(trainer, "reward")
     per_reward = {name: loss_curve(trainer, f"rewards/{name}/mean") for name in facts["reward_names"]}
-    losses = loss_curve(trainer)
     record = {
-        "recipe": "grpo",
-        "config": config.model_dump(mode="json"),
-        **facts,
-        "steps": trainer.state.global_step,
-        "resumed_from": checkpoint.name if checkpoint else None,
+        **record_head("grpo", config, trainer, checkpoint, **facts),
         "first_reward": rewards[0][1] if rewards else None,
-        "final_reward": _last(rewards),
-        "final_loss": _last(losses),
-        "losses": losses,
+        "final_reward": last_value(rewards),
         "rewards_curve": rewards,
         "reward_curves": per_reward,
         "train_seconds": round(seconds, 3),

@@ -168,6 +168,7 @@ from stillroom.train.common import (
     parse_run_config,
     peft_config,
     read_rows,
+    record_head,
     run_training,
     save_final,
     trainer_arguments,
@@ -414,21 +415,13 @@ def train_kd(config: Any) -> Path:
     started = time.perf_counter()
     run_training(trainer, checkpoint)
     seconds = time.perf_counter() - started
-    losses = loss_curve(trainer)
     on_policy = loss_curve(trainer, "on_policy")
     record = {
-        "recipe": "kd",
-        "mode": config.mode,
-        "config": config.model_dump(mode="json"),
+        **record_head("kd", config, trainer, checkpoint, mode=config.mode),
         "format": facts["format"],
         "rows": facts["rows"],
         "label_tokens": facts["label_tokens"],
         "teacher_tokens": facts["teacher_tokens"] if config.mode == "offline" else None,
-        "steps": trainer.state.global_step,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "first_loss": losses[0][1] if losses else None,
-        "final_loss": losses[-1][1] if losses else None,
-        "losses": losses,
         "kd_losses": loss_curve(trainer, "kd_loss"),
         "ce_losses": loss_curve(trainer, "ce_loss"),
         "on_policy_share": (sum(v for _, v in on_policy) / len(on_policy)) if on_policy else 0.0,

@@ -118,6 +118,7 @@ from stillroom.train.common import (
     loss_curve,
     peft_config,
     read_rows,
+    record_head,
     render_prompt,
     row_where,
     run_training,
@@ -537,17 +538,9 @@ def _record(config: OnPolicyRunConfig, trainer: Any, run: OnPolicyRun, pool: Tea
         totals["samples"] = sum(1 for line in scored if line["teacher"] == name)
         totals["tokens"] = sum(line["tokens"] for line in scored if line["teacher"] == name)
         totals["failures"] = sum(1 for line in failed if line["teacher"] == name)
-    losses = loss_curve(trainer)
     return {
-        "recipe": "kd",
-        "mode": "on_policy",
-        "config": config.model_dump(mode="json"),
+        **record_head("kd", config, trainer, checkpoint, mode="on_policy"),
         "rows": len(rows),
-        "steps": trainer.state.global_step,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "first_loss": losses[0][1] if losses else None,
-        "final_loss": losses[-1][1] if losses else None,
-        "losses": losses,
         "kd_losses": loss_curve(trainer, "kd_loss"),
         "ce_losses": [],
         "kl_estimate": config.kl_estimate,

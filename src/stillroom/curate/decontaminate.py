@@ -4,6 +4,7 @@
       against: [bench/gsm8k_test.jsonl, bench/math500/]   # JSONL, Parquet, CSV or dataset folders
       bench_columns: null      # default: the question-like columns each benchmark has (below)
       columns: null            # the training row's columns to check; default: all its text
+      roles: null              # chat messages: the roles whose turns are checked, e.g. [user]
       ngram: 8
       threshold: 0.5           # contaminated when MORE than this share of an item is covered
       short_items: exact       # items shorter than `ngram` tokens: exact (whole-text match) or skip
@@ -50,7 +51,13 @@ What is compared
   ``rejected`` in conversational format); ``id``, ``metadata`` and ``logprobs`` are skipped. A
   benchmark question echoed in a completion is a leak as much as one in a prompt (Tulu 3 indexed
   the user turns only). With ``columns`` named, a row holding none of them is an input error
-  (it would otherwise pass unsearched).
+  (it would otherwise pass unsearched). In a conversation every turn is its own text: user,
+  assistant and tool turns, an assistant turn's tool calls (``<tool_call>`` blocks with their
+  arguments: a query copied into a search call is a leak too) and a tool's result. ``roles``
+  (e.g. ``[user]``, Tulu 3's choice) keeps only the turns of those roles in chat-message cells;
+  text cells (a text ``prompt`` or ``completion``) are still checked, so name ``columns`` as
+  well to leave them out. A row with no text to check at all (no text cell, or no turn of
+  ``roles``) is an input error too, never a clean row that was never searched.
 * Items shorter than ``ngram`` tokens have no n-gram. With ``short_items: exact`` (the default)
   such an item counts as leaked (coverage 100%) when one text of the row is exactly the item
   (after the normalization above): an exact copy is found, while a short, generic item ("Which
@@ -97,7 +104,7 @@ import hashlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -105,7 +112,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import iter_rows, resolve_input_path
-from stillroom.data.rows import row_id, seed_id_of, with_lineage
+from stillroom.data.rows import calls_text, row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.stage import (
     Dropped,
@@ -154,19 +161,25 @@ def ngram_hashes(tokens: list[str], n: int) -> list[int]:
     return [hash(gram) for gram in zip(*(tokens[k:] for k in range(n)), strict=False)]
 
 
-def texts_in(value: Any, *, numbers: bool = False) -> list[str]:
+def texts_in(
+    value: Any, *, numbers: bool = False, roles: Sequence[str] | None = None
+) -> list[str]:
     """The texts a cell holds: a string, a list of strings, chat messages (their ``content``,
-    which may itself be a list of ``{type: text, text}`` parts). Numbers only when ``numbers``
-    (a benchmark's numeric answer column named on purpose)."""
+    which may itself be a list of ``{type: text, text}`` parts, then their tool calls written
+    out, :func:`stillroom.data.rows.calls_text`; with ``roles`` only messages of those roles).
+    Numbers only when ``numbers`` (a benchmark's numeric answer column named on purpose)."""
     if isinstance(value, str):
         return [value]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         return [str(value)]
     if isinstance(value, list):
-        return [text for item in value for text in texts_in(item, numbers=numbers)]
+        return [text for item in value for text in texts_in(item, numbers=numbers, roles=roles)]
     if isinstance(value, dict):
-        if "content" in value:
-            return texts_in(value["content"])
+        if "content" in value or "role" in value:  # a chat message
+            if roles is not None and value.get("role") not in roles:
+                return []
+            calls = calls_text(value)
+            return texts_in(value.get("content")) + ([calls] if calls is not None else [])
         if "text" in value:
             return texts_in(value["text"])
     return []
@@ -531,6 +544,12 @@ class Decontaminate(RowStage):
         min_length=1,
         description="The training row's columns to check; default: every text it holds.",
     )
+    roles: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Chat messages: the roles whose turns are checked (e.g. [user]); default: "
+        "every turn, tool calls and results included.",
+    )
     ngram: int = Field(default=8, ge=1, le=64, description="n-gram length in tokens (Tulu 3: 8).")
     threshold: float = Field(
         default=0.5,
@@ -584,28 +603,33 @@ class Decontaminate(RowStage):
     def identity(self) -> dict[str, Any]:
         out = super().identity()
         out["benchmarks_digest"] = self.index.digest  # an edited benchmark is another run
+        if self.roles is None:  # the default, left out: older runs resume as the same run
+            out.pop("roles", None)
         return out
 
     # -- input ---------------------------------------------------------------------------------
 
     def check_row(self, row: Row) -> str | None:
-        if self.columns is None:
-            return None
         # Rows of a mixed file may hold different columns; a row with none of them would pass
         # unsearched, which must not happen silently.
-        if not any(row.get(column) is not None for column in self.columns):
+        if self.columns is not None and not any(row.get(column) is not None for column in self.columns):
             return f"the row has none of the column(s) {self.columns} to check; it has {sorted(row)}"
+        if not any(text.strip() for text in self.row_texts(row)):
+            where = f"in the column(s) {self.columns}" if self.columns is not None else "in any column"
+            only = f" (of roles {self.roles})" if self.roles is not None else ""
+            return f"the row has no text{only} {where} to check; it has {sorted(row)}"
         return None
 
     def row_texts(self, row: Row) -> list[str]:
         """The texts of ``row`` that are searched for benchmark n-grams."""
         if self.columns is not None:
-            return [text for column in self.columns for text in texts_in(row.get(column))]
+            return [text for column in self.columns
+                    for text in texts_in(row.get(column), roles=self.roles)]
         return [
             text
             for column, value in row.items()
             if column not in SKIPPED_ROW_COLUMNS
-            for text in texts_in(value)
+            for text in texts_in(value, roles=self.roles)
         ]
 
     # -- the stage -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ In a pipeline (an all-rows stage: it sees every row before deciding)::
       verify_jaccard: true   # minhash: drop only pairs whose exact Jaccard reaches the threshold
       false_negative_weight: 0.98  # minhash: misses vs false candidates when choosing LSH bands
       keep_by: score         # keep the row with the highest `score` in each cluster
+      roles: null            # chat messages: the roles whose turns count (default: every turn)
 
 From the command line (streams the input; see :func:`dedup`)::
 
@@ -20,7 +21,15 @@ From the command line (streams the input; see :func:`dedup`)::
 row's text is its ``text``; a row without one uses ``prompt`` and ``completion`` joined (a
 prompt alone when there is no completion); a row without those uses the contents of its
 ``messages``. A list of chat messages (or of strings) in any of them counts as its contents
-joined. A row with none of these is named, with its file and line, before anything runs.
+joined: every turn's text in order (:func:`stillroom.data.rows.cell_text`), an assistant turn's
+tool calls written after its content as ``<tool_call>`` blocks and a tool turn's result
+included, so two conversations that differ only in a late turn or in a call's arguments are
+different texts. ``roles`` (e.g. ``[user]``) keeps only the turns of those roles. A row with
+none of these columns is named, with its file and line, before anything runs. A row whose
+text is empty (nothing but whitespace, e.g. a conversation whose turns are all empty, or one
+with no turn of ``roles``) is not compared (every empty text would be one cluster, and its
+first row kept as if it were unique): it goes to ``dropped/`` with the reason ``empty text:
+...``.
 
 **Methods.**
 
@@ -88,7 +97,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 from stillroom.curate import lsh_bands, minhash, semantic, shingling
-from stillroom.data.rows import cell_text, row_id, seed_id_of, with_lineage
+from stillroom.data.rows import cell_text, cell_texts, row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError
 from stillroom.pipeline.stage import (
     AllRowsFilter,
@@ -128,10 +137,15 @@ class TextMissing(ValueError):
     """A row has no text to compare (message says which column and what the row has)."""
 
 
-def as_text(value: Any) -> str | None:
+class TextEmpty(ValueError):
+    """A row's text is empty: it is dropped with this reason, never kept as a unique row."""
+
+
+def as_text(value: Any, roles: Sequence[str] | None = None) -> str | None:
     """A cell as text (:func:`stillroom.data.rows.cell_text`): a string; a chat message's
-    content; a list of those, joined by blank lines. None when the cell holds no text."""
-    return cell_text(value, sep="\n\n")
+    content and tool calls; a list of those, joined by blank lines; with ``roles``, only the
+    messages of those roles. None when the cell holds no text."""
+    return cell_text(value, roles, sep="\n\n")
 
 
 @dataclass
@@ -221,6 +235,12 @@ class Dedup(AllRowsFilter):
     model: str | None = Field(
         default=None, description="semantic: a local sentence-transformers folder."
     )
+    roles: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Chat messages: the roles whose turns are compared (e.g. [user]); default: "
+        "every turn.",
+    )
     _stage_name: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -248,6 +268,13 @@ class Dedup(AllRowsFilter):
                 raise PydanticCustomError("dedup_model", "{problem}", {"problem": problem})
         return self
 
+    def identity(self) -> dict[str, Any]:
+        # The default is left out, so runs made before the option existed resume as the same run.
+        out = super().identity()
+        if self.roles is None:
+            out.pop("roles", None)
+        return out
+
     # -- options ---------------------------------------------------------------------------
 
     @property
@@ -271,7 +298,16 @@ class Dedup(AllRowsFilter):
     # -- rows ------------------------------------------------------------------------------
 
     def text_of(self, row: Row) -> str:
-        """The text this row is compared by; :class:`TextMissing` says why there is none."""
+        """The text this row is compared by; :class:`TextMissing` says why there is none,
+        :class:`TextEmpty` that it is empty."""
+        text = self._text_of(row)
+        if not text.strip():
+            which = self.column or "the row's text"
+            only = f" of roles {self.roles}" if self.roles else ""
+            raise TextEmpty(f"{which} holds no text{only} to compare")
+        return text
+
+    def _text_of(self, row: Row) -> str:
         if self.column is not None:
             names = [self.column] if isinstance(self.column, str) else self.column
             return "\n\n".join(self._named(row, name) for name in names)
@@ -290,15 +326,17 @@ class Dedup(AllRowsFilter):
             "(stillroom dedup) or `column:` (a pipeline)"
         )
 
-    @staticmethod
-    def _named(row: Row, name: str) -> str:
+    def _named(self, row: Row, name: str) -> str:
         if name not in row:
             raise TextMissing(
                 f"the row has no `{name}` column (its columns: {', '.join(sorted(row)) or 'none'})"
             )
-        text = as_text(row[name])
+        value = row[name]
+        text = as_text(value, self.roles)
         if text is None:
-            kind = "null" if row[name] is None else type(row[name]).__name__
+            if cell_texts(value) is not None:
+                return ""  # chat messages without text (of `roles`): TextEmpty names it
+            kind = "null" if value is None else type(value).__name__
             raise TextMissing(f"`{name}` is {kind}, not text or chat messages")
         return text
 
@@ -316,7 +354,7 @@ class Dedup(AllRowsFilter):
 
     def check_row(self, row: Row) -> str | None:
         try:
-            self.text_of(row)
+            self._text_of(row)  # an empty text is not bad input: it is dropped with its reason
             if self.keep_by is not None:
                 self.score_of(row)
         except ValueError as problem:
@@ -524,6 +562,8 @@ class DedupDecisions:
                 if self.stage.keep_by is not None:
                     self.stage.score_of(row)
                 problem = "the row changed between the two passes over the rows"
+            except TextEmpty as error:
+                return Dropped(row, f"empty text: {error}")
             except ValueError as error:
                 problem = str(error)
             return Failed(row, RowFailure(problem, kind="DedupInputError"))

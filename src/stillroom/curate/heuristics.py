@@ -27,7 +27,9 @@ What is checked
 The *prompt* is ``prompt_column`` (default ``auto``: ``prompt``, else ``instruction``, else the
 user turns of ``messages``); the *completion* is ``completion_column`` (default ``auto``:
 ``completion``, ``response`` or ``output``, else the last turn of ``messages`` when it is the
-assistant's, else ``chosen``, text or conversational). A named column may hold a list of texts
+assistant's, else ``chosen``, text or conversational). An assistant turn's tool calls are part
+of its text (``<tool_call>`` blocks after its content), so a turn that only calls a tool is
+not an empty answer. A named column may hold a list of texts
 (``completions``): each is checked and named, ``completions[2]``. A row without a completion
 gets only the prompt checks (a prompt-only data set); a row with neither fails (``failed/``).
 
@@ -127,10 +129,10 @@ from stillroom.curate.heuristic_checks import (
 )
 from stillroom.data.rows import (
     answer_turn,
-    content_text,
     finish_reasons,
     row_id,
     seed_id_of,
+    turn_text,
     turn_texts,
     with_lineage,
 )
@@ -182,7 +184,8 @@ def _message_texts(column: str, messages: list[Any], side: Side) -> list[tuple[s
     if side == "prompt":
         return [(f"{column}[{i}]", text) for i, text in turn_texts(messages, ("user",))]
     at = answer_turn(messages)
-    text = None if at is None else content_text(messages[at]["content"])
+    # A turn that only calls a tool is its calls, not an empty answer (turn_text).
+    text = None if at is None else turn_text(messages[at])
     return [] if text is None else [(f"{column}[{at}]", text)]
 
 

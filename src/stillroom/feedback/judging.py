@@ -12,6 +12,14 @@ whose result must still satisfy the schema. An answer neither reading accepts is
 what was wrong, up to ``max_reasks`` times; then the row fails with the last raw answer in its
 reason. No path leaves a judgment empty or ``None``.
 
+Conversations (the judges' ``conversation`` option, :data:`~stillroom.data.rows.ConversationMode`):
+with ``last_turn`` (the default) a judge rates the answer, the conversation's last assistant turn
+(or each candidate answer), and is shown the turns before it as the request, one ``Role: text``
+paragraph each; with ``whole`` the request says the whole conversation is judged and the text
+rated is the transcript of every turn, the answer last (:func:`judged_view`). Either way an
+assistant turn's tool calls are written after its text as ``<tool_call>`` blocks and a tool's
+result is a ``Tool (<name>): ...`` paragraph (:func:`~stillroom.data.rows.transcript_text`).
+
 A judge is shown the final answer, never the reasoning trace before it (:func:`judged_text`): a
 trace kept apart in a ``reasoning`` column is not read at all, and an inline ``<think>`` trace is
 cut off where the judge's prompt is built, so the row's own columns (``chosen``/``rejected``
@@ -34,7 +42,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from stillroom.data.rows import Row, is_conversation, prompt_text, row_answer, without_answer
+from stillroom.data.rows import (
+    ConversationMode,
+    Row,
+    answer_turn_text,
+    conversation_answer,
+    conversation_instruction,
+    is_conversation,
+    prompt_text,
+    without_answer,
+)
 from stillroom.llm.client import LLMClient
 from stillroom.llm.reasoning import final_answer
 from stillroom.llm.structured import (
@@ -147,9 +164,21 @@ def schema_prompt(schema_hint: str) -> str:
 
 def transcript(row: Row) -> str:
     """The instruction a judge sees: the prompt text, or the conversation before the answer
-    (:func:`stillroom.data.rows.prompt_text`)."""
+    (:func:`stillroom.data.rows.prompt_text`: tool calls and tool results included)."""
     text = prompt_text(row)
     return str(row["prompt"]) if text is None else text
+
+
+def judged_view(row: Row, answer: str, conversation: ConversationMode) -> tuple[str, str]:
+    """What a judge is shown of ``answer`` to ``row``: (the request, the answer). With
+    ``conversation: last_turn`` (and for any row that is no conversation) the request is
+    :func:`transcript` and the answer :func:`judged_text`; with ``whole`` the request says that
+    the whole conversation is judged and the answer is the transcript of every turn, ``answer``
+    the last (:func:`stillroom.data.rows.conversation_answer`; each assistant turn read as
+    :func:`judged_text`, without an inline reasoning trace)."""
+    instruction = conversation_instruction(row, conversation)
+    shown = conversation_answer(row, judged_text(answer), conversation, judged_text)
+    return (transcript(row) if instruction is None else instruction), shown
 
 
 def check_instruction(row: Row) -> str | None:
@@ -185,8 +214,9 @@ def judged_text(answer: str) -> str:
 
 
 def answer_problem(row: Row, column: str) -> str | None:
-    """What keeps a judge from reading ``column``'s answer (:func:`row_answer`), if anything."""
-    text = row_answer(row, column)
+    """What keeps a judge from reading ``column``'s answer (:func:`answer_turn_text`: an answer
+    that only calls a tool is its calls), if anything."""
+    text = answer_turn_text(row, column)
     if text is None or not text.strip():
         return f"`{column}` is missing, empty or not text"
     return None

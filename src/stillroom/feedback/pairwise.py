@@ -6,6 +6,8 @@
       reference_column: reference          # optional: a reference answer shown to the judge
       criteria: null                       # optional: what "better" means here (text)
       as_pair: false                       # true: also write prompt/chosen/rejected, drop ties
+      conversation: last_turn              # a `messages` row: compare the answers as its next
+                                           # turn; `whole`: two whole transcripts
 
 LLM judges prefer the answer in one position, often the first (Zheng et al. 2023, the MT-Bench
 paper, call it position bias). So the judge is asked twice, with the answers swapped, and a
@@ -35,12 +37,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from stillroom.data.rows import (
+    CONVERSATION_OPTION,
+    ConversationMode,
     PromptTemplate,
     Row,
     answer_cell,
+    answer_turn_text,
     is_conversation,
     prompt_messages,
-    row_answer,
     row_id,
     row_key,
     seed_id_of,
@@ -51,9 +55,8 @@ from stillroom.feedback.judging import (
     StructuredMode,
     ask_judge,
     check_instruction,
-    judged_text,
+    judged_view,
     schema_prompt,
-    transcript,
 )
 from stillroom.llm.types import GenerationParams, Message, RequestFailed
 from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
@@ -135,6 +138,14 @@ class PairwiseJudge(RowStage):
     seed: int | None = None
     structured: StructuredMode = "auto"
     max_reasks: int = Field(default=2, ge=0, le=10)
+    conversation: ConversationMode = Field(default="last_turn", description=CONVERSATION_OPTION)
+
+    def identity(self) -> dict[str, Any]:
+        # The default is left out, so runs made before the option existed resume as the same run.
+        out = super().identity()
+        if self.conversation == "last_turn":
+            out.pop("conversation", None)
+        return out
 
     def backend_names(self) -> set[str]:
         return {self.backend}
@@ -173,7 +184,22 @@ class PairwiseJudge(RowStage):
             return completions[0], completions[1]
         # A named candidate may be the row's answer in any shape (`completion` of a `messages`
         # row is its last turn; see data.rows).
-        return row_answer(row, self.candidates[0]), row_answer(row, self.candidates[1])
+        # An answer that only calls a tool is its calls (answer_turn_text).
+        return answer_turn_text(row, self.candidates[0]), answer_turn_text(row, self.candidates[1])
+
+    def _pair_cell(self, row: Row, index: int, text: str) -> list[dict[str, Any]]:
+        """A conversational ``chosen``/``rejected``: the candidate's own assistant turn when it
+        calls tools (TRL trains its ``tool_calls`` as calls, not as the text the judge read),
+        else the text as the assistant's turn."""
+        if self.candidates is not None:
+            column = self.candidates[index]
+            value = row.get(column)
+            if value is None and column == "completion" and is_conversation(row.get("messages")):
+                value = row["messages"][-1:]
+            turns = [m for m in value if m.get("role") == "assistant"] if is_conversation(value) else []
+            if turns and turns[-1].get("tool_calls"):
+                return [turns[-1]]
+        return answer_cell(text, True)  # type: ignore[no-any-return]
 
     def check_row(self, row: Row) -> str | None:
         problem = check_instruction(row)
@@ -196,12 +222,14 @@ class PairwiseJudge(RowStage):
         reference = ""
         if self.reference_column is not None:
             reference = f"## Reference answer\n{row[self.reference_column]}\n\n"
+        instruction, shown_a = judged_view(row, answer_a, self.conversation)
+        _, shown_b = judged_view(row, answer_b, self.conversation)
         text = TEMPLATE.format(
             criteria=self.criteria or DEFAULT_CRITERIA,
-            instruction=transcript(row),
+            instruction=instruction,
             reference=reference,
-            answer_a=judged_text(answer_a),
-            answer_b=judged_text(answer_b),
+            answer_a=shown_a,
+            answer_b=shown_b,
             format=schema_prompt(VERDICT_SCHEMA_HINT),
         )
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
@@ -287,8 +315,9 @@ class PairwiseJudge(RowStage):
         chosen, rejected = (first, second) if winner == "a" else (second, first)
         if row.get("messages") is not None or is_conversation(row.get("prompt")):
             out["prompt"] = prompt_messages(row)
-            out["chosen"] = answer_cell(chosen, True)
-            out["rejected"] = answer_cell(rejected, True)
+            won, lost = (0, 1) if winner == "a" else (1, 0)
+            out["chosen"] = self._pair_cell(row, won, chosen)
+            out["rejected"] = self._pair_cell(row, lost, rejected)
         else:
             out["prompt"], out["chosen"], out["rejected"] = row["prompt"], chosen, rejected
         out["score_chosen"], out["score_rejected"] = 1.0, 0.0

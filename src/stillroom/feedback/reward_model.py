@@ -30,6 +30,13 @@ template holds them). A tokenizer with no chat template gets the plain text
 ``prompt + "\\n\\n" + completion`` (a conversation's contents joined by blank lines), tokenized
 with the tokenizer's special tokens (a BERT-style model's [CLS] and [SEP]).
 
+Conversations with tools: the assistant turns' ``tool_calls`` and the ``tool`` turns before the
+answer are written as plain turns (:func:`stillroom.llm.tool_calls.as_plain_messages`: calls as
+``<tool_call>`` blocks, results as ``<tool_response>`` user turns), since few reward models' chat
+templates render them; an answer that only calls a tool is scored as its calls written out. This
+stage has no ``conversation`` option, unlike the LLM judges: a reward model always reads the
+whole conversation and scores its last turn, which is what both readings would give it.
+
 Never a missing score: an empty completion fails the row (``EmptyCompletion``), as does a text
 longer than ``max_length`` (or the model's position limit; ``TooLong``) and a score that is not a
 finite number (``NonFiniteScore``); the row goes to ``failed/`` with the reason and which
@@ -69,9 +76,18 @@ import orjson
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stillroom.data.readers import resolve_input_path
-from stillroom.data.rows import Row, check_prompt, row_answer, row_id, seed_id_of, with_lineage
+from stillroom.data.rows import (
+    Row,
+    answer_turn_text,
+    check_prompt,
+    row_answer,
+    row_id,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.errors import ConfigError, InputError
 from stillroom.llm.batching import Job, MicroBatcher
+from stillroom.llm.tool_calls import as_plain_messages
 from stillroom.llm.torch_device import device_problem, resolve_device
 from stillroom.pipeline.stage import (
     RowFailure,
@@ -200,7 +216,10 @@ def check_installed() -> None:
 
 
 def _text_of(content: Any) -> str:
-    """A message's content as text (a list of content blocks is joined)."""
+    """A message's content as text (a list of content blocks is joined; no content, as in an
+    assistant turn that only calls a tool, is empty)."""
+    if content is None:
+        return ""
     if isinstance(content, list):
         return "".join(
             block.get("text", "") if isinstance(block, dict) else str(block) for block in content
@@ -214,9 +233,15 @@ def conversation(prompt: Prompt, completion: str) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     else:
-        messages = [{**m, "content": _text_of(m["content"])} for m in prompt]
+        messages = list(prompt)
         while messages and messages[-1]["role"] == "assistant":
             messages.pop()
+        if any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+            # Chat templates of reward models seldom render `tool_calls` or `tool` turns (most
+            # drop the calls or reject the role): the calls and results are written as plain
+            # turns, the one rendering students and tool-less models are given as well.
+            messages = as_plain_messages(messages, None)
+        messages = [{**m, "content": _text_of(m["content"])} for m in messages]
     return [*messages, {"role": "assistant", "content": completion}]
 
 
@@ -596,7 +621,9 @@ class RewardModel(RowStage):
         if problem:
             raise RowFailure(problem, kind="BadInput")
         many = row.get(self.completions_column) is not None
-        texts: list[str] = row[self.completions_column] if many else [str(row_answer(row))]
+        # An answer that only calls a tool is scored as its calls written out (answer_turn_text).
+        texts: list[str] = (row[self.completions_column] if many
+                            else [str(answer_turn_text(row))])
         # `conversation` leaves out the answer a `messages` row ends with.
         prompt: Prompt = row["messages"] if row.get("messages") is not None else row["prompt"]
         scorer = self.scorer()

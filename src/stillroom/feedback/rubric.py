@@ -7,6 +7,8 @@ default, or a rubric file of your own).
       # rubric: rubrics/concise.yaml # or your own (below); relative to the pipeline file
       reference_column: reference    # optional: a reference answer shown to the judge
       column: auto                   # auto: `completions` (a list) when present, else `completion`
+      conversation: last_turn        # a `messages` row: grade its last assistant turn, the turns
+                                     # before as the request; `whole`: the whole transcript
       # preset: mt_bench             # FastChat's exact MT-Bench grading instead (below)
 
 Single-answer grading (Zheng et al. 2023) asks the judge for a score on a fixed scale, one answer
@@ -67,8 +69,10 @@ from pydantic import (
 
 from stillroom.data.readers import option_file
 from stillroom.data.rows import (
+    CONVERSATION_OPTION,
+    ConversationMode,
     Row,
-    row_answer,
+    answer_turn_text,
     row_id,
     row_key,
     seed_id_of,
@@ -85,8 +89,8 @@ from stillroom.feedback.judging import (
     check_instruction,
     first_number_after,
     judged_text,
+    judged_view,
     schema_prompt,
-    transcript,
 )
 from stillroom.llm.structured import json_length_bound
 from stillroom.llm.types import GenerationParams, Message, Request, RequestFailed
@@ -281,6 +285,7 @@ class RubricJudge(RowStage):
     seed: int | None = None
     structured: StructuredMode = "auto"
     max_reasks: int = Field(default=2, ge=0, le=10)
+    conversation: ConversationMode = Field(default="last_turn", description=CONVERSATION_OPTION)
 
     _rubric: Rubric = PrivateAttr(default=MT_BENCH_STYLE)
 
@@ -290,6 +295,9 @@ class RubricJudge(RowStage):
             if self.rubric is not None:
                 raise ValueError("preset mt_bench grades with FastChat's own prompts; leave "
                                  "`rubric` out or drop the preset")
+            if self.conversation != "last_turn":
+                raise ValueError("preset mt_bench shows a conversation as FastChat does (its "
+                                 "multi-turn prompt); leave `conversation` out or drop the preset")
             fixed = {"temperature": mt_bench.TEMPERATURE, "max_tokens": mt_bench.MAX_TOKENS}
             for key, value in fixed.items():
                 if key in self.model_fields_set and getattr(self, key) != value:
@@ -308,6 +316,8 @@ class RubricJudge(RowStage):
     def identity(self) -> dict[str, Any]:
         out = super().identity()
         out["rubric_version"] = self._rubric.version  # an edited rubric is another run
+        if self.conversation == "last_turn":  # the default, left out: older runs resume
+            out.pop("conversation", None)
         if self.preset == "mt_bench":
             out["rubric_version"] = [p.version for p in mt_bench.judge_prompts().values()]
         return out
@@ -408,15 +418,16 @@ class RubricJudge(RowStage):
         return Judgment(value, completion, answers=1)
 
     async def _grade(self, row: Row, answer: str, sample: int, ctx: StageContext) -> Judgment:
-        answer = judged_text(answer)  # the final answer, not the trace before it
         if self.preset == "mt_bench":
-            return await self._grade_mt_bench(row, answer, sample, ctx)
+            # The final answer, not the trace before it.
+            return await self._grade_mt_bench(row, judged_text(answer), sample, ctx)
+        instruction, answer = judged_view(row, answer, self.conversation)
         reference = row[self.reference_column] if self.reference_column is not None else None
         messages: list[Message] = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {
                 "role": "user",
-                "content": grade_prompt(self._rubric, transcript(row), answer, reference),
+                "content": grade_prompt(self._rubric, instruction, answer, reference),
             },
         ]
         schema = grade_schema(self._rubric, self.rationale_chars)
@@ -443,7 +454,7 @@ class RubricJudge(RowStage):
         if problem:
             raise RowFailure(problem, kind="BadInput")
         column = self._column(row)
-        answers = row[column] if column == "completions" else [row_answer(row, column)]
+        answers = row[column] if column == "completions" else [answer_turn_text(row, column)]
         results = await asyncio.gather(
             *(self._grade(row, answer, index, ctx) for index, answer in enumerate(answers)),
             return_exceptions=True,

@@ -10,6 +10,9 @@
       structured: auto         # auto | schema | prompt (see stillroom.feedback.judging)
       reference_column: null   # optional: a column of world knowledge / reference answers
       reference_aspects: [truthfulness]   # the aspects whose prompt shows it
+      conversation: last_turn  # a `messages` row: rate the completions as its next turn (the
+                               # turns before as the instruction), or `whole`: each text is the
+                               # whole conversation with that completion as its last turn
 
 As in UltraFeedback (Cui et al. 2023), each aspect is its own request, and the judge sees all of a
 prompt's completions at once, so it rates them against each other on one scale. The completions
@@ -61,15 +64,22 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from stillroom.data.rows import Row, row_id, row_key, seed_id_of, with_lineage
+from stillroom.data.rows import (
+    CONVERSATION_OPTION,
+    ConversationMode,
+    Row,
+    row_id,
+    row_key,
+    seed_id_of,
+    with_lineage,
+)
 from stillroom.feedback.judging import (
     Judgment,
     StructuredMode,
     ask_judge,
     check_instruction,
-    judged_text,
+    judged_view,
     schema_prompt,
-    transcript,
 )
 from stillroom.feedback.ultrafeedback_rubric import ASPECTS, NOT_APPLICABLE, SYSTEM_PROMPT, Aspect
 from stillroom.llm.structured import json_length_bound
@@ -262,6 +272,7 @@ class UltraFeedbackJudge(RowStage):
         default_factory=lambda: ["truthfulness"],
         description="Aspects whose prompt shows the reference (the released code: truthfulness).",
     )
+    conversation: ConversationMode = Field(default="last_turn", description=CONVERSATION_OPTION)
 
     @field_validator("aspects", "reference_aspects")
     @classmethod
@@ -277,6 +288,13 @@ class UltraFeedbackJudge(RowStage):
                 "add another aspect"
             )
         return value
+
+    def identity(self) -> dict[str, Any]:
+        # The default is left out, so runs made before the option existed resume as the same run.
+        out = super().identity()
+        if self.conversation == "last_turn":
+            out.pop("conversation", None)
+        return out
 
     def backend_names(self) -> set[str]:
         return {self.backend}
@@ -344,13 +362,14 @@ class UltraFeedbackJudge(RowStage):
         self, aspect: Aspect, row: Row, order: list[int], ctx: StageContext
     ) -> Judgment:
         completions = row[self.completions_column]
-        shown = [judged_text(completions[index]) for index in order]
+        views = [judged_view(row, completions[index], self.conversation) for index in order]
+        shown = [answer for _, answer in views]
         reference = None
         if self.reference_column is not None and aspect.name in self.reference_aspects:
             reference = world_knowledge(row[self.reference_column])
         messages: list[Message] = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": aspect_prompt(aspect, transcript(row), shown, reference)},
+            {"role": "user", "content": aspect_prompt(aspect, views[0][0], shown, reference)},
         ]
         return await ask_judge(
             ctx.client(self.backend),

@@ -5,6 +5,8 @@
       answer_column: completion
       options: {timeout_seconds: 5}
       drop_failed: false       # true: rows that fail go to dropped/ with their reason
+      conversation: last_turn  # a `messages` row: check its last assistant turn, or `whole`:
+                               # the transcript of every turn (a regex or length over it all)
 
 Each row gets ``passed`` (bool), ``reason`` (text), ``verify_details`` (what the verifier
 extracted or measured, when it says) and ``metadata[<stage name>] = {kind, passed, reason}``.
@@ -15,6 +17,15 @@ row keeps its text as it was), a trace that never ended fails with that reason, 
 cannot check (no reference answer, malformed tests) is named, with its file and line, before
 anything runs when this is the first stage, and goes to ``failed/`` when it comes from an earlier
 stage.
+
+Conversations: with ``conversation: last_turn`` (the default) a ``messages`` row's answer is its
+last assistant turn, as for any row; an assistant turn's tool calls are part of its text
+(``<tool_call>`` blocks after its content, :func:`stillroom.data.rows.answer_turn_text`), so a
+turn that only calls a tool is checked as its calls, not as an empty answer. With ``whole`` the
+verifier reads the whole conversation as one transcript (``Role: text`` paragraphs, tool calls
+and ``Tool (<name>): result`` turns included; :func:`stillroom.data.rows.conversation_answer`),
+with inline reasoning traces cut from the assistant turns. A row that is no conversation (a text
+``prompt``) is checked the same either way.
 
 Verifiers are synchronous and may be CPU-heavy (sympy, a sandboxed process), so each runs in a
 worker thread: the event loop keeps serving the other rows.
@@ -29,7 +40,15 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
+from stillroom.data.rows import (
+    CONVERSATION_OPTION,
+    ConversationMode,
+    answer_turn_text,
+    conversation_answer,
+    is_conversation_row,
+)
 from stillroom.errors import ConfigError
+from stillroom.llm.reasoning import final_answer
 from stillroom.pipeline.stage import (
     Dropped,
     Row,
@@ -68,6 +87,12 @@ def build_verifier(kind: str, answer_column: str, options: dict[str, Any]) -> Ve
         raise ConfigError(f"verifier {kind!r}: {error}", key="options") from None
 
 
+def _final_part(text: str) -> str:
+    """An earlier assistant turn of a whole conversation without its inline reasoning trace."""
+    final, _ = final_answer(text)
+    return "" if final is None else final
+
+
 @register_stage
 class Verify(RowStage):
     type: Literal["verify"] = "verify"
@@ -79,6 +104,7 @@ class Verify(RowStage):
     drop_failed: bool = Field(
         default=False, description="Send rows that fail to dropped/ (default: keep every row)."
     )
+    conversation: ConversationMode = Field(default="last_turn", description=CONVERSATION_OPTION)
     _verifier: Verifier = PrivateAttr()
 
     @model_validator(mode="after")
@@ -93,12 +119,35 @@ class Verify(RowStage):
             ) from None
         return self
 
+    def identity(self) -> dict[str, Any]:
+        # The default is left out, so runs made before the option existed resume as the same run.
+        out = super().identity()
+        if self.conversation == "last_turn":
+            out.pop("conversation", None)
+        return out
+
     @property
     def verifier(self) -> Verifier:
         return self._verifier
 
+    def checked_row(self, row: Row) -> Row:
+        """``row`` as the verifier reads it: its answer as text in ``answer_column`` (see the
+        module docstring for conversations)."""
+        column = self.answer_column
+        checked = self._verifier.answer_row(row)
+        if not isinstance(row.get(column), str):
+            text = answer_turn_text(row, column)  # the verifier's reading, tool calls included
+            if text is not None:
+                checked = {**row, column: text}
+        answer = checked.get(column)
+        if self.conversation == "whole" and isinstance(answer, str) and is_conversation_row(row):
+            final, _ = final_answer(answer)
+            if final is not None:  # an unended trace stays as it is: the verifier fails it
+                checked = {**checked, column: conversation_answer(row, final, "whole", _final_part)}
+        return checked
+
     def check_row(self, row: Row) -> str | None:
-        return self._verifier.check_row(self._verifier.answer_row(row))
+        return self._verifier.check_row(self.checked_row(row))
 
     def summary_columns(self) -> list[str]:
         return ["passed"]
@@ -121,8 +170,9 @@ class Verify(RowStage):
         return f"{self.kind}: {figures['passed']:,} of {figures['checked']:,} rows passed ({rate})"
 
     async def process(self, row: Row, ctx: StageContext) -> Row | list[Row | Dropped]:
-        # The answer as text, wherever the row keeps it (a `messages` row: its last turn).
-        checked = self._verifier.answer_row(row)
+        # The answer as text, wherever the row keeps it (a `messages` row: its last turn, or
+        # the whole transcript with `conversation: whole`).
+        checked = self.checked_row(row)
         problem = self._verifier.check_row(checked)
         if problem:
             raise RowFailure(problem, kind="VerifierInputError")

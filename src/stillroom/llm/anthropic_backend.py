@@ -19,6 +19,14 @@ What the Messages API cannot do, this backend does not pretend to:
 * a ``json_schema`` is not sent: the text comes back as it is and ``LLMClient`` validates it and
   re-asks with the error.
 
+Tools go as Anthropic's ``{name, description, input_schema}`` and ``tool_choice`` as its
+``{"type": "auto" | "any" | "tool" (with ``name``) | "none"}`` ("required" is "any"). In the
+conversation an assistant turn's calls become content blocks (its text, then one ``tool_use``
+``{id, name, input}`` per call) and tool turns a user message of ``tool_result`` blocks (several
+tool turns in a row go into one message, as the API wants every result of a turn together); the
+answer's ``tool_use`` blocks come back as ``tool_calls`` in the row shape (``input`` as JSON
+text) and its text blocks as the text.
+
 Extended thinking (``thinking_budget``) sends ``thinking={"type": "enabled", "budget_tokens": N}``.
 The thinking blocks' text becomes the completion's ``reasoning``; ``redacted_thinking`` blocks
 (encrypted by Anthropic) are never kept as text: their tokens are in ``output_tokens`` (and in
@@ -49,10 +57,13 @@ from stillroom.llm.response_fields import (
     text_field,
     token_count,
 )
+from stillroom.llm.tool_calls import ToolSchemaError, call_arguments, make_call, normalize_tools
+from stillroom.llm.tool_emulation import tool_choice_name
 from stillroom.llm.types import (
     BackendError,
     Completion,
     GenerationParams,
+    Message,
     Request,
     error_for_status,
 )
@@ -119,12 +130,86 @@ def thinking_problem(
             f"thinking_budget {budget}: with extended thinking Anthropic allows only the "
             "default, 1; unset temperature"
         )
+    if params.tools and params.tool_choice not in (None, "auto", "none"):
+        return "tool_choice", (
+            f"tool_choice {params.tool_choice!r} cannot be sent to {backend}, which has "
+            f"thinking_budget {budget}: with extended thinking Anthropic allows only 'auto' "
+            "and 'none'; unset tool_choice or thinking_budget"
+        )
     if params.top_p is not None and not 0.95 <= params.top_p <= 1:
         return "top_p", (
             f"top_p {params.top_p:g} cannot be sent to {backend}, which has thinking_budget "
             f"{budget}: with extended thinking Anthropic allows 0.95 to 1"
         )
     return None
+
+
+def anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI function tools (the row shape) as the Messages API's tool definitions."""
+    try:
+        normalized = normalize_tools(tools)
+    except ToolSchemaError as error:
+        raise BackendError(str(error), kind="BadRequestError", status=400) from None
+    out = []
+    for tool in normalized:
+        function = tool["function"]
+        definition = {"name": function["name"], "input_schema": function["parameters"]}
+        if function["description"]:
+            definition["description"] = function["description"]
+        out.append(definition)
+    return out
+
+
+def anthropic_tool_choice(tool_choice: Any) -> dict[str, Any] | None:
+    """An OpenAI ``tool_choice`` in the Messages API's words; None (the API's default, auto)
+    when unset."""
+    if tool_choice is None:
+        return None
+    named = tool_choice_name(tool_choice)
+    if named is not None:
+        return {"type": "tool", "name": named}
+    return {"type": {"auto": "auto", "required": "any", "none": "none"}[tool_choice]}
+
+
+def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation (system turns already taken out) in the Messages API's shape: calls as
+    ``tool_use`` blocks, tool turns as ``tool_result`` blocks of one user message per run of
+    consecutive tool turns."""
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == "tool":
+            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+                      "content": str(message.get("content") or "")}
+            previous = out[-1] if out else None
+            if (previous is not None and previous["role"] == "user"
+                    and isinstance(previous["content"], list)
+                    and all(block.get("type") == "tool_result" for block in previous["content"])):
+                previous["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result]})
+        elif role == "assistant" and message.get("tool_calls"):
+            blocks: list[dict[str, Any]] = []
+            text = _text_of(message.get("content"))
+            if text:
+                blocks.append({"type": "text", "text": text})
+            for number, call in enumerate(message["tool_calls"]):
+                try:
+                    arguments = call_arguments(call)
+                except ValueError as error:
+                    # tool_use.input must be an object: a call whose arguments never parsed
+                    # cannot be sent back as one, and dropping it would change the conversation.
+                    raise BackendError(
+                        f"messages[{index}].tool_calls[{number}]: {error}; Anthropic takes a "
+                        "call's input as a JSON object only", kind="BadRequestError", status=400,
+                    ) from None
+                function = call.get("function") or {}
+                blocks.append({"type": "tool_use", "id": call.get("id") or f"call_{number}",
+                               "name": function.get("name", ""), "input": arguments})
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            out.append({"role": role, "content": message["content"]})
+    return out
 
 
 def messages_body(
@@ -148,11 +233,7 @@ def messages_body(
     system = [_text_of(m["content"]) for m in request.messages if m["role"] == "system"]
     body: dict[str, Any] = {
         "model": model,
-        "messages": [
-            {"role": m["role"], "content": m["content"]}
-            for m in request.messages
-            if m["role"] != "system"
-        ],
+        "messages": anthropic_messages([m for m in request.messages if m["role"] != "system"]),
         # Required by the API, unlike OpenAI's.
         "max_tokens": params.max_tokens if params.max_tokens is not None else max_tokens_default,
     }
@@ -174,6 +255,11 @@ def messages_body(
         )
     if params.stop:
         body["stop_sequences"] = list(params.stop)
+    if params.tools:
+        body["tools"] = anthropic_tools(params.tools)
+        choice = anthropic_tool_choice(params.tool_choice)
+        if choice is not None:
+            body["tool_choice"] = choice
     if thinking_budget is not None:
         problem = thinking_problem(thinking_budget, params, max_tokens_default, model)
         if problem is not None:
@@ -209,6 +295,7 @@ def parse_message(message: Any, model: str) -> Completion:
         raise malformed(f"content is {described(blocks)}, not a list of content blocks")
     texts: list[str] = []
     thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
     redacted = False
     for index, block in enumerate(blocks):
         if not isinstance(block, dict):
@@ -222,7 +309,16 @@ def parse_message(message: Any, model: str) -> Completion:
             # A redacted block's data is encrypted: never text for a row (see the module
             # docstring), but it shows that the model thought.
             redacted = True
-        # Other blocks (tool use, citations' server tools) hold no answer text.
+        elif kind == "tool_use":
+            name = _block_text(block, "name", index)
+            arguments = block.get("input")
+            if not isinstance(arguments, dict):
+                raise malformed(f"content[{index}].input of a tool_use block is "
+                                f"{described(arguments)}, not an object")
+            call_id = block.get("id")
+            calls.append(make_call(name, arguments, call_id if isinstance(call_id, str)
+                                   and call_id else f"call_{len(calls)}"))
+        # Other blocks (citations, server tools' results) hold no answer text.
     text = "".join(texts)
     reasoning = "\n\n".join(t for t in thoughts if t) if thoughts or redacted else None
     usage = object_field(data.get("usage"), "usage")
@@ -250,7 +346,8 @@ def parse_message(message: Any, model: str) -> Completion:
         ) if reasoning is not None else 0,
         # Cut at max_tokens while thinking: a trace and no answer after it.
         reasoning_ended=not (reasoning is not None and finish_reason == "length"
-                             and not text.strip()),
+                             and not text.strip() and not calls),
+        tool_calls=calls or None,
     )
 
 
@@ -287,6 +384,7 @@ class AnthropicBackend(Backend):
     supports_logprobs = False
     supports_json_schema = False
     supports_raw_prompt = False
+    supports_tools = True
 
     def __init__(
         self,

@@ -22,6 +22,10 @@ class Backend(ABC):
     supports_logprobs: ClassVar[bool] = False
     supports_json_schema: ClassVar[bool] = False
     supports_raw_prompt: ClassVar[bool] = False
+    # A native tool API: the request's ``tools``/``tool_choice`` and tool turns are sent as such
+    # and the answer's calls come back in Completion.tool_calls. Without one, LLMClient asks in
+    # plain turns and parses the calls out of the text (stillroom.llm.tool_emulation).
+    supports_tools: ClassVar[bool] = False
     # Whether render_chat_template works: the model's chat template is known here. A server
     # (OpenAI-compatible) applies its template out of our sight, so it cannot.
     renders_chat_template: ClassVar[bool] = False

@@ -1,5 +1,12 @@
 """What every backend gets for free: the request cache, retries with backoff, a concurrency limit
-that backs off on overload, a timeout per attempt, structured-output validation and token counts.
+that backs off on overload, a timeout per attempt, structured-output validation, token counts,
+and tool calls for backends without a tool API.
+
+Tool emulation lives here rather than in the Backend base class because it must sit between the
+cache and the backend: the cache key is the request as asked (with its ``tools`` and
+``tool_choice``) and the record is the answer with its calls already parsed, so a replay gives
+the same ``tool_calls``; a base class could not wrap the ``generate`` every backend overrides
+without renaming it in each of them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from stillroom.llm.reasoning import (
 )
 from stillroom.llm.stats import BackendStats
 from stillroom.llm.structured import StructuredOutputError, parse_structured, reask_messages
+from stillroom.llm.tool_emulation import emulated_request, read_answer
 from stillroom.llm.types import BackendError, Completion, Message, Request, RequestFailed
 
 if TYPE_CHECKING:
@@ -60,8 +68,10 @@ def score_tokens_key(
 
 
 def _has_text(completion: Completion) -> bool:
-    """An answer: some text, and not a trace that never ended (its text is no answer)."""
-    return completion.reasoning_ended and bool(completion.text.strip())
+    """An answer: some text or a tool call, and not a trace that never ended (its text is no
+    answer)."""
+    return completion.reasoning_ended and (bool(completion.text.strip())
+                                           or bool(completion.tool_calls))
 
 
 class LLMClient:
@@ -282,10 +292,20 @@ class LLMClient:
         return entries
 
     async def _send_with_retries(self, request: Request) -> Completion:
-        completion = await self._send_with_retries_of(lambda: self.backend.generate(request))
+        completion = await self._send_with_retries_of(lambda: self._generate_once(request))
         self.stats.prompt_tokens += completion.prompt_tokens
         self.stats.completion_tokens += completion.completion_tokens
         return completion
+
+    async def _generate_once(self, request: Request) -> Completion:
+        """One attempt at the backend; a request with tools to a backend without a tool API is
+        asked in plain turns and its calls read out of the text (see the module docstring)."""
+        if not request.params.tools or self.backend.supports_tools:
+            return await self.backend.generate(request)
+        # Inside the retried call so a refused request (BadRequestError) fails the row like any
+        # other backend error, with its reason.
+        completion = await self.backend.generate(emulated_request(request))
+        return read_answer(completion, request)
 
     async def _send_with_retries_of(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` under the concurrency limit and timeout, retried with backoff while its

@@ -123,6 +123,10 @@ class LlamaCppBackend(Backend):
     supports_json_schema = True
     supports_raw_prompt = True
     renders_chat_template = True
+    # No tool API in process: LLMClient asks in plain turns and parses <tool_call> blocks
+    # (stillroom.llm.tool_emulation); tool_choice "required" or a named tool is decoded under
+    # the call's JSON schema as a llama.cpp grammar, so the call always parses.
+    supports_tools = False
 
     supports_token_scoring = True
 

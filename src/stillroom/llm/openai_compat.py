@@ -112,9 +112,19 @@ def chat_body(model: str, request: Request, structured: StructuredMode = "json_s
     params = request.params
     body: dict[str, Any] = {"model": model}
     if request.messages is not None:
-        body["messages"] = request.messages
+        body["messages"] = [wire_message(message) for message in request.messages]
     else:
+        if params.tools:
+            raise BackendError(
+                "tools need chat `messages`; /completions (a raw `prompt`) takes no tools",
+                kind="BadRequestError", status=400,
+            )
         body["prompt"] = request.prompt
+    if params.tools:
+        body["tools"] = params.tools
+        # "auto" is OpenAI's default with tools and is said aloud: llama-cpp-python's server
+        # reads a missing tool_choice as "offer no tools".
+        body["tool_choice"] = params.tool_choice if params.tool_choice is not None else "auto"
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.top_p is not None:
@@ -146,6 +156,56 @@ def chat_body(model: str, request: Request, structured: StructuredMode = "json_s
     return body
 
 
+def wire_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A request message as OpenAI's API takes it. The row shape already is OpenAI's; what
+    differs: a tool turn's ``name`` (TRL reads it, the API's tool message has no such field and
+    strict servers refuse unknown ones) is left out, and arguments a dataset gave as an object
+    are sent as the JSON text the API expects."""
+    role = message.get("role")
+    if role == "tool":
+        return {"role": "tool", "tool_call_id": message.get("tool_call_id", ""),
+                "content": message.get("content") or ""}
+    if role == "assistant" and message.get("tool_calls"):
+        calls = []
+        for call in message["tool_calls"]:
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+            calls.append({"id": call.get("id", ""), "type": "function",
+                          "function": {"name": function.get("name", ""), "arguments": arguments}})
+        return {**message, "tool_calls": calls}
+    return message
+
+
+def _tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The answer's ``message.tool_calls`` in the row shape (stillroom.llm.tool_calls): a
+    missing id becomes ``call_<i>``, object arguments (some servers send them) JSON text.
+    None when there are none."""
+    raw = message.get("tool_calls")
+    if not raw:
+        return None
+    if not isinstance(raw, list):
+        raise malformed(f"message.tool_calls is {described(raw)}, not a list")
+    calls = []
+    for index, call in enumerate(raw):
+        where = f"message.tool_calls[{index}]"
+        call = object_field(call, where)
+        function = object_field(call.get("function"), f"{where}.function")
+        name = text_field(function.get("name"), f"{where}.function.name")
+        if not name:
+            raise malformed(f"{where}.function.name is missing")
+        arguments = function.get("arguments")
+        if arguments is None:
+            arguments = "{}"
+        elif not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()
+        call_id = text_field(call.get("id"), f"{where}.id") or f"call_{index}"
+        calls.append({"id": call_id, "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return calls
+
+
 def parse_chat_response(data: Any, model: str) -> Completion:
     """Read the fields we keep from a /chat/completions or /completions response body.
 
@@ -166,15 +226,19 @@ def parse_chat_response(data: Any, model: str) -> Completion:
     message = choice.get("message")
     finish_reason = text_field(choice.get("finish_reason"), "finish_reason")
     reasoning = None
+    tool_calls = None
     if message is not None:
         message = object_field(message, "message")
         text = text_field(message.get("content"), "message.content")
         reasoning = _reasoning_of(message)
+        tool_calls = _tool_calls_of(message)
         refusal = message.get("refusal")
         if text is None and refusal:
             raise BackendError(f"refused: {refusal}", kind="ContentRefusal")
-        if text is None and reasoning is not None:
-            text = ""  # all trace, no answer (yet): see reasoning_ended below
+        if text is None and (reasoning is not None or tool_calls):
+            # All trace, no answer (yet): see reasoning_ended below. Or calls and no text,
+            # which is an answer (the row shape's content is "" then).
+            text = ""
     else:
         # A raw prompt: traces come inline only (think_tags).
         text = text_field(choice.get("text"), "choices[0].text")
@@ -205,7 +269,8 @@ def parse_chat_response(data: Any, model: str) -> Completion:
         # A reasoning parser hands over the trace and an empty or missing content when the
         # model was cut off at max_tokens before it closed its trace.
         reasoning_ended=not (reasoning is not None and finish_reason == "length"
-                             and not text.strip()),
+                             and not text.strip() and not tool_calls),
+        tool_calls=tool_calls,
     )
 
 
@@ -273,6 +338,9 @@ class OpenAICompatibleBackend(Backend):
     supports_json_schema = True
     supports_raw_prompt = True
     supports_token_scoring = True
+    # tools/tool_choice go in the body as OpenAI defines them; a server that cannot take them
+    # (llama-cpp-python without a function-calling chat_format) answers in text or refuses.
+    supports_tools = True
 
     def __init__(
         self,

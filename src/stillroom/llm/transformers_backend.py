@@ -143,6 +143,10 @@ class TransformersBackend(TeacherForcedScoring, Backend):
     supports_logprobs = True
     # Decoding is not constrained: LLMClient validates the text against the schema and re-asks.
     supports_json_schema = False
+    # No tool API: LLMClient asks in plain turns and parses <tool_call> blocks
+    # (stillroom.llm.tool_emulation). Decoding is not constrained, so under tool_choice
+    # "required" the model is only told the call format and may not follow it.
+    supports_tools = False
     supports_raw_prompt = True
     supports_scoring = True
     supports_token_scoring = True

@@ -107,6 +107,7 @@ class VLLMBackend(Backend):
     kind = "vllm"
     supports_logprobs = True
     supports_json_schema = True  # vLLM's structured outputs constrain decoding to the schema
+    supports_tools = False  # LLMClient emulates tools (stillroom.llm.tool_emulation)
     supports_raw_prompt = True
     supports_scoring = True
     supports_token_scoring = True

@@ -39,6 +39,24 @@ gets vLLM's shape (``choices[0].prompt_logprobs``: null, then per token {"<id>":
 field ``echo_score_drop: n`` (through ``extra_body``) leaves out the last n positions, as a server
 that tokenized differently would.
 
+Tool calls, for tests of tool-calling stages without a model: a chat request with ``tools`` (and
+a ``tool_choice`` other than ``"none"``) whose last message is a user or system turn is answered
+with one OpenAI-shaped call (``content: null``, ``finish_reason: "tool_calls"``, id
+``call_echo_0``) to the tool that ``tool_choice`` names, else the first tool. Its arguments are
+a minimal instance of the tool's ``parameters``: the required properties only, each an ``enum``'s
+first value or a ``const``, else a value of its type (``"echo"``, ``false``, ``[]``, ``null``, an
+object built the same way); integer and number parameters take, in the order the schema lists
+them, the numbers written in the user's text ("add 17 and 23" gives ``a: 17, b: 23``), and 0
+once those run out. When the last message is a tool turn the answer is text that quotes it:
+``echo: <tool name> returned <tool content>``. Hooks in the user's text:
+``ECHO_BAD_ARGS`` makes the arguments text that is not JSON, ``ECHO_UNKNOWN_TOOL`` calls a tool
+named ``echo_unknown_tool`` that was not offered, and ``ECHO_NO_CALL`` answers with the plain
+echo text and no call. ``/v1/messages`` does the same in Anthropic's shape (a ``tool_use`` block,
+``stop_reason: "tool_use"``; a user message of ``tool_result`` blocks is quoted back), and
+honours its ``tool_choice`` ``{"type": "tool", "name": ...}`` and ``{"type": "none"}``
+(``ECHO_BAD_ARGS`` gives ``input: {"unparsed": <the cut text>}`` there: that API's input is
+always an object).
+
 Written by hand, on asyncio streams, because the usual ASGI stacks cost more CPU per request than
 the clients we measure (llm-katan, FastAPI-based, is used for failure injection instead).
 """
@@ -48,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -135,8 +154,104 @@ def _scored_answer(body: dict[str, Any], created: int) -> dict[str, Any]:
     }
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+UNKNOWN_TOOL = "echo_unknown_tool"
+
+
+def _minimal(schema: Any, numbers: list[str]) -> Any:
+    """A minimal instance of ``schema`` (see the module docstring); numeric values are taken
+    from the front of ``numbers``."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return _minimal(schema[combined][0], numbers)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind in ("integer", "number"):
+        if not numbers:
+            return 0
+        text = numbers.pop(0)
+        value = float(text)
+        return int(value) if kind == "integer" or value.is_integer() else value
+    if kind == "string":
+        return "echo"
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        return []
+    if kind == "null":
+        return None
+    properties = schema.get("properties") or {}
+    return {name: _minimal(properties.get(name, {}), numbers)
+            for name in schema.get("required") or []}
+
+
+def _echo_call(tools: list[tuple[str, Any]], chosen: str | None, user: str) -> tuple[str, str]:
+    """(name, arguments text) of the echo's call: see the module docstring."""
+    name = chosen if chosen is not None else tools[0][0]
+    parameters = dict(tools).get(name, {})
+    arguments = json.dumps(_minimal(parameters, _NUMBER.findall(user)))
+    if "ECHO_UNKNOWN_TOOL" in user:
+        name = UNKNOWN_TOOL
+    if "ECHO_BAD_ARGS" in user:
+        arguments = arguments[:-1] + ',"unfinished": '  # cut JSON: a format check must catch it
+    return name, arguments
+
+
+def _openai_tools(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = []
+    for tool in body.get("tools") or []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else {}
+        out.append((str(function.get("name", "")), function.get("parameters") or {}))
+    return out
+
+
+def _tool_answer(body: dict[str, Any], created: int) -> dict[str, Any] | None:
+    """An OpenAI answer to a request with tools, or None for the usual echo."""
+    tools = _openai_tools(body)
+    choice = body.get("tool_choice")
+    messages = body.get("messages") or []
+    if not tools or choice == "none" or not messages:
+        return None
+    last = messages[-1]
+    user = _user_text(body)
+    message: dict[str, Any] = {"role": "assistant"}
+    if last.get("role") == "tool":
+        called = next((call.get("function", {}).get("name", "") for m in reversed(messages)
+                       for call in m.get("tool_calls") or []
+                       if call.get("id") == last.get("tool_call_id")), last.get("name", "tool"))
+        message["content"] = f"echo: {called} returned {last.get('content', '')}"
+        finish, used = "stop", len(message["content"].split())
+    elif "ECHO_NO_CALL" in user or last.get("role") not in ("user", "system"):
+        return None
+    else:
+        chosen = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        name, arguments = _echo_call(tools, chosen, user)
+        message["content"] = None
+        message["tool_calls"] = [{"id": "call_echo_0", "type": "function",
+                                  "function": {"name": name, "arguments": arguments}}]
+        finish, used = "tool_calls", len(arguments.split())
+    return {
+        "id": f"echo-{created}", "object": "chat.completion", "created": created,
+        "model": body.get("model", "echo"),
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+        "usage": {"prompt_tokens": len(user.split()), "completion_tokens": used,
+                  "total_tokens": len(user.split()) + used},
+    }
+
+
 def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict[str, Any]:
     messages = body.get("messages")
+    if messages is not None and body.get("tools"):
+        answered = _tool_answer(body, created)
+        if answered is not None:
+            return answered
     if messages is None and _is_token_ids(body.get("prompt")) and (
         (body.get("echo") and body.get("logprobs") is not None)
         or body.get("prompt_logprobs") is not None
@@ -195,8 +310,49 @@ def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict
     }
 
 
+def _anthropic_tool_answer(body: dict[str, Any], created: int) -> dict[str, Any] | None:
+    """An Anthropic answer to a request with tools, or None for the usual echo."""
+    tools = [(str(t.get("name", "")), t.get("input_schema") or {}) for t in body["tools"]]
+    choice = body.get("tool_choice") or {}
+    messages = body.get("messages") or []
+    if not tools or choice.get("type") == "none" or not messages:
+        return None
+    last = messages[-1]
+    content = last.get("content")
+    results = [block for block in content if isinstance(block, dict)
+               and block.get("type") == "tool_result"] if isinstance(content, list) else []
+    if results:
+        quoted = " ".join(f"{r.get('tool_use_id', '')} returned {r.get('content', '')}"
+                          for r in results)
+        block: dict[str, Any] = {"type": "text", "text": f"echo: {quoted}"}
+        stop = "end_turn"
+    else:
+        user = content if isinstance(content, str) else " ".join(
+            str(b.get("text", "")) for b in content or [] if isinstance(b, dict))
+        if "ECHO_NO_CALL" in user or last.get("role") != "user":
+            return None
+        chosen = choice.get("name") if choice.get("type") == "tool" else None
+        name, arguments = _echo_call(tools, chosen, user)
+        try:
+            value: Any = json.loads(arguments)
+        except ValueError:
+            value = {"unparsed": arguments}  # the Messages API's input is always an object
+        block = {"type": "tool_use", "id": "toolu_echo_0", "name": name, "input": value}
+        stop = "tool_use"
+    used = len(json.dumps(block).split())
+    return {
+        "id": f"msg_echo{created}", "type": "message", "role": "assistant",
+        "model": body.get("model", "echo"), "content": [block], "stop_reason": stop,
+        "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": used},
+    }
+
+
 def _anthropic_answer(body: dict[str, Any], created: int) -> dict[str, Any]:
     """An Anthropic Messages API response: thinking block(s) when asked for, then the text."""
+    if body.get("tools"):
+        answered = _anthropic_tool_answer(body, created)
+        if answered is not None:
+            return answered
     user = _user_text(body)
     text = f"echo: {user}"
     thinking = body.get("thinking") or {}

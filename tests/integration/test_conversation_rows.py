@@ -105,4 +105,7 @@ def test_complete_on_messages_writes_the_answer_that_trl_trains_on(
         tokenizer.decode([t for t in example["labels"] if t != IGNORE])
         for example in ours.train_dataset
     )
-    assert trained_texts == sorted(f"{answer}<|im_end|>" for answer in answers)
+    # Every assistant turn is trained: the third conversation's earlier "Hello." too.
+    earlier = ["", "", "Hello.<|im_end|>"]
+    assert trained_texts == sorted(f"{before}{answer}<|im_end|>"
+                                   for before, answer in zip(earlier, answers, strict=True))

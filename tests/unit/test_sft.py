@@ -122,7 +122,8 @@ def test_messages_train_the_last_assistant_turn(tmp_path: Path, student_dir: Pat
                           {"role": "user", "content": f"Say {i}"},
                           {"role": "assistant", "content": f"{i}"}]} for i in range(4)]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = parse_sft_config(config_text(student_dir, data="chat.jsonl"), "x.yaml", tmp_path)
+    config = parse_sft_config(config_text(student_dir, data="chat.jsonl", train_turns="last"),
+                              "x.yaml", tmp_path)
     trainer, facts = build_trainer(config)
     assert facts["format"] == "messages"
     example = trainer.train_dataset[1]

@@ -102,17 +102,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from stillroom.curate.decontaminate_text import ngram_hashes, texts_in, tokenize
 from stillroom.data.readers import iter_rows, resolve_input_path
-from stillroom.data.rows import calls_text, row_id, seed_id_of, with_lineage
+from stillroom.data.rows import row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError, InputError
 from stillroom.pipeline.stage import (
     Dropped,
@@ -137,53 +136,6 @@ ID_COLUMNS = ("id", "task_id", "question_id", "problem_id", "unique_id", "idx")
 SKIPPED_ROW_COLUMNS = frozenset({"id", "metadata", "logprobs"})
 MAX_LISTED = 20  # matches kept per row (the row is dropped for the first one anyway)
 CARD_LISTED = 10  # leaked items named per benchmark in the card
-
-# -- text ------------------------------------------------------------------------------------------
-
-# A token: a whitespace-separated run, trimmed to its first and last word character, so leading
-# and trailing punctuation go and a run of punctuation alone is no token.
-_TOKEN = re.compile(r"\w(?:\S*\w)?")
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
-
-
-def normalize(text: str) -> str:
-    """Unicode NFKC, straight quotes, lowercase: what tokens are taken from."""
-    return unicodedata.normalize("NFKC", text).translate(_QUOTES).lower()
-
-
-def tokenize(text: str) -> list[str]:
-    """The tokens n-grams are made of (see the module docstring)."""
-    return _TOKEN.findall(normalize(text))
-
-
-def ngram_hashes(tokens: list[str], n: int) -> list[int]:
-    """The hash of every n-gram of ``tokens``, in order (none when there are fewer than n)."""
-    return [hash(gram) for gram in zip(*(tokens[k:] for k in range(n)), strict=False)]
-
-
-def texts_in(
-    value: Any, *, numbers: bool = False, roles: Sequence[str] | None = None
-) -> list[str]:
-    """The texts a cell holds: a string, a list of strings, chat messages (their ``content``,
-    which may itself be a list of ``{type: text, text}`` parts, then their tool calls written
-    out, :func:`stillroom.data.rows.calls_text`; with ``roles`` only messages of those roles).
-    Numbers only when ``numbers`` (a benchmark's numeric answer column named on purpose)."""
-    if isinstance(value, str):
-        return [value]
-    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [str(value)]
-    if isinstance(value, list):
-        return [text for item in value for text in texts_in(item, numbers=numbers, roles=roles)]
-    if isinstance(value, dict):
-        if "content" in value or "role" in value:  # a chat message
-            if roles is not None and value.get("role") not in roles:
-                return []
-            calls = calls_text(value)
-            return texts_in(value.get("content")) + ([calls] if calls is not None else [])
-        if "text" in value:
-            return texts_in(value["text"])
-    return []
-
 
 # -- the index -------------------------------------------------------------------------------------
 

@@ -28,13 +28,24 @@ cutting at the sentinel, so any template works and nothing is hard-coded per mod
 cannot render its template (an OpenAI-compatible server applies it out of sight) needs
 ``pre_query_template``: the prefix text itself, or a preset name (see :data:`PRESETS`).
 
-Only single-turn instructions are made (the paper's multi-turn extension is not built here).
+``turns: K`` (K > 1) makes conversations, the paper's multi-turn extension: after the first
+instruction and answer, the next instruction is sampled from the chat template's rendering of the
+conversation so far followed by the pre-query prefix of a new user turn (rendered around the
+sentinel as above, or, with a preset, the preset's turn headers), and answered through the chat
+path with the whole conversation. Such rows hold ``messages`` (system?, then user/assistant
+alternating, K exchanges) instead of ``prompt``/``completion``, and ``metadata[<stage>].turns``
+records each turn's backend, model, template, system digest, seed and finish reason. A
+conversation is kept whole or not at all: an instruction of a later turn that the cleaning drops,
+an empty answer or an answer cut at ``response_max_tokens`` (whatever ``truncated_response``
+says) drops it with the reason and the turn, and a request that fails after its retries sends it
+to ``failed/``. ``turns: 1`` (the default) writes exactly what a single-turn run always has.
 """
 
 from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +54,14 @@ from pydantic import Field, PrivateAttr
 
 from stillroom.data.rows import PromptTemplate, Row, derived_id, row_id, seed_id_of, with_lineage
 from stillroom.errors import ConfigError
-from stillroom.llm.types import Completion, GenerationParams, Message, Request
+from stillroom.generate.conversation import (
+    FORMAT_COLUMNS,
+    failed_turn,
+    turn_line,
+    turn_record,
+    turn_summary,
+)
+from stillroom.llm.types import Completion, GenerationParams, Message, Request, RequestFailed
 from stillroom.pipeline.stage import Dropped, RowFailure, RowStage, StageContext, register_stage
 
 if TYPE_CHECKING:
@@ -64,6 +82,11 @@ class Preset:
     plain: str
     with_system: str
     end_of_turn: str
+    # How the template renders a finished turn, for a conversation's later pre-query prefixes:
+    # ``user_header`` + text + ``end_of_turn`` + ``separator`` (and the same for the assistant).
+    user_header: str = "<|im_start|>user\n"
+    assistant_header: str = "<|im_start|>assistant\n"
+    separator: str = "\n"
 
 
 # The texts as each family's published chat template renders them.
@@ -97,11 +120,16 @@ PRESETS: dict[str, Preset] = {
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\n",
         "<|eot_id|>",
+        "<|start_header_id|>user<|end_header_id|>\n\n",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "",
     ),
-    "phi3": Preset("<|user|>\n", "<|system|>\n{system}<|end|>\n<|user|>\n", "<|end|>"),
+    "phi3": Preset("<|user|>\n", "<|system|>\n{system}<|end|>\n<|user|>\n", "<|end|>",
+                   "<|user|>\n", "<|assistant|>\n"),
     # Gemma has no system role: its template puts the system text at the top of the user turn.
     "gemma": Preset(
-        "<bos><start_of_turn>user\n", "<bos><start_of_turn>user\n{system}\n\n", "<end_of_turn>"
+        "<bos><start_of_turn>user\n", "<bos><start_of_turn>user\n{system}\n\n", "<end_of_turn>",
+        "<start_of_turn>user\n", "<start_of_turn>model\n",
     ),
 }
 
@@ -254,7 +282,14 @@ class Magpie(RowStage):
         default=None, description="Mixed into each row's seed; default: the pipeline seed alone."
     )
     messages: bool = Field(
-        default=False, description="Also write `messages` (system?, user, assistant)."
+        default=False,
+        description="Also write `messages` (system?, user, assistant); with turns above 1 they "
+        "are always written, in place of prompt/completion.",
+    )
+    turns: int = Field(
+        default=1, ge=1, le=64,
+        description="Exchanges per row; above 1, conversations in `messages` (the paper's "
+        "multi-turn extension) instead of prompt/completion.",
     )
 
     # The prefix found per backend instance: the template is rendered once per run.
@@ -266,8 +301,19 @@ class Magpie(RowStage):
         return {self.backend, self.response_backend or self.backend}
 
     def generated_columns(self) -> list[str]:
+        if self.turns > 1:
+            return ["messages"]
         flag = ["response_truncated"] if self.truncated_response == "flag" else []
         return ["prompt", "completion", *flag]
+
+    def summary_columns(self) -> list[str]:
+        return ["messages"] if self.turns > 1 else []
+
+    def summarize(self, rows: list[Row]) -> dict[str, Any]:
+        return turn_summary(rows) if self.turns > 1 else {}
+
+    def result_line(self, figures: dict[str, Any]) -> str | None:
+        return turn_line(self.name or self.type, figures)
 
     def instruction_stops(self, prequery: PreQuery) -> list[str]:
         """The instruction request's stop strings: ``stop`` (default: the end-of-turn marker),
@@ -303,6 +349,13 @@ class Magpie(RowStage):
                 prequery_from_config(self.pre_query_template, self.system)
             except ValueError as error:
                 raise ConfigError(str(error), key="pre_query_template") from None
+            if self.turns > 1 and self.pre_query_template not in PRESETS:
+                raise ConfigError(
+                    "turns above 1 render the conversation so far before each new prefix, which "
+                    "an explicit pre_query_template text cannot do; use a preset ("
+                    + ", ".join(PRESETS) + ") or a backend that renders its chat template",
+                    key="turns",
+                )
 
     def check_row(self, row: Row) -> str | None:
         if row.get("id") is None:
@@ -345,16 +398,7 @@ class Magpie(RowStage):
         stops = self.instruction_stops(prequery)
         seed = self.row_seed(row, ctx)
         asked = await client.generate(
-            Request(
-                prompt=prequery.prefix,
-                params=GenerationParams(
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    max_tokens=self.max_tokens,
-                    stop=tuple(stops) or None,
-                    seed=seed,
-                ),
-            )
+            Request(prompt=prequery.prefix, params=self._instruction_params(stops, seed))
         )
         cleaned = clean_instruction(
             asked.text,
@@ -383,9 +427,14 @@ class Magpie(RowStage):
         if cleaned.drop_reason is not None:
             dropped = with_lineage(out, ctx.stage_name, step="instruction", **lineage)
             return [Dropped(dropped, cleaned.drop_reason)]
-        answer = await self._answer(cleaned.instruction, seed, ctx)
+        asking: list[Message] = [{"role": "user", "content": cleaned.instruction}]
+        answer = await self._answer(asking, seed, ctx)
         lineage["response_model"] = answer.model or client.backend.model
         lineage["response_finish_reason"] = answer.finish_reason
+        if self.turns > 1:
+            talk = [*asking, {"role": "assistant", "content": answer.text}]
+            first = [asked, answer]
+            return [await self._conversation(out, lineage, talk, first, prequery, stops, ctx)]
         out["completion"] = answer.text
         truncated = answer.finish_reason == "length"
         if self.truncated_response == "flag":
@@ -408,11 +457,21 @@ class Magpie(RowStage):
     def _system_messages(self) -> list[Message]:
         return [] if self.system is None else [{"role": "system", "content": self.system}]
 
-    async def _answer(self, instruction: str, seed: int, ctx: StageContext) -> Completion:
+    def _instruction_params(self, stops: list[str], seed: int) -> GenerationParams:
+        return GenerationParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(stops) or None,
+            seed=seed,
+        )
+
+    async def _answer(self, talk: list[Message], seed: int, ctx: StageContext) -> Completion:
+        """The answer to the conversation ``talk`` (user first, ending with a user turn)."""
         client = ctx.client(self.response_backend or self.backend)
         return await client.generate(
             Request(
-                messages=[*self._system_messages(), {"role": "user", "content": instruction}],
+                messages=[*self._system_messages(), *talk],
                 params=GenerationParams(
                     temperature=self.response_temperature,
                     top_p=self.response_top_p,
@@ -422,3 +481,103 @@ class Magpie(RowStage):
             )
         )
 
+
+    # -- the multi-turn extension ------------------------------------------------------------------
+
+    async def _conversation(
+        self, out: Row, lineage: dict[str, Any], talk: list[Message], first: list[Completion],
+        prequery: PreQuery, stops: list[str], ctx: StageContext,
+    ) -> Row | Dropped:
+        """Turns 2..K after the first exchange in ``talk``: the whole conversation, kept, or
+        dropped with the turn that spoiled it (a failed request fails it: see the module)."""
+        client = ctx.client(self.backend)
+        responder = self.response_backend or self.backend
+        seed = lineage["seed"]
+        records = [
+            turn_record(1, "user", backend=self.backend, model=lineage["model"],
+                        template=prequery.template, system=self.system, seed=seed,
+                        finish_reason=first[0].finish_reason),
+            turn_record(1, "assistant", backend=responder, model=lineage["response_model"],
+                        system=self.system, seed=seed, finish_reason=first[1].finish_reason),
+        ]
+        problem = self._answer_problem(first[1], 1)
+        turn = 1
+        while problem is None and turn < self.turns:
+            turn += 1
+            seed = ctx.rng("instruction", self.seed, lineage["input_id"], turn).getrandbits(31)
+            prefix = await self._turn_prefix(client.backend, prequery, talk, turn)
+            asked = await self._turn(client.generate(
+                Request(prompt=prefix, params=self._instruction_params(stops, seed))
+            ), turn, "user")
+            records.append(turn_record(
+                turn, "user", backend=self.backend, model=asked.model or client.backend.model,
+                template=prequery.template, system=self.system, seed=seed,
+                finish_reason=asked.finish_reason,
+            ))
+            # Cleaned against the first turn's prefix: its system prompt is what must not leak
+            # (the conversation's own earlier lines are in this turn's prefix too).
+            cleaned = clean_instruction(
+                asked.text, prequery, truncated=self.drop_truncated
+                and asked.finish_reason == "length", min_words=self.min_words, stops=stops,
+            )
+            if cleaned.drop_reason is not None:
+                problem = f"turn {turn} instruction: {cleaned.drop_reason}"
+                break
+            talk.append({"role": "user", "content": cleaned.instruction})
+            answer = await self._turn(self._answer(talk, seed, ctx), turn, "assistant")
+            records.append(turn_record(
+                turn, "assistant", backend=responder,
+                model=answer.model or ctx.client(responder).backend.model, system=self.system,
+                seed=seed, finish_reason=answer.finish_reason,
+            ))
+            talk.append({"role": "assistant", "content": answer.text})
+            problem = self._answer_problem(answer, turn)
+        for column in FORMAT_COLUMNS:  # beside `messages`, TRL would read the row as these
+            out.pop(column, None)
+        out["messages"] = [*self._system_messages(), *talk]
+        lineage.update(turns=records, turn_count=sum(m["role"] == "assistant" for m in talk))
+        done = with_lineage(out, ctx.stage_name, step="conversation", **lineage)
+        return done if problem is None else Dropped(done, problem)
+
+    async def _turn(self, request: Awaitable[Completion], turn: int, role: str) -> Completion:
+        try:
+            return await request
+        except RequestFailed as error:
+            backend = self.backend if role == "user" else self.response_backend or self.backend
+            raise failed_turn(error, turn, role, backend) from None
+
+    def _answer_problem(self, answer: Completion, turn: int) -> str | None:
+        if not answer.text.strip():
+            return f"turn {turn}: empty response (finish_reason={answer.finish_reason})"
+        if answer.finish_reason == "length":
+            limit = self.response_max_tokens
+            at = f"response_max_tokens ({limit})" if limit else "the backend's max_tokens"
+            return f"turn {turn}: response cut off at {at}"
+        return None
+
+    async def _turn_prefix(
+        self, backend: Backend, prequery: PreQuery, talk: list[Message], turn: int
+    ) -> str:
+        """The raw prompt of turn ``turn``'s instruction: the conversation so far as the chat
+        template renders it, then the template's opening of a new user turn."""
+        if self.pre_query_template is None:
+            messages = [*self._system_messages(), *talk, {"role": "user", "content": SENTINEL}]
+            try:
+                rendered = await backend.render_chat_template(
+                    messages, add_generation_prompt=False
+                )
+                return prequery_from_rendered(rendered, "magpie.chat_template").prefix
+            except ValueError as error:
+                raise RowFailure(
+                    f"turn {turn} pre-query prefix: {error}", kind="ChatTemplateError"
+                ) from error
+        preset = PRESETS[self.pre_query_template]  # check_backends refused explicit texts
+        end = preset.end_of_turn + preset.separator
+        text = prequery.prefix  # ends with the first user turn's header
+        for message in talk:
+            if message["role"] == "user":
+                text += message["content"].strip() + end
+            else:
+                text += preset.assistant_header + message["content"].strip() + end
+                text += preset.user_header
+        return text

@@ -17,6 +17,7 @@ BUILTIN_STAGES: dict[str, tuple[str, str]] = {
     "complete": ("stillroom.stages.complete", "Complete"),
     "completions": ("stillroom.generate.completions", "Completions"),
     "constitutional": ("stillroom.generate.constitutional", "Constitutional"),
+    "conversation": ("stillroom.generate.conversation", "Conversation"),
     "decontaminate": ("stillroom.curate.decontaminate", "Decontaminate"),
     "dedup": ("stillroom.curate.dedup", "Dedup"),
     "echo_filter": ("stillroom.curate.echo", "EchoFilter"),

@@ -25,6 +25,9 @@ Usage::
     think_end: "</think>"
     mask_reasoning: false            # true: the trace is context only (labels -100), the answer
                                      # is still learned
+    train_turns: all                 # messages rows: all (every assistant turn) | last (the final one)
+    tool_format: auto                # tools: auto (native when the template renders them) | native
+                                     # | plain (as stillroom's in-process backends ask)
 
 Python: ``train_sft(load_sft_config("sft.yaml"))`` returns ``output_dir/final``. Relative paths
 in the file are relative to the file's folder. Needs the ``train`` extra (torch, transformers,
@@ -45,17 +48,23 @@ and the README's row formats):
   (without a template the turns' text is used as it is); the completion is the ``completion``
   text, or the assistant message's text when ``completion`` is a list
   (``[{"role": "assistant", "content": ...}]``, TRL's conversational completion).
-* ``messages`` rows (a ``messages`` list of ``{role, content}``, ending with an assistant turn):
-  every turn before the last assistant turn is rendered with the chat template as the prompt,
-  and the last assistant turn is the completion. (A ``messages`` row as older stillroom
-  versions wrote it, without the answer and with a text ``completion`` beside it, is read with
-  that ``completion`` as the answer.) We do not use TRL's ``assistant_only_loss``: it needs
-  ``{% generation %}`` markers in the chat template, which SmolLM2's template lacks. So in a
-  multi-turn conversation only the final assistant turn is trained; earlier assistant turns are
-  context.
+* ``messages`` rows (a ``messages`` list ending with an assistant turn; tool calls and tool
+  turns in the shape of :mod:`stillroom.llm.tool_calls`, the tools in a ``tools`` column):
+  the whole conversation is one sequence, rendered with the chat template, and *every*
+  assistant turn is trained (its text, its tool calls and its end-of-turn token), while system,
+  user and tool turns are context (``train_turns: last`` trains only the final turn, as
+  stillroom did before). Tools are rendered by the template when it supports them, else as
+  the plain turns a model without a tool API is asked in. See :mod:`stillroom.train.sft_turns`
+  for how the turns are found (prefix renders) and what is refused. (A ``messages`` row as
+  older stillroom versions wrote it, without the answer and with a text ``completion`` beside
+  it, is read with that ``completion`` as the final answer.) We do not use TRL's
+  ``assistant_only_loss``: it needs ``{% generation %}`` markers in the chat template, which
+  SmolLM2's template lacks and TRL cannot add to it; the examples are tokenized here with a
+  ``completion_mask`` over the assistant turns, from which TRL builds the labels.
 
-Either way the loss is on the answer only: TRL gets text prompt/completion pairs and
-``completion_only_loss``, so the prompt's labels are -100 and the answer's are its tokens.
+For prompt/completion rows the loss is on the answer only: TRL gets text prompt/completion
+pairs and ``completion_only_loss``, so the prompt's labels are -100 and the answer's are its
+tokens.
 
 The end of a completion: TRL appends the tokenizer's EOS token (``<|im_end|>`` for SmolLM2,
 which also closes a chat turn) to every completion and labels it, so the student learns to
@@ -63,7 +72,8 @@ stop. SmolLM2's pad token is the same id; that is harmless because labels are bu
 completion mask before padding and the collator pads labels with -100, so padding never counts
 while the real EOS at the end of each completion does.
 
-Reasoning traces. A row may carry the teacher's trace beside its answer, in the ``reasoning``
+Reasoning traces (for a ``messages`` row: its final assistant turn; earlier turns are trained
+as written, and ``drop`` cuts an inline trace off them too). A row may carry the teacher's trace beside its answer, in the ``reasoning``
 column (what ``complete`` writes for a reasoning model; ``reasoning_column`` names another). The
 student is trained to think the same way: the trace is written into the assistant turn before
 the answer, as reasoning models are trained (DeepSeek-R1's distills, s1, LIMO). ``reasoning``
@@ -116,7 +126,9 @@ Outputs, in ``output_dir``:
   into the weights first, so it is a plain model for ``kind: transformers``), with
   ``stillroom_train.json``: the config, the number of data rows used, the steps, the first and
   final logged training loss, the loss curve (``losses``: [[step, loss], ...]), the training
-  seconds and the checkpoint it resumed from.
+  seconds and the checkpoint it resumed from; for ``messages`` rows with tools, ``tools``
+  (how many rows, ``native`` or ``plain`` rendering), and ``separate_turns`` (turns trained
+  in a sequence of their own, see :mod:`stillroom.train.sft_turns`).
 """
 
 from __future__ import annotations
@@ -147,6 +159,16 @@ from stillroom.train.common import (
     save_final,
     trainer_arguments,
 )
+from stillroom.train.sft_turns import (
+    ToolFormat,
+    TrainTurns,
+    TurnsExample,
+    conversation_example,
+    row_tools,
+    tokenize_turns,
+    tool_rendering,
+    uses_tools,
+)
 
 ReasoningMode = Literal["auto", "tags", "template", "drop"]
 
@@ -166,6 +188,8 @@ class SFTRunConfig(RunConfig):
     think_start: str = Field(default=THINK_START, min_length=1)
     think_end: str = Field(default=THINK_END, min_length=1)
     mask_reasoning: bool = False
+    train_turns: TrainTurns = "all"
+    tool_format: ToolFormat = "auto"
 
     @model_validator(mode="after")
     def _mask_needs_a_trace(self) -> SFTRunConfig:
@@ -374,6 +398,10 @@ def sft_examples(
 
 def row_example(index: int, row: Row, fmt: str, tokenizer: Any, traces: TraceFormat | None) -> Example:
     """One row of :func:`sft_examples`."""
+    if fmt == "messages" and is_conversation(row.get("messages")) and (
+        uses_tools(row["messages"], row_tools(row, index))
+    ):
+        return tool_row_example(index, row, tokenizer, traces)
     if fmt == "messages":
         if not is_conversation(row.get("messages")):
             raise InputError(f"row {index}: `messages` must be a non-empty list of "
@@ -408,6 +436,22 @@ def row_example(index: int, row: Row, fmt: str, tokenizer: Any, traces: TraceFor
     return with_trace(index, turns, rendered, completion, trace, traces, tokenizer)
 
 
+def tool_row_example(index: int, row: Row, tokenizer: Any, traces: TraceFormat | None) -> Example:
+    """A ``messages`` row with tools as a prompt (the conversation before its final turn, tool
+    calls and results as the template or :mod:`stillroom.train.sft_turns` renders them) and
+    the final turn as the completion: dropping the calls to keep ``{role, content}`` would
+    leave the answer without the results it answers from."""
+    [turns] = conversation_example(index, row, tokenizer, tool_rendering(tokenizer), traces,
+                                   "last")
+    start, end = turns.trained[-1]
+    completion = turns.text[start:end]
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and completion.endswith(eos):  # appended again by TRL (and KD) to every completion
+        completion = completion[: -len(eos)]
+    trace_chars = turns.trace[1] - start if turns.trace else 0
+    return Example(turns.text[:start], completion, trace_chars)
+
+
 def to_prompt_completion(
     rows: list[Row], fmt: str, tokenizer: Any, traces: TraceFormat | None = None
 ) -> list[dict[str, str]]:
@@ -415,6 +459,26 @@ def to_prompt_completion(
     without traces."""
     return [{"prompt": e.prompt, "completion": e.completion}
             for e in sft_examples(rows, fmt, tokenizer, traces)]
+
+
+def conversation_examples(
+    rows: list[Row], tokenizer: Any, traces: TraceFormat | None, config: SFTRunConfig,
+    where: Sequence[str] | None = None,
+) -> list[list[TurnsExample]]:
+    """``messages`` rows as whole conversations with their assistant turns trained, each row's
+    sequences in a list (:func:`stillroom.train.sft_turns.conversation_example`); a row's
+    InputError names its ``file:line``."""
+    rendering = tool_rendering(tokenizer, config.tool_format)
+    out = []
+    for index, row in enumerate(rows):
+        try:
+            out.append(conversation_example(index, row, tokenizer, rendering, traces,
+                                            config.train_turns))
+        except InputError as error:
+            if where is None or error.path is not None:
+                raise
+            raise InputError(error.reason, path=where[index]) from None
+    return out
 
 
 def tokenize_masked(examples: list[Example], tokenizer: Any) -> list[dict[str, list[int]]]:
@@ -469,13 +533,29 @@ def build_trainer(config: SFTRunConfig) -> tuple[Any, dict[str, Any]]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     traces = trace_format(config, tokenizer)
-    examples = sft_examples(rows, fmt, tokenizer, traces, where)
-    with_traces = sum(1 for e in examples if e.trace_chars)
-    if config.mask_reasoning:
-        dataset = Dataset.from_list(tokenize_masked(examples, tokenizer))
+    facts: dict[str, Any] = {"rows": len(rows), "format": fmt}
+    if fmt == "messages":
+        rendering = tool_rendering(tokenizer, config.tool_format)
+        per_row = conversation_examples(rows, tokenizer, traces, config, where)
+        turns = [sequence for sequences in per_row for sequence in sequences]
+        with_traces = sum(1 for t in turns if t.trace is not None)
+        with_tools = sum(1 for sequences in per_row if sequences[0].has_tools)
+        # Only when there are some: a set without tools records what it always did.
+        if with_tools:
+            facts["tools"] = {"rows_with_tools": with_tools,
+                              "rendering": "native" if rendering.native else "plain"}
+        if len(turns) > len(rows):  # turns the template renders differently in context
+            facts["separate_turns"] = len(turns) - len(rows)
+        dataset = Dataset.from_list([tokenize_turns(t, tokenizer, config.mask_reasoning)
+                                     for t in turns])
     else:
-        dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion}
-                                     for e in examples])
+        examples = sft_examples(rows, fmt, tokenizer, traces, where)
+        with_traces = sum(1 for e in examples if e.trace_chars)
+        if config.mask_reasoning:
+            dataset = Dataset.from_list(tokenize_masked(examples, tokenizer))
+        else:
+            dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion}
+                                         for e in examples])
     args = SFTConfig(
         **trainer_arguments(config),
         max_length=config.max_length,
@@ -487,7 +567,6 @@ def build_trainer(config: SFTRunConfig) -> tuple[Any, dict[str, Any]]:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config(config))
-    facts: dict[str, Any] = {"rows": len(rows), "format": fmt}
     if with_traces:  # only then: a dataset without traces records what it always did
         facts["reasoning"] = {"mode": traces.mode, "field": traces.field,
                               "rows_with_trace": with_traces, "masked": config.mask_reasoning}
@@ -509,6 +588,8 @@ def train_sft(config: SFTRunConfig) -> Path:
         "format": facts["format"],
         "rows": facts["rows"],
         "reasoning": facts.get("reasoning"),
+        "tools": facts.get("tools"),
+        "separate_turns": facts.get("separate_turns"),
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
         "first_loss": losses[0][1] if losses else None,

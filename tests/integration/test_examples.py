@@ -361,12 +361,26 @@ def check_self_instruct(run: Run) -> None:
     assert all(count <= 5 for count in per_task.values())
 
 
+def check_multi_turn(run: Run) -> None:
+    """Whole conversations only: the system turn, then user/assistant for every turn asked."""
+    stage = run.stages[0]
+    assert not run.failed
+    for row in run.data:
+        roles = [message["role"] for message in row["messages"]]
+        assert roles == ["system"] + ["user", "assistant"] * stage.turns
+        entry = assert_lineage(row, "conversation", "conversation")
+        assert entry["model"] == "SmolLM2-135M-Instruct" and entry["turn_count"] == stage.turns
+    for row in run.dropped:
+        assert row["drop_reason"].startswith(("turn ", "the user simulator"))
+
+
 CHECKS: dict[str, Callable[[Run], None]] = {
     "complete": check_complete,
     "constitutional": check_constitutional,
     "evol_instruct": check_evol_instruct,
     "magpie": check_magpie,
     "multi_teacher": check_multi_teacher,
+    "multi_turn": check_multi_turn,
     "personas": check_personas,
     "rejection_sampling": check_rejection_sampling,
     "self_instruct": check_self_instruct,

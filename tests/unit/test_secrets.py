@@ -458,3 +458,14 @@ def test_dropped_row_redacts_the_reason(monkeypatch: pytest.MonkeyPatch) -> None
     row = dropped_row({"prompt": "p"}, "gate", f"refused: key {KEY} is rate limited")
     assert leaks(json.dumps(row)) == []
     assert row["drop_reason"] == "refused: key *** is rate limited" and row["stage"] == "gate"
+
+
+def test_a_reason_table_keyed_by_a_sentence_ending_in_a_secret_name_keeps_its_counts() -> None:
+    """A drop reason ending in a scrubbed variable name ("... set $WEATHER_API_KEY") is a
+    sentence, not a key naming a secret: its count stays a number (masking it crashed the
+    report's arithmetic at the end of a run)."""
+    table = {"tool_check: execution check: call 0: ToolError: set $WEATHER_API_KEY": 3,
+             "weather_api_key": 1234}
+    redacted = secrets.redact_value(table)
+    assert redacted["tool_check: execution check: call 0: ToolError: set $WEATHER_API_KEY"] == 3
+    assert redacted["weather_api_key"] == secrets.MASK

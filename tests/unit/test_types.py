@@ -57,3 +57,21 @@ def test_penalties_reach_the_openai_body_only_when_set() -> None:
     body = chat_body("m", Request(messages=[{"role": "user", "content": "hi"}],
                                   params=GenerationParams(presence_penalty=2.0, frequency_penalty=1.5)))
     assert body["presence_penalty"] == 2.0 and body["frequency_penalty"] == 1.5
+
+
+def test_null_padded_turns_read_back_from_arrow_are_sent_and_keyed_as_written() -> None:
+    """Arrow pads every turn with the keys of the others (a user turn gets `tool_calls: None`);
+    servers that validate OpenAI's message types refuse those, and the cache key must be the
+    same as for the conversation before it was written."""
+    from stillroom.llm.cache import request_key
+
+    written = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0"}]}]
+    read_back = [{"role": "user", "content": "hi", "tool_calls": None, "name": None},
+                 {"role": "assistant", "content": "", "tool_calls": [{"id": "call_0"}],
+                  "name": None}]
+    request = Request(messages=read_back)
+    assert request.messages == written
+    assert request_key({"m": 1}, request) == request_key({"m": 1}, Request(messages=written))
+    assert Request(messages=[{"role": "assistant", "content": None}]).messages == [
+        {"role": "assistant", "content": None}]

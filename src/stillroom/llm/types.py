@@ -67,6 +67,20 @@ class Request:
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a Request needs exactly one of `messages` or `prompt`")
+        if self.messages is not None and any(
+            value is None and key != "content"
+            for message in self.messages if isinstance(message, dict)
+            for key, value in message.items()
+        ):
+            # Rows read back from Arrow (Parquet, a checkpoint) have every turn padded with the
+            # keys other turns have (`tool_calls: None` on a user turn): servers validating
+            # OpenAI's message types refuse them, and the cache key would differ from the same
+            # conversation held in memory. A missing key and a null one mean the same here.
+            object.__setattr__(self, "messages", [
+                {key: value for key, value in message.items()
+                 if value is not None or key == "content"} if isinstance(message, dict) else message
+                for message in self.messages
+            ])
 
     def effective_seed(self) -> int | None:
         """Each sample gets its own seed so ``n`` samples differ yet reproduce."""

@@ -38,6 +38,9 @@ BUILTIN_STAGES: dict[str, tuple[str, str]] = {
     "self_instruct_instances": ("stillroom.generate.self_instruct_instances",
                                 "SelfInstructInstances"),
     "teacher_logprobs": ("stillroom.stages.teacher_logprobs", "TeacherLogprobs"),
+    "tool_check": ("stillroom.generate.tool_check", "ToolCheck"),
+    "tool_queries": ("stillroom.generate.tool_queries", "ToolQueries"),
+    "tool_use": ("stillroom.generate.tool_use", "ToolUse"),
     "ultrafeedback_judge": ("stillroom.feedback.ultrafeedback", "UltraFeedbackJudge"),
     "verify": ("stillroom.verify.stage", "Verify"),
 }

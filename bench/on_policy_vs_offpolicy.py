@@ -85,7 +85,10 @@ def train_on_policy_budgeted(rows: Path, work: Path, budget: float, student: str
         teacher={"kind": "llamacpp"}, teacher_prompt_column="teacher_messages",
         sampling_temperature=1.0, max_new_tokens=MAX_NEW_TOKENS, top_logprobs=5,
         kl_estimate="auto", epochs=1000, learning_rate=lr, batch_size=batch_size,
-        max_length=160, save_steps=10**6, resume=False, seed=0,
+        # The teacher's context (three worked examples, the prompt and the student's answer)
+        # is up to 197 tokens; since over-long rows are refused rather than cut, 160 no longer
+        # fits it (the first measurement ran before that check, with the context cut to 160).
+        max_length=224, save_steps=10**6, resume=False, seed=0,
     )
     budgeter = cpu_budget(budget)
     final = train_on_policy(config, callbacks=[budgeter])

@@ -201,16 +201,18 @@ def decontaminate(
     ngram: int = 8,
     threshold: float = 0.5,
     short_items: ShortItems = "exact",
+    roles: list[str] | None = None,
     **run_options: Any,
 ) -> RunResult:
     """Drop the rows of ``input`` that copy an item of the ``against`` benchmarks (n-gram
-    overlap, Tulu 3's rule; see :mod:`stillroom.curate.decontaminate`)."""
+    overlap, Tulu 3's rule; see :mod:`stillroom.curate.decontaminate`); ``roles`` (e.g.
+    ``["user"]``): only those turns of chat messages are checked."""
     from stillroom.curate.decontaminate import Decontaminate
 
     stage = build_stage(
         Decontaminate, against=[str(spec) for spec in against], bench_columns=bench_columns,
         bench_id_column=bench_id_column, columns=columns, ngram=ngram, threshold=threshold,
-        short_items=short_items,
+        short_items=short_items, roles=roles,
     )
     return run_stage(stage, input, out, name="stillroom decontaminate", **run_options)
 
@@ -249,16 +251,19 @@ def dedup(
     keep_by: str | None = None,
     model: str | None = None,
     seed: int | None = None,
+    roles: list[str] | None = None,
     **run_options: Any,
 ) -> RunResult:
     """Drop duplicate rows of ``input``, keeping one per cluster (see
-    :mod:`stillroom.curate.dedup`); an option left None takes the stage's default."""
+    :mod:`stillroom.curate.dedup`); an option left None takes the stage's default. ``roles``
+    (e.g. ``["user"]``): only those turns of chat messages are compared."""
     from stillroom.curate.dedup import Dedup
 
     stage = build_stage(
         Dedup, method=method, column=column, threshold=threshold, ngram=ngram,
         num_perm=num_perm, bands=bands, rows=rows, verify_jaccard=verify_jaccard,
         false_negative_weight=false_negative_weight, keep_by=keep_by, model=model, seed=seed,
+        roles=roles,
     )
     return run_stage(stage, input, out, name=f"stillroom dedup --method {method}", **run_options)
 

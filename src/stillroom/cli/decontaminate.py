@@ -22,8 +22,10 @@ from stillroom.cli.options import (
     NoProgress,
     OutOption,
     Overwrite,
+    RolesOption,
     WorkersOption,
     executor_options,
+    role_list,
     run_options,
 )
 
@@ -77,6 +79,7 @@ def decontaminate(
                      help="Items shorter than the n-gram: exact (a text of the row is the whole "
                           "item) or skip."),
     ] = "exact",
+    roles: RolesOption = None,
     overwrite: Overwrite = False,
     max_failure_rate: MaxFailureRate = 0.0,
     no_progress: NoProgress = False,
@@ -103,6 +106,7 @@ def decontaminate(
         ngram=ngram,
         threshold=threshold,
         short_items=short_items,
+        roles=role_list(roles),
     )
     result = api.run_stage(
         stage,

@@ -15,7 +15,9 @@ from stillroom.cli.options import (
     NoProgress,
     OutOption,
     Overwrite,
+    RolesOption,
     WorkersOption,
+    role_list,
 )
 
 
@@ -83,6 +85,7 @@ def dedup(
         typer.Option("--model", help="semantic: a local sentence-transformers folder "
                                      "(default: the packaged all-MiniLM-L6-v2)."),
     ] = None,
+    roles: RolesOption = None,
     overwrite: Overwrite = False,
     no_progress: NoProgress = False,
     limit: Limit = None,
@@ -109,6 +112,7 @@ def dedup(
         keep_by=keep_by,
         model=model,
         seed=seed,
+        roles=role_list(roles),
     )
     result = api.run_stage(
         stage,

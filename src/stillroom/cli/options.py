@@ -101,3 +101,19 @@ EmbeddingsOption = Annotated[
 def diversity_embeddings(flag: bool | None) -> bool | str:
     """The ``diversity_embeddings`` run option for ``--embeddings/--no-embeddings``."""
     return True if flag is None else ("always" if flag else False)
+
+
+# Chat messages: which roles' turns a text verb (dedup, decontaminate) reads.
+RolesOption = Annotated[
+    list[str] | None,
+    typer.Option("--roles", help="Chat messages: only the turns of these roles (repeat the "
+                 "option or give a comma list: --roles user,assistant) (default: every turn)."),
+]
+
+
+def role_list(values: list[str] | None) -> list[str] | None:
+    """``--roles`` as the stage's ``roles``: repeated options and comma lists both, spaces
+    and empty parts dropped; None (every turn) when not given."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]

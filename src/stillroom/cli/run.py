@@ -81,4 +81,4 @@ def run(
     plan = Pipeline.from_file(pipeline)
     plan.backends = with_concurrency(plan.backends, concurrency)
     result = plan.run(out, **options, diversity_embeddings=diversity_embeddings(embeddings))
-    print_result(result)
+    print_result(result, plan.stages)

@@ -179,7 +179,7 @@ class Conversation(RowStage):
         return {self.backend, self.user_backend or self.backend}
 
     def generated_columns(self) -> list[str]:
-        return ["messages"]
+        return ["messages", "messages:user"] if self.turns > 1 else ["messages"]  # user: simulated
 
     def summary_columns(self) -> list[str]:
         return ["messages"]

@@ -302,7 +302,7 @@ class Magpie(RowStage):
 
     def generated_columns(self) -> list[str]:
         if self.turns > 1:
-            return ["messages"]
+            return ["messages", "messages:user"]  # the queries are written too (report.diversity)
         flag = ["response_truncated"] if self.truncated_response == "flag" else []
         return ["prompt", "completion", *flag]
 

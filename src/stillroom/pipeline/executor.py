@@ -62,6 +62,7 @@ from stillroom.pipeline.stage import (
     RowFailure,
     Rows,
     StageContext,
+    close_stages,
 )
 from stillroom.secrets import redact
 
@@ -338,6 +339,9 @@ class Executor:
         try:
             return await self._run_locked(total)
         finally:
+            # Before the folder's lock is let go: a next session must not start while this
+            # one's tool servers and subprocesses still run.
+            await close_stages(self.pipeline.stages)
             self.folder.release()
             for client in self.clients.values():
                 with contextlib.suppress(Exception):  # closing must not hide the run's outcome

@@ -85,7 +85,10 @@ def _absolute_options(options: dict[str, Any], path_options: tuple[str, ...],
     rubric, principles, a model folder, read from the pipeline file's folder when relative)
     written absolute where they name an existing file or folder there, so that the card's file
     reruns wherever it is saved. Only the options a stage declares are touched: text that merely
-    looks like a path (a stop string, a template, a column) is never rewritten."""
+    looks like a path (a stop string, a template, a column) is never rewritten.
+
+    A dotted option names a key inside an option's mapping (``tools.python``: the ``python``
+    key of ``tools:``); where the option holds a list, the key of each of its mappings."""
     def absolute(value: Any) -> Any:
         if isinstance(value, list):
             return [absolute(item) for item in value]
@@ -97,8 +100,22 @@ def _absolute_options(options: dict[str, Any], path_options: tuple[str, ...],
         except (OSError, ValueError):  # not a possible path (a NUL, too long): keep it
             return value
 
-    return {key: absolute(value) if key in path_options else value
-            for key, value in options.items()}
+    def within(value: Any, inner: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return _absolute_options(value, inner, base_dir)
+        if isinstance(value, list):
+            return [within(item, inner) for item in value]
+        return value  # not a mapping (yet): nothing inside it is a declared path
+
+    out = dict(options)
+    for key, value in options.items():
+        if key in path_options:
+            out[key] = absolute(value)
+        inner = tuple(option.split(".", 1)[1] for option in path_options
+                      if option.startswith(key + "."))
+        if inner:
+            out[key] = within(out[key], inner)
+    return out
 
 
 def _relative_path(text: str) -> bool:
@@ -179,7 +196,12 @@ def measure_diversity(
     where the model would cost more than the run. A column a later stage removed from ``data/``
     is measured where its texts still are (``completions`` -> the answer) or reported absent.
     """
-    from stillroom.report.diversity import AUTO_EMBEDDINGS_MIN_RUN_SECONDS, measure, texts_of
+    from stillroom.report.diversity import (
+        AUTO_EMBEDDINGS_MIN_RUN_SECONDS,
+        column_spec,
+        measure,
+        texts_of,
+    )
 
     embeddings, skipped_because = bool(options.diversity_embeddings), None
     if (options.diversity_embeddings is True and run_seconds is not None
@@ -194,18 +216,20 @@ def measure_diversity(
     by_column: dict[str, dict[str, Any]] = {}  # two stages writing one column: measure it once
     for name, stage in zip(pipeline.stage_names, pipeline.stages, strict=True):
         for generated in stage.generated_columns():
-            column = _where_measured(generated, present)
-            if column not in by_column:
+            written, role = column_spec(generated)  # `messages:user`: that role's turns
+            column = _where_measured(written, present)
+            label = column if role is None else f"{column}:{role}"
+            if label not in by_column:
                 found = _in_data(column, present)
-                texts = texts_of(_answers(folder, column)) if found else []
-                status = _progress(options.progress, name, column, texts, embeddings)
+                texts = texts_of(_answers(folder, column), role) if found else []
+                status = _progress(options.progress, name, label, texts, embeddings)
                 with status:
-                    by_column[column] = measure(texts, embeddings=embeddings,
-                                                skipped_because=skipped_because)
+                    by_column[label] = measure(texts, embeddings=embeddings,
+                                               skipped_because=skipped_because)
                 if not found and present:  # with no shard at all, no column is "removed"
-                    by_column[column]["embedding_note"] = (
+                    by_column[label]["embedding_note"] = (
                         "not computed: the column is not in data/ (a later stage removed it)")
-            results.setdefault(name, {})[column] = by_column[column]
+            results.setdefault(name, {})[label] = by_column[label]
     return results
 
 

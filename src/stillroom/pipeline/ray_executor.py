@@ -58,7 +58,7 @@ from stillroom.llm.cache import default_cache_dir
 from stillroom.llm.stats import BackendStats
 from stillroom.pipeline.executor import Executor, Outcome, RowProcessor, StageStats
 from stillroom.pipeline.segments import Segment, split_segments
-from stillroom.pipeline.stage import FunctionStage, ParallelMap
+from stillroom.pipeline.stage import FunctionStage, ParallelMap, close_stages
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
@@ -74,6 +74,9 @@ MIN_BATCH_KEYS = 64
 MAX_BLOCKS = 2000
 # Batches of an all-rows stage's parallel_map in flight per worker CPU.
 MAP_TASKS_PER_CPU = 2
+# How long an actor waits for its stages to close (an MCP server that does not stop) before it
+# stops its loop anyway.
+CLOSE_SECONDS = 30.0
 
 
 def ray_module() -> Any:
@@ -145,10 +148,13 @@ class SegmentWorker:
         self.segment = split_segments(pipeline.stages, pipeline.stage_names)[self.spec.segment]
         self.stage_stats = {name: StageStats() for name, _ in self.segment.row_stages}
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="stillroom-worker", daemon=True).start()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="stillroom-worker",
+                                        daemon=True)
+        self._thread.start()
         self.rows = asyncio.run_coroutine_threadsafe(self._build(), self.loop).result()
         self.window = asyncio.run_coroutine_threadsafe(self._semaphore(), self.loop).result()
         self._lock = threading.Lock()
+        self._closed = False
         self._reported: dict[str, Any] = self._totals()
 
     async def _build(self) -> RowProcessor:
@@ -186,6 +192,26 @@ class SegmentWorker:
                 return await self.rows.process(self.segment, 0, row, (order,))
 
         return await asyncio.gather(*(one(order, row) for order, row in zip(orders, rows, strict=True)))
+
+    def close(self) -> None:
+        """Close the stages this actor ran (their tool servers, subprocesses), on the actor's
+        loop where they were opened, then stop the loop. Once; later calls do nothing."""
+        # A loop whose thread is gone (the process is exiting) can close nothing any more.
+        if self._closed or not self._thread.is_alive():
+            return
+        self._closed = True
+        try:
+            stages = [stage for _, stage in self.segment.row_stages]
+            asyncio.run_coroutine_threadsafe(close_stages(stages), self.loop).result(
+                timeout=CLOSE_SECONDS)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def __del__(self) -> None:
+        # Ray Data deletes its actors' UDF on a graceful shutdown (at the end of each segment's
+        # dataset), which is the one hook it gives; a killed actor's process is gone anyway.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _totals(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,12 +40,14 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from stillroom.data.rows import Row
 from stillroom.registry import Registry
+from stillroom.secrets import redact
 
 if TYPE_CHECKING:
     from stillroom.llm.backend import BackendConfig
     from stillroom.llm.cache import RequestCache
     from stillroom.llm.client import LLMClient
 
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,8 @@ class Stage(BaseModel):
     needs_all_rows: ClassVar[bool] = False
     # Options that name a file or folder read from the pipeline file's folder when relative (a
     # benchmark, a rubric, a model folder): the card's copy of the pipeline writes them absolute,
-    # so that it reruns from wherever it is saved.
+    # so that it reruns from wherever it is saved. A dotted name is a key inside an option's
+    # mapping ("tools.python": the `python` key of a `tools:` option).
     path_options: ClassVar[tuple[str, ...]] = ()
 
     def check_row(self, row: Row) -> str | None:
@@ -174,6 +178,30 @@ class Stage(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What decides this stage's output (for telling one run from another)."""
         return self.model_dump(mode="json", exclude={"name"})
+
+    async def aclose(self) -> None:  # noqa: B027 - most stages hold nothing to release
+        """Release what this stage opened for a run (a tool server, a subprocess, a model).
+
+        The executors call it once for every stage when a run ends, however it ends (complete,
+        failed, interrupted), on the event loop the stage ran on (in each Ray worker too). A
+        stage may be run again afterwards (the Python API reruns a pipeline), so open things
+        again lazily rather than refusing."""
+
+
+async def close_stages(stages: Iterable[Stage]) -> None:
+    """``aclose`` every stage once (a stage object listed twice is closed once). A failure is
+    logged and the others are still closed: releasing one resource must not leak the next, nor
+    replace the run's own outcome with a closing error."""
+    closed: set[int] = set()
+    for stage in stages:
+        if id(stage) in closed:
+            continue
+        closed.add(id(stage))
+        try:
+            await stage.aclose()
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            log.warning("warning: closing stage %r failed: %s: %s", stage.name or stage.type,
+                        type(error).__name__, redact(str(error)))
 
 
 class RowStage(Stage):

@@ -3,7 +3,9 @@
 Synthetic data collapses quietly: a teacher at low temperature, a prompt that leaves no room, or a
 model trained on its own outputs returns the same answer in different words. Every generation
 stage names the columns it writes (``Stage.generated_columns()``) and, at the end of a run, each
-column gets these measures:
+column gets these measures. A ``messages`` column is measured on each row's last assistant turn
+(the answer); a stage that wrote another role's turns names the column with that role,
+``messages:user`` (a query writer, a user simulator), and its last turn of that role is measured:
 
 * **distinct-1 / distinct-2** (Li et al. 2016, "A Diversity-Promoting Objective Function for
   Neural Conversation Models"): distinct n-grams divided by all n-grams, counted over the whole
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from stillroom.data.row_text import content_text
 from stillroom.data.rows import answer_text, is_conversation
 from stillroom.llm.embeddings import EMBEDDING_MODEL, EmbeddingsUnavailable, encode
 
@@ -272,10 +275,32 @@ def collapse_warnings(stage: str, column: str, metrics: dict[str, Any]) -> list[
     ]
 
 
-def texts_of(values: Sequence[Any]) -> list[str]:
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def column_spec(spec: str) -> tuple[str, str | None]:
+    """A generated column as a stage names it: ``(column, role)``; ``messages:user`` is the
+    ``messages`` column's user turns, a plain name has no role (a message list's answer)."""
+    column, colon, role = spec.partition(":")
+    if colon and role not in ROLES:
+        raise ValueError(f"generated column {spec!r}: the role after ':' is one of "
+                         f"{', '.join(ROLES)}")
+    return column, (role if colon else None)
+
+
+def last_turn_text(messages: Sequence[Any], role: str) -> str | None:
+    """The content of the last turn of ``role`` in a message list; None when it has none."""
+    for message in reversed(messages):
+        if message.get("role") == role:
+            return content_text(message.get("content"))
+    return None
+
+
+def texts_of(values: Sequence[Any], role: str | None = None) -> list[str]:
     """The texts in a column's values: a cell holds a text, an assistant message list (its
     answer text; see data.rows), or a list of either (``completions``: n answers per row, each
-    counted).
+    counted). With ``role``, a message list gives its last turn of that role instead (the
+    user's query of a query writer).
 
     Nulls and blank texts are skipped: a blank is no text at all (Self-Instruct leaves most
     ``input`` fields empty on purpose), and counting blanks as copies of each other would make a
@@ -285,7 +310,10 @@ def texts_of(values: Sequence[Any]) -> list[str]:
     for value in values:
         items = value if isinstance(value, list | tuple) and not is_conversation(value) else [value]
         for item in items:
-            text = answer_text(item)  # a text as it is; a message list's last assistant turn
+            if role is not None and is_conversation(item):
+                text = last_turn_text(item, role)
+            else:
+                text = answer_text(item)  # a text as it is; a message list's last assistant turn
             if text is not None and text.strip():
                 texts.append(text)
     return texts

@@ -206,14 +206,15 @@ def test_tool_use_runs_calls_and_records_every_turn() -> None:
 
     assert out["messages"] == [
         {"role": "user", "content": "2+3?"},
-        {"role": "assistant", "content": "", "tool_calls": calls(("add", {"a": 2, "b": 3}))},
-        {"role": "tool", "tool_call_id": "call_0", "name": "add", "content": "5"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            make_call("add", {"a": 2, "b": 3}, "call_0_0")]},  # ids unique in the conversation
+        {"role": "tool", "tool_call_id": "call_0_0", "name": "add", "content": "5"},
         {"role": "assistant", "content": "The answer is 5."},
     ]
     assert tools.calls == [("add", {"a": 2, "b": 3})]
     entry = out["metadata"]["s"]
     assert entry["turns"] == 2
-    assert entry["calls"] == [{"turn": 0, "id": "call_0", "name": "add", "status": "ok"}]
+    assert entry["calls"] == [{"turn": 0, "id": "call_0_0", "name": "add", "status": "ok"}]
     assert json.loads(out["tools"]) == TOOLS and out["id"] == 1  # the input's id, unchanged
     # Every request offered the tools; the second one carried the tool's result.
     assert all(r.params.tools == TOOLS for r in client.requests)

@@ -92,7 +92,9 @@ def transcript_text(messages: Sequence[Any]) -> str:
 
 
 def _is_message(value: Any) -> bool:
-    return isinstance(value, dict) and "role" in value and "content" in value
+    # A role makes a message: OpenAI's format lets an assistant turn that only calls tools
+    # leave `content` out, and such a turn is still part of the conversation.
+    return isinstance(value, dict) and isinstance(value.get("role"), str)
 
 
 def turn_texts(messages: Sequence[Any], roles: Sequence[str] | None = None) -> list[tuple[int, str]]:

@@ -8,6 +8,10 @@
       tools: {python: tools/calculator.py}   # needed only to run calls that have no result
       on_fail: drop           # or flag: keep the row, verdicts in its columns
 
+A call run here that could not run for a reason outside the call (its MCP server died or could
+not start, the sandbox could not be set up, or, with ``timeout_fails_row``, it timed out) sends
+the row to ``failed/`` rather than dropping it: a rerun checks it again.
+
 The checks (:mod:`stillroom.verify.tool_checks`) run in APIGen's order and a row that fails one
 is not checked further (a call whose arguments do not fit cannot run; a call that did not run
 answers nothing):
@@ -47,6 +51,7 @@ from stillroom.feedback.judging import StructuredMode
 from stillroom.generate.tool_use import ToolsStage, error_kind, result_text, run_call
 from stillroom.llm.tool_calls import tool_names
 from stillroom.pipeline.stage import Dropped, RowFailure, StageContext, register_stage
+from stillroom.tools.turns import raise_infrastructure
 from stillroom.verify.tool_checks import (
     CHECKS,
     Call,
@@ -72,6 +77,12 @@ class ToolCheck(ToolsStage):
     )
     on_fail: Literal["drop", "flag"] = Field(
         default="drop", description="drop: a failed row goes to dropped/; flag: it is kept."
+    )
+    timeout_fails_row: bool = Field(
+        default=True,
+        description="A call run here (one with no recorded outcome) that runs past "
+        "`tools.timeout` sends the row to failed/ (a rerun retries it), like a dead MCP server; "
+        "false: it fails the execution check.",
     )
     backend: str = Field(default="default", description="Backend of the semantic judge.")
     temperature: float = Field(default=0.0, ge=0, le=2)
@@ -186,6 +197,11 @@ class ToolCheck(ToolsStage):
         names = tool_names(tools)
         ran = await asyncio.gather(
             *(run_call(self.toolset(), names, calls[index][0]) for index in pending))
+        # A server that died or a sandbox that could not start says nothing of the call: the
+        # row goes to failed/ (a rerun checks it again), not to dropped/ for good.
+        raise_infrastructure(list(ran), [str((calls[index][0].get("function") or {}).get("name"))
+                                         for index in pending],
+                             timeout_fails_row=self.timeout_fails_row)
         executed: list[dict[str, Any]] = [
             {"name": None, "ok": None, "content": None, "error": None} for _ in calls]
         outcomes, paired = list(outcomes), list(calls)

@@ -11,7 +11,9 @@ Each turn sends the conversation so far with ``GenerationParams.tools`` (the row
 column when it has one, else every tool of the stage's tool set). The answer is appended as an
 assistant turn (:func:`~stillroom.llm.tool_calls.assistant_turn`); when it calls tools, each call
 runs through the tool set and one tool turn per call follows it (its content the result, or the
-error text when the call did not run or raised), and the model is asked again. The loop ends
+error text when the call did not run or raised), and the model is asked again. Each call gets
+an id unique in the conversation (``call_<turn>_<i>``; backends number calls anew each answer,
+and Anthropic refuses an id seen twice), which its tool turn names. The loop ends
 with an answer that calls nothing, or at ``max_turns``: such a row goes to ``dropped/`` with the
 reason ``turn limit``, never into ``data/`` cut short. So does a row whose final answer is empty,
 cut off at ``max_tokens``, or only tool-call markup (a model without a tool API echoing the
@@ -22,7 +24,10 @@ not asked to answer from them).
 A call is run only when it names a tool offered to the row and its arguments parse as a JSON
 object; otherwise its tool turn says why (``UnknownTool: ...``, ``InvalidArguments: ...``), as an
 API would answer the model, and the conversation goes on. The tool set itself checks the
-arguments against the tool's schema. Every call's outcome (``ok`` or the error's kind) is in
+arguments against the tool's schema. A call that could not run for a reason outside it (its
+MCP server died, stopped answering or could not start; the sandbox could not be set up; with
+``timeout_fails_row``, the default, a timeout) is no tool turn: the whole row goes to
+``failed/`` and a rerun retries it. Every call's outcome (``ok`` or the error's kind) is in
 ``metadata[<stage>].calls``, which ``tool_check`` reads. A request that still fails after its
 retries sends the whole row to ``failed/``; its answered turns stay in the request cache, so a
 rerun asks only for the rest (the calls are run again: their results are not cached).
@@ -56,6 +61,7 @@ from stillroom.data.rows import (
     with_lineage,
 )
 from stillroom.errors import ConfigError
+from stillroom.llm.backend import BackendConfig
 from stillroom.llm.tool_calls import (
     TOOL_CALL_END,
     TOOL_CALL_START,
@@ -79,6 +85,13 @@ from stillroom.pipeline.stage import (
     register_stage,
 )
 from stillroom.tools import ToolResult, ToolsConfig, ToolSet
+from stillroom.tools.checks import (
+    TOOL_CHOICE_KEYWORDS,
+    check_tools_now,
+    static_tool_names,
+    unknown_choice,
+)
+from stillroom.tools.turns import conversation_ids, raise_infrastructure
 from stillroom.verify.tool_checks import conversation_figures
 
 TOOLS_COLUMN = "tools"
@@ -114,6 +127,9 @@ class ToolsStage(RowStage):
     tools offered to a row, and the tool set's life (built once per event loop and option,
     closed by :meth:`aclose` or with the loop)."""
 
+    # The card's copy of the pipeline writes the tools file absolute (Stage.path_options).
+    path_options = ("tools.python",)
+
     tools: ToolsConfig | None = Field(
         default=None,
         description="The tool set: a Python file of functions (`python:`) and/or an MCP server "
@@ -130,7 +146,12 @@ class ToolsStage(RowStage):
             try:
                 value.build(pipeline_dir(info))
             except ConfigError as error:
-                where = f"{error.key}: " if error.key else ""
+                # The tools file's own file:line (a bad function, an import) is kept: the
+                # pipeline file's line alone does not say where in the tools file to look.
+                place = error.path or ""
+                if error.line is not None:
+                    place = f"{place}:{error.line}" if place else f"line {error.line}"
+                where = "".join(f"{part}: " for part in (error.key, place) if part)
                 raise PydanticCustomError("tools", "{reason}", {"reason": where + error.reason}) \
                     from None
         return value
@@ -139,6 +160,11 @@ class ToolsStage(RowStage):
     def _remember_dir(self, info: ValidationInfo) -> ToolsStage:
         self._base_dir = pipeline_dir(info) or self._base_dir
         return self
+
+    def check_backends(self, configs: dict[str, BackendConfig]) -> None:
+        # Two tools of one name (a Python function and an MCP tool) would fail every row at
+        # run time: found now, listing the MCP server once when there is also a Python file.
+        check_tools_now(self.tools, self._base_dir)
 
     def _toolset_key(self) -> str:
         assert self.tools is not None
@@ -231,6 +257,10 @@ async def run_call(toolset: ToolSet, offered: list[str], call: dict[str, Any]) -
     return await toolset.call(str(name), arguments)
 
 
+def _call_name(call: dict[str, Any]) -> str:
+    return str((call.get("function") or {}).get("name", ""))
+
+
 def result_text(result: ToolResult) -> str:
     """A tool turn's content: the result, or the error the model is shown instead."""
     return result.content if result.ok else str(result.error)
@@ -246,8 +276,14 @@ class ToolUse(ToolsStage):
     )
     tool_choice: str = Field(
         default="auto",
-        description="First turn: auto, required, or a tool's name (that tool must be called); "
-        "later turns are auto.",
+        description="First turn: auto, none, required, or a tool's name (that tool must be "
+        "called); later turns are auto. A name is checked against the tools before any request.",
+    )
+    timeout_fails_row: bool = Field(
+        default=True,
+        description="A call that runs past `tools.timeout` sends the row to failed/ (a rerun "
+        "retries it), like a dead MCP server; false: the timeout is a tool turn the model reads "
+        "(for tools that are expected to hang sometimes).",
     )
     stop_after_calls: bool = Field(
         default=False,
@@ -267,8 +303,25 @@ class ToolUse(ToolsStage):
                 "and/or an MCP server)", {})
         return self
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        # A typo here would fail every row at run time: a keyword or a tool of the Python file
+        # now (an MCP server's tools are listed in check_backends, before any request).
+        tools = info.data.get("tools")
+        if value in TOOL_CHOICE_KEYWORDS or not isinstance(tools, ToolsConfig):
+            return value
+        names = static_tool_names(tools, pipeline_dir(info))
+        if value not in names and tools.mcp is None:
+            raise PydanticCustomError("tool_choice", "{reason}", {
+                "reason": unknown_choice(value, names, "tools.python")})
+        return value
+
     def backend_names(self) -> set[str]:
         return {self.backend}
+
+    def check_backends(self, configs: dict[str, BackendConfig]) -> None:
+        check_tools_now(self.tools, self._base_dir, self.tool_choice)
 
     def check_row(self, row: Row) -> str | None:
         if row.get("messages") is not None:
@@ -294,7 +347,7 @@ class ToolUse(ToolsStage):
                 f"{figures['calls ok']:,} of {figures['calls']:,} calls ran")
 
     def _choice(self, turn: int, names: list[str]) -> str | dict[str, Any]:
-        if turn > 0 or self.tool_choice in ("auto", "required"):
+        if turn > 0 or self.tool_choice in TOOL_CHOICE_KEYWORDS:
             return "auto" if turn > 0 else self.tool_choice
         if self.tool_choice not in names:
             raise RowFailure(
@@ -325,17 +378,19 @@ class ToolUse(ToolsStage):
             # A RequestFailed goes through: the whole row to failed/, never a part of it.
             completion = await client.generate(Request(messages=list(conversation), params=params))
             answers.append(completion)
-            calls = completion.tool_calls or []
+            calls = conversation_ids(completion.tool_calls or [], conversation)
             conversation.append(assistant_turn(completion.text, calls))
             if not calls:
                 final, ended = completion, True
                 break
             results = await asyncio.gather(
                 *(run_call(self.toolset(), names, call) for call in calls))
+            raise_infrastructure(list(results), [_call_name(call) for call in calls],
+                                 timeout_fails_row=self.timeout_fails_row)
             for call, result in zip(calls, results, strict=True):
                 conversation.append(tool_turn(call, result_text(result)))
                 calls_record.append({"turn": turn, "id": str(call.get("id", "")),
-                                     "name": str((call.get("function") or {}).get("name", "")),
+                                     "name": _call_name(call),
                                      "status": error_kind(result)})
             if self.stop_after_calls:
                 ended = True

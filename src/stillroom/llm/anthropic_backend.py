@@ -176,10 +176,15 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
     ``tool_use`` blocks, tool turns as ``tool_result`` blocks of one user message per run of
     consecutive tool turns."""
     out: list[dict[str, Any]] = []
+    # A call without an id gets one made from its place (unique in the conversation, as the
+    # API requires); the tool turns without an id that follow it, in order, answer those
+    # calls, so they get the same ids and each tool_result still names its tool_use.
+    unnamed: list[str] = []
     for index, message in enumerate(messages):
         role = message["role"]
         if role == "tool":
-            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+            answered = message.get("tool_call_id") or (unnamed.pop(0) if unnamed else "")
+            result = {"type": "tool_result", "tool_use_id": answered,
                       "content": str(message.get("content") or "")}
             previous = out[-1] if out else None
             if (previous is not None and previous["role"] == "user"
@@ -189,6 +194,7 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
             else:
                 out.append({"role": "user", "content": [result]})
         elif role == "assistant" and message.get("tool_calls"):
+            unnamed = []  # ids left unanswered by an earlier turn's results are not these
             blocks: list[dict[str, Any]] = []
             text = _text_of(message.get("content"))
             if text:
@@ -204,7 +210,11 @@ def anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
                         "call's input as a JSON object only", kind="BadRequestError", status=400,
                     ) from None
                 function = call.get("function") or {}
-                blocks.append({"type": "tool_use", "id": call.get("id") or f"call_{number}",
+                call_id = call.get("id")
+                if not call_id:
+                    call_id = f"call_{index}_{number}"
+                    unnamed.append(call_id)
+                blocks.append({"type": "tool_use", "id": call_id,
                                "name": function.get("name", ""), "input": arguments})
             out.append({"role": "assistant", "content": blocks})
         else:

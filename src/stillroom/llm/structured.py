@@ -46,7 +46,9 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     found = False
     for candidate in _candidates(text):
         try:
-            value = json.loads(candidate)
+            # strict=False: a raw newline or tab inside a string (llama.cpp's JSON grammar
+            # lets one through) is the text the model meant, not a reason to fail the row.
+            value = json.loads(candidate, strict=False)
         except ValueError:
             continue
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))

@@ -47,7 +47,7 @@ _BLOCK = re.compile(
 )
 # The name of a call whose JSON does not parse, when it can still be read.
 _NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_ARGUMENTS = re.compile(r'"arguments"\s*:\s*(.*?)\s*\}?\s*$', re.DOTALL)
+_ARGUMENTS = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 
 
 def _refused(message: str) -> BackendError:
@@ -145,23 +145,47 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]] | None]:
     return "\n".join(piece for piece in pieces if piece), calls
 
 
-def _call_from_block(body: str, call_id: str) -> dict[str, Any]:
+def _loads_block(body: str) -> Any:
+    """The block's JSON; a block missing only its outer ``}`` (a model that stopped one brace
+    short, or a stop string that ate it) is read with it put back."""
+    for text in (body, body + "}"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            continue
+    return None
+
+
+def _raw_arguments(body: str) -> str | dict[str, Any]:
+    """The arguments of a block that is not JSON: the JSON value right after ``"arguments":``
+    when one can be read there (the rest of the block may be broken), else the raw text after
+    it less the block's own closing brace, else the whole block."""
+    found = _ARGUMENTS.search(body)
+    if found is None:
+        return body
     try:
-        value = json.loads(body)
+        value, _ = json.JSONDecoder().raw_decode(body, found.end())
     except ValueError:
-        value = None
+        rest = body[found.end():].rstrip()
+        # The block's own closing brace, when the braces say it is there, is not the
+        # arguments' (a block one brace short has none to take off).
+        if (rest.endswith("}") and body.lstrip().startswith("{")
+                and body.count("}") >= body.count("{")):
+            rest = rest[:-1].rstrip()
+        return rest
+    return value if isinstance(value, dict) else json.dumps(value)
+
+
+def _call_from_block(body: str, call_id: str) -> dict[str, Any]:
+    value = _loads_block(body)
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         arguments = value.get("arguments", value.get("parameters", {}))
         if isinstance(arguments, str):  # arguments already as JSON text (OpenAI's wire form)
             return make_call(value["name"], arguments, call_id)
         return make_call(value["name"], arguments if arguments is not None else {}, call_id)
     name = _NAME.search(body)
-    raw = _ARGUMENTS.search(body)
-    return make_call(
-        json.loads(f'"{name.group(1)}"') if name else "",
-        raw.group(1) if raw else body,
-        call_id,
-    )
+    return make_call(json.loads(f'"{name.group(1)}"') if name else "", _raw_arguments(body),
+                     call_id)
 
 
 def read_answer(completion: Completion, request: Request) -> Completion:

@@ -57,6 +57,14 @@ honours its ``tool_choice`` ``{"type": "tool", "name": ...}`` and ``{"type": "no
 (``ECHO_BAD_ARGS`` gives ``input: {"unparsed": <the cut text>}`` there: that API's input is
 always an object).
 
+Structured answers, when asked (``--structured``, or per request a body field
+``"echo_structured": true``, e.g. a backend's ``extra_body``): a chat request whose
+``response_format`` is ``json_schema`` (or ``json_object`` with a ``schema``) is answered with
+JSON that fits the schema (:func:`_fitting`: strings ``echo <n>: <the user's first words>``, an
+enum's first value, ``minItems`` items), so stages that ask for JSON (query writing, judges) can
+be tested without a model. Otherwise such a request is echoed like any other (tests send the
+JSON to get back in the user's text).
+
 Written by hand, on asyncio streams, because the usual ASGI stacks cost more CPU per request than
 the clients we measure (llm-katan, FastAPI-based, is used for failure injection instead).
 """
@@ -192,6 +200,56 @@ def _minimal(schema: Any, numbers: list[str]) -> Any:
             for name in schema.get("required") or []}
 
 
+def _fitting(schema: Any, words: str, count: list[int]) -> Any:
+    """A small instance of ``schema`` that fits it, for a ``response_format`` json_schema
+    request: like :func:`_minimal`, but each string is ``echo <n>: <the user's words>`` (n
+    counting the strings, so a list's items differ) cut to ``maxLength`` and padded to
+    ``minLength``, an array has ``minItems`` items (at least one), numbers are ``minimum`` or 0,
+    and an object also fills its optional properties (a judge's ``reason``)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return _fitting(schema[combined][0], words, count)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "string":
+        count[0] += 1
+        text = f"echo {count[0]}: {words}"[: int(schema.get("maxLength", 10**9))]
+        return text.ljust(int(schema.get("minLength", 0)), ".")
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        items = schema.get("items") or {}
+        return [_fitting(items, words, count)
+                for _ in range(max(1, int(schema.get("minItems", 1))))][
+            : int(schema.get("maxItems", 10**9))]
+    if kind == "null":
+        return None
+    properties = schema.get("properties") or {}
+    names = list(dict.fromkeys([*properties, *(schema.get("required") or [])]))
+    return {name: _fitting(properties.get(name, {}), words, count) for name in names}
+
+
+def _schema_of(body: dict[str, Any]) -> Any:
+    """The JSON schema a chat request's ``response_format`` asks its answer to fit, or None."""
+    answer_format = body.get("response_format")
+    if not isinstance(answer_format, dict):
+        return None
+    if answer_format.get("type") == "json_schema":
+        return (answer_format.get("json_schema") or {}).get("schema")
+    if answer_format.get("type") == "json_object":
+        return answer_format.get("schema")
+    return None
+
+
 def _echo_call(tools: list[tuple[str, Any]], chosen: str | None, user: str) -> tuple[str, str]:
     """(name, arguments text) of the echo's call: see the module docstring."""
     name = chosen if chosen is not None else tools[0][0]
@@ -246,7 +304,8 @@ def _tool_answer(body: dict[str, Any], created: int) -> dict[str, Any] | None:
     }
 
 
-def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict[str, Any]:
+def _answer(body: dict[str, Any], created: int, reasoning: str = "none",
+            structured: bool = False) -> dict[str, Any]:
     messages = body.get("messages")
     if messages is not None and body.get("tools"):
         answered = _tool_answer(body, created)
@@ -259,6 +318,12 @@ def _answer(body: dict[str, Any], created: int, reasoning: str = "none") -> dict
         return _scored_answer(body, created)
     user = _user_text(body)
     text = f"echo: {user}"
+    wanted = body.get("echo_structured", structured)
+    schema = _schema_of(body) if messages is not None and wanted else None
+    if schema is not None:
+        # Asked for JSON: an answer that fits the schema (the echo's words in its strings), so
+        # query writing and judges can run against the server.
+        text = json.dumps(_fitting(schema, " ".join(user.split()[:12]), [0]))
     words = text.split()
     mode = body.get("echo_reasoning", reasoning)
     if mode == "none":
@@ -380,10 +445,12 @@ def _anthropic_answer(body: dict[str, Any], created: int) -> dict[str, Any]:
 
 class EchoServer:
     def __init__(
-        self, latency_ms: float = 0.0, log_path: str | None = None, reasoning: str = "none"
+        self, latency_ms: float = 0.0, log_path: str | None = None, reasoning: str = "none",
+        structured: bool = False,
     ):
         self.latency = latency_ms / 1000.0
         self.reasoning = reasoning
+        self.structured = structured
         self.log_path = log_path
         self._log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         self.requests = 0
@@ -409,7 +476,7 @@ class EchoServer:
                 if path.split(b"?", 1)[0].endswith(b"/messages"):
                     answer = _anthropic_answer(body, int(time.time()))
                 else:
-                    answer = _answer(body, int(time.time()), self.reasoning)
+                    answer = _answer(body, int(time.time()), self.reasoning, self.structured)
                 payload = json.dumps(answer).encode()
                 head_out = _RESPONSE_HEAD.format(status=200, reason="OK", length=len(payload))
                 writer.write(head_out.encode() + payload)
@@ -440,6 +507,11 @@ def main() -> None:
         help="answer after a reasoning trace: in the message's reasoning fields (vLLM's shape) "
         "or inline in <think> tags (a request's echo_reasoning field overrides it)",
     )
+    parser.add_argument(
+        "--structured", action="store_true",
+        help="answer a json_schema response_format with JSON that fits the schema (a request's "
+        "echo_structured field overrides it)",
+    )
     args = parser.parse_args()
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -447,7 +519,8 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(EchoServer(args.latency_ms, args.log, args.reasoning).serve(args.host, args.port))
+    asyncio.run(EchoServer(args.latency_ms, args.log, args.reasoning, args.structured).serve(
+        args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ more, and if that fails too the set stays down (every later call a quick ``Serve
 than starting a crashing server once per row.
 
 Secrets: ``env`` names the environment variables the started server gets; their values are read
-when it starts, passed to it, and scrubbed from every message this module writes (the server's
-stderr, quoted when it dies, included).
+when it starts, passed to it, and scrubbed, as they are and JSON-escaped, from everything this
+module gives out: results, error messages (the server's stderr, quoted when it dies, included)
+and the tools' definitions (names, descriptions, schemas), which go into requests and rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -55,6 +57,7 @@ class MCPToolSet(ToolSet):
         self._down: str | None = None  # why the server is given up on
         self._listed: list[dict[str, Any]] | None = None
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._server_names: dict[str, str] = {}  # a scrubbed tool name -> the server's name
 
     # ------------------------------------------------------------------ the tools
 
@@ -76,10 +79,14 @@ class MCPToolSet(ToolSet):
         return list(self._listed)
 
     def _chosen(self, listed: list[Any]) -> list[dict[str, Any]]:
+        # The definitions go into every request and the `tools` column: a server that puts a
+        # secret it was given into a name, description or schema must not publish it. A name
+        # is scrubbed too; calls map the scrubbed name back to the server's own.
+        self._server_names = {self._scrub(tool.name): tool.name for tool in listed}
         try:
-            tools = normalize_tools([{"type": "function", "function": {
+            tools = normalize_tools([self._scrub_value({"type": "function", "function": {
                 "name": tool.name, "description": tool.description or "",
-                "parameters": tool.input_schema or {"type": "object", "properties": {}}}}
+                "parameters": tool.input_schema or {"type": "object", "properties": {}}}})
                 for tool in listed], where="the MCP server's tools")
         except ToolSchemaError as error:
             raise ConfigError(str(error), key=self.key) from None
@@ -112,7 +119,8 @@ class MCPToolSet(ToolSet):
             # transport that never gives up.
             async with asyncio.timeout(self.timeout + 5):
                 result = await connection.session.call_tool(
-                    name, arguments, read_timeout_seconds=self.timeout)
+                    self._server_names.get(name, name), arguments,
+                    read_timeout_seconds=self.timeout)
         except TimeoutError:
             return self._timeout(name)
         except MCPError as error:
@@ -202,9 +210,26 @@ class MCPToolSet(ToolSet):
     def _scrub(self, text: str) -> str:
         for name in self.env_names:
             value = os.environ.get(name)
-            if value and len(value) >= 4:  # a 1-3 character value would blank ordinary text
-                text = text.replace(value, f"${name}")
+            if not value or len(value) < 4:  # a 1-3 character value would blank ordinary text
+                continue
+            # The value as it is, and as JSON writes it inside a string (a tool that returns
+            # json.dumps of it: `"` and `\` escaped, non-ASCII as \uXXXX or as it is);
+            # the longest form first, so a shorter one never leaves half of a longer one.
+            forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+            for form in sorted(forms, key=len, reverse=True):
+                text = text.replace(form, f"${name}")
         return text
+
+    def _scrub_value(self, value: Any) -> Any:
+        """``value`` (JSON data: a tool's definition) with every string, keys included,
+        scrubbed."""
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, list):
+            return [self._scrub_value(item) for item in value]
+        if isinstance(value, dict):
+            return {self._scrub(str(key)): self._scrub_value(item) for key, item in value.items()}
+        return value
 
     def identity(self) -> dict[str, Any]:
         server: dict[str, Any] = ({"command": list(self.command)} if self.command
@@ -329,8 +354,6 @@ def result_text(result: Any) -> str:
         else:
             parts.append(f"[{kind or 'unknown'} content]")
     if not parts and result.structured_content is not None:
-        import json
-
         return json.dumps(result.structured_content, ensure_ascii=False)
     return "\n".join(parts)
 

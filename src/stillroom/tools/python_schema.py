@@ -104,8 +104,13 @@ def read_tools(path: Path, *, functions: list[str] | None, key: str) -> list[Too
 
 
 def _check_imports(module: ast.Module, path: Path, key: str) -> None:
-    """The sandbox has the standard library only: say so now rather than at every call."""
+    """The sandbox has the standard library only: say so now rather than at every call. An
+    import inside ``try: ... except ImportError`` (or ModuleNotFoundError) is the file's own
+    fallback for a missing module, and allowed."""
+    guarded = _guarded_imports(module)
     for node in ast.walk(module):
+        if id(node) in guarded:
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -122,6 +127,34 @@ def _check_imports(module: ast.Module, path: Path, key: str) -> None:
                     f"imports {name!r}, which the sandbox does not have: tools run there with "
                     "the Python standard library only (serve other code as an MCP server, "
                     "`tools.mcp`)", path=str(path), line=getattr(node, "lineno", None), key=key)
+
+
+_IMPORT_ERRORS = ("ImportError", "ModuleNotFoundError")
+
+
+def _guarded_imports(module: ast.Module) -> set[int]:
+    """The ids of the import nodes in the body of a ``try`` one of whose handlers catches
+    ImportError (or ModuleNotFoundError, or everything)."""
+    guarded: set[int] = set()
+    for node in ast.walk(module):
+        if not isinstance(node, ast.Try | ast.TryStar):
+            continue
+        if not any(_catches_import_error(handler.type) for handler in node.handlers):
+            continue
+        for statement in node.body:
+            guarded.update(id(inner) for inner in ast.walk(statement)
+                           if isinstance(inner, ast.Import | ast.ImportFrom))
+    return guarded
+
+
+def _catches_import_error(caught: ast.expr | None) -> bool:
+    if caught is None:  # a bare `except:`
+        return True
+    if isinstance(caught, ast.Tuple):
+        return any(_catches_import_error(item) for item in caught.elts)
+    name = caught.id if isinstance(caught, ast.Name) else (
+        caught.attr if isinstance(caught, ast.Attribute) else None)
+    return name in (*_IMPORT_ERRORS, "Exception", "BaseException")
 
 
 def _tool(node: ast.FunctionDef | ast.AsyncFunctionDef, scope: _Scope, path: Path,

@@ -25,6 +25,10 @@ from stillroom.verify.sandbox import Limits, SandboxResult, run_python
 # A result the size of a long web page is still a tool turn a model can read; beyond that it is
 # a tool's bug, told as one rather than cut silently.
 RESULT_BYTES = 1_000_000
+# The runner's report is the result JSON-escaped, which at worst writes a byte as six (\u0001):
+# read that much, so a result under the limit is never cut and the limit is judged on the
+# result itself, not on its escaped form.
+REPORT_BYTES = 6 * RESULT_BYTES + 4096
 
 
 class PythonToolSet(ToolSet):
@@ -40,7 +44,7 @@ class PythonToolSet(ToolSet):
         # "Timeout" like a slow one, not as a CPU kill.
         self.limits = replace(base, wall_seconds=timeout,
                               cpu_seconds=max(base.cpu_seconds, math.ceil(timeout) + 1),
-                              output_bytes=max(base.output_bytes, RESULT_BYTES))
+                              output_bytes=max(base.output_bytes, REPORT_BYTES))
 
     @property
     def functions(self) -> dict[str, ToolFunction]:
@@ -72,14 +76,21 @@ class PythonToolSet(ToolSet):
             return ToolResult.failed("ServerError", result.reason)
         if result.stdout_truncated:
             return ToolResult.failed(
-                "ToolError", f"{name} returned more than {RESULT_BYTES} bytes")
+                "ToolError", f"{name} returned more than {self.limits.output_bytes:,} bytes of "
+                f"JSON-escaped result (the limit is {RESULT_BYTES:,} bytes)")
         report = _report(result.stdout)
         if report is None:
             # No report: the process ended under the runner (os._exit, a kill, a limit).
             why = "exit 0" if result.reason == "ok" else result.reason
             return ToolResult.failed("ToolError", f"{name} ended without returning ({why})")
         if report.get("ok"):
-            return ToolResult(content=str(report.get("content", "")))
+            content = str(report.get("content", ""))
+            size = len(content.encode("utf-8", "surrogatepass"))
+            if size > RESULT_BYTES:
+                return ToolResult.failed(
+                    "ToolError", f"{name} returned {size:,} bytes, more than the limit of "
+                    f"{RESULT_BYTES:,} bytes")
+            return ToolResult(content=content)
         kind = str(report.get("type") or "Error")
         message = str(report.get("message") or "")
         if kind == NOT_JSON:

@@ -505,3 +505,13 @@ def test_the_pipeline_file_folder_resolves_the_tools_file(tmp_path: Any) -> None
     stage = model.stages[0]  # type: ignore[attr-defined]
     assert stage.identity()["toolset"] == stage.tools.build(tmp_path).identity()
     assert run(stage.offered_tools({"id": 1}))[0]["function"]["name"] == "ping"
+
+
+def test_tool_queries_reports_the_diversity_of_the_queries_it_wrote() -> None:
+    """Its rows hold one user turn each: the diversity guard reads that role, not the (absent)
+    assistant answer a plain `messages` column means."""
+    from stillroom.report.diversity import column_spec
+
+    columns = ToolQueries(n=2).generated_columns()
+    assert columns == ["messages:user"]
+    assert column_spec(columns[0]) == ("messages", "user")

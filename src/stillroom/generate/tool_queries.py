@@ -95,8 +95,10 @@ class ToolQueries(ToolsStage):
     def backend_names(self) -> set[str]:
         return {self.backend}
 
-    # No generated_columns: the diversity report reads a `messages` column's last assistant turn,
-    # and these rows hold only the user's query.
+    def generated_columns(self) -> list[str]:
+        """The queries it wrote: each row's one user turn (the diversity guard reads a plain
+        `messages` column's last assistant turn, which these rows do not have)."""
+        return ["messages:user"]
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "template": WRITE_QUERIES.version}

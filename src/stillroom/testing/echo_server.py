@@ -166,21 +166,35 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 UNKNOWN_TOOL = "echo_unknown_tool"
 
 
-def _minimal(schema: Any, numbers: list[str]) -> Any:
-    """A minimal instance of ``schema`` (see the module docstring); numeric values are taken
-    from the front of ``numbers``."""
-    if not isinstance(schema, dict):
-        return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for combined in ("anyOf", "oneOf", "allOf"):
-        if schema.get(combined):
-            return _minimal(schema[combined][0], numbers)
+def _leaf(schema: Any) -> tuple[bool, Any, dict[str, Any], str]:
+    """What both instance makers read first: ``(True, value, ...)`` when the schema fixes the
+    value (``const``, the first ``enum`` member; None for a schema that is not an object), else
+    ``(False, None, schema, type)`` with the first branch of an ``anyOf``/``oneOf``/``allOf``
+    taken and a type list read as its first non-null type."""
+    while True:
+        if not isinstance(schema, dict):
+            return True, None, {}, "null"
+        if "const" in schema:
+            return True, schema["const"], schema, ""
+        if schema.get("enum"):
+            return True, schema["enum"][0], schema, ""
+        branches = next((schema[key] for key in ("anyOf", "oneOf", "allOf") if schema.get(key)),
+                        None)
+        if branches is None:
+            break
+        schema = branches[0]
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
+    return False, None, schema, kind
+
+
+def _minimal(schema: Any, numbers: list[str]) -> Any:
+    """A minimal instance of ``schema`` (see the module docstring); numeric values are taken
+    from the front of ``numbers``."""
+    fixed, value, schema, kind = _leaf(schema)
+    if fixed:
+        return value
     if kind in ("integer", "number"):
         if not numbers:
             return 0
@@ -206,18 +220,9 @@ def _fitting(schema: Any, words: str, count: list[int]) -> Any:
     counting the strings, so a list's items differ) cut to ``maxLength`` and padded to
     ``minLength``, an array has ``minItems`` items (at least one), numbers are ``minimum`` or 0,
     and an object also fills its optional properties (a judge's ``reason``)."""
-    if not isinstance(schema, dict):
-        return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for combined in ("anyOf", "oneOf", "allOf"):
-        if schema.get(combined):
-            return _fitting(schema[combined][0], words, count)
-    kind = schema.get("type", "object")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
+    fixed, value, schema, kind = _leaf(schema)
+    if fixed:
+        return value
     if kind in ("integer", "number"):
         return schema.get("minimum", 0)
     if kind == "string":

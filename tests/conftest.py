@@ -88,3 +88,16 @@ def fault_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     from tests.integrity_helpers import fault_servers
 
     yield from fault_servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local Ray for a test module (the executor uses a session it finds open and leaves
+    it); its workers can import the test modules by name (their stages are defined there)."""
+    ray = pytest.importorskip("ray")
+    temp = tmp_path_factory.mktemp("ray")
+    root = str(Path(__file__).resolve().parents[1])
+    ray.init(num_cpus=2, _temp_dir=str(temp), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": root}})
+    yield ray
+    ray.shutdown()

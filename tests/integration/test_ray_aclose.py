@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,16 +18,6 @@ ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    temp = tmp_path_factory.mktemp("ray")
-    # Workers import this module by name (the stage below is its class).
-    root = str(Path(__file__).resolve().parents[2])
-    ray.init(num_cpus=2, _temp_dir=str(temp), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})
-    yield ray
-    ray.shutdown()
 
 
 class MarksClose(RowStage):

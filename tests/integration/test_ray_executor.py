@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KINDS = ("data", "failed", "dropped")
 
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One local Ray for the module (the executor uses a session it finds open and leaves it)."""
-    temp = tmp_path_factory.mktemp("ray")
-    # Workers import this module by name (the stages below are its functions).
-    root = str(Path(__file__).resolve().parents[2])
-    ray.init(num_cpus=2, _temp_dir=str(temp), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})
-    yield ray
-    ray.shutdown()
 
 
 # -- stages: plain functions, run in the workers ---------------------------------------------------
